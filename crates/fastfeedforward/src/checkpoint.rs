@@ -1,0 +1,114 @@
+//! Safetensors files: atomic writes, metadata, and errors that name the file.
+
+use crate::config::{Activation, FffConfig};
+use crate::error::{FffError, Result};
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Metadata key prefix for FFF layer configuration.
+const KEY: &str = "fff.";
+
+/// Writes `tensors` to `path` through a temporary file renamed into place, so a crash never
+/// leaves a half-written checkpoint.
+pub fn save(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let tmp = temporary_path(path);
+    let io_err = |e: &dyn std::fmt::Display| FffError::Checkpoint {
+        path: path.to_path_buf(),
+        message: format!("cannot write: {e}"),
+    };
+    let entries: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut metadata = metadata;
+    metadata.insert("format".into(), "pt".into());
+    if let Err(e) = safetensors::serialize_to_file(entries, Some(metadata), &tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(&e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io_err(&e)
+    })
+}
+
+/// Reads every tensor of a safetensors file and its metadata.
+pub fn load(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let err = |message: String| FffError::Checkpoint {
+        path: path.to_path_buf(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
+    Ok((tensors, metadata))
+}
+
+/// The layer configuration as metadata entries.
+pub fn config_metadata(c: &FffConfig) -> HashMap<String, String> {
+    [
+        ("input_width", c.input_width.to_string()),
+        ("output_width", c.output_width.to_string()),
+        ("depth", c.depth.to_string()),
+        ("trees", c.trees.to_string()),
+        ("activation", c.activation.name().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("{KEY}{k}"), v))
+    .collect()
+}
+
+/// The layer configuration read back from metadata entries.
+pub fn config_from_metadata(path: &Path, m: &HashMap<String, String>) -> Result<FffConfig> {
+    let err = |message: String| FffError::Checkpoint {
+        path: path.to_path_buf(),
+        message,
+    };
+    let field = |k: &str| -> Result<&String> {
+        m.get(&format!("{KEY}{k}")).ok_or_else(|| {
+            err(format!(
+                "metadata has no `{KEY}{k}`; pass the layer's configuration explicitly \
+                 (files saved by PyTorch carry none)"
+            ))
+        })
+    };
+    let number = |k: &str| -> Result<usize> {
+        let v = field(k)?;
+        v.parse()
+            .map_err(|_| err(format!("metadata `{KEY}{k}` is `{v}`, expected an integer")))
+    };
+    let activation: Activation = field("activation")?
+        .parse()
+        .map_err(|e: FffError| err(format!("metadata: {e}")))?;
+    let c = FffConfig {
+        input_width: number("input_width")?,
+        output_width: number("output_width")?,
+        depth: number("depth")?,
+        trees: number("trees")?,
+        activation,
+    };
+    c.validate().map_err(|e| err(format!("metadata: {e}")))?;
+    Ok(c)
+}
+
+/// Comma-separated tensor names, sorted, for error messages.
+pub fn list_names(tensors: &HashMap<String, Tensor>) -> String {
+    let mut names: Vec<&str> = tensors.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn temporary_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", std::process::id()));
+    path.with_file_name(name)
+}

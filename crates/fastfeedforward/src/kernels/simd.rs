@@ -1,0 +1,441 @@
+//! Runtime SIMD dispatch in the style of `pulp`/faer: kernels are written once, generic over a
+//! [`Simd`] backend, and [`dispatch`] runs them inside a function compiled for the detected CPU
+//! features. All `unsafe` of the crate's kernels lives in this file.
+
+use std::sync::OnceLock;
+
+/// An instruction-set level a kernel can run at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SimdLevel {
+    /// Plain Rust (auto-vectorised for the build target); runs everywhere.
+    Portable,
+    /// x86-64 AVX2 + FMA, 8 lanes.
+    Avx2,
+    /// x86-64 AVX-512F, 16 lanes.
+    Avx512,
+}
+
+impl SimdLevel {
+    /// The best level this CPU supports (detected once).
+    pub fn detect() -> SimdLevel {
+        static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
+        *LEVEL.get_or_init(|| {
+            SimdLevel::available()
+                .into_iter()
+                .last()
+                .unwrap_or(SimdLevel::Portable)
+        })
+    }
+
+    /// Whether this CPU can run this level.
+    pub fn is_available(self) -> bool {
+        match self {
+            SimdLevel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// Every level this CPU supports, slowest first.
+    pub fn available() -> Vec<SimdLevel> {
+        [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512]
+            .into_iter()
+            .filter(|l| l.is_available())
+            .collect()
+    }
+
+    /// Short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Portable => "portable",
+            SimdLevel::Avx2 => "avx2+fma",
+            SimdLevel::Avx512 => "avx512f",
+        }
+    }
+}
+
+/// A SIMD backend: a vector of `LANES` f32 and the few operations the kernels need.
+pub(crate) trait Simd: Copy {
+    /// Lanes per vector.
+    const LANES: usize;
+    /// The vector type.
+    type V: Copy;
+    /// All lanes zero.
+    fn zero(self) -> Self::V;
+    /// All lanes `x`.
+    fn splat(self, x: f32) -> Self::V;
+    /// Loads `LANES` floats from `s[0..LANES]`.
+    fn load(self, s: &[f32]) -> Self::V;
+    /// Stores the vector into `s[0..LANES]`.
+    fn store(self, s: &mut [f32], v: Self::V);
+    /// a·b + c, fused where the hardware has FMA.
+    fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// a + b.
+    fn add(self, a: Self::V, b: Self::V) -> Self::V;
+    /// Sum of the lanes.
+    fn reduce_sum(self, v: Self::V) -> f32;
+    /// Hints the cache to fetch the line holding `p`.
+    fn prefetch(self, p: *const f32) {
+        prefetch_line(p)
+    }
+}
+
+#[inline(always)]
+fn prefetch_line(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch never faults, whatever the address; SSE is part of x86-64.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Plain Rust backend: 8 lanes in an array, which LLVM vectorises for the build target.
+#[derive(Clone, Copy)]
+pub(crate) struct Portable;
+
+impl Simd for Portable {
+    const LANES: usize = 8;
+    type V = [f32; 8];
+    #[inline(always)]
+    fn zero(self) -> Self::V {
+        [0.0; 8]
+    }
+    #[inline(always)]
+    fn splat(self, x: f32) -> Self::V {
+        [x; 8]
+    }
+    #[inline(always)]
+    fn load(self, s: &[f32]) -> Self::V {
+        s[..8].try_into().unwrap()
+    }
+    #[inline(always)]
+    fn store(self, s: &mut [f32], v: Self::V) {
+        s[..8].copy_from_slice(&v)
+    }
+    #[inline(always)]
+    fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i] * b[i] + c[i])
+    }
+    #[inline(always)]
+    fn add(self, a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i] + b[i])
+    }
+    #[inline(always)]
+    fn reduce_sum(self, v: Self::V) -> f32 {
+        ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Simd;
+    use std::arch::x86_64::*;
+
+    /// AVX2 + FMA backend. Only constructed by `dispatch` after feature detection.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Avx2(());
+
+    impl Avx2 {
+        /// # Safety
+        /// The CPU must support AVX2 and FMA.
+        pub(crate) unsafe fn new_unchecked() -> Self {
+            Avx2(())
+        }
+    }
+
+    // SAFETY (all methods): an `Avx2` value exists only after AVX2+FMA were detected, and
+    // loads/stores check the slice length first.
+    impl Simd for Avx2 {
+        const LANES: usize = 8;
+        type V = __m256;
+        #[inline(always)]
+        fn zero(self) -> __m256 {
+            unsafe { _mm256_setzero_ps() }
+        }
+        #[inline(always)]
+        fn splat(self, x: f32) -> __m256 {
+            unsafe { _mm256_set1_ps(x) }
+        }
+        #[inline(always)]
+        fn load(self, s: &[f32]) -> __m256 {
+            assert!(s.len() >= 8);
+            unsafe { _mm256_loadu_ps(s.as_ptr()) }
+        }
+        #[inline(always)]
+        fn store(self, s: &mut [f32], v: __m256) {
+            assert!(s.len() >= 8);
+            unsafe { _mm256_storeu_ps(s.as_mut_ptr(), v) }
+        }
+        #[inline(always)]
+        fn mul_add(self, a: __m256, b: __m256, c: __m256) -> __m256 {
+            unsafe { _mm256_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        fn add(self, a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_add_ps(a, b) }
+        }
+        #[inline(always)]
+        fn reduce_sum(self, v: __m256) -> f32 {
+            unsafe {
+                let lo = _mm256_castps256_ps128(v);
+                let hi = _mm256_extractf128_ps::<1>(v);
+                let s = _mm_add_ps(lo, hi);
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+                _mm_cvtss_f32(s)
+            }
+        }
+    }
+
+    /// AVX-512F backend. Only constructed by `dispatch` after feature detection.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Avx512(());
+
+    impl Avx512 {
+        /// # Safety
+        /// The CPU must support AVX-512F.
+        pub(crate) unsafe fn new_unchecked() -> Self {
+            Avx512(())
+        }
+    }
+
+    // SAFETY (all methods): an `Avx512` value exists only after AVX-512F was detected, and
+    // loads/stores check the slice length first.
+    impl Simd for Avx512 {
+        const LANES: usize = 16;
+        type V = __m512;
+        #[inline(always)]
+        fn zero(self) -> __m512 {
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        fn splat(self, x: f32) -> __m512 {
+            unsafe { _mm512_set1_ps(x) }
+        }
+        #[inline(always)]
+        fn load(self, s: &[f32]) -> __m512 {
+            assert!(s.len() >= 16);
+            unsafe { _mm512_loadu_ps(s.as_ptr()) }
+        }
+        #[inline(always)]
+        fn store(self, s: &mut [f32], v: __m512) {
+            assert!(s.len() >= 16);
+            unsafe { _mm512_storeu_ps(s.as_mut_ptr(), v) }
+        }
+        #[inline(always)]
+        fn mul_add(self, a: __m512, b: __m512, c: __m512) -> __m512 {
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        fn add(self, a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_add_ps(a, b) }
+        }
+        #[inline(always)]
+        fn reduce_sum(self, v: __m512) -> f32 {
+            unsafe { _mm512_reduce_add_ps(v) }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn run_avx2<T: super::SimdTask>(task: T) -> T::Output {
+        task.run(Avx2::new_unchecked())
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn run_avx512<T: super::SimdTask>(task: T) -> T::Output {
+        task.run(Avx512::new_unchecked())
+    }
+}
+
+/// A piece of work written once for every backend.
+pub(crate) trait SimdTask {
+    /// What the task returns.
+    type Output;
+    /// Runs the task with backend `s`; implementations should be `#[inline(always)]`.
+    fn run<S: Simd>(self, s: S) -> Self::Output;
+}
+
+/// Runs `task` at `level`, or at the portable level if this CPU lacks `level`.
+#[inline]
+pub(crate) fn dispatch<T: SimdTask>(level: SimdLevel, task: T) -> T::Output {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 if level.is_available() => {
+            // SAFETY: AVX-512F was detected just above.
+            unsafe { x86::run_avx512(task) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 if level.is_available() => {
+            // SAFETY: AVX2 and FMA were detected just above.
+            unsafe { x86::run_avx2(task) }
+        }
+        _ => task.run(Portable),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generic building blocks. Each is `inline(always)` so it is compiled inside the caller's
+// target-feature context.
+
+/// Dot product of two equal-length rows, 4 independent accumulators to hide FMA latency.
+#[inline(always)]
+pub(crate) fn dot<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let l = S::LANES;
+    let mut acc = [s.zero(); 4];
+    let mut i = 0;
+    while i + 4 * l <= n {
+        for (k, acc_k) in acc.iter_mut().enumerate() {
+            let o = i + k * l;
+            *acc_k = s.mul_add(s.load(&a[o..]), s.load(&b[o..]), *acc_k);
+        }
+        i += 4 * l;
+    }
+    while i + l <= n {
+        acc[0] = s.mul_add(s.load(&a[i..]), s.load(&b[i..]), acc[0]);
+        i += l;
+    }
+    let v = s.add(s.add(acc[0], acc[1]), s.add(acc[2], acc[3]));
+    let mut sum = s.reduce_sum(v);
+    while i < n {
+        sum += a[i] * b[i];
+        i += 1;
+    }
+    sum
+}
+
+/// Dots of one weight row `w` with four rows `x[j]` at once: `w` is loaded once per chunk.
+#[inline(always)]
+pub(crate) fn dot4<S: Simd>(s: S, w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+    let n = w.len();
+    let l = S::LANES;
+    let mut acc = [[s.zero(); 2]; 4];
+    let mut i = 0;
+    while i + 2 * l <= n {
+        let w0 = s.load(&w[i..]);
+        let w1 = s.load(&w[i + l..]);
+        for j in 0..4 {
+            acc[j][0] = s.mul_add(w0, s.load(&x[j][i..]), acc[j][0]);
+            acc[j][1] = s.mul_add(w1, s.load(&x[j][i + l..]), acc[j][1]);
+        }
+        i += 2 * l;
+    }
+    if i + l <= n {
+        let w0 = s.load(&w[i..]);
+        for j in 0..4 {
+            acc[j][0] = s.mul_add(w0, s.load(&x[j][i..]), acc[j][0]);
+        }
+        i += l;
+    }
+    let mut out = [0.0f32; 4];
+    for j in 0..4 {
+        out[j] = s.reduce_sum(s.add(acc[j][0], acc[j][1]));
+        for k in i..n {
+            out[j] += w[k] * x[j][k];
+        }
+    }
+    out
+}
+
+/// y += alpha · x.
+#[inline(always)]
+pub(crate) fn axpy<S: Simd>(s: S, alpha: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let l = S::LANES;
+    let a = s.splat(alpha);
+    let mut i = 0;
+    while i + l <= n {
+        let v = s.mul_add(a, s.load(&x[i..]), s.load(&y[i..]));
+        s.store(&mut y[i..], v);
+        i += l;
+    }
+    while i < n {
+        y[i] += alpha * x[i];
+        i += 1;
+    }
+}
+
+/// Prefetches every cache line of `row` into L1.
+#[inline(always)]
+pub(crate) fn prefetch_row<S: Simd>(s: S, row: &[f32]) {
+    let mut i = 0;
+    while i < row.len() {
+        s.prefetch(row[i..].as_ptr());
+        i += 16; // 64-byte lines
+    }
+}
+
+/// Dispatched dot product at the detected level (for code outside the hot loops).
+pub(crate) fn dot_detected(a: &[f32], b: &[f32]) -> f32 {
+    struct Task<'a>(&'a [f32], &'a [f32]);
+    impl SimdTask for Task<'_> {
+        type Output = f32;
+        #[inline(always)]
+        fn run<S: Simd>(self, s: S) -> f32 {
+            dot(s, self.0, self.1)
+        }
+    }
+    dispatch(SimdLevel::detect(), Task(a, b))
+}
+
+/// Dispatched `y += alpha·x` at the detected level (for code outside the hot loops).
+pub(crate) fn axpy_detected(alpha: f32, x: &[f32], y: &mut [f32]) {
+    struct Task<'a>(f32, &'a [f32], &'a mut [f32]);
+    impl SimdTask for Task<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn run<S: Simd>(self, s: S) {
+            axpy(s, self.0, self.1, self.2)
+        }
+    }
+    dispatch(SimdLevel::detect(), Task(alpha, x, y))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_level_matches_plain_loops() {
+        for level in SimdLevel::available() {
+            for n in [0usize, 1, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100, 769] {
+                let a: Vec<f32> = (0..n).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
+                let b: Vec<f32> = (0..n).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.3).collect();
+                let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+                struct D<'a>(&'a [f32], &'a [f32]);
+                impl SimdTask for D<'_> {
+                    type Output = (f32, [f32; 4]);
+                    fn run<S: Simd>(self, s: S) -> (f32, [f32; 4]) {
+                        (dot(s, self.0, self.1), dot4(s, self.0, [self.1; 4]))
+                    }
+                }
+                let (got, got4) = dispatch(level, D(&a, &b));
+                assert!((got as f64 - want).abs() < 1e-3, "{level:?} n={n}");
+                for g in got4 {
+                    assert!((g as f64 - want).abs() < 1e-3, "{level:?} n={n} dot4");
+                }
+                struct A<'a>(&'a [f32], &'a mut [f32]);
+                impl SimdTask for A<'_> {
+                    type Output = ();
+                    fn run<S: Simd>(self, s: S) {
+                        axpy(s, 2.0, self.0, self.1)
+                    }
+                }
+                let mut y = b.clone();
+                dispatch(level, A(&a, &mut y));
+                for i in 0..n {
+                    assert!((y[i] - (b[i] + 2.0 * a[i])).abs() < 1e-6);
+                }
+            }
+        }
+    }
+}
