@@ -82,14 +82,16 @@ pub fn config_from_metadata(path: &Path, m: &HashMap<String, String>) -> Result<
         v.parse()
             .map_err(|_| err(format!("metadata `{KEY}{k}` is `{v}`, expected an integer")))
     };
+    let (input_width, output_width) = (number("input_width")?, number("output_width")?);
+    let (depth, trees) = (number("depth")?, number("trees")?);
     let activation: Activation = field("activation")?
         .parse()
         .map_err(|e: FffError| err(format!("metadata: {e}")))?;
     let c = FffConfig {
-        input_width: number("input_width")?,
-        output_width: number("output_width")?,
-        depth: number("depth")?,
-        trees: number("trees")?,
+        input_width,
+        output_width,
+        depth,
+        trees,
         activation,
     };
     c.validate().map_err(|e| err(format!("metadata: {e}")))?;

@@ -209,10 +209,16 @@ impl FffConfig {
         if self.trees == 0 {
             return bad("trees", "is 0; expected at least 1".into());
         }
-        if self.total_nodes().checked_mul(self.input_width.max(self.output_width)).is_none()
+        if self
+            .total_nodes()
+            .checked_mul(self.input_width.max(self.output_width))
+            .is_none()
             || self.total_nodes() > u32::MAX as usize
         {
-            return bad("trees", format!("{} trees of depth {} is too large", self.trees, self.depth));
+            return bad(
+                "trees",
+                format!("{} trees of depth {} is too large", self.trees, self.depth),
+            );
         }
         Ok(())
     }

@@ -35,13 +35,18 @@ impl Fff {
     pub fn new(config: FffConfig, init: Init, seed: u64) -> Result<Self> {
         config.validate()?;
         let mut rng = StdRng::seed_from_u64(seed);
-        let (rows, cin, cout) = (config.total_nodes(), config.input_width, config.output_width);
+        let (rows, cin, cout) = (
+            config.total_nodes(),
+            config.input_width,
+            config.output_width,
+        );
         let (w_in, b_in, w_out_t) = match init {
             Init::Normal { std } => {
-                let normal = Normal::new(0.0f32, std as f32).map_err(|e| FffError::InvalidConfig {
-                    field: "init",
-                    message: format!("normal({std}): {e}"),
-                })?;
+                let normal =
+                    Normal::new(0.0f32, std as f32).map_err(|e| FffError::InvalidConfig {
+                        field: "init",
+                        message: format!("normal({std}): {e}"),
+                    })?;
                 (
                     sample(&normal, rows * cin, &mut rng),
                     vec![0.0; rows],

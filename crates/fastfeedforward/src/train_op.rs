@@ -80,7 +80,11 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> candle_core::Resu
 
 fn check_dims(name: &str, l: &Layout, want: &[usize]) -> candle_core::Result<()> {
     if l.dims() != want {
-        bail!("fff: `{name}` has shape {:?}, expected {:?}", l.dims(), want)
+        bail!(
+            "fff: `{name}` has shape {:?}, expected {:?}",
+            l.dims(),
+            want
+        )
     }
     Ok(())
 }
@@ -121,7 +125,10 @@ impl CustomOp3 for NodeLogits {
         let c = &self.config;
         let (rows, cin, used) = (c.total_nodes(), c.input_width, c.used_nodes());
         if l1.dims().len() != 2 {
-            bail!("fff: input has shape {:?}, expected [batch, {cin}]", l1.dims())
+            bail!(
+                "fff: input has shape {:?}, expected [batch, {cin}]",
+                l1.dims()
+            )
         }
         let batch = l1.dims()[0];
         check_dims("input", l1, &[batch, cin])?;
@@ -146,7 +153,10 @@ impl CustomOp3 for NodeLogits {
                     }
                 }
             });
-        Ok((CpuStorage::F32(z), Shape::from((batch, c.trees, c.depth + 1))))
+        Ok((
+            CpuStorage::F32(z),
+            Shape::from((batch, c.trees, c.depth + 1)),
+        ))
     }
 
     fn bwd(

@@ -311,7 +311,11 @@ impl SimdTask for NodeGroup<'_, '_, '_> {
         let mut tk4 = self.tokens.chunks_exact(4);
         let mut z4 = self.z.chunks_exact_mut(4);
         for (tk, zz) in (&mut tk4).zip(&mut z4) {
-            let d = dot4(s, w_in, [x_row(tk[0]), x_row(tk[1]), x_row(tk[2]), x_row(tk[3])]);
+            let d = dot4(
+                s,
+                w_in,
+                [x_row(tk[0]), x_row(tk[1]), x_row(tk[2]), x_row(tk[3])],
+            );
             for j in 0..4 {
                 zz[j] = d[j] + bias;
                 add_out(tk[j], act.apply(zz[j]));

@@ -1,0 +1,253 @@
+//! The fast inference kernel against the plain reference descent and the dense masked oracle.
+
+mod common;
+
+use common::*;
+use fastfeedforward::kernels::{self, reference};
+use fastfeedforward::{Activation, Fff, FffConfig, InferOptions, SimdLevel, Strategy, Workspace};
+
+const STRATEGIES: [Strategy; 3] = [Strategy::Auto, Strategy::PerToken, Strategy::Grouped];
+
+fn run_kernel(layer: &Fff, x: &[f32], batch: usize, opts: InferOptions) -> Vec<f32> {
+    let mut y = vec![f32::NAN; batch * layer.config().output_width];
+    let mut ws = Workspace::new();
+    layer
+        .forward_infer_into(x, batch, &mut y, &mut ws, opts)
+        .unwrap();
+    y
+}
+
+#[test]
+fn kernel_matches_reference_on_random_shapes() {
+    let mut rng = rng(1);
+    let mut flips = 0;
+    let mut rows = 0;
+    for case in 0..60 {
+        let config = random_config(&mut rng, 12, 8);
+        let layer = random_layer(config, case);
+        let batch = [0, 1, 2, 5, 33, 200][case as usize % 6];
+        let x = normal_vec(&mut rng, batch * config.input_width);
+        let want = reference_output(&layer, &x, batch);
+        for level in SimdLevel::available() {
+            for strategy in STRATEGIES {
+                let got = run_kernel(
+                    &layer,
+                    &x,
+                    batch,
+                    InferOptions {
+                        strategy,
+                        simd: level,
+                    },
+                );
+                let what = format!("case {case} {level:?} {strategy:?}");
+                flips += assert_rows_close(&layer, &x, &got, &want, 1e-3, &what);
+                rows += batch;
+            }
+        }
+    }
+    assert!(
+        flips * 1000 <= rows.max(1),
+        "{flips} routing flips in {rows} rows"
+    );
+}
+
+#[test]
+fn kernel_matches_dense_masked_oracle() {
+    let mut rng = rng(2);
+    for case in 0..12 {
+        let config = random_config(&mut rng, 8, 4);
+        let layer = random_layer(config, 100 + case);
+        let batch = 40;
+        let x = normal_vec(&mut rng, batch * config.input_width);
+        let oracle = layer
+            .forward_reference(&tensor(x.clone(), batch, config.input_width))
+            .unwrap();
+        let got = run_kernel(&layer, &x, batch, InferOptions::default());
+        assert_rows_close(&layer, &x, &got, &flat(&oracle), 1e-3, "oracle");
+    }
+}
+
+#[test]
+fn large_batch_threads_and_single_thread_agree() {
+    let config = FffConfig::new(100, 37, 9, 3);
+    let layer = random_layer(config, 7);
+    let batch = 3000;
+    let x = normal_vec(&mut rng(3), batch * config.input_width);
+    let want = reference_output(&layer, &x, batch);
+    for threads in [1, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        for strategy in STRATEGIES {
+            let got = pool.install(|| {
+                run_kernel(
+                    &layer,
+                    &x,
+                    batch,
+                    InferOptions {
+                        strategy,
+                        ..Default::default()
+                    },
+                )
+            });
+            assert_rows_close(&layer, &x, &got, &want, 1e-3, "threads");
+        }
+    }
+}
+
+/// A layer whose nodes on even levels have zero input weights and bias: their z is exactly 0
+/// for any input, so every even level is a tie and must go left.
+fn layer_with_ties(config: FffConfig) -> Fff {
+    let base = random_layer(config, 11);
+    let m = config.nodes_per_tree();
+    let mut w_in = flat(base.w_in());
+    let mut b_in = flat(base.b_in());
+    let w_out_t = flat(base.w_out_t());
+    for t in 0..config.trees {
+        for n in 0..m {
+            let level = (usize::BITS - 1 - (n + 1).leading_zeros()) as usize;
+            if level % 2 == 0 {
+                let row = t * m + n;
+                w_in[row * config.input_width..(row + 1) * config.input_width].fill(0.0);
+                b_in[row] = 0.0;
+            }
+        }
+    }
+    Fff::from_node_major(config, w_in, b_in, w_out_t).unwrap()
+}
+
+#[test]
+fn ties_go_left_everywhere() {
+    for activation in Activation::ALL {
+        let config = FffConfig::new(9, 5, 6, 2).with_activation(activation);
+        let layer = layer_with_ties(config);
+        let batch = 300;
+        let x = normal_vec(&mut rng(4), batch * config.input_width);
+        for xb in x.chunks(config.input_width) {
+            let path = layer.route(xb).unwrap();
+            for tree_path in path.chunks(config.depth + 1) {
+                for (level, pair) in tree_path.windows(2).enumerate() {
+                    if level % 2 == 0 {
+                        assert_eq!(pair[1], 2 * pair[0] + 1, "tie at level {level} went right");
+                    }
+                }
+            }
+        }
+        let want = reference_output(&layer, &x, batch);
+        for level in SimdLevel::available() {
+            for strategy in STRATEGIES {
+                let got = run_kernel(
+                    &layer,
+                    &x,
+                    batch,
+                    InferOptions {
+                        strategy,
+                        simd: level,
+                    },
+                );
+                let flips = assert_rows_close(&layer, &x, &got, &want, 1e-3, "ties");
+                // Every row is "near a tie" by construction, so demand an exact-path match instead.
+                assert_eq!(flips, 0, "{activation} {level:?} {strategy:?}");
+            }
+        }
+        let train = layer
+            .forward_train(&tensor(x.clone(), batch, config.input_width))
+            .unwrap();
+        assert_eq!(
+            assert_rows_close(&layer, &x, &flat(&train), &want, 1e-3, "ties train"),
+            0
+        );
+    }
+}
+
+#[test]
+fn nan_goes_left() {
+    let config = FffConfig::new(4, 3, 3, 1).with_activation(Activation::Identity);
+    let layer = random_layer(config, 5);
+    let x = [f32::NAN, 1.0, 2.0, 3.0];
+    assert_eq!(layer.route(&x).unwrap(), vec![0, 1, 3, 7]);
+    let y = run_kernel(&layer, &x, 1, InferOptions::default());
+    assert!(y.iter().all(|v| v.is_nan()));
+}
+
+/// Depth 2, one tree, width 2, identity activation, one output whose row of node n is [n]:
+///   node 0: z = x0          node 1: z = x1 - 1      node 2: z = x1 + 1
+///   node 6: z = x0 + x1     (nodes 3, 4, 5: z = 0)
+#[test]
+fn hand_worked_example() {
+    let config = FffConfig::new(2, 1, 2, 1).with_activation(Activation::Identity);
+    let mut w_in = vec![0f32; 7 * 2];
+    let mut b_in = vec![0f32; 7];
+    w_in[0..2].copy_from_slice(&[1.0, 0.0]);
+    w_in[2..4].copy_from_slice(&[0.0, 1.0]);
+    b_in[1] = -1.0;
+    w_in[4..6].copy_from_slice(&[0.0, 1.0]);
+    b_in[2] = 1.0;
+    w_in[12..14].copy_from_slice(&[1.0, 1.0]);
+    let w_out_t: Vec<f32> = (0..7).map(|n| n as f32).collect();
+    let layer = Fff::from_node_major(config, w_in, b_in, w_out_t).unwrap();
+
+    // x = [2, 3]: z0 = 2 > 0 -> node 2; z2 = 4 > 0 -> node 6; z6 = 5.  y = 0·2 + 2·4 + 6·5 = 38.
+    // x = [-1, 0.5]: z0 = -1 -> node 1; z1 = -0.5 -> node 3; z3 = 0.  y = 1·(-0.5) = -0.5.
+    // x = [0, 5]: z0 = 0, a tie -> node 1; z1 = 4 -> node 4; z4 = 0.  y = 1·4 = 4.
+    let cases: [([f32; 2], [u32; 3], f32); 3] = [
+        ([2.0, 3.0], [0, 2, 6], 38.0),
+        ([-1.0, 0.5], [0, 1, 3], -0.5),
+        ([0.0, 5.0], [0, 1, 4], 4.0),
+    ];
+    for (x, path, y) in cases {
+        assert_eq!(layer.route(&x).unwrap(), path.to_vec(), "route of {x:?}");
+        for strategy in STRATEGIES {
+            let got = run_kernel(
+                &layer,
+                &x,
+                1,
+                InferOptions {
+                    strategy,
+                    ..Default::default()
+                },
+            );
+            assert_eq!(got, vec![y], "output of {x:?} with {strategy:?}");
+        }
+        let t = layer.forward_train(&tensor(x.to_vec(), 1, 2)).unwrap();
+        assert_eq!(flat(&t), vec![y]);
+        let r = layer.forward_reference(&tensor(x.to_vec(), 1, 2)).unwrap();
+        assert_eq!(flat(&r), vec![y]);
+    }
+}
+
+#[test]
+fn reference_descent_route_matches_kernel_view() {
+    // The public route() is the plain reference's route.
+    let config = FffConfig::new(17, 3, 5, 3);
+    let layer = random_layer(config, 9);
+    let x = normal_vec(&mut rng(5), config.input_width);
+    let via_view = layer.with_view(|w| reference::route(&w, &x)).unwrap();
+    assert_eq!(layer.route(&x).unwrap(), via_view);
+    assert_eq!(via_view.len(), config.used_nodes());
+}
+
+#[test]
+fn bad_buffers_are_errors_not_panics() {
+    let config = FffConfig::new(8, 4, 2, 1);
+    let layer = random_layer(config, 1);
+    let mut ws = Workspace::new();
+    let mut y = vec![0f32; 4];
+    let err = layer
+        .forward_infer_into(&[0.0; 7], 1, &mut y, &mut ws, InferOptions::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("input"), "{err}");
+    let err = layer
+        .forward_infer_into(
+            &[0.0; 8],
+            1,
+            &mut [0.0; 3],
+            &mut ws,
+            InferOptions::default(),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("output"), "{err}");
+    let view_err = kernels::FffWeightsView::new(config, &[0.0; 3], &[0.0; 7], &[0.0; 28]);
+    assert!(view_err.unwrap_err().to_string().contains("w_in"));
+}
