@@ -1,1 +1,70 @@
-fn main() {}
+//! Criterion benchmark of the inference kernel against a dense feedforward layer of equal
+//! neuron count, at UltraFastBERT's 1x11 shape (width 768, 4095 neurons, 12 used per input).
+//!
+//! Run: `cargo bench -p fastfeedforward --bench kernel` (add a filter such as `batch_128`).
+
+use candle_core::{Device, Tensor};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use fastfeedforward::{
+    Activation, DenseFf, Fff, FffConfig, InferOptions, Init, Strategy, Workspace,
+};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+use std::time::Duration;
+
+const WIDTH: usize = 768;
+
+fn inputs(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n).map(|_| StandardNormal.sample(&mut rng)).collect()
+}
+
+fn bench_layer(c: &mut Criterion) {
+    let config = FffConfig::new(WIDTH, WIDTH, 11, 1);
+    let layer = Fff::new(config, Init::Uniform, 0).unwrap();
+    let dense = DenseFf::new(WIDTH, config.total_nodes(), WIDTH, Activation::Gelu, 0).unwrap();
+    for batch in [1usize, 128, 16384] {
+        let mut group = c.benchmark_group(format!("1x11_w768/batch_{batch}"));
+        group.throughput(Throughput::Elements(batch as u64));
+        if batch >= 16384 {
+            group
+                .sample_size(10)
+                .measurement_time(Duration::from_secs(20));
+        }
+        // A pool of distinct inputs, cycled, so a batch-1 run does not see one path only.
+        let pool_rows = batch.max(1024);
+        let pool = inputs(pool_rows * WIDTH, batch as u64);
+        let mut y = vec![0f32; batch * WIDTH];
+        let mut ws = Workspace::new();
+        for (name, strategy) in [
+            ("fff_auto", Strategy::Auto),
+            ("fff_per_token", Strategy::PerToken),
+            ("fff_grouped", Strategy::Grouped),
+        ] {
+            let opts = InferOptions {
+                strategy,
+                ..Default::default()
+            };
+            let mut next = 0;
+            group.bench_function(BenchmarkId::new(name, batch), |b| {
+                b.iter(|| {
+                    let x = &pool[next * WIDTH..(next + batch) * WIDTH];
+                    next = (next + batch) % (pool_rows - batch + 1);
+                    layer
+                        .forward_infer_into(x, batch, &mut y, &mut ws, opts)
+                        .unwrap();
+                })
+            });
+        }
+        let xt =
+            Tensor::from_vec(pool[..batch * WIDTH].to_vec(), (batch, WIDTH), &Device::Cpu).unwrap();
+        group.bench_function(BenchmarkId::new("dense_4095_candle_gemm", batch), |b| {
+            b.iter(|| dense.forward(&xt).unwrap())
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench_layer);
+criterion_main!(benches);

@@ -8,6 +8,7 @@
 //! - [`reference`]: the dense masked formulation (UltraFastBERT's training), the test oracle;
 //! - [`train_op`]: the O(K·(D+1))-per-input training op with exact gradients (candle custom ops);
 //! - [`kernels`]: the plain reference descent and the fast batched SIMD inference kernel;
+//! - [`dense`]: a dense feedforward layer on candle's SGEMM, the speed baseline;
 //! - [`layer`]: the [`Fff`] layer type, with PyTorch-compatible safetensors save/load.
 //!
 //! ```
@@ -26,6 +27,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod dense;
 pub mod error;
 pub mod kernels;
 pub mod layer;
@@ -33,6 +35,7 @@ pub mod reference;
 pub mod train_op;
 
 pub use config::{Activation, FffConfig, Init};
+pub use dense::DenseFf;
 pub use error::{FffError, Result};
 pub use kernels::{InferOptions, SimdLevel, Strategy, Workspace};
 pub use layer::Fff;

@@ -107,7 +107,7 @@ fn layer_with_ties(config: FffConfig) -> Fff {
     for t in 0..config.trees {
         for n in 0..m {
             let level = (usize::BITS - 1 - (n + 1).leading_zeros()) as usize;
-            if level % 2 == 0 {
+            if level.is_multiple_of(2) {
                 let row = t * m + n;
                 w_in[row * config.input_width..(row + 1) * config.input_width].fill(0.0);
                 b_in[row] = 0.0;
@@ -128,7 +128,7 @@ fn ties_go_left_everywhere() {
             let path = layer.route(xb).unwrap();
             for tree_path in path.chunks(config.depth + 1) {
                 for (level, pair) in tree_path.windows(2).enumerate() {
-                    if level % 2 == 0 {
+                    if level.is_multiple_of(2) {
                         assert_eq!(pair[1], 2 * pair[0] + 1, "tie at level {level} went right");
                     }
                 }

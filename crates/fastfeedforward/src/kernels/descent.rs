@@ -295,35 +295,42 @@ impl SimdTask for NodeGroup<'_, '_, '_> {
     fn run<S: Simd>(self, s: S) {
         let ctx = self.ctx;
         let c = &ctx.w.config;
-        let (cin, cout) = (c.input_width, c.output_width);
+        let cin = c.input_width;
         let w_in = ctx.w.w_in_row(self.row);
         let w_out = ctx.w.w_out_row(self.row);
         let bias = ctx.w.b_in[self.row];
         let act = c.activation;
-        let x_row = |tk: u32| &ctx.x[tk as usize * cin..(tk as usize + 1) * cin];
-        let add_out = |tk: u32, a: f32| {
-            let start = tk as usize * cout;
-            assert!(start + cout <= ctx.y_len);
-            // SAFETY: in bounds (checked above); this input's row is written by this task only.
-            let y = unsafe { std::slice::from_raw_parts_mut(ctx.y.0.add(start), cout) };
-            axpy(s, a, w_out, y);
-        };
         let mut tk4 = self.tokens.chunks_exact(4);
         let mut z4 = self.z.chunks_exact_mut(4);
         for (tk, zz) in (&mut tk4).zip(&mut z4) {
-            let d = dot4(
-                s,
-                w_in,
-                [x_row(tk[0]), x_row(tk[1]), x_row(tk[2]), x_row(tk[3])],
-            );
+            let xs = [0, 1, 2, 3].map(|j| input_row(ctx.x, tk[j], cin));
+            let d = dot4(s, w_in, xs);
             for j in 0..4 {
                 zz[j] = d[j] + bias;
-                add_out(tk[j], act.apply(zz[j]));
+                add_output(s, ctx, tk[j], act.apply(zz[j]), w_out);
             }
         }
         for (tk, zz) in tk4.remainder().iter().zip(z4.into_remainder()) {
-            *zz = dot(s, w_in, x_row(*tk)) + bias;
-            add_out(*tk, act.apply(*zz));
+            *zz = dot(s, w_in, input_row(ctx.x, *tk, cin)) + bias;
+            add_output(s, ctx, *tk, act.apply(*zz), w_out);
         }
     }
+}
+
+/// Input row of token `tk`.
+#[inline(always)]
+fn input_row(x: &[f32], tk: u32, width: usize) -> &[f32] {
+    &x[tk as usize * width..(tk as usize + 1) * width]
+}
+
+/// `y[tk] += a · w_out`. A plain function, not a closure: closures are not inlined into the
+/// target-feature context, and the SIMD intrinsics inside them would become calls.
+#[inline(always)]
+fn add_output<S: Simd>(s: S, ctx: &GroupCtx<'_, '_>, tk: u32, a: f32, w_out: &[f32]) {
+    let cout = w_out.len();
+    let start = tk as usize * cout;
+    assert!(start + cout <= ctx.y_len);
+    // SAFETY: in bounds (checked above); this input's row is written by this task only.
+    let y = unsafe { std::slice::from_raw_parts_mut(ctx.y.0.add(start), cout) };
+    axpy(s, a, w_out, y);
 }

@@ -1,0 +1,196 @@
+//! `fff demo`: the main job on built-in data, no network and no files.
+
+use crate::timing::{human, median_time};
+use anyhow::{ensure, Result};
+use candle_core::{Device, Tensor};
+use clap::Args;
+use fastfeedforward::kernels::reference;
+use fastfeedforward::{
+    Activation, DenseFf, Fff, FffConfig, InferOptions, Init, SimdLevel, Strategy, Workspace,
+};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+
+/// Options of `fff demo`.
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Input and output width.
+    #[arg(long, default_value_t = 768)]
+    width: usize,
+    /// Tree depth D.
+    #[arg(long, default_value_t = 11)]
+    depth: usize,
+    /// Number of trees K.
+    #[arg(long, default_value_t = 1)]
+    trees: usize,
+    /// Node activation: gelu, identity, relu or tanh.
+    #[arg(long, default_value = "gelu")]
+    activation: Activation,
+    /// Batch sizes to time.
+    #[arg(long, value_delimiter = ',', default_value = "1,128,2048")]
+    batches: Vec<usize>,
+    /// Timed repetitions per measurement (the median is reported).
+    #[arg(long, default_value_t = 15)]
+    reps: usize,
+    /// Kernel walk: auto, per-token or grouped.
+    #[arg(long, default_value = "auto", value_parser = parse_strategy)]
+    strategy: Strategy,
+    /// Random seed for weights and inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub fn run(args: DemoArgs) -> Result<()> {
+    let config = FffConfig {
+        input_width: args.width,
+        output_width: args.width,
+        depth: args.depth,
+        trees: args.trees,
+        activation: args.activation,
+    };
+    config.validate()?;
+    let layer = Fff::new(config, Init::Uniform, args.seed)?;
+    let dense = DenseFf::new(
+        args.width,
+        config.total_nodes(),
+        args.width,
+        args.activation,
+        args.seed,
+    )?;
+    println!(
+        "FFF {} ({} activation): width {}, {} neurons, {} used per input ({:.1}x fewer)",
+        config.name(),
+        config.activation,
+        args.width,
+        config.total_nodes(),
+        config.used_nodes(),
+        config.total_nodes() as f64 / config.used_nodes() as f64
+    );
+    println!(
+        "kernel: {} SIMD, {} threads",
+        SimdLevel::detect().name(),
+        rayon::current_num_threads()
+    );
+
+    let mut rng = StdRng::seed_from_u64(args.seed ^ 0x5eed);
+    check(&layer, &mut rng)?;
+
+    println!();
+    println!(
+        "{:>7}  {:>14}  {:>14}  {:>9}",
+        "batch",
+        "FFF kernel",
+        format!("dense {}", dense.hidden()),
+        "speedup"
+    );
+    for &batch in &args.batches {
+        let x = random(&mut rng, batch * args.width);
+        let xt = Tensor::from_vec(x.clone(), (batch, args.width), &Device::Cpu)?;
+        let mut y = vec![0f32; batch * args.width];
+        let mut ws = Workspace::new();
+        let opts = InferOptions {
+            strategy: args.strategy,
+            ..InferOptions::default()
+        };
+        let fff_time = median_time(3, args.reps, || {
+            layer
+                .forward_infer_into(&x, batch, &mut y, &mut ws, opts)
+                .expect("shapes checked above");
+        });
+        let dense_reps = if batch >= 1024 {
+            args.reps.min(5)
+        } else {
+            args.reps
+        };
+        let dense_time = median_time(1, dense_reps, || {
+            dense.forward(&xt).expect("dense forward");
+        });
+        println!(
+            "{batch:>7}  {:>14}  {:>14}  {:>8.1}x",
+            human(fff_time),
+            human(dense_time),
+            dense_time.as_secs_f64() / fff_time.as_secs_f64()
+        );
+    }
+    println!();
+    println!("(medians; speedup = dense time / FFF kernel time, measured side by side)");
+    Ok(())
+}
+
+fn parse_strategy(s: &str) -> Result<Strategy, String> {
+    match s {
+        "auto" => Ok(Strategy::Auto),
+        "per-token" => Ok(Strategy::PerToken),
+        "grouped" => Ok(Strategy::Grouped),
+        _ => Err(format!("`{s}`: expected auto, per-token or grouped")),
+    }
+}
+
+fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| StandardNormal.sample(rng)).collect()
+}
+
+/// Checks the kernel and the training op against the dense masked reference on one batch.
+fn check(layer: &Fff, rng: &mut StdRng) -> Result<()> {
+    let c = *layer.config();
+    let batch = 256;
+    let x = random(rng, batch * c.input_width);
+    let xt = Tensor::from_vec(x.clone(), (batch, c.input_width), &Device::Cpu)?;
+    let oracle = layer
+        .forward_reference(&xt)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let train = layer.forward_train(&xt)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut fast = vec![0f32; batch * c.output_width];
+    layer.forward_infer_into(
+        &x,
+        batch,
+        &mut fast,
+        &mut Workspace::new(),
+        InferOptions::default(),
+    )?;
+    // Rows that pass within 1e-4 of a decision boundary may route differently under another
+    // summation order; they are counted, not compared.
+    let mut near_tie = 0;
+    let (mut err_fast, mut err_train, mut scale) = (0f32, 0f32, 0f32);
+    for b in 0..batch {
+        let xb = &x[b * c.input_width..(b + 1) * c.input_width];
+        let margin = layer.with_view(|w| {
+            let m = c.nodes_per_tree();
+            reference::route(&w, xb)
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    let row = (i / (c.depth + 1)) * m + n as usize;
+                    reference::node_logit(&w, row, xb).abs()
+                })
+                .fold(f32::INFINITY, f32::min)
+        })?;
+        if margin < 1e-4 {
+            near_tie += 1;
+            continue;
+        }
+        let rows = b * c.output_width..(b + 1) * c.output_width;
+        for ((o, f), t) in oracle[rows.clone()]
+            .iter()
+            .zip(&fast[rows.clone()])
+            .zip(&train[rows])
+        {
+            err_fast = err_fast.max((o - f).abs());
+            err_train = err_train.max((o - t).abs());
+            scale = scale.max(o.abs());
+        }
+    }
+    let tol = 1e-4 * scale.max(1.0);
+    println!(
+        "check vs dense masked reference ({batch} inputs): kernel max |err| {err_fast:.2e}, \
+         training op max |err| {err_train:.2e} (output scale {scale:.2}), {near_tie} near-tie rows"
+    );
+    ensure!(
+        err_fast <= tol && err_train <= tol,
+        "kernel or training op disagrees with the reference beyond {tol:.1e}"
+    );
+    println!("check: PASS");
+    Ok(())
+}
