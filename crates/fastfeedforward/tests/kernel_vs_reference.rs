@@ -6,7 +6,7 @@ use common::*;
 use fastfeedforward::kernels::{self, reference};
 use fastfeedforward::{Activation, Fff, FffConfig, InferOptions, SimdLevel, Strategy, Workspace};
 
-const STRATEGIES: [Strategy; 3] = [Strategy::Auto, Strategy::PerToken, Strategy::Grouped];
+const STRATEGIES: [Strategy; 4] = Strategy::ALL;
 
 fn run_kernel(layer: &Fff, x: &[f32], batch: usize, opts: InferOptions) -> Vec<f32> {
     let mut y = vec![f32::NAN; batch * layer.config().output_width];

@@ -33,8 +33,8 @@ pub struct DemoArgs {
     /// Timed repetitions per measurement (the median is reported).
     #[arg(long, default_value_t = 15)]
     reps: usize,
-    /// Kernel walk: auto, per-token or grouped.
-    #[arg(long, default_value = "auto", value_parser = parse_strategy)]
+    /// Kernel walk: auto, per-token, bucketed or grouped.
+    #[arg(long, default_value = "auto")]
     strategy: Strategy,
     /// Random seed for weights and inputs.
     #[arg(long, default_value_t = 0)]
@@ -116,15 +116,6 @@ pub fn run(args: DemoArgs) -> Result<()> {
     println!();
     println!("(medians; speedup = dense time / FFF kernel time, measured side by side)");
     Ok(())
-}
-
-fn parse_strategy(s: &str) -> Result<Strategy, String> {
-    match s {
-        "auto" => Ok(Strategy::Auto),
-        "per-token" => Ok(Strategy::PerToken),
-        "grouped" => Ok(Strategy::Grouped),
-        _ => Err(format!("`{s}`: expected auto, per-token or grouped")),
-    }
 }
 
 fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {

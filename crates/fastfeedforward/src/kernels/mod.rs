@@ -5,9 +5,12 @@
 //! `w_in` is `[K·M, in]`, `b_in` is `[K·M]`, and `w_out_t` is `[K·M, out]` (node-major, i.e.
 //! PyTorch's `linear_out.weight` transposed) so that a visited node's output row is contiguous.
 
+mod bucketed;
 pub mod descent;
+mod grouped;
 pub mod reference;
 pub mod simd;
+mod tile;
 
 use crate::config::FffConfig;
 use crate::error::{FffError, Result};

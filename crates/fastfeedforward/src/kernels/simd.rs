@@ -286,29 +286,35 @@ pub(crate) fn dispatch<T: SimdTask>(level: SimdLevel, task: T) -> T::Output {
 // Generic building blocks. Each is `inline(always)` so it is compiled inside the caller's
 // target-feature context.
 
-/// Dot product of two equal-length rows, 4 independent accumulators to hide FMA latency.
+/// Dot product of two equal-length rows, 8 independent accumulators to hide FMA latency.
 #[inline(always)]
 pub(crate) fn dot<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
+    const ACC: usize = 8;
     let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
     let l = S::LANES;
-    let mut acc = [s.zero(); 4];
-    let mut i = 0;
-    while i + 4 * l <= n {
+    let mut acc = [s.zero(); ACC];
+    // Exact chunks let the compiler drop the bounds checks inside the loop.
+    let mut ca = a.chunks_exact(ACC * l);
+    let mut cb = b.chunks_exact(ACC * l);
+    for (xa, xb) in (&mut ca).zip(&mut cb) {
         for (k, acc_k) in acc.iter_mut().enumerate() {
-            let o = i + k * l;
-            *acc_k = s.mul_add(s.load(&a[o..]), s.load(&b[o..]), *acc_k);
+            *acc_k = s.mul_add(s.load(&xa[k * l..]), s.load(&xb[k * l..]), *acc_k);
         }
-        i += 4 * l;
     }
-    while i + l <= n {
-        acc[0] = s.mul_add(s.load(&a[i..]), s.load(&b[i..]), acc[0]);
-        i += l;
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    let mut ta = ra.chunks_exact(l);
+    let mut tb = rb.chunks_exact(l);
+    for (xa, xb) in (&mut ta).zip(&mut tb) {
+        acc[0] = s.mul_add(s.load(xa), s.load(xb), acc[0]);
     }
-    let v = s.add(s.add(acc[0], acc[1]), s.add(acc[2], acc[3]));
+    let v = s.add(
+        s.add(s.add(acc[0], acc[1]), s.add(acc[2], acc[3])),
+        s.add(s.add(acc[4], acc[5]), s.add(acc[6], acc[7])),
+    );
     let mut sum = s.reduce_sum(v);
-    while i < n {
-        sum += a[i] * b[i];
-        i += 1;
+    for (xa, xb) in ta.remainder().iter().zip(tb.remainder()) {
+        sum += xa * xb;
     }
     sum
 }
@@ -350,17 +356,17 @@ pub(crate) fn dot4<S: Simd>(s: S, w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
 #[inline(always)]
 pub(crate) fn axpy<S: Simd>(s: S, alpha: f32, x: &[f32], y: &mut [f32]) {
     let n = x.len().min(y.len());
+    let (x, y) = (&x[..n], &mut y[..n]);
     let l = S::LANES;
-    let a = s.splat(alpha);
-    let mut i = 0;
-    while i + l <= n {
-        let v = s.mul_add(a, s.load(&x[i..]), s.load(&y[i..]));
-        s.store(&mut y[i..], v);
-        i += l;
+    let av = s.splat(alpha);
+    let mut cx = x.chunks_exact(l);
+    let mut cy = y.chunks_exact_mut(l);
+    for (xc, yc) in (&mut cx).zip(&mut cy) {
+        let v = s.mul_add(av, s.load(xc), s.load(yc));
+        s.store(yc, v);
     }
-    while i < n {
-        y[i] += alpha * x[i];
-        i += 1;
+    for (xk, yk) in cx.remainder().iter().zip(cy.into_remainder()) {
+        *yk += alpha * xk;
     }
 }
 
@@ -439,3 +445,4 @@ mod tests {
         }
     }
 }
+

@@ -1,0 +1,178 @@
+//! The grouped walk: a depth-first walk of each tree that carries the set of inputs sitting on
+//! the current node. Each node's input row is loaded once per group and reused across 4 inputs
+//! per pass; a stable partition splits the group into left and right, and the two subtrees run
+//! in parallel. Kept as the "level-2" formulation for comparison: on machines where input and
+//! output rows do not fit in L1, moving them once per level costs more than the shared weight
+//! loads save, and the bucketed walk is faster.
+
+use super::simd::{axpy, dispatch, dot, dot4, Simd, SimdLevel, SimdTask};
+use super::tile::RowsPtr;
+use super::{FffWeightsView, Workspace};
+use rayon::prelude::*;
+
+/// Inputs per parallel chunk when one node's group is split across threads.
+const GROUP_CHUNK: usize = 128;
+/// Smallest group whose two subtrees are worth running as separate tasks.
+const JOIN_MIN: usize = 64;
+
+struct GroupCtx<'w, 'a> {
+    w: &'w FffWeightsView<'a>,
+    x: &'w [f32],
+    y: RowsPtr,
+    y_len: usize,
+    level: SimdLevel,
+}
+
+pub(super) fn grouped(
+    w: &FffWeightsView<'_>,
+    x: &[f32],
+    batch: usize,
+    y: &mut [f32],
+    ws: &mut Workspace,
+    level: SimdLevel,
+) {
+    ws.ensure_grouped(batch);
+    y.par_chunks_mut(GROUP_CHUNK * w.config.output_width)
+        .for_each(|c| c.fill(0.0));
+    let ctx = GroupCtx {
+        w,
+        x,
+        y: RowsPtr(y.as_mut_ptr()),
+        y_len: y.len(),
+        level,
+    };
+    let tokens = &mut ws.tokens[..batch];
+    let z = &mut ws.z[..batch];
+    let scratch = &mut ws.scratch[..batch];
+    for t in 0..w.config.trees {
+        for (i, tk) in tokens.iter_mut().enumerate() {
+            *tk = i as u32;
+        }
+        visit(&ctx, t, 0, 0, tokens, z, scratch);
+    }
+}
+
+fn visit(
+    ctx: &GroupCtx<'_, '_>,
+    tree: usize,
+    node: usize,
+    level: usize,
+    tokens: &mut [u32],
+    z: &mut [f32],
+    scratch: &mut [u32],
+) {
+    let len = tokens.len();
+    if len == 0 {
+        return;
+    }
+    let c = &ctx.w.config;
+    let row = tree * c.nodes_per_tree() + node;
+    if len >= 2 * GROUP_CHUNK && rayon::current_num_threads() > 1 {
+        tokens
+            .par_chunks(GROUP_CHUNK)
+            .zip(z.par_chunks_mut(GROUP_CHUNK))
+            .for_each(|(tokens, z)| node_group(ctx, row, tokens, z));
+    } else {
+        node_group(ctx, row, tokens, z);
+    }
+    if level == c.depth {
+        return;
+    }
+    let left = stable_partition(tokens, z, scratch);
+    let (tl, tr) = tokens.split_at_mut(left);
+    let (zl, zr) = z.split_at_mut(left);
+    let (sl, sr) = scratch.split_at_mut(left);
+    let (nl, nr) = (2 * node + 1, 2 * node + 2);
+    if len >= JOIN_MIN && rayon::current_num_threads() > 1 {
+        rayon::join(
+            || visit(ctx, tree, nl, level + 1, tl, zl, sl),
+            || visit(ctx, tree, nr, level + 1, tr, zr, sr),
+        );
+    } else {
+        visit(ctx, tree, nl, level + 1, tl, zl, sl);
+        visit(ctx, tree, nr, level + 1, tr, zr, sr);
+    }
+}
+
+/// Moves inputs with `z <= 0` (or NaN) to the front, keeping order; returns how many.
+fn stable_partition(tokens: &mut [u32], z: &[f32], scratch: &mut [u32]) -> usize {
+    let (mut nl, mut nr) = (0, 0);
+    for i in 0..tokens.len() {
+        let tk = tokens[i];
+        if z[i] > 0.0 {
+            scratch[nr] = tk;
+            nr += 1;
+        } else {
+            tokens[nl] = tk;
+            nl += 1;
+        }
+    }
+    tokens[nl..].copy_from_slice(&scratch[..nr]);
+    nl
+}
+
+fn node_group(ctx: &GroupCtx<'_, '_>, row: usize, tokens: &[u32], z: &mut [f32]) {
+    dispatch(
+        ctx.level,
+        NodeGroup {
+            ctx,
+            row,
+            tokens,
+            z,
+        },
+    );
+}
+
+/// One node applied to a group of inputs: z = w_in[row]·x + b, y += act(z)·w_out[row].
+struct NodeGroup<'c, 'w, 'a> {
+    ctx: &'c GroupCtx<'w, 'a>,
+    row: usize,
+    tokens: &'c [u32],
+    z: &'c mut [f32],
+}
+
+impl SimdTask for NodeGroup<'_, '_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) {
+        let ctx = self.ctx;
+        let c = &ctx.w.config;
+        let cin = c.input_width;
+        let w_in = ctx.w.w_in_row(self.row);
+        let w_out = ctx.w.w_out_row(self.row);
+        let bias = ctx.w.b_in[self.row];
+        let act = c.activation;
+        let mut tk4 = self.tokens.chunks_exact(4);
+        let mut z4 = self.z.chunks_exact_mut(4);
+        for (tk, zz) in (&mut tk4).zip(&mut z4) {
+            let xs = [0, 1, 2, 3].map(|j| input_row(ctx.x, tk[j], cin));
+            let d = dot4(s, w_in, xs);
+            for j in 0..4 {
+                zz[j] = d[j] + bias;
+                add_output(s, ctx, tk[j], act.apply(zz[j]), w_out);
+            }
+        }
+        for (tk, zz) in tk4.remainder().iter().zip(z4.into_remainder()) {
+            *zz = dot(s, w_in, input_row(ctx.x, *tk, cin)) + bias;
+            add_output(s, ctx, *tk, act.apply(*zz), w_out);
+        }
+    }
+}
+
+/// Input row of token `tk`.
+#[inline(always)]
+fn input_row(x: &[f32], tk: u32, width: usize) -> &[f32] {
+    &x[tk as usize * width..(tk as usize + 1) * width]
+}
+
+/// `y[tk] += a · w_out`. A plain function, not a closure: closures are not inlined into the
+/// target-feature context, and the SIMD intrinsics inside them would become calls.
+#[inline(always)]
+fn add_output<S: Simd>(s: S, ctx: &GroupCtx<'_, '_>, tk: u32, a: f32, w_out: &[f32]) {
+    let cout = w_out.len();
+    let start = tk as usize * cout;
+    assert!(start + cout <= ctx.y_len);
+    // SAFETY: in bounds (checked above); this input's row is written by this task only.
+    let y = unsafe { std::slice::from_raw_parts_mut(ctx.y.0.add(start), cout) };
+    axpy(s, a, w_out, y);
+}

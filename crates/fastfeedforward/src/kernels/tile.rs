@@ -1,0 +1,212 @@
+//! The per-token walk and the tile primitives the bucketed walk shares with it.
+//!
+//! Each input descends on its own, but a tile of inputs descends level by level together: after
+//! input j's node at a level is decided, its next input row and its output row are prefetched,
+//! and they have the other inputs' dot products to arrive. The tile's `x` rows stay in L1 for
+//! every level, and the output is accumulated once per tree with a block of `y` held in
+//! registers across all visited rows (output-stationary), instead of a read-modify-write of `y`
+//! per level.
+
+use super::simd::{dispatch, dot, prefetch_row, Simd, SimdLevel, SimdTask};
+use super::{child, FffWeightsView};
+use rayon::prelude::*;
+
+/// Inputs whose descents are interleaved in one tile.
+pub(super) const TOKEN_TILE: usize = 8;
+/// Levels the stack buffers of a tile hold (the deepest supported tree).
+pub(super) const MAX_LEVELS: usize = crate::config::MAX_DEPTH + 1;
+
+/// Rows and activations of the nodes each input of a tile visited, indexed by level.
+pub(super) struct TileRecord {
+    pub rows: [[usize; MAX_LEVELS]; TOKEN_TILE],
+    pub acts: [[f32; MAX_LEVELS]; TOKEN_TILE],
+    pub nodes: [usize; TOKEN_TILE],
+}
+
+impl TileRecord {
+    pub fn new() -> Self {
+        TileRecord {
+            rows: [[0; MAX_LEVELS]; TOKEN_TILE],
+            acts: [[0.0; MAX_LEVELS]; TOKEN_TILE],
+            nodes: [0; TOKEN_TILE],
+        }
+    }
+}
+
+/// Output pointer shared by tasks that write disjoint rows of `y`.
+#[derive(Clone, Copy)]
+pub(super) struct RowsPtr(pub *mut f32);
+// SAFETY: every task writes only the rows of the inputs it was given, and inputs handed to
+// concurrent tasks are disjoint (each input is in exactly one tile, group or bucket).
+unsafe impl Send for RowsPtr {}
+unsafe impl Sync for RowsPtr {}
+
+impl RowsPtr {
+    /// Row `index` of width `width`, within a buffer of `len` floats.
+    ///
+    /// # Safety
+    /// No other live reference may alias this row.
+    #[inline(always)]
+    pub unsafe fn row<'a>(self, index: usize, width: usize, len: usize) -> &'a mut [f32] {
+        let start = index * width;
+        assert!(start + width <= len, "row {index} out of bounds");
+        // SAFETY: in bounds (checked above); exclusivity is the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), width) }
+    }
+}
+
+/// Routes the tile's inputs `xs` through `levels` of the tree whose root row is `base`,
+/// starting from `rec.nodes[j]`; records each visited row and activation by level and leaves
+/// `rec.nodes[j]` at the node below the last level.
+#[inline(always)]
+pub(super) fn route_tile<S: Simd>(
+    s: S,
+    w: &FffWeightsView<'_>,
+    base: usize,
+    xs: &[&[f32]],
+    levels: std::ops::Range<usize>,
+    rec: &mut TileRecord,
+) {
+    let depth = w.config.depth;
+    // With few inputs there is too little work to hide a miss behind: fetch both children
+    // ahead instead of only the chosen one.
+    let both_children = xs.len() < 4;
+    for l in levels {
+        for (j, x) in xs.iter().enumerate() {
+            let n = rec.nodes[j];
+            let row = base + n;
+            if both_children && l < depth {
+                prefetch_row(s, w.w_in_row(base + 2 * n + 1));
+                prefetch_row(s, w.w_in_row(base + 2 * n + 2));
+            }
+            let z = dot(s, w.w_in_row(row), x) + w.b_in[row];
+            rec.rows[j][l] = row;
+            rec.acts[j][l] = w.config.activation.apply(z);
+            prefetch_row(s, w.w_out_row(row));
+            let next = child(n, z);
+            rec.nodes[j] = next;
+            if !both_children && l < depth {
+                prefetch_row(s, w.w_in_row(base + next));
+            }
+        }
+    }
+}
+
+/// `y (+)= Σ_l acts[l] · w_out[rows[l]]`, holding a block of `y` in registers across all rows.
+/// With `overwrite`, `y`'s old contents are ignored.
+#[inline(always)]
+pub(super) fn accumulate_rows<S: Simd>(
+    s: S,
+    w: &FffWeightsView<'_>,
+    rows: &[usize],
+    acts: &[f32],
+    y: &mut [f32],
+    overwrite: bool,
+) {
+    const BLOCK: usize = 8;
+    let n = y.len();
+    let l = S::LANES;
+    let mut i = 0;
+    while i + BLOCK * l <= n {
+        let mut acc = [s.zero(); BLOCK];
+        if !overwrite {
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = s.load(&y[i + k * l..]);
+            }
+        }
+        for (&row, &act) in rows.iter().zip(acts) {
+            let out = &w.w_out_row(row)[i..];
+            let av = s.splat(act);
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = s.mul_add(av, s.load(&out[k * l..]), *a);
+            }
+        }
+        for (k, a) in acc.iter().enumerate() {
+            s.store(&mut y[i + k * l..], *a);
+        }
+        i += BLOCK * l;
+    }
+    while i + l <= n {
+        let mut acc = if overwrite { s.zero() } else { s.load(&y[i..]) };
+        for (&row, &act) in rows.iter().zip(acts) {
+            acc = s.mul_add(s.splat(act), s.load(&w.w_out_row(row)[i..]), acc);
+        }
+        s.store(&mut y[i..], acc);
+        i += l;
+    }
+    for (k, yk) in y.iter_mut().enumerate().skip(i) {
+        let mut sum = if overwrite { 0.0 } else { *yk };
+        for (&row, &act) in rows.iter().zip(acts) {
+            sum += act * w.w_out_row(row)[k];
+        }
+        *yk = sum;
+    }
+}
+
+/// The per-token walk: tiles of inputs in parallel, each tile descending every tree.
+pub(super) fn per_token(
+    w: &FffWeightsView<'_>,
+    x: &[f32],
+    batch: usize,
+    y: &mut [f32],
+    level: SimdLevel,
+) {
+    let (cin, cout) = (w.config.input_width, w.config.output_width);
+    if batch <= TOKEN_TILE || rayon::current_num_threads() == 1 {
+        for (x, y) in x
+            .chunks(TOKEN_TILE * cin)
+            .zip(y.chunks_mut(TOKEN_TILE * cout))
+        {
+            dispatch(level, DescendTile { w, x, y });
+        }
+        return;
+    }
+    y.par_chunks_mut(TOKEN_TILE * cout)
+        .zip(x.par_chunks(TOKEN_TILE * cin))
+        .for_each(|(y, x)| dispatch(level, DescendTile { w, x, y }));
+}
+
+/// Descends a tile of at most `TOKEN_TILE` contiguous inputs through every tree.
+struct DescendTile<'w, 'a> {
+    w: &'w FffWeightsView<'a>,
+    x: &'w [f32],
+    y: &'w mut [f32],
+}
+
+impl SimdTask for DescendTile<'_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) {
+        let w = self.w;
+        let c = &w.config;
+        let (cin, cout) = (c.input_width, c.output_width);
+        let tile = self.x.len() / cin;
+        let levels = c.depth + 1;
+        let mut xs: [&[f32]; TOKEN_TILE] = [&[]; TOKEN_TILE];
+        for (j, x) in self.x.chunks_exact(cin).enumerate() {
+            xs[j] = x;
+        }
+        let mut rec = TileRecord::new();
+        for t in 0..c.trees {
+            rec.nodes = [0; TOKEN_TILE];
+            route_tile(
+                s,
+                w,
+                t * c.nodes_per_tree(),
+                &xs[..tile],
+                0..levels,
+                &mut rec,
+            );
+            for (j, y) in self.y.chunks_exact_mut(cout).enumerate() {
+                accumulate_rows(
+                    s,
+                    w,
+                    &rec.rows[j][..levels],
+                    &rec.acts[j][..levels],
+                    y,
+                    t == 0,
+                );
+            }
+        }
+    }
+}
