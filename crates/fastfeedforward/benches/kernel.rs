@@ -37,11 +37,8 @@ fn bench_layer(c: &mut Criterion) {
         let pool = inputs(pool_rows * WIDTH, batch as u64);
         let mut y = vec![0f32; batch * WIDTH];
         let mut ws = Workspace::new();
-        for (name, strategy) in [
-            ("fff_auto", Strategy::Auto),
-            ("fff_per_token", Strategy::PerToken),
-            ("fff_grouped", Strategy::Grouped),
-        ] {
+        for strategy in Strategy::ALL {
+            let name = format!("fff_{}", strategy.name());
             let opts = InferOptions {
                 strategy,
                 ..Default::default()

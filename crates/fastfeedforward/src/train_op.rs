@@ -16,7 +16,7 @@
 
 use crate::config::FffConfig;
 use crate::kernels::child;
-use crate::kernels::simd::{axpy_detected, dot_detected};
+use crate::kernels::simd::{axpy_f32, dot_f32};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -147,7 +147,7 @@ impl CustomOp3 for NodeLogits {
                     let mut n = 0;
                     for l in 0..=c.depth {
                         let row = t * m + n;
-                        let v = dot_detected(&w_in[row * cin..(row + 1) * cin], x_b) + b_in[row];
+                        let v = dot_f32(&w_in[row * cin..(row + 1) * cin], x_b) + b_in[row];
                         z_b[t * (c.depth + 1) + l] = v;
                         n = child(n, v);
                     }
@@ -257,7 +257,7 @@ impl CustomOp3 for PathKernel {
                         .with_min_len(MIN_ROWS_PER_TASK)
                         .for_each(|(out_b, (coef_b, z_b))| {
                             for_each_visited(c, z_b, |i, row| {
-                                axpy_detected(coef_b[i], &a2[row * width..(row + 1) * width], out_b)
+                                axpy_f32(coef_b[i], &a2[row * width..(row + 1) * width], out_b)
                             })
                         });
                 }
@@ -273,7 +273,7 @@ impl CustomOp3 for PathKernel {
                         .with_min_len(MIN_ROWS_PER_TASK)
                         .for_each(|(out_b, (v_b, z_b))| {
                             for_each_visited(c, z_b, |i, row| {
-                                out_b[i] = dot_detected(&a2[row * width..(row + 1) * width], v_b)
+                                out_b[i] = dot_f32(&a2[row * width..(row + 1) * width], v_b)
                             })
                         });
                 }
@@ -311,7 +311,7 @@ impl CustomOp3 for PathKernel {
                             let range = start[row]..start[row + 1];
                             for &v in &visits[range] {
                                 let b = v / used;
-                                axpy_detected(a1[v], &a2[b * width..(b + 1) * width], out_r);
+                                axpy_f32(a1[v], &a2[b * width..(b + 1) * width], out_r);
                             }
                         });
                 }

@@ -380,8 +380,8 @@ pub(crate) fn prefetch_row<S: Simd>(s: S, row: &[f32]) {
     }
 }
 
-/// Dispatched dot product at the detected level (for code outside the hot loops).
-pub(crate) fn dot_detected(a: &[f32], b: &[f32]) -> f32 {
+/// Dot product of two rows at the best SIMD level of this CPU.
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     struct Task<'a>(&'a [f32], &'a [f32]);
     impl SimdTask for Task<'_> {
         type Output = f32;
@@ -393,8 +393,8 @@ pub(crate) fn dot_detected(a: &[f32], b: &[f32]) -> f32 {
     dispatch(SimdLevel::detect(), Task(a, b))
 }
 
-/// Dispatched `y += alpha·x` at the detected level (for code outside the hot loops).
-pub(crate) fn axpy_detected(alpha: f32, x: &[f32], y: &mut [f32]) {
+/// `y += alpha·x` at the best SIMD level of this CPU.
+pub fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
     struct Task<'a>(f32, &'a [f32], &'a mut [f32]);
     impl SimdTask for Task<'_> {
         type Output = ();
@@ -445,4 +445,3 @@ mod tests {
         }
     }
 }
-

@@ -1,0 +1,114 @@
+//! `fff bench layer` end to end on a tiny shape: records, JSON fields, plot.
+
+use fff_bench::report::{markdown_table, plot, write_json};
+use fff_bench::{run, BenchOptions, ConfigSpec};
+use std::time::Duration;
+
+#[test]
+fn config_names_parse_and_bad_ones_are_explained() {
+    assert_eq!(
+        "1x11".parse::<ConfigSpec>().unwrap(),
+        ConfigSpec::Fff {
+            trees: 1,
+            depth: 11
+        }
+    );
+    assert_eq!(
+        "dense4095".parse::<ConfigSpec>().unwrap(),
+        ConfigSpec::Dense { neurons: 4095 }
+    );
+    assert_eq!("3072x0".parse::<ConfigSpec>().unwrap().neurons(), 3072);
+    assert_eq!("1x11".parse::<ConfigSpec>().unwrap().neurons(), 4095);
+    assert_eq!("1x11".parse::<ConfigSpec>().unwrap().used(), 12);
+    for bad in ["1x", "x3", "dense", "densex", "1x99", "0x3", "hello"] {
+        let err = bad.parse::<ConfigSpec>().unwrap_err().to_string();
+        assert!(err.contains(bad), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn tiny_run_produces_checked_records_json_and_plot() {
+    let opts = BenchOptions {
+        width: 19,
+        configs: "2x3,1x4,dense30"
+            .split(',')
+            .map(|c| c.parse().unwrap())
+            .collect(),
+        batches: vec![1, 37],
+        threads: vec![1, 2],
+        reps: 3,
+        budget: Duration::ZERO,
+        progress: false,
+        ..BenchOptions::default()
+    };
+    let records = run(&opts).unwrap();
+    // Per (threads, batch): dense30 with gemm, faer, level2, level1 = 4 rows (dense31 for 1x4
+    // is measured as a baseline only), and 3 FFF rows per FFF config.
+    assert_eq!(records.len(), 2 * 2 * (4 + 2 * 3), "{records:#?}");
+    for r in &records {
+        assert!(r.median_s > 0.0 && r.median_s.is_finite(), "{r:?}");
+        assert!(
+            r.speedup_vs_dense > 0.0 && r.speedup_vs_dense.is_finite(),
+            "{r:?}"
+        );
+        assert!(r.runs >= 3);
+    }
+    let r = records.iter().find(|r| r.config == "2x3").unwrap();
+    assert_eq!((r.neurons_total, r.neurons_used), (30, 8));
+    assert!((r.limit - 30.0 / 8.0).abs() < 1e-12);
+    let r = records.iter().find(|r| r.config == "1x4").unwrap();
+    assert_eq!(r.neurons_total, 31);
+    assert!(r.dense_baseline.starts_with("dense-"));
+    // The dense baseline of a dense config is its own fastest SGEMM: speedup exactly 1 there.
+    let best = records
+        .iter()
+        .filter(|r| r.config == "dense30" && !r.implementation.contains("level"))
+        .map(|r| r.speedup_vs_dense)
+        .fold(0.0, f64::max);
+    assert!((best - 1.0).abs() < 1e-12, "{best}");
+
+    let table = markdown_table(&records);
+    assert!(table.contains("| 2x3 | 30 / 8 |") && table.contains("batch 37, 2 threads"));
+
+    let dir = std::env::temp_dir().join(format!("fff-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("bench.json");
+    write_json(&json, &records).unwrap();
+    let parsed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let first = &parsed.as_array().unwrap()[0];
+    for field in [
+        "config",
+        "impl",
+        "batch",
+        "threads",
+        "median_s",
+        "speedup_vs_dense",
+        "limit",
+    ] {
+        assert!(first.get(field).is_some(), "JSON lacks `{field}`: {first}");
+    }
+    let png = dir.join("bench.png");
+    plot(&png, &records).unwrap();
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(
+        bytes.len() > 1000 && bytes.starts_with(b"\x89PNG"),
+        "not a PNG"
+    );
+}
+
+#[test]
+fn nothing_to_measure_is_an_error() {
+    let opts = BenchOptions {
+        batches: vec![],
+        progress: false,
+        ..BenchOptions::default()
+    };
+    assert!(run(&opts).is_err());
+    let opts = BenchOptions {
+        threads: vec![0],
+        progress: false,
+        ..BenchOptions::default()
+    };
+    assert!(run(&opts).unwrap_err().to_string().contains("thread"));
+}

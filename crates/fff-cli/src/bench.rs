@@ -1,0 +1,113 @@
+//! `fff bench`: speed tables.
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use fastfeedforward::Activation;
+use fff_bench::report::{markdown_table, plot, write_json};
+use fff_bench::{BenchOptions, ConfigSpec};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What to benchmark.
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// FFF layers against dense feedforward layers of the same neuron count (UltraFastBERT's
+    /// CPU table, done right): every implementation is checked against a reference first.
+    Layer(LayerArgs),
+}
+
+/// Options of `fff bench layer`.
+#[derive(Args, Debug)]
+pub struct LayerArgs {
+    /// Input and output width.
+    #[arg(long, default_value_t = 768)]
+    width: usize,
+    /// Configurations: KxD for FFF (K trees of depth D), denseN for a dense layer of N neurons.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "3072x0,512x2,128x4,32x6,8x8,2x10,1x11,dense3072,dense4095"
+    )]
+    configs: Vec<ConfigSpec>,
+    /// Batch sizes (16384 = 128 sequences of 128 tokens, the paper's setting).
+    #[arg(long, value_delimiter = ',', default_value = "1,128,16384")]
+    batches: Vec<usize>,
+    /// Thread counts [default: 1 and all cores].
+    #[arg(long, value_delimiter = ',')]
+    threads: Vec<usize>,
+    /// Most timed runs per measurement, after one warm-up run; the median is reported.
+    #[arg(long, default_value_t = 7)]
+    reps: usize,
+    /// Stop repeating a measurement after this many seconds (once it has run 3 times).
+    #[arg(long, default_value_t = 4.0)]
+    budget_s: f64,
+    /// Node and hidden activation.
+    #[arg(long, default_value = "gelu")]
+    activation: Activation,
+    /// Largest batch for the slow level-1/level-2 dense loops.
+    #[arg(long, default_value_t = 128)]
+    loops_max_batch: usize,
+    /// Random seed for weights and inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write one JSON record per row to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw speedup against depth per batch size, with the limit, to this PNG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Layer(args) => layer(args),
+    }
+}
+
+fn layer(args: LayerArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.budget_s.is_finite() && args.budget_s >= 0.0,
+        "--budget-s must be a non-negative number of seconds"
+    );
+    let defaults = BenchOptions::default();
+    let opts = BenchOptions {
+        width: args.width,
+        configs: args.configs,
+        batches: args.batches,
+        threads: if args.threads.is_empty() {
+            defaults.threads
+        } else {
+            args.threads
+        },
+        reps: args.reps,
+        budget: Duration::from_secs_f64(args.budget_s),
+        activation: args.activation,
+        loops_max_batch: args.loops_max_batch,
+        seed: args.seed,
+        progress: true,
+    };
+    println!(
+        "fff bench layer: width {}, {} activation, SIMD {}, threads {:?}, median of up to {} runs",
+        opts.width,
+        opts.activation,
+        fastfeedforward::SimdLevel::detect().name(),
+        opts.threads,
+        opts.reps
+    );
+    let records = fff_bench::run(&opts)?;
+    print!("{}", markdown_table(&records));
+    println!(
+        "\nspeedup vs dense = median of the fastest dense FF (two SGEMMs + bias + activation) with \
+         the same number of neurons / this row's median, measured in the same run; limit = \
+         neurons total / used; GFLOP/s counts only the neurons each input uses."
+    );
+    if let Some(path) = &args.json {
+        write_json(path, &records)?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        plot(path, &records)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
