@@ -3,16 +3,20 @@
 //! 1. **Top**: every input descends levels `0..s` in tiles (the top `2^s − 1` rows are shared by
 //!    all inputs and stay in cache), recording its rows, activations and the node it reaches.
 //! 2. **Bucket**: a counting sort groups the inputs by that node, i.e. by bottom subtree.
-//! 3. **Bottom**: each bucket (in parallel) descends levels `s..=D` of its own subtree, whose
-//!    `2^(D+1−s) − 1` rows now serve every input of the bucket from cache instead of being
-//!    fetched once per input, then writes each input's output once, with all its levels' rows
-//!    accumulated in registers.
+//! 3. **Bottom**: buckets run in parallel. Inside a bucket, the subtree is walked depth first
+//!    with the inputs on each node grouped, so each input row of the subtree is loaded once per
+//!    4 inputs, and the subtree's rows and the bucket's inputs stay in cache throughout. Small
+//!    buckets use the interleaved tile descent instead. Then each input's output is written
+//!    once, with all its levels' output rows accumulated in registers; inputs are visited in
+//!    leaf order, so neighbours share their output rows in cache.
 //!
-//! Weight traffic drops from one row pair per input per level to roughly one pass over the
+//! Weight traffic drops from one row pair per input per level to about one pass over the
 //! weights per call; inputs are read twice and outputs written once.
 
-use super::simd::{dispatch, Simd, SimdLevel, SimdTask};
-use super::tile::{accumulate_rows, route_tile, RowsPtr, TileRecord, MAX_LEVELS, TOKEN_TILE};
+use super::simd::{dispatch, dot, dot4, Simd, SimdLevel, SimdTask};
+use super::tile::{
+    accumulate_rows, route_tile, RowsPtr, SharedMut, TileRecord, MAX_LEVELS, TOKEN_TILE,
+};
 use super::{FffWeightsView, Workspace};
 use rayon::prelude::*;
 
@@ -20,6 +24,11 @@ use rayon::prelude::*;
 pub(super) fn split_level(levels: usize) -> usize {
     levels / 2
 }
+
+/// Buckets with at least this many inputs are walked grouped; smaller ones in tiles.
+const GROUPED_BUCKET_MIN: usize = 12;
+/// Smallest token count worth splitting into two parallel tasks.
+const JOIN_MIN_TOKENS: usize = 64;
 
 pub(super) fn bucketed(
     w: &FffWeightsView<'_>,
@@ -32,10 +41,11 @@ pub(super) fn bucketed(
     let c = &w.config;
     let levels = c.depth + 1;
     let split = split_level(levels);
+    let bottom = levels - split;
     let buckets = 1usize << split;
-    ws.ensure_bucketed(batch, split, buckets);
+    ws.ensure_bucketed(batch, split, bottom, buckets);
     let y_len = y.len();
-    let y_ptr = RowsPtr(y.as_mut_ptr());
+    let y_ptr = SharedMut(y.as_mut_ptr());
     for t in 0..c.trees {
         let base = t * c.nodes_per_tree();
         // 1. Top levels, contiguous tiles in parallel.
@@ -43,8 +53,8 @@ pub(super) fn bucketed(
         let top_acts = &mut ws.top_acts[..batch * split];
         let reached = &mut ws.reached[..batch];
         x.par_chunks(TOKEN_TILE * c.input_width)
-            .zip(top_rows.par_chunks_mut(TOKEN_TILE * split.max(1)))
-            .zip(top_acts.par_chunks_mut(TOKEN_TILE * split.max(1)))
+            .zip(top_rows.par_chunks_mut(TOKEN_TILE * split))
+            .zip(top_acts.par_chunks_mut(TOKEN_TILE * split))
             .zip(reached.par_chunks_mut(TOKEN_TILE))
             .for_each(|(((x, rows), acts), reached)| {
                 dispatch(
@@ -60,8 +70,8 @@ pub(super) fn bucketed(
                     },
                 )
             });
-        // 2. Counting sort by the node reached at level `split` (first node of that level is
-        //    2^split − 1).
+        // 2. Counting sort by the node reached at level `split` (the first node of that level
+        //    is 2^split − 1).
         let first = buckets - 1;
         let start = &mut ws.bucket_start[..buckets + 1];
         start.fill(0);
@@ -79,31 +89,94 @@ pub(super) fn bucketed(
             order[fill[b]] = tk as u32;
             fill[b] += 1;
         }
-        // 3. Bottom subtrees, one task per non-empty bucket.
-        let (order, start, top_rows, top_acts, reached) =
-            (&*order, &*start, &*top_rows, &*top_acts, &*reached);
-        (0..buckets).into_par_iter().for_each(|b| {
-            let tokens = &order[start[b]..start[b + 1]];
-            if tokens.is_empty() {
-                return;
-            }
+        // 3. Bottom subtrees.
+        let ctx = BottomCtx {
+            w,
+            base,
+            split,
+            x,
+            top_rows,
+            top_acts,
+            reached,
+            bottom_rows: SharedMut(ws.bottom_rows.as_mut_ptr()),
+            bottom_acts: SharedMut(ws.bottom_acts.as_mut_ptr()),
+            records_len: batch * bottom,
+            y: y_ptr,
+            y_len,
+            overwrite: t == 0,
+            level,
+        };
+        bucket_range(
+            &ctx,
+            0..buckets,
+            start,
+            order,
+            &mut ws.z[..batch],
+            &mut ws.scratch[..batch],
+        );
+    }
+}
+
+/// Everything a bucket task reads, and the shared buffers it writes its own inputs' parts of.
+struct BottomCtx<'w, 'a> {
+    w: &'w FffWeightsView<'a>,
+    base: usize,
+    split: usize,
+    x: &'w [f32],
+    top_rows: &'w [u32],
+    top_acts: &'w [f32],
+    reached: &'w [u32],
+    bottom_rows: SharedMut<u32>,
+    bottom_acts: SharedMut<f32>,
+    records_len: usize,
+    y: RowsPtr,
+    y_len: usize,
+    overwrite: bool,
+    level: SimdLevel,
+}
+
+/// Runs the buckets in `range`, whose inputs are `order` (bucket by bucket), in parallel
+/// halves; `z` and `scratch` are the matching scratch slices.
+fn bucket_range(
+    ctx: &BottomCtx<'_, '_>,
+    range: std::ops::Range<usize>,
+    start: &[usize],
+    order: &mut [u32],
+    z: &mut [f32],
+    scratch: &mut [u32],
+) {
+    if order.is_empty() {
+        return;
+    }
+    if range.len() == 1 {
+        if order.len() >= GROUPED_BUCKET_MIN {
             dispatch(
-                level,
-                BottomBucket {
-                    w,
-                    base,
-                    split,
-                    x,
-                    tokens,
-                    top_rows,
-                    top_acts,
-                    reached,
-                    y: y_ptr,
-                    y_len,
-                    overwrite: t == 0,
+                ctx.level,
+                GroupedBucket {
+                    ctx,
+                    tokens: order,
+                    z,
+                    scratch,
                 },
-            )
-        });
+            );
+        } else {
+            dispatch(ctx.level, TiledBucket { ctx, tokens: order });
+        }
+        return;
+    }
+    let mid = (range.start + range.end) / 2;
+    let cut = start[mid] - start[range.start];
+    let (o1, o2) = order.split_at_mut(cut);
+    let (z1, z2) = z.split_at_mut(cut);
+    let (s1, s2) = scratch.split_at_mut(cut);
+    if o1.len() + o2.len() >= JOIN_MIN_TOKENS {
+        rayon::join(
+            || bucket_range(ctx, range.start..mid, start, o1, z1, s1),
+            || bucket_range(ctx, mid..range.end, start, o2, z2, s2),
+        );
+    } else {
+        bucket_range(ctx, range.start..mid, start, o1, z1, s1);
+        bucket_range(ctx, mid..range.end, start, o2, z2, s2);
     }
 }
 
@@ -140,62 +213,170 @@ impl SimdTask for TopTile<'_, '_> {
     }
 }
 
-/// Bottom levels of every input in one bucket, then their outputs.
-struct BottomBucket<'w, 'a> {
-    w: &'w FffWeightsView<'a>,
-    base: usize,
-    split: usize,
-    x: &'w [f32],
-    tokens: &'w [u32],
-    top_rows: &'w [u32],
-    top_acts: &'w [f32],
-    reached: &'w [u32],
-    y: RowsPtr,
-    y_len: usize,
-    overwrite: bool,
+/// Writes the output of input `tk` from its top records and the bottom levels in `rec_j`.
+#[inline(always)]
+fn write_output<S: Simd>(
+    s: S,
+    ctx: &BottomCtx<'_, '_>,
+    tk: usize,
+    rows: &mut [usize; MAX_LEVELS],
+    acts: &mut [f32; MAX_LEVELS],
+) {
+    let c = &ctx.w.config;
+    let (levels, split) = (c.depth + 1, ctx.split);
+    for l in 0..split {
+        rows[l] = ctx.top_rows[tk * split + l] as usize;
+        acts[l] = ctx.top_acts[tk * split + l];
+    }
+    // SAFETY: each input is in exactly one bucket and once in it.
+    let y = unsafe { ctx.y.row(tk, c.output_width, ctx.y_len) };
+    accumulate_rows(s, ctx.w, &rows[..levels], &acts[..levels], y, ctx.overwrite);
 }
 
-impl SimdTask for BottomBucket<'_, '_> {
+/// A small bucket: interleaved tile descent of its bottom levels.
+struct TiledBucket<'c, 'w, 'a> {
+    ctx: &'c BottomCtx<'w, 'a>,
+    tokens: &'c [u32],
+}
+
+impl SimdTask for TiledBucket<'_, '_, '_> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
-        let c = &self.w.config;
-        let (cin, cout) = (c.input_width, c.output_width);
+        let ctx = self.ctx;
+        let c = &ctx.w.config;
+        let cin = c.input_width;
         let levels = c.depth + 1;
-        let split = self.split;
-        debug_assert!(levels <= MAX_LEVELS);
         let mut rec = TileRecord::new();
         for tile in self.tokens.chunks(TOKEN_TILE) {
             let mut xs: [&[f32]; TOKEN_TILE] = [&[]; TOKEN_TILE];
             for (j, &tk) in tile.iter().enumerate() {
                 let tk = tk as usize;
-                xs[j] = &self.x[tk * cin..(tk + 1) * cin];
-                rec.nodes[j] = self.reached[tk] as usize;
-                for l in 0..split {
-                    rec.rows[j][l] = self.top_rows[tk * split + l] as usize;
-                    rec.acts[j][l] = self.top_acts[tk * split + l];
-                }
+                xs[j] = &ctx.x[tk * cin..(tk + 1) * cin];
+                rec.nodes[j] = ctx.reached[tk] as usize;
             }
             route_tile(
                 s,
-                self.w,
-                self.base,
+                ctx.w,
+                ctx.base,
                 &xs[..tile.len()],
-                split..levels,
+                ctx.split..levels,
                 &mut rec,
             );
             for (j, &tk) in tile.iter().enumerate() {
-                // SAFETY: each input is in exactly one bucket and once in it.
-                let y = unsafe { self.y.row(tk as usize, cout, self.y_len) };
-                accumulate_rows(
-                    s,
-                    self.w,
-                    &rec.rows[j][..levels],
-                    &rec.acts[j][..levels],
-                    y,
-                    self.overwrite,
-                );
+                write_output(s, ctx, tk as usize, &mut rec.rows[j], &mut rec.acts[j]);
             }
         }
     }
+}
+
+/// A large bucket: depth-first walk of its subtree with the inputs on each node grouped.
+struct GroupedBucket<'c, 'w, 'a> {
+    ctx: &'c BottomCtx<'w, 'a>,
+    tokens: &'c mut [u32],
+    z: &'c mut [f32],
+    scratch: &'c mut [u32],
+}
+
+impl SimdTask for GroupedBucket<'_, '_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) {
+        let ctx = self.ctx;
+        let c = &ctx.w.config;
+        let (cin, levels, split) = (c.input_width, c.depth + 1, ctx.split);
+        let bottom = levels - split;
+        let tokens = self.tokens;
+        let z = self.z;
+        let root = ctx.reached[tokens[0] as usize] as usize;
+        // Explicit stack: recursion would leave this function's target-feature context.
+        let mut stack = [(0usize, 0usize, 0usize, 0usize); 2 * MAX_LEVELS + 2];
+        let mut top = 1;
+        stack[0] = (root, split, 0, tokens.len());
+        while top > 0 {
+            top -= 1;
+            let (node, l, lo, hi) = stack[top];
+            if lo == hi {
+                continue;
+            }
+            let row = ctx.base + node;
+            let w_in = ctx.w.w_in_row(row);
+            let bias = ctx.w.b_in[row];
+            let group = &tokens[lo..hi];
+            let zg = &mut z[lo..hi];
+            let x_row = |tk: u32| &ctx.x[tk as usize * cin..(tk as usize + 1) * cin];
+            let mut t4 = group.chunks_exact(4);
+            let mut z4 = zg.chunks_exact_mut(4);
+            for (tk, zz) in (&mut t4).zip(&mut z4) {
+                let d = dot4(
+                    s,
+                    w_in,
+                    [x_row(tk[0]), x_row(tk[1]), x_row(tk[2]), x_row(tk[3])],
+                );
+                for j in 0..4 {
+                    zz[j] = d[j] + bias;
+                }
+            }
+            for (tk, zz) in t4.remainder().iter().zip(z4.into_remainder()) {
+                *zz = dot(s, w_in, x_row(*tk)) + bias;
+            }
+            for (&tk, &zv) in group.iter().zip(zg.iter()) {
+                let at = tk as usize * bottom + (l - split);
+                assert!(at < ctx.records_len);
+                // SAFETY: in bounds (checked); this input's records are written by this bucket
+                // only, and by one node per level.
+                unsafe {
+                    *ctx.bottom_rows.0.add(at) = row as u32;
+                    *ctx.bottom_acts.0.add(at) = c.activation.apply(zv);
+                }
+            }
+            if l + 1 == levels {
+                continue;
+            }
+            // Stable partition: z <= 0 (and NaN) to the left child.
+            let (mut nl, mut nr) = (0, 0);
+            for i in lo..hi {
+                let tk = tokens[i];
+                if z[i] > 0.0 {
+                    self.scratch[nr] = tk;
+                    nr += 1;
+                } else {
+                    tokens[lo + nl] = tk;
+                    nl += 1;
+                }
+            }
+            tokens[lo + nl..hi].copy_from_slice(&self.scratch[..nr]);
+            // Left child on top of the stack, so it is walked first.
+            stack[top] = (2 * node + 2, l + 1, lo + nl, hi);
+            stack[top + 1] = (2 * node + 1, l + 1, lo, lo + nl);
+            top += 2;
+        }
+        // Outputs in leaf order.
+        let mut rows = [0usize; MAX_LEVELS];
+        let mut acts = [0f32; MAX_LEVELS];
+        for &tk in tokens.iter() {
+            let tk = tk as usize;
+            for l in split..levels {
+                rows[l] = ctx_row(ctx, tk * bottom + (l - split));
+                acts[l] = ctx_act(ctx, tk * bottom + (l - split));
+            }
+            write_output(s, ctx, tk, &mut rows, &mut acts);
+        }
+    }
+}
+
+/// Bottom record `at` (written by this bucket's walk above).
+#[inline(always)]
+fn ctx_row(ctx: &BottomCtx<'_, '_>, at: usize) -> usize {
+    assert!(at < ctx.records_len);
+    // SAFETY: in bounds; written by this task before, read by no other task.
+    unsafe { *ctx.bottom_rows.0.add(at) as usize }
+}
+
+/// Bottom activation record `at`.
+#[inline(always)]
+fn ctx_act(ctx: &BottomCtx<'_, '_>, at: usize) -> f32 {
+    assert!(at < ctx.records_len);
+    // SAFETY: as in `ctx_row`.
+    unsafe { *ctx.bottom_acts.0.add(at) }
 }

@@ -90,6 +90,8 @@ pub struct Workspace {
     pub(super) order: Vec<u32>,
     pub(super) bucket_start: Vec<usize>,
     pub(super) bucket_fill: Vec<usize>,
+    pub(super) bottom_rows: Vec<u32>,
+    pub(super) bottom_acts: Vec<f32>,
 }
 
 fn grow<T: Clone + Default>(v: &mut Vec<T>, len: usize) {
@@ -110,7 +112,17 @@ impl Workspace {
         grow(&mut self.z, batch);
     }
 
-    pub(super) fn ensure_bucketed(&mut self, batch: usize, split: usize, buckets: usize) {
+    pub(super) fn ensure_bucketed(
+        &mut self,
+        batch: usize,
+        split: usize,
+        bottom: usize,
+        buckets: usize,
+    ) {
+        grow(&mut self.z, batch);
+        grow(&mut self.scratch, batch);
+        grow(&mut self.bottom_rows, batch * bottom);
+        grow(&mut self.bottom_acts, batch * bottom);
         grow(&mut self.top_rows, batch * split);
         grow(&mut self.top_acts, batch * split);
         grow(&mut self.reached, batch);

@@ -6,7 +6,7 @@
 //! loads save, and the bucketed walk is faster.
 
 use super::simd::{axpy, dispatch, dot, dot4, Simd, SimdLevel, SimdTask};
-use super::tile::RowsPtr;
+use super::tile::{RowsPtr, SharedMut};
 use super::{FffWeightsView, Workspace};
 use rayon::prelude::*;
 
@@ -37,7 +37,7 @@ pub(super) fn grouped(
     let ctx = GroupCtx {
         w,
         x,
-        y: RowsPtr(y.as_mut_ptr()),
+        y: SharedMut(y.as_mut_ptr()),
         y_len: y.len(),
         level,
     };

@@ -33,27 +33,35 @@ impl TileRecord {
     }
 }
 
-/// Output pointer shared by tasks that write disjoint rows of `y`.
-#[derive(Clone, Copy)]
-pub(super) struct RowsPtr(pub *mut f32);
-// SAFETY: every task writes only the rows of the inputs it was given, and inputs handed to
-// concurrent tasks are disjoint (each input is in exactly one tile, group or bucket).
-unsafe impl Send for RowsPtr {}
-unsafe impl Sync for RowsPtr {}
+/// A buffer shared by tasks that write disjoint parts of it (rows of `y`, records of inputs).
+pub(super) struct SharedMut<T>(pub *mut T);
+impl<T> Clone for SharedMut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedMut<T> {}
+// SAFETY: every task writes only the parts belonging to the inputs it was given, and inputs
+// handed to concurrent tasks are disjoint (each input is in exactly one tile, group or bucket).
+unsafe impl<T: Send> Send for SharedMut<T> {}
+unsafe impl<T: Send> Sync for SharedMut<T> {}
 
-impl RowsPtr {
-    /// Row `index` of width `width`, within a buffer of `len` floats.
+impl<T> SharedMut<T> {
+    /// Row `index` of width `width`, within a buffer of `len` elements.
     ///
     /// # Safety
     /// No other live reference may alias this row.
     #[inline(always)]
-    pub unsafe fn row<'a>(self, index: usize, width: usize, len: usize) -> &'a mut [f32] {
+    pub unsafe fn row<'a>(self, index: usize, width: usize, len: usize) -> &'a mut [T] {
         let start = index * width;
         assert!(start + width <= len, "row {index} out of bounds");
         // SAFETY: in bounds (checked above); exclusivity is the caller's promise.
         unsafe { std::slice::from_raw_parts_mut(self.0.add(start), width) }
     }
 }
+
+/// Output rows shared by tasks that write disjoint rows of `y`.
+pub(super) type RowsPtr = SharedMut<f32>;
 
 /// Routes the tile's inputs `xs` through `levels` of the tree whose root row is `base`,
 /// starting from `rec.nodes[j]`; records each visited row and activation by level and leaves
