@@ -1,0 +1,104 @@
+//! Datasets for training and evaluating FFF models.
+//!
+//! - [`idx`]: the IDX format of MNIST and Fashion-MNIST, gzip-compressed or raw, with errors that
+//!   name the file and the problem;
+//! - [`mnist`]: the two image sets read from a local folder, verified against the published
+//!   checksums of the decompressed bytes;
+//! - [`synthetic`]: small sets generated in memory (interleaved spirals), so that examples run
+//!   with no network and no files.
+
+pub mod idx;
+pub mod mnist;
+pub mod synthetic;
+
+use std::path::PathBuf;
+
+/// Errors of the data layer; each names the file and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file's contents are not what the format requires.
+    #[error("{path}: {message}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong and what was expected.
+        message: String,
+    },
+    /// The decompressed bytes do not match the published checksum.
+    #[error("{path}: SHA-256 of the decompressed bytes is {found}, expected {expected} (corrupt or a different file)")]
+    Checksum {
+        /// The file.
+        path: PathBuf,
+        /// The published checksum.
+        expected: String,
+        /// The checksum found.
+        found: String,
+    },
+    /// A file of the dataset is absent.
+    #[error("{message}")]
+    Missing {
+        /// What is missing and how to provide it.
+        message: String,
+    },
+}
+
+/// Result alias of the data layer.
+pub type Result<T> = std::result::Result<T, DataError>;
+
+/// A labelled set of feature rows.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// Name for reports.
+    pub name: String,
+    /// Row-major features, `[len, dim]`.
+    pub features: Vec<f32>,
+    /// Labels in `0..classes`.
+    pub labels: Vec<u32>,
+    /// Features per row.
+    pub dim: usize,
+    /// Number of classes.
+    pub classes: usize,
+}
+
+impl Dataset {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether the set has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Features of row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.features[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// Rows per class.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.classes];
+        for &l in &self.labels {
+            counts[l as usize] += 1;
+        }
+        counts
+    }
+}
+
+/// A train/test pair.
+#[derive(Debug, Clone)]
+pub struct Split {
+    /// Training rows.
+    pub train: Dataset,
+    /// Held-out rows.
+    pub test: Dataset,
+}
