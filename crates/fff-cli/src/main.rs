@@ -3,8 +3,14 @@
 mod bench;
 mod demo;
 mod timing;
+mod train;
 
 use clap::{Parser, Subcommand};
+
+// candle allocates a fresh buffer for every tensor op; glibc's malloc hands large ones back to
+// the kernel each time (page faults and TLB shootdowns cost 3x the training step here).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Fast Feedforward Networks: exact, fast conditional feedforward layers.
 #[derive(Parser)]
@@ -19,6 +25,8 @@ enum Command {
     /// Build an FFF layer on built-in random data, check the fast kernel and the training op
     /// against the dense masked reference, and time the kernel against a dense layer.
     Demo(demo::DemoArgs),
+    /// Train a model of FFF and dense layers on a dataset (AdamW, cross-entropy).
+    Train(train::TrainArgs),
     /// Speed benchmarks with correctness checks, as tables, JSON and plots.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -29,5 +37,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Train(args) => train::run(args),
     }
 }

@@ -1,0 +1,11 @@
+//! Training of models built from FFF and dense layers on the O(depth) training op.
+//!
+//! - [`model`]: a small model description language
+//!   (`fff:784-500:d8:identity, relu, linear:500-10`) and the model it builds;
+//! - [`trainer`]: mini-batch training with AdamW and cross-entropy, per-epoch evaluation.
+
+pub mod model;
+pub mod trainer;
+
+pub use model::Model;
+pub use trainer::{train, EpochMetrics, TrainConfig};

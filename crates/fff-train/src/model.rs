@@ -1,0 +1,209 @@
+//! Models as a comma-separated list of layers:
+//!
+//! - `linear:IN-OUT` — a dense layer with bias (PyTorch's default init);
+//! - `fff:IN-OUT:dD[:kK][:ACT][:init=INIT]` — an FFF layer of K trees (default 1) of depth D,
+//!   node activation ACT (default gelu), init `uniform` (default), `normal(STD)` or
+//!   `hyperspherical`;
+//! - `relu`, `gelu`, `tanh`, `identity` — an activation between layers.
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use fastfeedforward::{Activation, Fff, FffConfig, Init};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// One layer of a model.
+#[derive(Debug, Clone)]
+pub enum Layer {
+    /// `x·Wᵀ + b`, `W` is `[out, in]`.
+    Linear {
+        /// Weight `[out, in]`.
+        weight: Var,
+        /// Bias `[out]`.
+        bias: Var,
+    },
+    /// An FFF layer.
+    Fff(Fff),
+    /// An element-wise activation.
+    Act(Activation),
+}
+
+/// A stack of layers built from a description.
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// The description it was built from.
+    pub spec: String,
+    /// The layers, in order.
+    pub layers: Vec<Layer>,
+    /// Input width.
+    pub input_width: usize,
+    /// Output width.
+    pub output_width: usize,
+}
+
+fn widths(part: &str, what: &str, index: usize) -> Result<(usize, usize)> {
+    let (a, b) = part
+        .split_once('-')
+        .ok_or_else(|| anyhow!("layer {index} `{what}`: expected IN-OUT widths, found `{part}`"))?;
+    let parse = |s: &str| -> Result<usize> {
+        let v: usize = s
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("layer {index} `{what}`: width `{s}` is not a number"))?;
+        ensure!(v > 0, "layer {index} `{what}`: widths must be at least 1");
+        Ok(v)
+    };
+    Ok((parse(a)?, parse(b)?))
+}
+
+impl Model {
+    /// Builds the model described by `spec`, parameters drawn from `seed`.
+    pub fn new(spec: &str, seed: u64) -> Result<Self> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut layers = Vec::new();
+        let mut width: Option<usize> = None;
+        let mut input_width = None;
+        for (index, raw) in spec.split(',').enumerate() {
+            let item = raw.trim();
+            ensure!(
+                !item.is_empty(),
+                "layer {index}: empty item in model description `{spec}`"
+            );
+            let mut parts = item.split(':');
+            let kind = parts.next().unwrap_or_default().to_ascii_lowercase();
+            let (cin, cout, layer) = match kind.as_str() {
+                "linear" => {
+                    let (cin, cout) = widths(parts.next().unwrap_or(""), item, index)?;
+                    if let Some(extra) = parts.next() {
+                        bail!("layer {index} `{item}`: unexpected `{extra}` (linear takes only IN-OUT)");
+                    }
+                    let k = (1.0 / cin as f64).sqrt();
+                    let mut draw = |n: usize| -> Vec<f32> {
+                        (0..n).map(|_| rng.random_range(-k..k) as f32).collect()
+                    };
+                    let weight = Var::from_vec(draw(cin * cout), (cout, cin), &Device::Cpu)?;
+                    let bias = Var::from_vec(draw(cout), cout, &Device::Cpu)?;
+                    (Some(cin), Some(cout), Layer::Linear { weight, bias })
+                }
+                "fff" => {
+                    let (cin, cout) = widths(parts.next().unwrap_or(""), item, index)?;
+                    let mut depth = None;
+                    let mut trees = 1;
+                    let mut activation = Activation::Gelu;
+                    let mut init = Init::Uniform;
+                    for p in parts {
+                        let p = p.trim();
+                        if let Some(d) = p
+                            .strip_prefix('d')
+                            .filter(|d| d.chars().all(|c| c.is_ascii_digit()) && !d.is_empty())
+                        {
+                            depth = Some(d.parse()?);
+                        } else if let Some(k) = p
+                            .strip_prefix('k')
+                            .filter(|k| k.chars().all(|c| c.is_ascii_digit()) && !k.is_empty())
+                        {
+                            trees = k.parse()?;
+                        } else if let Some(i) = p.strip_prefix("init=") {
+                            init = i
+                                .parse()
+                                .map_err(|e| anyhow!("layer {index} `{item}`: {e}"))?;
+                        } else {
+                            activation = p.parse().map_err(|_| {
+                                anyhow!("layer {index} `{item}`: unknown option `{p}` (expected dD, kK, an activation or init=...)")
+                            })?;
+                        }
+                    }
+                    let depth = depth.ok_or_else(|| {
+                        anyhow!("layer {index} `{item}`: missing depth, e.g. `d8`")
+                    })?;
+                    let config = FffConfig {
+                        input_width: cin,
+                        output_width: cout,
+                        depth,
+                        trees,
+                        activation,
+                    };
+                    let layer = Fff::new(config, init, rng.random())
+                        .with_context(|| format!("layer {index} `{item}`"))?;
+                    (Some(cin), Some(cout), Layer::Fff(layer))
+                }
+                act => {
+                    let a: Activation = act.parse().map_err(|_| {
+                        anyhow!("layer {index} `{item}`: unknown layer (expected linear:, fff:, relu, gelu, tanh or identity)")
+                    })?;
+                    (None, None, Layer::Act(a))
+                }
+            };
+            if let Some(cin) = cin {
+                if let Some(w) = width {
+                    ensure!(w == cin, "layer {index} `{item}`: takes {cin} inputs but the previous layer gives {w}");
+                }
+                input_width.get_or_insert(cin);
+                width = cout;
+            }
+            layers.push(layer);
+        }
+        let input_width =
+            input_width.ok_or_else(|| anyhow!("model `{spec}` has no linear or fff layer"))?;
+        Ok(Model {
+            spec: spec.to_string(),
+            layers,
+            input_width,
+            output_width: width.expect("set with input_width"),
+        })
+    }
+
+    /// Trainable parameters.
+    pub fn vars(&self) -> Vec<Var> {
+        self.layers
+            .iter()
+            .flat_map(|l| match l {
+                Layer::Linear { weight, bias } => vec![weight.clone(), bias.clone()],
+                Layer::Fff(f) => f.vars(),
+                Layer::Act(_) => vec![],
+            })
+            .collect()
+    }
+
+    /// Number of trainable scalars.
+    pub fn parameter_count(&self) -> usize {
+        self.vars().iter().map(|v| v.elem_count()).sum()
+    }
+
+    /// Neurons evaluated per input (dense layers count all their outputs).
+    pub fn neurons_per_input(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| match l {
+                Layer::Linear { weight, .. } => weight.dims()[0],
+                Layer::Fff(f) => f.config().used_nodes(),
+                Layer::Act(_) => 0,
+            })
+            .sum()
+    }
+
+    fn forward_with(&self, x: &Tensor, infer: bool) -> Result<Tensor> {
+        let mut h = x.to_dtype(DType::F32)?;
+        for l in &self.layers {
+            h = match l {
+                Layer::Linear { weight, bias } => h
+                    .matmul(&weight.as_tensor().t()?)?
+                    .broadcast_add(bias.as_tensor())?,
+                Layer::Fff(f) if infer => f.forward_infer(&h)?,
+                Layer::Fff(f) => f.forward_train(&h)?,
+                Layer::Act(a) => a.apply_tensor(&h)?,
+            };
+        }
+        Ok(h)
+    }
+
+    /// Differentiable forward (FFF layers on the O(depth) training op): `[B, in] -> [B, out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, false)
+    }
+
+    /// Inference forward (FFF layers on the fast kernel).
+    pub fn forward_infer(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, true)
+    }
+}

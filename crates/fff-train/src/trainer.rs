@@ -1,0 +1,199 @@
+//! Mini-batch training with AdamW and cross-entropy, evaluated after every epoch.
+
+use crate::model::Model;
+use anyhow::{ensure, Result};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use fff_data::{Dataset, Split};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::time::Instant;
+
+/// Training settings.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Inputs per step.
+    pub batch_size: usize,
+    /// AdamW learning rate.
+    pub lr: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Seed of the shuffling.
+    pub seed: u64,
+    /// Show progress bars.
+    pub progress: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 10,
+            batch_size: 64,
+            lr: 1e-3,
+            weight_decay: 0.0,
+            seed: 0,
+            progress: true,
+        }
+    }
+}
+
+/// Figures of one epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochMetrics {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's steps.
+    pub train_loss: f64,
+    /// Training accuracy measured during the epoch.
+    pub train_accuracy: f64,
+    /// Test loss after the epoch.
+    pub test_loss: f64,
+    /// Test accuracy after the epoch.
+    pub test_accuracy: f64,
+    /// Seconds spent training (without evaluation).
+    pub train_seconds: f64,
+    /// Seconds spent evaluating the test set.
+    pub eval_seconds: f64,
+}
+
+fn gather(data: &Dataset, idx: &[usize]) -> Result<(Tensor, Tensor)> {
+    let mut x = Vec::with_capacity(idx.len() * data.dim);
+    for &i in idx {
+        x.extend_from_slice(data.row(i));
+    }
+    let y: Vec<u32> = idx.iter().map(|&i| data.labels[i]).collect();
+    Ok((
+        Tensor::from_vec(x, (idx.len(), data.dim), &Device::Cpu)?,
+        Tensor::from_vec(y, idx.len(), &Device::Cpu)?,
+    ))
+}
+
+fn correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
+    let pred = logits.argmax(D::Minus1)?;
+    Ok(pred
+        .eq(labels)?
+        .to_dtype(DType::U32)?
+        .sum_all()?
+        .to_scalar::<u32>()? as usize)
+}
+
+/// Loss and accuracy of `model` on `data`, using the inference kernels.
+pub fn evaluate(model: &Model, data: &Dataset) -> Result<(f64, f64)> {
+    let idx: Vec<usize> = (0..data.len()).collect();
+    let (mut loss, mut right) = (0.0, 0);
+    for chunk in idx.chunks(1024) {
+        let (x, y) = gather(data, chunk)?;
+        let logits = model.forward_infer(&x)?;
+        loss += candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64
+            * chunk.len() as f64;
+        right += correct(&logits, &y)?;
+    }
+    let n = data.len().max(1) as f64;
+    Ok((loss / n, right as f64 / n))
+}
+
+/// Trains `model` on `data.train`, evaluating on `data.test` after each epoch; `on_epoch` sees
+/// each epoch's figures as they come.
+pub fn train(
+    model: &Model,
+    data: &Split,
+    cfg: &TrainConfig,
+    mut on_epoch: impl FnMut(&EpochMetrics),
+) -> Result<Vec<EpochMetrics>> {
+    ensure!(cfg.batch_size > 0, "batch size must be at least 1");
+    ensure!(
+        cfg.lr.is_finite() && cfg.lr > 0.0,
+        "learning rate must be a positive number"
+    );
+    ensure!(
+        data.train.dim == model.input_width,
+        "dataset {} has {} features per input, the model takes {}",
+        data.train.name,
+        data.train.dim,
+        model.input_width
+    );
+    ensure!(
+        data.train.classes <= model.output_width,
+        "dataset {} has {} classes, the model outputs {}",
+        data.train.name,
+        data.train.classes,
+        model.output_width
+    );
+    ensure!(
+        !data.train.is_empty(),
+        "dataset {} is empty",
+        data.train.name
+    );
+    let params = ParamsAdamW {
+        lr: cfg.lr,
+        weight_decay: cfg.weight_decay,
+        ..Default::default()
+    };
+    let mut opt = AdamW::new(model.vars(), params)?;
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let mut order: Vec<usize> = (0..data.train.len()).collect();
+    let mut history = Vec::new();
+    for epoch in 1..=cfg.epochs {
+        for i in (1..order.len()).rev() {
+            let j = rng.random_range(0..=i);
+            order.swap(i, j);
+        }
+        let steps = order.len().div_ceil(cfg.batch_size);
+        let bar = if cfg.progress {
+            let b = ProgressBar::new(steps as u64);
+            b.set_style(
+                ProgressStyle::with_template("epoch {prefix} [{bar:25}] {pos}/{len} {msg}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            b.set_prefix(format!("{epoch}/{}", cfg.epochs));
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        let start = Instant::now();
+        let (mut loss_sum, mut right, mut seen) = (0.0, 0usize, 0usize);
+        for (step, batch) in order.chunks(cfg.batch_size).enumerate() {
+            let (x, y) = gather(&data.train, batch)?;
+            let logits = model.forward(&x)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            opt.backward_step(&loss)?;
+            let l = loss.to_scalar::<f32>()? as f64;
+            ensure!(
+                l.is_finite(),
+                "training diverged: loss is {l} at epoch {epoch}, step {step}"
+            );
+            loss_sum += l * batch.len() as f64;
+            right += correct(&logits, &y)?;
+            seen += batch.len();
+            if step % 20 == 0 {
+                let rate = seen as f64 / start.elapsed().as_secs_f64();
+                bar.set_message(format!(
+                    "loss {:.4} acc {:.2}% {rate:.0} inputs/s",
+                    loss_sum / seen as f64,
+                    100.0 * right as f64 / seen as f64
+                ));
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let train_seconds = start.elapsed().as_secs_f64();
+        let eval_start = Instant::now();
+        let (test_loss, test_accuracy) = evaluate(model, &data.test)?;
+        let m = EpochMetrics {
+            epoch,
+            train_loss: loss_sum / seen as f64,
+            train_accuracy: right as f64 / seen as f64,
+            test_loss,
+            test_accuracy,
+            train_seconds,
+            eval_seconds: eval_start.elapsed().as_secs_f64(),
+        };
+        on_epoch(&m);
+        history.push(m);
+    }
+    Ok(history)
+}

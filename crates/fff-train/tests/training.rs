@@ -1,0 +1,112 @@
+//! Model descriptions, and training that really learns, deterministically.
+
+use fff_data::synthetic::spirals;
+use fff_train::model::Layer;
+use fff_train::{train, Model, TrainConfig};
+
+#[test]
+fn descriptions_build_the_described_layers() {
+    let m = Model::new("fff:784-500:d8:identity, relu, fff:500-10:d8:identity", 0).unwrap();
+    assert_eq!((m.input_width, m.output_width), (784, 10));
+    assert_eq!(m.layers.len(), 3);
+    assert_eq!(m.neurons_per_input(), 18);
+    let Layer::Fff(f) = &m.layers[0] else {
+        panic!("first layer is not an FFF")
+    };
+    assert_eq!((f.config().depth, f.config().trees), (8, 1));
+    assert_eq!(f.config().activation, fastfeedforward::Activation::Identity);
+    // 511 nodes: w_in 511·784 + b_in 511 + w_out 511·500, then 511·500 + 511 + 511·10.
+    assert_eq!(
+        m.parameter_count(),
+        511 * 784 + 511 + 511 * 500 + 511 * 500 + 511 + 511 * 10
+    );
+
+    let d = Model::new("linear:784-500, relu, linear:500-10", 0).unwrap();
+    assert_eq!(d.parameter_count(), 784 * 500 + 500 + 500 * 10 + 10);
+    assert_eq!(d.neurons_per_input(), 510);
+
+    let k = Model::new("fff:8-4:d2:k3:tanh:init=hyperspherical", 0).unwrap();
+    let Layer::Fff(f) = &k.layers[0] else {
+        panic!()
+    };
+    assert_eq!(f.config().trees, 3);
+}
+
+#[test]
+fn bad_descriptions_name_the_layer_and_the_problem() {
+    for (spec, want) in [
+        ("linear:784-500, relu, linear:400-10", "layer 2"),
+        ("fff:784-500:identity", "missing depth"),
+        ("fff:784-500:d8:swish", "swish"),
+        ("conv:3-3", "unknown layer"),
+        ("linear:784", "IN-OUT"),
+        ("linear:0-3", "at least 1"),
+        ("relu", "no linear or fff layer"),
+        ("linear:2-3,,relu", "empty item"),
+        ("fff:4-4:d30", "depth"),
+    ] {
+        let err = format!("{:#}", Model::new(spec, 0).unwrap_err());
+        assert!(err.contains(want), "`{spec}`: {err}");
+    }
+}
+
+fn quiet(epochs: usize, lr: f64, seed: u64) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch_size: 32,
+        lr,
+        seed,
+        progress: false,
+        ..TrainConfig::default()
+    }
+}
+
+#[test]
+fn an_fff_net_learns_spirals() {
+    let data = spirals(3, 400, 0.03, 1);
+    let model = Model::new("fff:2-32:d4:k4:identity, relu, linear:32-3", 1).unwrap();
+    let history = train(&model, &data, &quiet(40, 1e-2, 1), |_| {}).unwrap();
+    let first = &history[0];
+    let last = history.last().unwrap();
+    assert!(
+        last.train_loss < 0.5 * first.train_loss,
+        "{first:?} -> {last:?}"
+    );
+    // Chance is 33%; a linear model cannot separate spirals either.
+    assert!(last.test_accuracy > 0.85, "{last:?}");
+}
+
+#[test]
+fn same_seed_same_metrics_and_different_seed_differs() {
+    let data = spirals(3, 200, 0.05, 2);
+    let run = |seed| {
+        let model = Model::new("fff:2-16:d3:k2:gelu, relu, linear:16-3", seed).unwrap();
+        train(&model, &data, &quiet(3, 5e-3, seed), |_| {}).unwrap()
+    };
+    let (a, b, c) = (run(5), run(5), run(6));
+    let strip = |h: &[fff_train::EpochMetrics]| {
+        h.iter()
+            .map(|m| (m.train_loss, m.train_accuracy, m.test_loss, m.test_accuracy))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&a), strip(&b));
+    assert_ne!(strip(&a), strip(&c));
+}
+
+#[test]
+fn mismatched_data_and_settings_are_errors() {
+    let data = spirals(3, 50, 0.05, 2);
+    let model = Model::new("linear:3-3", 0).unwrap();
+    let err = train(&model, &data, &quiet(1, 1e-3, 0), |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("2 features") && err.contains("takes 3"),
+        "{err}"
+    );
+    let model = Model::new("linear:2-3", 0).unwrap();
+    let err = train(&model, &data, &quiet(1, f64::NAN, 0), |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("learning rate"), "{err}");
+}
