@@ -5,6 +5,7 @@
 //! - [`trainer`]: mini-batch training with AdamW and cross-entropy, per-epoch evaluation.
 
 pub mod model;
+pub mod optim;
 pub mod trainer;
 
 pub use model::Model;

@@ -1,9 +1,9 @@
-//! Mini-batch training with AdamW and cross-entropy, evaluated after every epoch.
+//! Mini-batch training with (fused) AdamW and cross-entropy, evaluated after every epoch.
 
 use crate::model::Model;
+use crate::optim::{AdamW, ParamsAdamW};
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor, D};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use fff_data::{Dataset, Split};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
@@ -132,7 +132,7 @@ pub fn train(
         weight_decay: cfg.weight_decay,
         ..Default::default()
     };
-    let mut opt = AdamW::new(model.vars(), params)?;
+    let mut opt = AdamW::new(model.vars(), params);
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut order: Vec<usize> = (0..data.train.len()).collect();
     let mut history = Vec::new();
@@ -160,7 +160,7 @@ pub fn train(
             let (x, y) = gather(&data.train, batch)?;
             let logits = model.forward(&x)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-            opt.backward_step(&loss)?;
+            opt.step(&loss.backward()?)?;
             let l = loss.to_scalar::<f32>()? as f64;
             ensure!(
                 l.is_finite(),

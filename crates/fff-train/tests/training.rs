@@ -110,3 +110,45 @@ fn mismatched_data_and_settings_are_errors() {
         .to_string();
     assert!(err.contains("learning rate"), "{err}");
 }
+
+/// The fused AdamW takes the same steps as candle-nn's.
+#[test]
+fn fused_adamw_matches_candle_nn() {
+    use candle_nn::Optimizer;
+    let data = spirals(3, 40, 0.05, 3);
+    let params = fff_train::optim::ParamsAdamW {
+        lr: 0.01,
+        weight_decay: 0.1,
+        ..Default::default()
+    };
+    let a = Model::new("fff:2-8:d2:k2:tanh, relu, linear:8-3", 9).unwrap();
+    let b = Model::new("fff:2-8:d2:k2:tanh, relu, linear:8-3", 9).unwrap();
+    let mut fused = fff_train::optim::AdamW::new(a.vars(), params.clone());
+    let mut reference = candle_nn::AdamW::new(b.vars(), params).unwrap();
+    let x = candle_core::Tensor::from_vec(
+        data.train.features.clone(),
+        (data.train.len(), 2),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let y = candle_core::Tensor::from_vec(
+        data.train.labels.clone(),
+        data.train.len(),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    for _ in 0..5 {
+        let la = candle_nn::loss::cross_entropy(&a.forward(&x).unwrap(), &y).unwrap();
+        fused.step(&la.backward().unwrap()).unwrap();
+        let lb = candle_nn::loss::cross_entropy(&b.forward(&x).unwrap(), &y).unwrap();
+        reference.backward_step(&lb).unwrap();
+    }
+    for (va, vb) in a.vars().iter().zip(b.vars()) {
+        let pa = va.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let pb = vb.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (x, y) in pa.iter().zip(&pb) {
+            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+        }
+    }
+    assert_eq!(fused.step_count(), 5);
+}
