@@ -27,6 +27,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Train a model of FFF and dense layers on a dataset (AdamW, cross-entropy).
     Train(train::TrainArgs),
+    /// Evaluate a checkpoint written by `fff train --out` on a dataset's test set.
+    Eval(train::EvalArgs),
     /// Speed benchmarks with correctness checks, as tables, JSON and plots.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -38,5 +40,6 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Train(args) => train::run(args),
+        Command::Eval(args) => train::eval(args),
     }
 }

@@ -1,28 +1,40 @@
-//! `fff train`: train a model on a dataset and report per-epoch figures.
+//! `fff train` and `fff eval`: train a model on a dataset, resume it, evaluate a checkpoint.
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use clap::Args;
 use fff_data::mnist::{load_dir, ImageSet, PixelRange};
 use fff_data::synthetic::spirals;
-use fff_train::{train, Model, TrainConfig};
-use std::path::PathBuf;
+use fff_data::Split;
+use fff_train::checkpoint::{load_model, load_optimizer, load_state};
+use fff_train::optim::AdamW;
+use fff_train::trainer::{adamw_params, evaluate, train_from, EpochMetrics};
+use fff_train::{Model, TrainConfig};
+use std::path::{Path, PathBuf};
+
+/// Where the data comes from.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Dataset: spirals (built in), mnist or fashion-mnist (from --data-dir).
+    #[arg(long, default_value = "spirals")]
+    dataset: String,
+    /// Folder holding the dataset's IDX files (gzip or raw), directly or in a subfolder named
+    /// after the dataset.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
 
 /// Options of `fff train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Dataset: spirals (built in), mnist or fashion-mnist (from --data-dir).
-    #[arg(long, default_value = "spirals")]
-    dataset: String,
-    /// Folder holding the dataset's IDX files (gzip or raw).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
     /// Model description, e.g. "fff:784-500:d8:identity, relu, fff:500-10:d8:identity"
     /// [default: a small FFF net for spirals, the study's FFF net for the image sets].
     #[arg(long)]
     model: Option<String>,
-    /// Passes over the training set.
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
+    /// Passes over the training set (with --resume: the total to reach).
+    #[arg(long)]
+    epochs: Option<usize>,
     /// Inputs per step.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
@@ -35,12 +47,27 @@ pub struct TrainArgs {
     /// Seed of the initialisation and the shuffling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Write a checkpoint and metrics.json into this folder after every epoch.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run checkpointed in this folder (settings come from its state.json).
+    #[arg(long, conflicts_with = "out")]
+    resume: Option<PathBuf>,
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
-    let (data, default_model) = match args.dataset.as_str() {
+/// Options of `fff eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A checkpoint folder written by `fff train --out`.
+    checkpoint: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+fn load_data(args: &DataArgs, seed: u64) -> Result<(Split, &'static str)> {
+    Ok(match args.dataset.as_str() {
         "spirals" => (
-            spirals(3, 1000, 0.03, args.seed),
+            spirals(3, 1000, 0.03, seed),
             "fff:2-32:d4:k4:identity, relu, linear:32-3",
         ),
         name => {
@@ -56,37 +83,85 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 "fff:784-500:d8:identity, relu, fff:500-10:d8:identity",
             )
         }
-    };
-    let spec = args.model.as_deref().unwrap_or(default_model);
-    let model = Model::new(spec, args.seed)?;
+    })
+}
+
+fn print_epoch(m: &EpochMetrics) {
     println!(
-        "model `{spec}`: {} parameters, {} neurons per input; data {} ({} train, {} test)",
+        "epoch {:>3}: train loss {:.4} acc {:6.2}% | test loss {:.4} acc {:6.2}% | {:.2} s train, {:.2} s eval",
+        m.epoch,
+        m.train_loss,
+        100.0 * m.train_accuracy,
+        m.test_loss,
+        100.0 * m.test_accuracy,
+        m.train_seconds,
+        m.eval_seconds
+    );
+}
+
+fn describe(model: &Model, data: &Split) {
+    println!(
+        "model `{}`: {} parameters, {} neurons per input; data {} ({} train, {} test)",
+        model.spec,
         model.parameter_count(),
         model.neurons_per_input(),
         data.train.name,
         data.train.len(),
         data.test.len()
     );
-    let cfg = TrainConfig {
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        lr: args.lr,
-        weight_decay: args.weight_decay,
-        seed: args.seed,
-        progress: true,
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let history = if let Some(dir) = &args.resume {
+        let state = load_state(dir)?;
+        // The spirals' points come from the seed; image sets ignore it.
+        let (data, _) = load_data(&args.data, state.config.seed)?;
+        ensure!(
+            data.train.name == state.dataset,
+            "{} was trained on {}, not {}; pass --dataset accordingly",
+            dir.display(),
+            state.dataset,
+            data.train.name
+        );
+        let model = load_model(dir, &state)?;
+        let mut opt = AdamW::new(model.vars(), adamw_params(&state.config));
+        load_optimizer(dir, &state, &mut opt, model.vars().len())?;
+        let mut cfg = state.config.clone();
+        cfg.progress = true;
+        if let Some(e) = args.epochs {
+            cfg.epochs = e;
+        }
+        describe(&model, &data);
+        println!("resuming after epoch {} of {}", state.epoch, cfg.epochs);
+        for m in &state.history {
+            print_epoch(m);
+        }
+        train_from(
+            &model,
+            &mut opt,
+            &data,
+            &cfg,
+            state.history,
+            Some((dir.as_path(), state.model_seed)),
+            print_epoch,
+        )?
+    } else {
+        let (data, default_model) = load_data(&args.data, args.seed)?;
+        let spec = args.model.as_deref().unwrap_or(default_model);
+        let model = Model::new(spec, args.seed)?;
+        describe(&model, &data);
+        let cfg = TrainConfig {
+            epochs: args.epochs.unwrap_or(10),
+            batch_size: args.batch_size,
+            lr: args.lr,
+            weight_decay: args.weight_decay,
+            seed: args.seed,
+            progress: true,
+        };
+        let mut opt = AdamW::new(model.vars(), adamw_params(&cfg));
+        let out = args.out.as_deref().map(|d: &Path| (d, args.seed));
+        train_from(&model, &mut opt, &data, &cfg, Vec::new(), out, print_epoch)?
     };
-    let history = train(&model, &data, &cfg, |m| {
-        println!(
-            "epoch {:>3}: train loss {:.4} acc {:6.2}% | test loss {:.4} acc {:6.2}% | {:.2} s train, {:.2} s eval",
-            m.epoch,
-            m.train_loss,
-            100.0 * m.train_accuracy,
-            m.test_loss,
-            100.0 * m.test_accuracy,
-            m.train_seconds,
-            m.eval_seconds
-        )
-    })?;
     if let Some(last) = history.last() {
         let best = history.iter().map(|m| m.test_accuracy).fold(0.0, f64::max);
         println!(
@@ -96,5 +171,24 @@ pub fn run(args: TrainArgs) -> Result<()> {
             history.iter().map(|m| m.train_seconds).sum::<f64>() / history.len() as f64
         );
     }
+    if let Some(dir) = args.out.as_ref().or(args.resume.as_ref()) {
+        println!("checkpoint and metrics.json in {}", dir.display());
+    }
+    Ok(())
+}
+
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let state = load_state(&args.checkpoint)?;
+    let model = load_model(&args.checkpoint, &state)?;
+    let (data, _) = load_data(&args.data, state.config.seed)?;
+    let (loss, accuracy) = evaluate(&model, &data.test)?;
+    println!(
+        "{} (epoch {}) on {}: loss {loss:.4}, accuracy {:.2}% ({} inputs)",
+        args.checkpoint.display(),
+        state.epoch,
+        data.test.name,
+        100.0 * accuracy,
+        data.test.len()
+    );
     Ok(())
 }

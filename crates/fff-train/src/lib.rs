@@ -4,6 +4,7 @@
 //!   (`fff:784-500:d8:identity, relu, linear:500-10`) and the model it builds;
 //! - [`trainer`]: mini-batch training with AdamW and cross-entropy, per-epoch evaluation.
 
+pub mod checkpoint;
 pub mod model;
 pub mod optim;
 pub mod trainer;

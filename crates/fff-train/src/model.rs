@@ -207,3 +207,56 @@ impl Model {
         self.forward_with(x, true)
     }
 }
+
+impl Model {
+    /// Parameters with PyTorch-style names: `layers.{i}.linear_in.weight` etc. for FFF layers,
+    /// `layers.{i}.weight` and `layers.{i}.bias` for linear layers.
+    pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            match l {
+                Layer::Linear { weight, bias } => {
+                    out.push((format!("layers.{i}.weight"), weight.as_tensor().clone()));
+                    out.push((format!("layers.{i}.bias"), bias.as_tensor().clone()));
+                }
+                Layer::Fff(f) => out.extend(f.named_tensors(&format!("layers.{i}."))?),
+                Layer::Act(_) => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces the parameters with those in `tensors` (names as in [`Model::named_tensors`]);
+    /// `source` names the file in errors. Call before creating an optimizer.
+    pub fn load_tensors(
+        &mut self,
+        tensors: &std::collections::HashMap<String, Tensor>,
+        source: &std::path::Path,
+    ) -> Result<()> {
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            match l {
+                Layer::Linear { weight, bias } => {
+                    for (name, var) in [("weight", &*weight), ("bias", &*bias)] {
+                        let key = format!("layers.{i}.{name}");
+                        let t = tensors.get(&key).with_context(|| {
+                            format!("{}: tensor `{key}` is missing", source.display())
+                        })?;
+                        ensure!(
+                            t.dims() == var.dims(),
+                            "{}: `{key}` has shape {:?}, expected {:?}",
+                            source.display(),
+                            t.dims(),
+                            var.dims()
+                        );
+                        var.set(&t.to_dtype(DType::F32)?)?;
+                    }
+                }
+                Layer::Fff(f) => {
+                    *f = Fff::from_tensors(*f.config(), tensors, &format!("layers.{i}."), source)?;
+                }
+                Layer::Act(_) => {}
+            }
+        }
+        Ok(())
+    }
+}

@@ -8,10 +8,12 @@ use fff_data::{Dataset, Split};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
 use std::time::Instant;
 
 /// Training settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainConfig {
     /// Passes over the training set.
     pub epochs: usize,
@@ -24,6 +26,7 @@ pub struct TrainConfig {
     /// Seed of the shuffling.
     pub seed: u64,
     /// Show progress bars.
+    #[serde(skip)]
     pub progress: bool,
 }
 
@@ -41,7 +44,7 @@ impl Default for TrainConfig {
 }
 
 /// Figures of one epoch.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
     /// 1-based epoch number.
     pub epoch: usize,
@@ -95,12 +98,49 @@ pub fn evaluate(model: &Model, data: &Dataset) -> Result<(f64, f64)> {
     Ok((loss / n, right as f64 / n))
 }
 
-/// Trains `model` on `data.train`, evaluating on `data.test` after each epoch; `on_epoch` sees
-/// each epoch's figures as they come.
+/// The AdamW settings of `cfg`.
+pub fn adamw_params(cfg: &TrainConfig) -> ParamsAdamW {
+    ParamsAdamW {
+        lr: cfg.lr,
+        weight_decay: cfg.weight_decay,
+        ..Default::default()
+    }
+}
+
+/// Trains a fresh `model` on `data.train`, evaluating on `data.test` after each epoch;
+/// `on_epoch` sees each epoch's figures as they come.
 pub fn train(
     model: &Model,
     data: &Split,
     cfg: &TrainConfig,
+    on_epoch: impl FnMut(&EpochMetrics),
+) -> Result<Vec<EpochMetrics>> {
+    let mut opt = AdamW::new(model.vars(), adamw_params(cfg));
+    train_from(model, &mut opt, data, cfg, Vec::new(), None, on_epoch)
+}
+
+/// The order of the training rows in `epoch`: a permutation drawn from `(seed, epoch)` alone,
+/// so a resumed run shuffles exactly as an uninterrupted one.
+fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut rng = StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = rng.random_range(0..=i);
+        order.swap(i, j);
+    }
+    order
+}
+
+/// Continues training after the epochs in `history` (empty for a fresh run) with optimizer
+/// `opt`, up to `cfg.epochs`. With `checkpoint = Some((dir, model_seed))`, writes a checkpoint
+/// and `metrics.json` into `dir` after every epoch.
+pub fn train_from(
+    model: &Model,
+    opt: &mut AdamW,
+    data: &Split,
+    cfg: &TrainConfig,
+    mut history: Vec<EpochMetrics>,
+    checkpoint: Option<(&Path, u64)>,
     mut on_epoch: impl FnMut(&EpochMetrics),
 ) -> Result<Vec<EpochMetrics>> {
     ensure!(cfg.batch_size > 0, "batch size must be at least 1");
@@ -127,20 +167,8 @@ pub fn train(
         "dataset {} is empty",
         data.train.name
     );
-    let params = ParamsAdamW {
-        lr: cfg.lr,
-        weight_decay: cfg.weight_decay,
-        ..Default::default()
-    };
-    let mut opt = AdamW::new(model.vars(), params);
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let mut order: Vec<usize> = (0..data.train.len()).collect();
-    let mut history = Vec::new();
-    for epoch in 1..=cfg.epochs {
-        for i in (1..order.len()).rev() {
-            let j = rng.random_range(0..=i);
-            order.swap(i, j);
-        }
+    for epoch in history.len() + 1..=cfg.epochs {
+        let order = epoch_order(data.train.len(), cfg.seed, epoch);
         let steps = order.len().div_ceil(cfg.batch_size);
         let bar = if cfg.progress {
             let b = ProgressBar::new(steps as u64);
@@ -194,6 +222,22 @@ pub fn train(
         };
         on_epoch(&m);
         history.push(m);
+        if let Some((dir, model_seed)) = checkpoint {
+            let state = crate::checkpoint::TrainState {
+                model: model.spec.clone(),
+                model_seed,
+                dataset: data.train.name.clone(),
+                config: cfg.clone(),
+                epoch,
+                optimizer_step: opt.step_count(),
+                history: history.clone(),
+            };
+            crate::checkpoint::save(dir, model, opt, &state)?;
+            crate::checkpoint::write_atomic(
+                &dir.join("metrics.json"),
+                serde_json::to_string_pretty(&history)?.as_bytes(),
+            )?;
+        }
     }
     Ok(history)
 }

@@ -152,3 +152,78 @@ fn fused_adamw_matches_candle_nn() {
     }
     assert_eq!(fused.step_count(), 5);
 }
+
+/// Two epochs, a checkpoint, two more from the checkpoint: the same figures and parameters as
+/// four epochs in one go.
+#[test]
+fn resume_matches_an_uninterrupted_run() {
+    use fff_train::checkpoint::{load_model, load_optimizer, load_state};
+    use fff_train::optim::AdamW;
+    use fff_train::trainer::{adamw_params, train_from};
+    let data = spirals(3, 150, 0.05, 4);
+    let spec = "fff:2-16:d3:k2:identity, relu, linear:16-3";
+    let base = std::env::temp_dir().join(format!("fff-train-resume-{}", std::process::id()));
+    let (dir_a, dir_b) = (base.join("a"), base.join("b"));
+    let cfg = |epochs| TrainConfig {
+        epochs,
+        ..quiet(epochs, 5e-3, 11)
+    };
+    let fresh = |dir: &std::path::Path, epochs| {
+        let model = Model::new(spec, 3).unwrap();
+        let mut opt = AdamW::new(model.vars(), adamw_params(&cfg(epochs)));
+        let h = train_from(
+            &model,
+            &mut opt,
+            &data,
+            &cfg(epochs),
+            vec![],
+            Some((dir, 3)),
+            |_| {},
+        )
+        .unwrap();
+        (model, h)
+    };
+    let (model_a, straight) = fresh(&dir_a, 4);
+    fresh(&dir_b, 2);
+    let state = load_state(&dir_b).unwrap();
+    assert_eq!((state.epoch, state.dataset.as_str()), (2, "spirals3/train"));
+    let model_b = load_model(&dir_b, &state).unwrap();
+    let mut opt = AdamW::new(model_b.vars(), adamw_params(&state.config));
+    load_optimizer(&dir_b, &state, &mut opt, model_b.vars().len()).unwrap();
+    let resumed = train_from(
+        &model_b,
+        &mut opt,
+        &data,
+        &cfg(4),
+        state.history,
+        Some((&dir_b, 3)),
+        |_| {},
+    )
+    .unwrap();
+    let figures = |h: &[fff_train::EpochMetrics]| {
+        h.iter()
+            .map(|m| (m.epoch, m.train_loss, m.test_loss, m.test_accuracy))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(figures(&resumed), figures(&straight));
+    for (a, b) in model_a.vars().iter().zip(model_b.vars()) {
+        assert_eq!(
+            a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+    }
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir_b.join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics.as_array().unwrap().len(), 4);
+
+    // A damaged checkpoint is an error that names the file.
+    std::fs::write(dir_b.join("model.safetensors"), b"garbage").unwrap();
+    let err = format!(
+        "{:#}",
+        load_model(&dir_b, &load_state(&dir_b).unwrap()).unwrap_err()
+    );
+    assert!(err.contains("model.safetensors"), "{err}");
+    let err = format!("{:#}", load_state(&base.join("nowhere")).unwrap_err());
+    assert!(err.contains("state.json"), "{err}");
+}
