@@ -170,13 +170,18 @@ impl CustomOp3 for NodeLogits {
         let c = self.config;
         let grad_z = grad_z.contiguous()?;
         let kernel = |op| PathKernel { op, config: c };
-        let grad_x = grad_z.apply_op3_no_bwd(w_in, z, &kernel(PathOp::GatherSum))?;
+        // Inputs that are plain data (no variable upstream) need no gradient: skip the work.
+        let grad_x = if x.track_op() {
+            Some(grad_z.apply_op3_no_bwd(w_in, z, &kernel(PathOp::GatherSum))?)
+        } else {
+            None
+        };
         let grad_w = grad_z.apply_op3_no_bwd(x, z, &kernel(PathOp::ScatterOuter))?;
         let ones = Tensor::ones((x.dim(0)?, 1), x.dtype(), x.device())?;
         let grad_b = grad_z
             .apply_op3_no_bwd(&ones, z, &kernel(PathOp::ScatterOuter))?
             .reshape(c.total_nodes())?;
-        Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
+        Ok((grad_x, Some(grad_w), Some(grad_b)))
     }
 }
 

@@ -14,6 +14,9 @@ pub enum BenchCommand {
     /// FFF layers against dense feedforward layers of the same neuron count (UltraFastBERT's
     /// CPU table, done right): every implementation is checked against a reference first.
     Layer(LayerArgs),
+    /// One training step of an FFF layer: the O(depth) training op against the dense masked
+    /// formulation UltraFastBERT trains with.
+    Train(crate::bench_train::TrainBenchArgs),
 }
 
 /// Options of `fff bench layer`.
@@ -61,6 +64,7 @@ pub struct LayerArgs {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Layer(args) => layer(args),
+        BenchCommand::Train(args) => crate::bench_train::run(args),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `fff`: the command-line tool of fastfeedforward. Each command is a thin layer over the library.
 
 mod bench;
+mod bench_train;
 mod demo;
 mod timing;
 mod train;

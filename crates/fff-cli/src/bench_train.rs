@@ -1,0 +1,82 @@
+//! `fff bench train`: one training step of an FFF layer on the O(depth) op against the dense
+//! masked formulation UltraFastBERT trains with.
+
+use anyhow::{ensure, Result};
+use candle_core::{Device, Tensor};
+use clap::Args;
+use fastfeedforward::{Activation, Fff, FffConfig, Init};
+use fff_bench::report::human_seconds;
+use fff_train::optim::{AdamW, ParamsAdamW};
+use std::time::Instant;
+
+/// Options of `fff bench train`.
+#[derive(Args, Debug)]
+pub struct TrainBenchArgs {
+    /// Input and output width.
+    #[arg(long, default_value_t = 768)]
+    width: usize,
+    /// Tree depth.
+    #[arg(long, default_value_t = 11)]
+    depth: usize,
+    /// Trees.
+    #[arg(long, default_value_t = 1)]
+    trees: usize,
+    /// Inputs per step.
+    #[arg(long, default_value_t = 4096)]
+    batch: usize,
+    /// Timed steps per implementation (after one warm-up step); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+pub fn run(args: TrainBenchArgs) -> Result<()> {
+    ensure!(
+        args.batch > 0 && args.reps > 0,
+        "--batch and --reps must be at least 1"
+    );
+    let config = FffConfig::new(args.width, args.width, args.depth, args.trees)
+        .with_activation(Activation::Gelu);
+    let x = Tensor::randn(0f32, 1.0, (args.batch, args.width), &Device::Cpu)?;
+    let target = Tensor::randn(0f32, 1.0, (args.batch, args.width), &Device::Cpu)?;
+    println!(
+        "training step (forward, MSE loss, backward, AdamW) of an FFF {} layer, width {}, batch {}, {} threads",
+        config.name(),
+        args.width,
+        args.batch,
+        rayon::current_num_threads()
+    );
+    let mut results = Vec::new();
+    for (name, dense_masked) in [
+        ("O(depth) training op", false),
+        ("dense masked (UltraFastBERT)", true),
+    ] {
+        let layer = Fff::new(config, Init::Uniform, 0)?;
+        let mut opt = AdamW::new(layer.vars(), ParamsAdamW::default());
+        let mut step = || -> Result<f64> {
+            let start = Instant::now();
+            let y = if dense_masked {
+                layer.forward_reference(&x)?
+            } else {
+                layer.forward_train(&x)?
+            };
+            let loss = (y - &target)?.sqr()?.mean_all()?;
+            opt.step(&loss.backward()?)?;
+            Ok(start.elapsed().as_secs_f64())
+        };
+        step()?;
+        let times = (0..args.reps).map(|_| step()).collect::<Result<Vec<_>>>()?;
+        let t = median(times);
+        println!("  {name:<30} {:>12} per step", human_seconds(t));
+        results.push(t);
+    }
+    println!(
+        "speedup of the O(depth) op over the dense masked formulation: {:.1}x (same run, medians)",
+        results[1] / results[0]
+    );
+    Ok(())
+}
