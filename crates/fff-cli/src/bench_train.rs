@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use fastfeedforward::{Activation, Fff, FffConfig, Init};
 use fff_bench::report::human_seconds;
-use fff_train::optim::{AdamW, ParamsAdamW};
+use fff_train::optim::{Optimizer, ParamsAdamW};
 use std::time::Instant;
 
 /// Options of `fff bench train`.
@@ -56,7 +56,7 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
         ("dense masked (UltraFastBERT)", true),
     ] {
         let layer = Fff::new(config, Init::Uniform, 0)?;
-        let mut opt = AdamW::new(layer.vars(), ParamsAdamW::default());
+        let mut opt = Optimizer::adamw(layer.vars(), ParamsAdamW::default());
         let mut step = || -> Result<f64> {
             let start = Instant::now();
             let y = if dense_masked {
@@ -65,7 +65,7 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
                 layer.forward_train(&x)?
             };
             let loss = (y - &target)?.sqr()?.mean_all()?;
-            opt.step(&loss.backward()?)?;
+            opt.step(&loss.backward()?, 1.0)?;
             Ok(start.elapsed().as_secs_f64())
         };
         step()?;

@@ -6,8 +6,8 @@ use fff_data::mnist::{load_dir, ImageSet, PixelRange};
 use fff_data::synthetic::spirals;
 use fff_data::Split;
 use fff_train::checkpoint::{load_model, load_optimizer, load_state};
-use fff_train::optim::AdamW;
-use fff_train::trainer::{adamw_params, evaluate, train_from, EpochMetrics};
+use fff_train::optim::OptimizerKind;
+use fff_train::trainer::{evaluate, optimizer_for, train_from, EpochMetrics, Schedule};
 use fff_train::{Model, TrainConfig};
 use std::path::{Path, PathBuf};
 
@@ -38,12 +38,30 @@ pub struct TrainArgs {
     /// Inputs per step.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    /// AdamW learning rate.
+    /// Optimizer: adamw or sgd.
+    #[arg(long, default_value = "adamw")]
+    optimizer: String,
+    /// Peak learning rate.
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
-    /// AdamW weight decay.
+    /// Weight decay (decoupled for AdamW, L2 for SGD).
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
+    /// AdamW betas, "beta1,beta2".
+    #[arg(long, value_delimiter = ',', default_value = "0.9,0.999")]
+    betas: Vec<f64>,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// Learning-rate schedule after warm-up: constant, cosine or linear.
+    #[arg(long, default_value = "constant")]
+    schedule: Schedule,
+    /// Steps of linear warm-up.
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: usize,
+    /// Clip the global gradient norm to this value.
+    #[arg(long)]
+    clip_norm: Option<f64>,
     /// Seed of the initialisation and the shuffling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -124,7 +142,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             data.train.name
         );
         let model = load_model(dir, &state)?;
-        let mut opt = AdamW::new(model.vars(), adamw_params(&state.config));
+        let mut opt = optimizer_for(&model, &state.config);
         load_optimizer(dir, &state, &mut opt, model.vars().len())?;
         let mut cfg = state.config.clone();
         cfg.progress = true;
@@ -150,15 +168,42 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let spec = args.model.as_deref().unwrap_or(default_model);
         let model = Model::new(spec, args.seed)?;
         describe(&model, &data);
+        let optimizer = match args.optimizer.as_str() {
+            "adamw" => {
+                ensure!(
+                    args.betas.len() == 2,
+                    "--betas takes two numbers, e.g. 0.9,0.999"
+                );
+                OptimizerKind::AdamW {
+                    beta1: args.betas[0],
+                    beta2: args.betas[1],
+                    eps: 1e-8,
+                }
+            }
+            "sgd" => OptimizerKind::Sgd {
+                momentum: args.momentum,
+            },
+            other => anyhow::bail!("unknown optimizer `{other}`; expected adamw or sgd"),
+        };
+        if let Some(c) = args.clip_norm {
+            ensure!(
+                c.is_finite() && c > 0.0,
+                "--clip-norm must be a positive number"
+            );
+        }
         let cfg = TrainConfig {
             epochs: args.epochs.unwrap_or(10),
             batch_size: args.batch_size,
             lr: args.lr,
             weight_decay: args.weight_decay,
+            optimizer,
+            schedule: args.schedule,
+            warmup_steps: args.warmup_steps,
+            clip_norm: args.clip_norm,
             seed: args.seed,
             progress: true,
         };
-        let mut opt = AdamW::new(model.vars(), adamw_params(&cfg));
+        let mut opt = optimizer_for(&model, &cfg);
         let out = args.out.as_deref().map(|d: &Path| (d, args.seed));
         train_from(&model, &mut opt, &data, &cfg, Vec::new(), out, print_epoch)?
     };

@@ -1,10 +1,10 @@
 //! Training checkpoints: a folder with `model.safetensors` (PyTorch-style names),
-//! `optimizer.safetensors` (AdamW moments) and `state.json` (model description, settings,
+//! `optimizer.safetensors` (optimizer buffers) and `state.json` (model description, settings,
 //! epoch, metrics). Each file is written to a temporary name and renamed; `state.json` is
 //! written last, so a folder whose `state.json` exists is complete.
 
 use crate::model::Model;
-use crate::optim::AdamW;
+use crate::optim::Optimizer;
 use crate::trainer::{EpochMetrics, TrainConfig};
 use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
@@ -25,7 +25,7 @@ pub struct TrainState {
     pub config: TrainConfig,
     /// Epochs completed.
     pub epoch: usize,
-    /// AdamW steps taken.
+    /// Optimizer steps taken.
     pub optimizer_step: u64,
     /// Figures of every completed epoch.
     pub history: Vec<EpochMetrics>,
@@ -39,7 +39,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Saves model, optimizer and state into `dir`.
-pub fn save(dir: &Path, model: &Model, opt: &AdamW, state: &TrainState) -> Result<()> {
+pub fn save(dir: &Path, model: &Model, opt: &Optimizer, state: &TrainState) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     fastfeedforward::checkpoint::save(
         &dir.join("model.safetensors"),
@@ -96,7 +96,7 @@ pub fn load_model(dir: &Path, state: &TrainState) -> Result<Model> {
 pub fn load_optimizer(
     dir: &Path,
     state: &TrainState,
-    opt: &mut AdamW,
+    opt: &mut Optimizer,
     n_vars: usize,
 ) -> Result<()> {
     let path = dir.join("optimizer.safetensors");

@@ -1,49 +1,101 @@
-//! AdamW as one fused pass per parameter.
+//! Optimizers as one fused pass per parameter: AdamW and SGD with momentum.
 //!
 //! candle-nn's AdamW builds about a dozen temporary tensors per parameter per step; on a
-//! 1M-parameter MNIST net that is most of the training time. This is the same update (decoupled
-//! weight decay, bias-corrected moments, as in PyTorch and candle-nn) computed in one pass, with
-//! the moments held here so a checkpoint can save and restore them.
+//! 1M-parameter MNIST net that was most of the training time. These are the same updates as
+//! PyTorch's (AdamW: decoupled weight decay, bias-corrected moments, as candle-nn; SGD: L2 weight
+//! decay added to the gradient, momentum buffer `b = μ·b + g`), computed in one pass, with their
+//! state held here so that a checkpoint can save and restore it.
 
 use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Storage, Tensor, Var};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 pub use candle_nn::ParamsAdamW;
 
-/// Fused AdamW over a fixed list of variables.
-pub struct AdamW {
+/// Which update rule, with its own settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// AdamW (Loshchilov & Hutter).
+    AdamW {
+        /// First-moment decay.
+        beta1: f64,
+        /// Second-moment decay.
+        beta2: f64,
+        /// Denominator guard.
+        eps: f64,
+    },
+    /// Stochastic gradient descent with (heavy-ball) momentum.
+    Sgd {
+        /// Momentum μ (0 for plain SGD).
+        momentum: f64,
+    },
+}
+
+impl Default for OptimizerKind {
+    fn default() -> Self {
+        OptimizerKind::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+/// A fused optimizer over a fixed list of variables.
+pub struct Optimizer {
+    kind: OptimizerKind,
+    lr: f64,
+    weight_decay: f64,
     vars: Vec<Var>,
     first: Vec<Vec<f32>>,
     second: Vec<Vec<f32>>,
     step: u64,
-    params: ParamsAdamW,
 }
 
 /// Calls `f` with the contiguous f32 contents of a CPU tensor.
-fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+pub(crate) fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
-        bail!("AdamW runs on CPU tensors")
+        bail!("the optimizers run on CPU tensors")
     };
     let (a, b) = layout
         .contiguous_offsets()
-        .context("AdamW needs contiguous tensors")?;
+        .context("the optimizers need contiguous tensors")?;
     Ok(f(&cpu.as_slice::<f32>()?[a..b]))
 }
 
-impl AdamW {
-    /// An optimizer for `vars` with zero moments.
-    pub fn new(vars: Vec<Var>, params: ParamsAdamW) -> Self {
+const CHUNK: usize = 4096;
+
+impl Optimizer {
+    /// An optimizer for `vars` with zeroed state.
+    pub fn new(vars: Vec<Var>, kind: OptimizerKind, lr: f64, weight_decay: f64) -> Self {
         let zeros = |v: &Var| vec![0f32; v.elem_count()];
-        AdamW {
+        let second = match kind {
+            OptimizerKind::AdamW { .. } => vars.iter().map(zeros).collect(),
+            OptimizerKind::Sgd { .. } => Vec::new(),
+        };
+        Optimizer {
             first: vars.iter().map(zeros).collect(),
-            second: vars.iter().map(zeros).collect(),
+            second,
             vars,
+            kind,
+            lr,
+            weight_decay,
             step: 0,
-            params,
         }
+    }
+
+    /// AdamW with candle-nn's parameter struct.
+    pub fn adamw(vars: Vec<Var>, p: ParamsAdamW) -> Self {
+        let kind = OptimizerKind::AdamW {
+            beta1: p.beta1,
+            beta2: p.beta2,
+            eps: p.eps,
+        };
+        Self::new(vars, kind, p.lr, p.weight_decay)
     }
 
     /// Steps taken so far.
@@ -53,20 +105,20 @@ impl AdamW {
 
     /// The learning rate.
     pub fn learning_rate(&self) -> f64 {
-        self.params.lr
+        self.lr
     }
 
-    /// Sets the learning rate (for schedules).
+    /// Sets the learning rate (schedules call this every step).
     pub fn set_learning_rate(&mut self, lr: f64) {
-        self.params.lr = lr;
+        self.lr = lr;
     }
 
-    /// The moments and step count, for checkpoints.
+    /// The optimizer's buffers (first moments / momentum, second moments) and step count.
     pub fn state(&self) -> (&[Vec<f32>], &[Vec<f32>], u64) {
         (&self.first, &self.second, self.step)
     }
 
-    /// Restores moments and step count saved by [`AdamW::state`].
+    /// Restores buffers and step count saved from [`Optimizer::state`].
     pub fn set_state(
         &mut self,
         first: Vec<Vec<f32>>,
@@ -74,10 +126,14 @@ impl AdamW {
         step: u64,
     ) -> Result<()> {
         let sizes: Vec<usize> = self.vars.iter().map(|v| v.elem_count()).collect();
-        let ok = |m: &Vec<Vec<f32>>| {
+        let fits = |m: &Vec<Vec<f32>>, want: bool| {
+            if !want {
+                return m.is_empty();
+            }
             m.len() == sizes.len() && m.iter().zip(&sizes).all(|(a, &n)| a.len() == n)
         };
-        if !ok(&first) || !ok(&second) {
+        let adam = matches!(self.kind, OptimizerKind::AdamW { .. });
+        if !fits(&first, true) || !fits(&second, adam) {
             bail!("optimizer state does not match the model's parameters");
         }
         self.first = first;
@@ -86,38 +142,91 @@ impl AdamW {
         Ok(())
     }
 
-    /// One update from the gradients in `grads`; variables without a gradient are skipped.
-    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+    /// Global L2 norm of the gradients of this optimizer's variables.
+    pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
+        let mut sum = 0f64;
+        for var in &self.vars {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                let g = g.contiguous()?;
+                sum += with_slice(&g, |g| {
+                    g.par_chunks(CHUNK)
+                        .map(|c| c.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>())
+                        .sum::<f64>()
+                })?;
+            }
+        }
+        Ok(sum.sqrt())
+    }
+
+    /// One update from the gradients in `grads`, each multiplied by `grad_scale` (gradient
+    /// clipping); variables without a gradient are skipped.
+    pub fn step(&mut self, grads: &GradStore, grad_scale: f32) -> Result<()> {
         self.step += 1;
-        let p = self.params.clone();
         let t = self.step as i32;
-        let scale_m = (1.0 / (1.0 - p.beta1.powi(t))) as f32;
-        let scale_v = (1.0 / (1.0 - p.beta2.powi(t))) as f32;
-        let (b1, b2, eps) = (p.beta1 as f32, p.beta2 as f32, p.eps as f32);
-        let (lr, decay) = (p.lr as f32, (1.0 - p.lr * p.weight_decay) as f32);
-        for ((var, m), v) in self.vars.iter().zip(&mut self.first).zip(&mut self.second) {
+        let lr = self.lr as f32;
+        let wd = self.weight_decay;
+        for (k, var) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
             let g = g.contiguous()?;
-            let next = with_slice(var.as_tensor(), |theta| {
-                with_slice(&g, |g| {
-                    let mut next = vec![0f32; theta.len()];
-                    next.par_chunks_mut(4096)
-                        .zip(theta.par_chunks(4096))
-                        .zip(g.par_chunks(4096))
-                        .zip(m.par_chunks_mut(4096).zip(v.par_chunks_mut(4096)))
-                        .for_each(|(((out, th), gr), (mm, vv))| {
-                            for i in 0..out.len() {
-                                mm[i] = mm[i] * b1 + gr[i] * (1.0 - b1);
-                                vv[i] = vv[i] * b2 + gr[i] * gr[i] * (1.0 - b2);
-                                let update = (mm[i] * scale_m) / ((vv[i] * scale_v).sqrt() + eps);
-                                out[i] = th[i] * decay - update * lr;
-                            }
-                        });
-                    next
-                })
-            })??;
+            let first = &mut self.first[k];
+            let next = match self.kind {
+                OptimizerKind::AdamW { beta1, beta2, eps } => {
+                    let scale_m = (1.0 / (1.0 - beta1.powi(t))) as f32;
+                    let scale_v = (1.0 / (1.0 - beta2.powi(t))) as f32;
+                    let (b1, b2, eps) = (beta1 as f32, beta2 as f32, eps as f32);
+                    let decay = (1.0 - self.lr * wd) as f32;
+                    let second = &mut self.second[k];
+                    with_slice(var.as_tensor(), |theta| {
+                        with_slice(&g, |g| {
+                            let mut next = vec![0f32; theta.len()];
+                            next.par_chunks_mut(CHUNK)
+                                .zip(theta.par_chunks(CHUNK))
+                                .zip(g.par_chunks(CHUNK))
+                                .zip(
+                                    first
+                                        .par_chunks_mut(CHUNK)
+                                        .zip(second.par_chunks_mut(CHUNK)),
+                                )
+                                .for_each(|(((out, th), gr), (mm, vv))| {
+                                    for i in 0..out.len() {
+                                        let gi = gr[i] * grad_scale;
+                                        mm[i] = mm[i] * b1 + gi * (1.0 - b1);
+                                        vv[i] = vv[i] * b2 + gi * gi * (1.0 - b2);
+                                        let update =
+                                            (mm[i] * scale_m) / ((vv[i] * scale_v).sqrt() + eps);
+                                        out[i] = th[i] * decay - update * lr;
+                                    }
+                                });
+                            next
+                        })
+                    })??
+                }
+                OptimizerKind::Sgd { momentum } => {
+                    let (mu, wd) = (momentum as f32, wd as f32);
+                    let first_step = self.step == 1;
+                    with_slice(var.as_tensor(), |theta| {
+                        with_slice(&g, |g| {
+                            let mut next = vec![0f32; theta.len()];
+                            next.par_chunks_mut(CHUNK)
+                                .zip(theta.par_chunks(CHUNK))
+                                .zip(g.par_chunks(CHUNK))
+                                .zip(first.par_chunks_mut(CHUNK))
+                                .for_each(|(((out, th), gr), buf)| {
+                                    for i in 0..out.len() {
+                                        let gi = gr[i] * grad_scale + wd * th[i];
+                                        // PyTorch: the buffer starts as the first gradient.
+                                        buf[i] = if first_step { gi } else { mu * buf[i] + gi };
+                                        let d = if mu != 0.0 { buf[i] } else { gi };
+                                        out[i] = th[i] - lr * d;
+                                    }
+                                });
+                            next
+                        })
+                    })??
+                }
+            };
             var.set(&Tensor::from_vec(next, var.shape(), var.device())?)?;
         }
         Ok(())

@@ -1,7 +1,8 @@
-//! Mini-batch training with (fused) AdamW and cross-entropy, evaluated after every epoch.
+//! Mini-batch training with cross-entropy, fused AdamW or SGD, learning-rate schedules and
+//! gradient clipping, evaluated after every epoch.
 
 use crate::model::Model;
-use crate::optim::{AdamW, ParamsAdamW};
+use crate::optim::{Optimizer, OptimizerKind};
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor, D};
 use fff_data::{Dataset, Split};
@@ -19,10 +20,18 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Inputs per step.
     pub batch_size: usize,
-    /// AdamW learning rate.
+    /// Peak learning rate.
     pub lr: f64,
-    /// AdamW weight decay.
+    /// Weight decay (decoupled for AdamW, L2 for SGD).
     pub weight_decay: f64,
+    /// Update rule.
+    pub optimizer: OptimizerKind,
+    /// Learning-rate schedule after warm-up.
+    pub schedule: Schedule,
+    /// Steps of linear warm-up from 0 to `lr`.
+    pub warmup_steps: usize,
+    /// Clip the global gradient norm to this value.
+    pub clip_norm: Option<f64>,
     /// Seed of the shuffling.
     pub seed: u64,
     /// Show progress bars.
@@ -37,10 +46,56 @@ impl Default for TrainConfig {
             batch_size: 64,
             lr: 1e-3,
             weight_decay: 0.0,
+            optimizer: OptimizerKind::default(),
+            schedule: Schedule::Constant,
+            warmup_steps: 0,
+            clip_norm: None,
             seed: 0,
             progress: true,
         }
     }
+}
+
+/// How the learning rate moves after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Constant at `lr`.
+    Constant,
+    /// Half a cosine from `lr` down to 0 over the remaining steps.
+    Cosine,
+    /// Straight line from `lr` down to 0 over the remaining steps.
+    Linear,
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "constant" => Ok(Schedule::Constant),
+            "cosine" => Ok(Schedule::Cosine),
+            "linear" => Ok(Schedule::Linear),
+            _ => Err(format!(
+                "unknown schedule `{s}`; expected constant, cosine or linear"
+            )),
+        }
+    }
+}
+
+/// The learning rate at 0-based `step` of `total` steps.
+pub fn learning_rate(cfg: &TrainConfig, step: usize, total: usize) -> f64 {
+    let w = cfg.warmup_steps;
+    if step < w {
+        return cfg.lr * (step + 1) as f64 / w as f64;
+    }
+    let span = total.saturating_sub(w).max(1) as f64;
+    let p = ((step - w) as f64 / span).min(1.0);
+    cfg.lr
+        * match cfg.schedule {
+            Schedule::Constant => 1.0,
+            Schedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
+            Schedule::Linear => 1.0 - p,
+        }
 }
 
 /// Figures of one epoch.
@@ -98,13 +153,9 @@ pub fn evaluate(model: &Model, data: &Dataset) -> Result<(f64, f64)> {
     Ok((loss / n, right as f64 / n))
 }
 
-/// The AdamW settings of `cfg`.
-pub fn adamw_params(cfg: &TrainConfig) -> ParamsAdamW {
-    ParamsAdamW {
-        lr: cfg.lr,
-        weight_decay: cfg.weight_decay,
-        ..Default::default()
-    }
+/// The optimizer `cfg` asks for, over `model`'s parameters.
+pub fn optimizer_for(model: &Model, cfg: &TrainConfig) -> Optimizer {
+    Optimizer::new(model.vars(), cfg.optimizer, cfg.lr, cfg.weight_decay)
 }
 
 /// Trains a fresh `model` on `data.train`, evaluating on `data.test` after each epoch;
@@ -115,7 +166,7 @@ pub fn train(
     cfg: &TrainConfig,
     on_epoch: impl FnMut(&EpochMetrics),
 ) -> Result<Vec<EpochMetrics>> {
-    let mut opt = AdamW::new(model.vars(), adamw_params(cfg));
+    let mut opt = optimizer_for(model, cfg);
     train_from(model, &mut opt, data, cfg, Vec::new(), None, on_epoch)
 }
 
@@ -136,7 +187,7 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 /// and `metrics.json` into `dir` after every epoch.
 pub fn train_from(
     model: &Model,
-    opt: &mut AdamW,
+    opt: &mut Optimizer,
     data: &Split,
     cfg: &TrainConfig,
     mut history: Vec<EpochMetrics>,
@@ -188,7 +239,21 @@ pub fn train_from(
             let (x, y) = gather(&data.train, batch)?;
             let logits = model.forward(&x)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-            opt.step(&loss.backward()?)?;
+            let grads = loss.backward()?;
+            let global = (epoch - 1) * steps + step;
+            opt.set_learning_rate(learning_rate(cfg, global, cfg.epochs * steps));
+            let scale = match cfg.clip_norm {
+                Some(max) => {
+                    let norm = opt.grad_norm(&grads)?;
+                    if norm > max {
+                        (max / norm) as f32
+                    } else {
+                        1.0
+                    }
+                }
+                None => 1.0,
+            };
+            opt.step(&grads, scale)?;
             let l = loss.to_scalar::<f32>()? as f64;
             ensure!(
                 l.is_finite(),

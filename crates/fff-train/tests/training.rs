@@ -123,7 +123,7 @@ fn fused_adamw_matches_candle_nn() {
     };
     let a = Model::new("fff:2-8:d2:k2:tanh, relu, linear:8-3", 9).unwrap();
     let b = Model::new("fff:2-8:d2:k2:tanh, relu, linear:8-3", 9).unwrap();
-    let mut fused = fff_train::optim::AdamW::new(a.vars(), params.clone());
+    let mut fused = fff_train::optim::Optimizer::adamw(a.vars(), params.clone());
     let mut reference = candle_nn::AdamW::new(b.vars(), params).unwrap();
     let x = candle_core::Tensor::from_vec(
         data.train.features.clone(),
@@ -139,7 +139,7 @@ fn fused_adamw_matches_candle_nn() {
     .unwrap();
     for _ in 0..5 {
         let la = candle_nn::loss::cross_entropy(&a.forward(&x).unwrap(), &y).unwrap();
-        fused.step(&la.backward().unwrap()).unwrap();
+        fused.step(&la.backward().unwrap(), 1.0).unwrap();
         let lb = candle_nn::loss::cross_entropy(&b.forward(&x).unwrap(), &y).unwrap();
         reference.backward_step(&lb).unwrap();
     }
@@ -158,8 +158,7 @@ fn fused_adamw_matches_candle_nn() {
 #[test]
 fn resume_matches_an_uninterrupted_run() {
     use fff_train::checkpoint::{load_model, load_optimizer, load_state};
-    use fff_train::optim::AdamW;
-    use fff_train::trainer::{adamw_params, train_from};
+    use fff_train::trainer::{optimizer_for, train_from};
     let data = spirals(3, 150, 0.05, 4);
     let spec = "fff:2-16:d3:k2:identity, relu, linear:16-3";
     let base = std::env::temp_dir().join(format!("fff-train-resume-{}", std::process::id()));
@@ -170,7 +169,7 @@ fn resume_matches_an_uninterrupted_run() {
     };
     let fresh = |dir: &std::path::Path, epochs| {
         let model = Model::new(spec, 3).unwrap();
-        let mut opt = AdamW::new(model.vars(), adamw_params(&cfg(epochs)));
+        let mut opt = optimizer_for(&model, &cfg(epochs));
         let h = train_from(
             &model,
             &mut opt,
@@ -188,7 +187,7 @@ fn resume_matches_an_uninterrupted_run() {
     let state = load_state(&dir_b).unwrap();
     assert_eq!((state.epoch, state.dataset.as_str()), (2, "spirals3/train"));
     let model_b = load_model(&dir_b, &state).unwrap();
-    let mut opt = AdamW::new(model_b.vars(), adamw_params(&state.config));
+    let mut opt = optimizer_for(&model_b, &state.config);
     load_optimizer(&dir_b, &state, &mut opt, model_b.vars().len()).unwrap();
     let resumed = train_from(
         &model_b,
@@ -226,4 +225,87 @@ fn resume_matches_an_uninterrupted_run() {
     assert!(err.contains("model.safetensors"), "{err}");
     let err = format!("{:#}", load_state(&base.join("nowhere")).unwrap_err());
     assert!(err.contains("state.json"), "{err}");
+}
+
+#[test]
+fn sgd_without_momentum_matches_candle_nn_and_momentum_accumulates() {
+    use candle_nn::Optimizer as _;
+    use fff_train::optim::{Optimizer, OptimizerKind};
+    let data = spirals(3, 40, 0.05, 3);
+    let x = candle_core::Tensor::from_vec(
+        data.train.features.clone(),
+        (data.train.len(), 2),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let y = candle_core::Tensor::from_vec(
+        data.train.labels.clone(),
+        data.train.len(),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let spec = "fff:2-8:d2:k2:tanh, relu, linear:8-3";
+    let (a, b) = (Model::new(spec, 4).unwrap(), Model::new(spec, 4).unwrap());
+    let mut ours = Optimizer::new(a.vars(), OptimizerKind::Sgd { momentum: 0.0 }, 0.1, 0.0);
+    let mut reference = candle_nn::SGD::new(b.vars(), 0.1).unwrap();
+    for _ in 0..4 {
+        let la = candle_nn::loss::cross_entropy(&a.forward(&x).unwrap(), &y).unwrap();
+        ours.step(&la.backward().unwrap(), 1.0).unwrap();
+        let lb = candle_nn::loss::cross_entropy(&b.forward(&x).unwrap(), &y).unwrap();
+        reference.backward_step(&lb).unwrap();
+    }
+    for (va, vb) in a.vars().iter().zip(b.vars()) {
+        let pa = va.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let pb = vb.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (p, q) in pa.iter().zip(&pb) {
+            assert!((p - q).abs() < 1e-6, "{p} vs {q}");
+        }
+    }
+    // With momentum, two identical gradients move the parameter by lr·g·(1 + (1 + μ)).
+    let v = candle_core::Var::new(&[1.0f32], &candle_core::Device::Cpu).unwrap();
+    let mut opt = Optimizer::new(
+        vec![v.clone()],
+        OptimizerKind::Sgd { momentum: 0.5 },
+        0.1,
+        0.0,
+    );
+    for _ in 0..2 {
+        let loss = (v.as_tensor() * 2.0).unwrap().sum_all().unwrap(); // gradient 2
+        opt.step(&loss.backward().unwrap(), 1.0).unwrap();
+    }
+    let p = v.as_tensor().to_vec1::<f32>().unwrap()[0];
+    assert!((p - (1.0 - 0.1 * 2.0 - 0.1 * 3.0)).abs() < 1e-6, "{p}");
+    // Clipping scales the gradient: half the gradient, half the (first) SGD step.
+    let w = candle_core::Var::new(&[0.0f32], &candle_core::Device::Cpu).unwrap();
+    let mut opt = Optimizer::new(
+        vec![w.clone()],
+        OptimizerKind::Sgd { momentum: 0.0 },
+        1.0,
+        0.0,
+    );
+    let loss = (w.as_tensor() * 4.0).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    assert!((opt.grad_norm(&grads).unwrap() - 4.0).abs() < 1e-9);
+    opt.step(&grads, 0.5).unwrap();
+    assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap()[0], -2.0);
+}
+
+#[test]
+fn schedules_warm_up_and_decay() {
+    use fff_train::trainer::{learning_rate, Schedule};
+    let mut cfg = TrainConfig {
+        lr: 1.0,
+        warmup_steps: 10,
+        schedule: Schedule::Cosine,
+        ..TrainConfig::default()
+    };
+    assert!((learning_rate(&cfg, 0, 110) - 0.1).abs() < 1e-12);
+    assert!((learning_rate(&cfg, 9, 110) - 1.0).abs() < 1e-12);
+    assert!((learning_rate(&cfg, 10, 110) - 1.0).abs() < 1e-12);
+    assert!((learning_rate(&cfg, 60, 110) - 0.5).abs() < 1e-12);
+    assert!(learning_rate(&cfg, 109, 110) < 1e-3);
+    cfg.schedule = Schedule::Linear;
+    assert!((learning_rate(&cfg, 60, 110) - 0.5).abs() < 1e-12);
+    cfg.schedule = Schedule::Constant;
+    assert_eq!(learning_rate(&cfg, 100, 110), 1.0);
 }
