@@ -3,6 +3,7 @@
 mod bench;
 mod bench_train;
 mod demo;
+mod experiment;
 mod timing;
 mod train;
 
@@ -30,6 +31,9 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate a checkpoint written by `fff train --out` on a dataset's test set.
     Eval(train::EvalArgs),
+    /// Studies that answer a question with real figures.
+    #[command(subcommand)]
+    Experiment(experiment::ExperimentCommand),
     /// Speed benchmarks with correctness checks, as tables, JSON and plots.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -42,5 +46,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => train::eval(args),
+        Command::Experiment(cmd) => experiment::run(cmd),
     }
 }

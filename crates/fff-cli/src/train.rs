@@ -16,11 +16,11 @@ use std::path::{Path, PathBuf};
 pub struct DataArgs {
     /// Dataset: spirals (built in), mnist or fashion-mnist (from --data-dir).
     #[arg(long, default_value = "spirals")]
-    dataset: String,
+    pub dataset: String,
     /// Folder holding the dataset's IDX files (gzip or raw), directly or in a subfolder named
     /// after the dataset.
     #[arg(long)]
-    data_dir: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Options of `fff train`.
@@ -82,7 +82,7 @@ pub struct EvalArgs {
     data: DataArgs,
 }
 
-fn load_data(args: &DataArgs, seed: u64) -> Result<(Split, &'static str)> {
+pub fn load_data(args: &DataArgs, seed: u64) -> Result<(Split, &'static str)> {
     Ok(match args.dataset.as_str() {
         "spirals" => (
             spirals(3, 1000, 0.03, seed),

@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod model;
 pub mod optim;
+pub mod study;
 pub mod trainer;
 
 pub use model::Model;

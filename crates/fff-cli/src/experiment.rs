@@ -1,0 +1,113 @@
+//! `fff experiment`: studies that answer a question with real figures.
+
+use crate::train::{load_data, DataArgs};
+use anyhow::{ensure, Result};
+use clap::{Args, Subcommand};
+use fff_train::study::{curves, markdown, run as run_study, summarize, variants};
+use fff_train::TrainConfig;
+use std::path::PathBuf;
+
+/// Which study.
+#[derive(Subcommand, Debug)]
+pub enum ExperimentCommand {
+    /// Does GELU starve the left branches? FFF(784→500, d8) → ReLU → FFF(500→10, d8) with each
+    /// node activation, plus the dense 784→500→10 baseline, over seeds and datasets.
+    NodeActivation(NodeActivationArgs),
+}
+
+/// Options of `fff experiment node-activation`.
+#[derive(Args, Debug)]
+pub struct NodeActivationArgs {
+    /// Datasets to run on.
+    #[arg(long, value_delimiter = ',', default_value = "mnist,fashion-mnist")]
+    datasets: Vec<String>,
+    /// Folder holding the datasets (each directly or in a subfolder named after it).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Variants to run (dense, fff-gelu, fff-identity, fff-relu, fff-tanh).
+    #[arg(long, value_delimiter = ',')]
+    variants: Vec<String>,
+    /// Seeds per variant.
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// Epochs per run.
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    /// Inputs per step.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// AdamW learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Write every run (with per-epoch figures) and the summary to this JSON file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw mean test accuracy per epoch for each variant to this PNG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+pub fn run(cmd: ExperimentCommand) -> Result<()> {
+    let ExperimentCommand::NodeActivation(args) = cmd;
+    ensure!(
+        args.seeds > 0 && args.epochs > 0,
+        "--seeds and --epochs must be at least 1"
+    );
+    let mut chosen = variants();
+    if !args.variants.is_empty() {
+        for v in &args.variants {
+            ensure!(
+                chosen.iter().any(|c| &c.name == v),
+                "unknown variant `{v}`; expected dense, fff-gelu, fff-identity, fff-relu or fff-tanh"
+            );
+        }
+        chosen.retain(|c| args.variants.contains(&c.name));
+    }
+    let seeds: Vec<u64> = (0..args.seeds).collect();
+    let cfg = TrainConfig {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        progress: true,
+        ..TrainConfig::default()
+    };
+    let mut runs = Vec::new();
+    for name in &args.datasets {
+        let data_args = DataArgs {
+            dataset: name.clone(),
+            data_dir: args.data_dir.clone(),
+        };
+        let (data, _) = load_data(&data_args, 0)?;
+        runs.extend(run_study(name, &data, &chosen, &seeds, &cfg, |r| {
+            let last = r.history.last().expect("at least one epoch");
+            println!(
+                "{} {} seed {}: test accuracy {:.2}% after {} epochs ({:.2} s/epoch)",
+                r.dataset,
+                r.variant,
+                r.seed,
+                100.0 * last.test_accuracy,
+                r.history.len(),
+                r.history.iter().map(|m| m.train_seconds).sum::<f64>() / r.history.len() as f64
+            )
+        })?);
+    }
+    let summaries = summarize(&runs);
+    println!();
+    print!("{}", markdown(&summaries));
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({ "summary": summaries, "runs": runs });
+        fff_train::checkpoint::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        fff_bench::report::line_chart(
+            path,
+            "Node-activation study: test accuracy per epoch (mean over seeds)",
+            "epoch",
+            "test accuracy (%)",
+            &curves(&runs),
+        )?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! The node-activation study: does GELU starve the left branches?
+//!
+//! The community thread "Left branches getting ignored" argued that with GELU as the node
+//! activation a node whose `z ≤ 0` (every left turn) contributes almost nothing and learns
+//! almost nothing through its output row, while the identity keeps the left turns' `z`. Their
+//! net: FFF(784→500, depth 8) → ReLU → FFF(500→10, depth 8), AdamW lr 1e-3, batch 64, inputs in
+//! [-1, 1]. This runs that net with each node activation, plus the dense 784→500→10 baseline,
+//! over several seeds, and reports the figures.
+
+use crate::trainer::{train, EpochMetrics, TrainConfig};
+use crate::Model;
+use anyhow::Result;
+use fff_data::Split;
+use serde::Serialize;
+
+/// One variant of the study: a name and a model description.
+#[derive(Debug, Clone)]
+pub struct Variant {
+    /// Short name for tables.
+    pub name: String,
+    /// Model description.
+    pub spec: String,
+}
+
+/// The study's variants: the dense baseline and the FFF net with each node activation.
+pub fn variants() -> Vec<Variant> {
+    let mut v = vec![Variant {
+        name: "dense".into(),
+        spec: "linear:784-500, relu, linear:500-10".into(),
+    }];
+    for act in ["gelu", "identity", "relu", "tanh"] {
+        v.push(Variant {
+            name: format!("fff-{act}"),
+            spec: format!("fff:784-500:d8:{act}, relu, fff:500-10:d8:{act}"),
+        });
+    }
+    v
+}
+
+/// One training run of the study.
+#[derive(Debug, Clone, Serialize)]
+pub struct StudyRun {
+    /// Dataset name.
+    pub dataset: String,
+    /// Variant name.
+    pub variant: String,
+    /// Model description.
+    pub model: String,
+    /// Seed.
+    pub seed: u64,
+    /// Trainable parameters.
+    pub parameters: usize,
+    /// Neurons evaluated per input.
+    pub neurons_per_input: usize,
+    /// Per-epoch figures.
+    pub history: Vec<EpochMetrics>,
+}
+
+/// Summary of one (dataset, variant) over seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct StudySummary {
+    /// Dataset name.
+    pub dataset: String,
+    /// Variant name.
+    pub variant: String,
+    /// Final test accuracy, mean over seeds.
+    pub accuracy_mean: f64,
+    /// Final test accuracy, sample standard deviation over seeds (0 for one seed).
+    pub accuracy_std: f64,
+    /// Seeds.
+    pub seeds: usize,
+    /// Trainable parameters.
+    pub parameters: usize,
+    /// Neurons evaluated per input.
+    pub neurons_per_input: usize,
+    /// Mean training seconds per epoch.
+    pub seconds_per_epoch: f64,
+}
+
+/// Trains every variant on `data` with each seed; `log` sees a line per finished run.
+pub fn run(
+    dataset: &str,
+    data: &Split,
+    variants: &[Variant],
+    seeds: &[u64],
+    cfg: &TrainConfig,
+    mut log: impl FnMut(&StudyRun),
+) -> Result<Vec<StudyRun>> {
+    let mut runs = Vec::new();
+    for v in variants {
+        for &seed in seeds {
+            let model = Model::new(&v.spec, seed)?;
+            let cfg = TrainConfig {
+                seed,
+                ..cfg.clone()
+            };
+            let history = train(&model, data, &cfg, |_| {})?;
+            let r = StudyRun {
+                dataset: dataset.into(),
+                variant: v.name.clone(),
+                model: v.spec.clone(),
+                seed,
+                parameters: model.parameter_count(),
+                neurons_per_input: model.neurons_per_input(),
+                history,
+            };
+            log(&r);
+            runs.push(r);
+        }
+    }
+    Ok(runs)
+}
+
+/// Mean ± std of the final test accuracy per (dataset, variant), in first-seen order.
+pub fn summarize(runs: &[StudyRun]) -> Vec<StudySummary> {
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for r in runs {
+        let k = (r.dataset.clone(), r.variant.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys.into_iter()
+        .map(|(dataset, variant)| {
+            let group: Vec<&StudyRun> = runs
+                .iter()
+                .filter(|r| r.dataset == dataset && r.variant == variant)
+                .collect();
+            let acc: Vec<f64> = group
+                .iter()
+                .filter_map(|r| r.history.last().map(|m| m.test_accuracy))
+                .collect();
+            let n = acc.len().max(1) as f64;
+            let mean = acc.iter().sum::<f64>() / n;
+            let std = if acc.len() > 1 {
+                (acc.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+            } else {
+                0.0
+            };
+            let epochs: Vec<&EpochMetrics> = group.iter().flat_map(|r| &r.history).collect();
+            StudySummary {
+                dataset,
+                variant,
+                accuracy_mean: mean,
+                accuracy_std: std,
+                seeds: acc.len(),
+                parameters: group[0].parameters,
+                neurons_per_input: group[0].neurons_per_input,
+                seconds_per_epoch: epochs.iter().map(|m| m.train_seconds).sum::<f64>()
+                    / epochs.len().max(1) as f64,
+            }
+        })
+        .collect()
+}
+
+/// The summaries as a markdown table.
+pub fn markdown(summaries: &[StudySummary]) -> String {
+    let mut out = String::from(
+        "| dataset | variant | test accuracy (mean ± std) | seeds | parameters | neurons used per input | train s/epoch |\n|---|---|---:|---:|---:|---:|---:|\n",
+    );
+    for s in summaries {
+        out.push_str(&format!(
+            "| {} | {} | {:.2}% ± {:.2} | {} | {} | {} | {:.2} |\n",
+            s.dataset,
+            s.variant,
+            100.0 * s.accuracy_mean,
+            100.0 * s.accuracy_std,
+            s.seeds,
+            s.parameters,
+            s.neurons_per_input,
+            s.seconds_per_epoch
+        ));
+    }
+    out
+}
+
+/// Mean test accuracy per epoch for each (dataset, variant): `(label, [(epoch, accuracy)])`.
+pub fn curves(runs: &[StudyRun]) -> Vec<(String, Vec<(f64, f64)>)> {
+    summarize(runs)
+        .iter()
+        .map(|s| {
+            let group: Vec<&StudyRun> = runs
+                .iter()
+                .filter(|r| r.dataset == s.dataset && r.variant == s.variant)
+                .collect();
+            let epochs = group.iter().map(|r| r.history.len()).min().unwrap_or(0);
+            let pts = (0..epochs)
+                .map(|e| {
+                    let mean = group
+                        .iter()
+                        .map(|r| r.history[e].test_accuracy)
+                        .sum::<f64>()
+                        / group.len() as f64;
+                    ((e + 1) as f64, 100.0 * mean)
+                })
+                .collect();
+            (format!("{} {}", s.dataset, s.variant), pts)
+        })
+        .collect()
+}
