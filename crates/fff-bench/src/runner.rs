@@ -370,11 +370,15 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Record>> {
                         "{} {name} batch {batch} threads {threads}",
                         spec.name()
                     ));
-                    let mut got = vec![0f32; check_rows * w];
-                    pool.install(|| imp.run(check_x, check_rows, &mut got))?;
-                    check_outputs(&name, &spec.name(), &got, &want, &[], w)?;
+                    let bench = Bench {
+                        pool: &pool,
+                        inputs: &inputs,
+                        width: w,
+                        batch,
+                        opts,
+                    };
                     let (t, runs) =
-                        pool.install(|| measure(imp.as_mut(), &inputs, w, batch, &mut y, opts))?;
+                        bench.check_and_time(imp.as_mut(), &spec, check_x, &want, &[], &mut y)?;
                     if !name.contains("level") {
                         let e = best.entry(neurons).or_insert((name.clone(), t));
                         if t < e.1 {
@@ -409,11 +413,15 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Record>> {
                         "{} {name} batch {batch} threads {threads}",
                         spec.name()
                     ));
-                    let mut got = vec![0f32; check_rows * w];
-                    pool.install(|| imp.run(check_x, check_rows, &mut got))?;
-                    check_outputs(&name, &spec.name(), &got, &want, &skip, w)?;
+                    let bench = Bench {
+                        pool: &pool,
+                        inputs: &inputs,
+                        width: w,
+                        batch,
+                        opts,
+                    };
                     let (t, runs) =
-                        pool.install(|| measure(imp.as_mut(), &inputs, w, batch, &mut y, opts))?;
+                        bench.check_and_time(imp.as_mut(), spec, check_x, &want, &skip, &mut y)?;
                     records.push(record(spec, &name, batch, threads, t, runs, w, &best));
                     bar.inc(1);
                 }
@@ -422,6 +430,35 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Record>> {
     }
     bar.finish_and_clear();
     Ok(records)
+}
+
+/// One measurement context: thread pool, input pool and sizes.
+struct Bench<'a> {
+    pool: &'a rayon::ThreadPool,
+    inputs: &'a [f32],
+    width: usize,
+    batch: usize,
+    opts: &'a BenchOptions,
+}
+
+impl Bench<'_> {
+    /// Checks `imp` on `check_x` against `want` (rows in `skip` excepted), then times it.
+    fn check_and_time(
+        &self,
+        imp: &mut dyn LayerImpl,
+        spec: &ConfigSpec,
+        check_x: &[f32],
+        want: &[f32],
+        skip: &[bool],
+        y: &mut [f32],
+    ) -> Result<(f64, usize)> {
+        let rows = check_x.len() / self.width;
+        let mut got = vec![0f32; rows * self.width];
+        self.pool.install(|| imp.run(check_x, rows, &mut got))?;
+        check_outputs(&imp.name(), &spec.name(), &got, want, skip, self.width)?;
+        self.pool
+            .install(|| measure(imp, self.inputs, self.width, self.batch, y, self.opts))
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

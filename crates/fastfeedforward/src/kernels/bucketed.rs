@@ -13,9 +13,10 @@
 //! Weight traffic drops from one row pair per input per level to about one pass over the
 //! weights per call; inputs are read twice and outputs written once.
 
-use super::simd::{dispatch, dot, dot4, Simd, SimdLevel, SimdTask};
+use super::simd::{dispatch, Simd, SimdLevel, SimdTask};
 use super::tile::{
-    accumulate_rows, route_tile, RowsPtr, SharedMut, TileRecord, MAX_LEVELS, TOKEN_TILE,
+    accumulate_rows, group_logits, route_tile, RowsPtr, SharedMut, TileRecord, MAX_LEVELS,
+    TOKEN_TILE,
 };
 use super::{FffWeightsView, Workspace};
 use rayon::prelude::*;
@@ -284,7 +285,7 @@ impl SimdTask for GroupedBucket<'_, '_, '_> {
     fn run<S: Simd>(self, s: S) {
         let ctx = self.ctx;
         let c = &ctx.w.config;
-        let (cin, levels, split) = (c.input_width, c.depth + 1, ctx.split);
+        let (levels, split) = (c.depth + 1, ctx.split);
         let bottom = levels - split;
         let tokens = self.tokens;
         let z = self.z;
@@ -304,22 +305,7 @@ impl SimdTask for GroupedBucket<'_, '_, '_> {
             let bias = ctx.w.b_in[row];
             let group = &tokens[lo..hi];
             let zg = &mut z[lo..hi];
-            let x_row = |tk: u32| &ctx.x[tk as usize * cin..(tk as usize + 1) * cin];
-            let mut t4 = group.chunks_exact(4);
-            let mut z4 = zg.chunks_exact_mut(4);
-            for (tk, zz) in (&mut t4).zip(&mut z4) {
-                let d = dot4(
-                    s,
-                    w_in,
-                    [x_row(tk[0]), x_row(tk[1]), x_row(tk[2]), x_row(tk[3])],
-                );
-                for j in 0..4 {
-                    zz[j] = d[j] + bias;
-                }
-            }
-            for (tk, zz) in t4.remainder().iter().zip(z4.into_remainder()) {
-                *zz = dot(s, w_in, x_row(*tk)) + bias;
-            }
+            group_logits(s, w_in, bias, ctx.x, group, zg);
             for (&tk, &zv) in group.iter().zip(zg.iter()) {
                 let at = tk as usize * bottom + (l - split);
                 assert!(at < ctx.records_len);

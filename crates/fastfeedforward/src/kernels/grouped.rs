@@ -5,8 +5,8 @@
 //! output rows do not fit in L1, moving them once per level costs more than the shared weight
 //! loads save, and the bucketed walk is faster.
 
-use super::simd::{axpy, dispatch, dot, dot4, Simd, SimdLevel, SimdTask};
-use super::tile::{RowsPtr, SharedMut};
+use super::simd::{axpy, dispatch, Simd, SimdLevel, SimdTask};
+use super::tile::{group_logits, RowsPtr, SharedMut};
 use super::{FffWeightsView, Workspace};
 use rayon::prelude::*;
 
@@ -137,32 +137,13 @@ impl SimdTask for NodeGroup<'_, '_, '_> {
     fn run<S: Simd>(self, s: S) {
         let ctx = self.ctx;
         let c = &ctx.w.config;
-        let cin = c.input_width;
         let w_in = ctx.w.w_in_row(self.row);
         let w_out = ctx.w.w_out_row(self.row);
-        let bias = ctx.w.b_in[self.row];
-        let act = c.activation;
-        let mut tk4 = self.tokens.chunks_exact(4);
-        let mut z4 = self.z.chunks_exact_mut(4);
-        for (tk, zz) in (&mut tk4).zip(&mut z4) {
-            let xs = [0, 1, 2, 3].map(|j| input_row(ctx.x, tk[j], cin));
-            let d = dot4(s, w_in, xs);
-            for j in 0..4 {
-                zz[j] = d[j] + bias;
-                add_output(s, ctx, tk[j], act.apply(zz[j]), w_out);
-            }
-        }
-        for (tk, zz) in tk4.remainder().iter().zip(z4.into_remainder()) {
-            *zz = dot(s, w_in, input_row(ctx.x, *tk, cin)) + bias;
-            add_output(s, ctx, *tk, act.apply(*zz), w_out);
+        group_logits(s, w_in, ctx.w.b_in[self.row], ctx.x, self.tokens, self.z);
+        for (&tk, &z) in self.tokens.iter().zip(self.z.iter()) {
+            add_output(s, ctx, tk, c.activation.apply(z), w_out);
         }
     }
-}
-
-/// Input row of token `tk`.
-#[inline(always)]
-fn input_row(x: &[f32], tk: u32, width: usize) -> &[f32] {
-    &x[tk as usize * width..(tk as usize + 1) * width]
 }
 
 /// `y[tk] += a · w_out`. A plain function, not a closure: closures are not inlined into the

@@ -7,7 +7,7 @@
 //! registers across all visited rows (output-stationary), instead of a read-modify-write of `y`
 //! per level.
 
-use super::simd::{dispatch, dot, prefetch_row, Simd, SimdLevel, SimdTask};
+use super::simd::{dispatch, dot, dot4, prefetch_row, Simd, SimdLevel, SimdTask};
 use super::{child, FffWeightsView};
 use rayon::prelude::*;
 
@@ -216,5 +216,31 @@ impl SimdTask for DescendTile<'_, '_> {
                 );
             }
         }
+    }
+}
+
+/// `z[i] = w_in · x[tokens[i]] + bias` for a group of inputs on one node; the row is loaded once
+/// per 4 inputs.
+#[inline(always)]
+pub(super) fn group_logits<S: Simd>(
+    s: S,
+    w_in: &[f32],
+    bias: f32,
+    x: &[f32],
+    tokens: &[u32],
+    z: &mut [f32],
+) {
+    let cin = w_in.len();
+    let row = |tk: u32| &x[tk as usize * cin..(tk as usize + 1) * cin];
+    let mut t4 = tokens.chunks_exact(4);
+    let mut z4 = z.chunks_exact_mut(4);
+    for (tk, zz) in (&mut t4).zip(&mut z4) {
+        let d = dot4(s, w_in, [row(tk[0]), row(tk[1]), row(tk[2]), row(tk[3])]);
+        for j in 0..4 {
+            zz[j] = d[j] + bias;
+        }
+    }
+    for (tk, zz) in t4.remainder().iter().zip(z4.into_remainder()) {
+        *zz = dot(s, w_in, row(*tk)) + bias;
     }
 }
