@@ -27,7 +27,7 @@ enum Command {
     /// Build an FFF layer on built-in random data, check the fast kernel and the training op
     /// against the dense masked reference, and time the kernel against a dense layer.
     Demo(demo::DemoArgs),
-    /// Train a model of FFF and dense layers on a dataset (AdamW, cross-entropy).
+    /// Train a model of FFF and dense layers on a dataset (cross-entropy; AdamW or SGD).
     Train(train::TrainArgs),
     /// Evaluate a checkpoint written by `fff train --out` on a dataset's test set.
     Eval(train::EvalArgs),
