@@ -20,12 +20,5 @@ pub fn median_time(warmup: usize, reps: usize, mut f: impl FnMut()) -> Duration 
 
 /// A duration in the most readable unit.
 pub fn human(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s >= 1.0 {
-        format!("{s:.3} s")
-    } else if s >= 1e-3 {
-        format!("{:.3} ms", s * 1e3)
-    } else {
-        format!("{:.2} µs", s * 1e6)
-    }
+    fff_bench::report::human_seconds(d.as_secs_f64())
 }
