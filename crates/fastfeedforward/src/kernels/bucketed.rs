@@ -15,8 +15,8 @@
 
 use super::simd::{dispatch, Simd, SimdLevel, SimdTask};
 use super::tile::{
-    accumulate_rows, group_logits, route_tile, RowsPtr, SharedMut, TileRecord, MAX_LEVELS,
-    TOKEN_TILE,
+    accumulate_rows, group_logits, route_tile, stable_partition, RowsPtr, SharedMut, TileRecord,
+    MAX_LEVELS, TOKEN_TILE,
 };
 use super::{FffWeightsView, Workspace};
 use rayon::prelude::*;
@@ -320,18 +320,7 @@ impl SimdTask for GroupedBucket<'_, '_, '_> {
                 continue;
             }
             // Stable partition: z <= 0 (and NaN) to the left child.
-            let (mut nl, mut nr) = (0, 0);
-            for i in lo..hi {
-                let tk = tokens[i];
-                if z[i] > 0.0 {
-                    self.scratch[nr] = tk;
-                    nr += 1;
-                } else {
-                    tokens[lo + nl] = tk;
-                    nl += 1;
-                }
-            }
-            tokens[lo + nl..hi].copy_from_slice(&self.scratch[..nr]);
+            let nl = stable_partition(&mut tokens[lo..hi], &z[lo..hi], self.scratch);
             // Left child on top of the stack, so it is walked first.
             stack[top] = (2 * node + 2, l + 1, lo + nl, hi);
             stack[top + 1] = (2 * node + 1, l + 1, lo, lo + nl);

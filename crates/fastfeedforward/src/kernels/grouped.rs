@@ -6,7 +6,7 @@
 //! loads save, and the bucketed walk is faster.
 
 use super::simd::{axpy, dispatch, Simd, SimdLevel, SimdTask};
-use super::tile::{group_logits, RowsPtr, SharedMut};
+use super::tile::{group_logits, stable_partition, RowsPtr, SharedMut};
 use super::{FffWeightsView, Workspace};
 use rayon::prelude::*;
 
@@ -92,23 +92,6 @@ fn visit(
         visit(ctx, tree, nl, level + 1, tl, zl, sl);
         visit(ctx, tree, nr, level + 1, tr, zr, sr);
     }
-}
-
-/// Moves inputs with `z <= 0` (or NaN) to the front, keeping order; returns how many.
-fn stable_partition(tokens: &mut [u32], z: &[f32], scratch: &mut [u32]) -> usize {
-    let (mut nl, mut nr) = (0, 0);
-    for i in 0..tokens.len() {
-        let tk = tokens[i];
-        if z[i] > 0.0 {
-            scratch[nr] = tk;
-            nr += 1;
-        } else {
-            tokens[nl] = tk;
-            nl += 1;
-        }
-    }
-    tokens[nl..].copy_from_slice(&scratch[..nr]);
-    nl
 }
 
 fn node_group(ctx: &GroupCtx<'_, '_>, row: usize, tokens: &[u32], z: &mut [f32]) {

@@ -244,3 +244,20 @@ pub(super) fn group_logits<S: Simd>(
         *zz = dot(s, w_in, row(*tk)) + bias;
     }
 }
+
+/// Moves inputs with `z <= 0` (or NaN) to the front, keeping order; returns how many.
+pub(super) fn stable_partition(tokens: &mut [u32], z: &[f32], scratch: &mut [u32]) -> usize {
+    let (mut nl, mut nr) = (0, 0);
+    for i in 0..tokens.len() {
+        let tk = tokens[i];
+        if z[i] > 0.0 {
+            scratch[nr] = tk;
+            nr += 1;
+        } else {
+            tokens[nl] = tk;
+            nl += 1;
+        }
+    }
+    tokens[nl..].copy_from_slice(&scratch[..nr]);
+    nl
+}
