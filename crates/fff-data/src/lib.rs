@@ -4,9 +4,12 @@
 //!   name the file and the problem;
 //! - [`mnist`]: the two image sets read from a local folder, verified against the published
 //!   checksums of the decompressed bytes;
+//! - [`download`]: the two image sets fetched once from public mirrors into a cache folder and
+//!   verified, or read from that folder with no network when they are already there;
 //! - [`synthetic`]: small sets generated in memory (interleaved spirals), so that examples run
 //!   with no network and no files.
 
+pub mod download;
 pub mod idx;
 pub mod mnist;
 pub mod synthetic;
@@ -47,6 +50,20 @@ pub enum DataError {
     Missing {
         /// What is missing and how to provide it.
         message: String,
+    },
+    /// A file of the dataset is not (validly) cached and no mirror provided a good copy.
+    #[error("{}", download::unavailable_message(.dataset, .file, .attempts, .cache_dir, .files))]
+    Unavailable {
+        /// The dataset's name.
+        dataset: String,
+        /// The file that could not be had, e.g. `train-images-idx3-ubyte.gz`.
+        file: String,
+        /// One line per source tried (the cached copy, then each mirror): where and why not.
+        attempts: Vec<String>,
+        /// The cache folder the files belong in.
+        cache_dir: PathBuf,
+        /// All files of the dataset, to download by hand.
+        files: Vec<String>,
     },
 }
 

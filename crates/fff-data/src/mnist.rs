@@ -25,13 +25,56 @@ pub enum PixelRange {
     MinusOneOne,
 }
 
-/// The four files of a set: (file stem, SHA-256 of the decompressed bytes).
-struct Files {
-    train_images: (&'static str, &'static str),
-    train_labels: (&'static str, &'static str),
-    test_images: (&'static str, &'static str),
-    test_labels: (&'static str, &'static str),
+/// One file of an image set: its name without `.gz`, and the SHA-256 (lowercase hex) of its
+/// decompressed bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetFile {
+    /// File name without `.gz`, e.g. `train-images-idx3-ubyte`.
+    pub stem: String,
+    /// SHA-256 of the decompressed bytes, lowercase hex.
+    pub sha256: String,
 }
+
+/// The published checksums of the decompressed files, in the order train images, train labels,
+/// test images, test labels.
+const MNIST_FILES: [(&str, &str); 4] = [
+    (
+        "train-images-idx3-ubyte",
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    ),
+    (
+        "train-labels-idx1-ubyte",
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    ),
+    (
+        "t10k-images-idx3-ubyte",
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    ),
+    (
+        "t10k-labels-idx1-ubyte",
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    ),
+];
+
+/// As [`MNIST_FILES`], for Fashion-MNIST (same names, different contents).
+const FASHION_MNIST_FILES: [(&str, &str); 4] = [
+    (
+        "train-images-idx3-ubyte",
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    ),
+    (
+        "train-labels-idx1-ubyte",
+        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    ),
+    (
+        "t10k-images-idx3-ubyte",
+        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    ),
+    (
+        "t10k-labels-idx1-ubyte",
+        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    ),
+];
 
 impl ImageSet {
     /// Name as used on the command line and for the folder.
@@ -42,45 +85,17 @@ impl ImageSet {
         }
     }
 
-    fn files(self) -> Files {
-        match self {
-            ImageSet::Mnist => Files {
-                train_images: (
-                    "train-images-idx3-ubyte",
-                    "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-                ),
-                train_labels: (
-                    "train-labels-idx1-ubyte",
-                    "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-                ),
-                test_images: (
-                    "t10k-images-idx3-ubyte",
-                    "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-                ),
-                test_labels: (
-                    "t10k-labels-idx1-ubyte",
-                    "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-                ),
-            },
-            ImageSet::FashionMnist => Files {
-                train_images: (
-                    "train-images-idx3-ubyte",
-                    "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-                ),
-                train_labels: (
-                    "train-labels-idx1-ubyte",
-                    "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-                ),
-                test_images: (
-                    "t10k-images-idx3-ubyte",
-                    "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-                ),
-                test_labels: (
-                    "t10k-labels-idx1-ubyte",
-                    "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-                ),
-            },
-        }
+    /// The set's four files with their published checksums, in the order train images, train
+    /// labels, test images, test labels.
+    pub fn files(self) -> [SetFile; 4] {
+        let table = match self {
+            ImageSet::Mnist => &MNIST_FILES,
+            ImageSet::FashionMnist => &FASHION_MNIST_FILES,
+        };
+        table.map(|(stem, sha256)| SetFile {
+            stem: stem.into(),
+            sha256: sha256.into(),
+        })
     }
 }
 
@@ -98,7 +113,7 @@ impl FromStr for ImageSet {
 }
 
 /// Finds `stem.gz` or `stem` in `dir` or in `dir/<set name>`.
-fn locate(set: ImageSet, dir: &Path, stem: &str) -> Result<PathBuf> {
+pub(crate) fn locate(set: ImageSet, dir: &Path, stem: &str) -> Result<PathBuf> {
     for folder in [dir.to_path_buf(), dir.join(set.name())] {
         for name in [format!("{stem}.gz"), stem.to_string()] {
             let p = folder.join(name);
@@ -119,39 +134,51 @@ fn locate(set: ImageSet, dir: &Path, stem: &str) -> Result<PathBuf> {
     })
 }
 
+/// SHA-256 of `bytes`, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Reads `path` (gzip or raw) and checks the decompressed bytes against `sha256`; returns them.
+pub fn read_verified(path: &Path, sha256: &str) -> Result<Vec<u8>> {
+    let bytes = read_maybe_gzip(path)?;
+    let found = sha256_hex(&bytes);
+    if found != sha256 {
+        return Err(DataError::Checksum {
+            path: path.to_path_buf(),
+            expected: sha256.into(),
+            found,
+        });
+    }
+    Ok(bytes)
+}
+
 /// Reads, optionally verifies, and parses one file.
 fn read_file(
     set: ImageSet,
     dir: &Path,
-    (stem, sha): (&str, &str),
+    file: &SetFile,
     verify: bool,
 ) -> Result<(PathBuf, crate::idx::IdxU8)> {
-    let path = locate(set, dir, stem)?;
-    let bytes = read_maybe_gzip(&path)?;
-    if verify {
-        let found = hex(&Sha256::digest(&bytes));
-        if found != sha {
-            return Err(DataError::Checksum {
-                path,
-                expected: sha.into(),
-                found,
-            });
-        }
-    }
+    let path = locate(set, dir, &file.stem)?;
+    let bytes = if verify {
+        read_verified(&path, &file.sha256)?
+    } else {
+        read_maybe_gzip(&path)?
+    };
     let idx = parse_u8(&bytes, &path)?;
     Ok((path, idx))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One half (train or test) from its image and label files.
 fn load_half(
     set: ImageSet,
     dir: &Path,
-    images: (&str, &str),
-    labels: (&str, &str),
+    images: &SetFile,
+    labels: &SetFile,
     range: PixelRange,
     verify: bool,
     half: &str,
@@ -213,25 +240,17 @@ fn load_half(
 
 /// Loads both halves of `set` from `dir` (or `dir/<set name>`), verifying checksums if `verify`.
 pub fn load_dir(set: ImageSet, dir: &Path, range: PixelRange, verify: bool) -> Result<Split> {
-    let f = set.files();
+    let [train_images, train_labels, test_images, test_labels] = set.files();
     Ok(Split {
         train: load_half(
             set,
             dir,
-            f.train_images,
-            f.train_labels,
+            &train_images,
+            &train_labels,
             range,
             verify,
             "train",
         )?,
-        test: load_half(
-            set,
-            dir,
-            f.test_images,
-            f.test_labels,
-            range,
-            verify,
-            "test",
-        )?,
+        test: load_half(set, dir, &test_images, &test_labels, range, verify, "test")?,
     })
 }
