@@ -1,0 +1,143 @@
+//! The model's `tokenizer.json` through the `tokenizers` crate, with crammedBERT's input
+//! layouts: `A <sep>` for masked-language modelling, `<cls> A <sep> [B <sep>]` for
+//! classification. Special tokens are looked up in the file by their text.
+
+use crate::error::{BertError, Result};
+use crate::model::Batch;
+use std::path::{Path, PathBuf};
+
+/// The special tokens crammedBERT uses, looked up by these texts.
+pub const SPECIAL_TOKENS: [&str; 7] = ["<pad>", "<s>", "</s>", "<unk>", "<cls>", "<sep>", "<mask>"];
+
+/// One tokenized input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encoding {
+    /// Token ids, specials included.
+    pub ids: Vec<u32>,
+    /// How many content tokens were dropped to fit `max_len` (0 when none).
+    pub truncated: usize,
+}
+
+/// A tokenizer with crammedBERT's special tokens and input layouts.
+pub struct BertTokenizer {
+    inner: tokenizers::Tokenizer,
+    path: PathBuf,
+    /// `<pad>` id.
+    pub pad: u32,
+    /// `<cls>` id.
+    pub cls: u32,
+    /// `<sep>` id.
+    pub sep: u32,
+    /// `<mask>` id.
+    pub mask: u32,
+    /// Longest sequence the model accepts, specials included.
+    pub max_len: usize,
+}
+
+impl BertTokenizer {
+    /// Reads `tokenizer.json`; `max_len` is the model's `max_seq_length`.
+    pub fn from_file(path: &Path, max_len: usize) -> Result<BertTokenizer> {
+        let err = |message: String| BertError::Tokenizer {
+            path: path.to_path_buf(),
+            message,
+        };
+        if !path.is_file() {
+            return Err(err("tokenizer file not found".into()));
+        }
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| err(format!("cannot parse the tokenizer: {e}")))?;
+        let id = |token: &str| {
+            inner.token_to_id(token).ok_or_else(|| {
+                err(format!(
+                    "special token `{token}` is not in the vocabulary (crammedBERT needs {})",
+                    SPECIAL_TOKENS.join(" ")
+                ))
+            })
+        };
+        if max_len < 3 {
+            return Err(err(format!(
+                "max_seq_length {max_len} leaves no room for text"
+            )));
+        }
+        Ok(BertTokenizer {
+            pad: id("<pad>")?,
+            cls: id("<cls>")?,
+            sep: id("<sep>")?,
+            mask: id("<mask>")?,
+            inner,
+            path: path.to_path_buf(),
+            max_len,
+        })
+    }
+
+    /// Vocabulary size, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The text of token `id`.
+    pub fn token(&self, id: u32) -> String {
+        self.inner
+            .id_to_token(id)
+            .unwrap_or_else(|| format!("[{id}]"))
+    }
+
+    /// Content tokens of `text`, no specials added (a literal `<mask>` in the text is the mask
+    /// token).
+    pub fn tokens(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| BertError::Tokenizer {
+                path: self.path.clone(),
+                message: format!("cannot tokenize {text:?}: {e}"),
+            })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// `A <sep>`, the MLM layout. Too long: the end of `A` is dropped so that the whole fits.
+    pub fn encode_mlm(&self, text: &str) -> Result<Encoding> {
+        let mut a = self.tokens(text)?;
+        let keep = self.max_len - 1;
+        let truncated = a.len().saturating_sub(keep);
+        a.truncate(keep);
+        a.push(self.sep);
+        Ok(Encoding { ids: a, truncated })
+    }
+
+    /// `<cls> A <sep>` or `<cls> A <sep> B <sep>`, the classification layout. Too long: tokens
+    /// are dropped from the end of the longer text, one at a time, until the whole fits.
+    pub fn encode_classify(&self, a: &str, b: Option<&str>) -> Result<Encoding> {
+        let mut ta = self.tokens(a)?;
+        let mut tb = match b {
+            Some(b) => self.tokens(b)?,
+            None => Vec::new(),
+        };
+        let specials = if b.is_some() { 3 } else { 2 };
+        let budget = self.max_len - specials;
+        let mut truncated = 0;
+        while ta.len() + tb.len() > budget {
+            if ta.len() >= tb.len() {
+                ta.pop();
+            } else {
+                tb.pop();
+            }
+            truncated += 1;
+        }
+        let mut ids = Vec::with_capacity(ta.len() + tb.len() + specials);
+        ids.push(self.cls);
+        ids.extend(ta);
+        ids.push(self.sep);
+        if b.is_some() {
+            ids.extend(tb);
+            ids.push(self.sep);
+        }
+        Ok(Encoding { ids, truncated })
+    }
+
+    /// Pads encodings into one batch.
+    pub fn batch(&self, encodings: &[Encoding]) -> Batch {
+        let seqs: Vec<Vec<u32>> = encodings.iter().map(|e| e.ids.clone()).collect();
+        Batch::pad(&seqs, self.pad)
+    }
+}

@@ -1,0 +1,274 @@
+//! Bad inputs (missing files, wrong shapes, unknown or unsupported config keys, corrupt
+//! weights) give errors that name the file and the problem; and the mask, the positional table
+//! and truncation behave as the original model's.
+
+use candle_core::{Device, Tensor};
+use fff_bert::model::sinusoid_table;
+use fff_bert::{Batch, BertError, Pipeline};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A scratch copy of a fixture folder that the test may break.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn of(name: &str, tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("fff-bert-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+            std::fs::copy(fixture(name).join(f), dir.join(f)).unwrap();
+        }
+        Scratch(dir)
+    }
+
+    fn edit_config(&self, f: impl FnOnce(&mut serde_json::Value)) {
+        let path = self.0.join("config.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        f(&mut v);
+        std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    }
+
+    fn edit_weights(&self, f: impl FnOnce(&mut HashMap<String, Tensor>)) {
+        let path = self.0.join("model.safetensors");
+        let mut t = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+        f(&mut t);
+        candle_core::safetensors::save(&t, &path).unwrap();
+    }
+
+    fn load_err(&self) -> String {
+        match Pipeline::load(&self.0) {
+            Ok(_) => panic!("loading {} should fail", self.0.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn missing_files_are_named() {
+    for (file, expect) in [
+        ("config.json", "config.json"),
+        (
+            "model.safetensors",
+            "model.safetensors or pytorch_model.bin",
+        ),
+        ("tokenizer.json", "tokenizer.json"),
+    ] {
+        let s = Scratch::of("tiny-fff", &format!("missing-{file}"));
+        std::fs::remove_file(s.0.join(file)).unwrap();
+        let err = s.load_err();
+        assert!(err.contains(expect), "{file}: {err}");
+    }
+}
+
+#[test]
+fn unknown_and_unsupported_config_keys_are_named_with_their_value() {
+    let s = Scratch::of("tiny-fff", "unknown-key");
+    s.edit_config(|v| v["arch"]["attention"]["flash"] = true.into());
+    let err = s.load_err();
+    assert!(
+        err.contains("arch.attention.flash") && err.contains("unknown"),
+        "{err}"
+    );
+
+    let s = Scratch::of("tiny-fff", "rotary");
+    s.edit_config(|v| v["arch"]["attention"]["rotary_embedding"] = true.into());
+    let err = s.load_err();
+    assert!(
+        err.contains("arch.attention.rotary_embedding") && err.contains("true"),
+        "{err}"
+    );
+    assert!(err.contains("config.json"), "{err}");
+
+    let s = Scratch::of("tiny-fff", "intermed");
+    s.edit_config(|v| v["arch"]["intermed_type"] = "moe".into());
+    let err = s.load_err();
+    assert!(
+        err.contains("arch.intermed_type") && err.contains("moe"),
+        "{err}"
+    );
+
+    let s = Scratch::of("tiny-fff", "heads");
+    s.edit_config(|v| v["arch"]["attention"]["num_attention_heads"] = 5.into());
+    let err = s.load_err();
+    assert!(
+        err.contains("num_attention_heads") && err.contains('5'),
+        "{err}"
+    );
+
+    let s = Scratch::of("tiny-fff", "no-arch");
+    s.edit_config(|v| {
+        v.as_object_mut().unwrap().remove("arch");
+    });
+    assert!(s.load_err().contains("`arch` is missing"));
+}
+
+#[test]
+fn wrong_shapes_missing_tensors_and_nan_are_named() {
+    let s = Scratch::of("tiny-fff", "shape");
+    s.edit_weights(|t| {
+        t.insert(
+            "encoder.layers.1.ffn.linear_in.weight".into(),
+            Tensor::zeros((7, 64), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    let err = s.load_err();
+    assert!(
+        err.contains("encoder.layers.1.ffn.linear_in.weight")
+            && err.contains("[7, 64]")
+            && err.contains("[15, 64]")
+            && err.contains("model.safetensors"),
+        "{err}"
+    );
+
+    let s = Scratch::of("tiny-fff", "missing");
+    s.edit_weights(|t| {
+        t.remove("encoder.layers.0.attn.dense.weight");
+    });
+    let err = s.load_err();
+    assert!(
+        err.contains("encoder.layers.0.attn.dense.weight") && err.contains("missing"),
+        "{err}"
+    );
+
+    let s = Scratch::of("tiny-fff", "nan");
+    s.edit_weights(|t| {
+        let name = "encoder.layers.0.norm2.weight";
+        let mut v = t[name].to_vec1::<f32>().unwrap();
+        v[3] = f32::NAN;
+        t.insert(name.into(), Tensor::new(v, &Device::Cpu).unwrap());
+    });
+    let err = s.load_err();
+    assert!(
+        err.contains("encoder.layers.0.norm2.weight") && err.contains("non-finite"),
+        "{err}"
+    );
+}
+
+#[test]
+fn truncated_and_garbage_files_are_errors_not_panics() {
+    let s = Scratch::of("tiny-fff", "truncated");
+    let path = s.0.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let err = s.load_err();
+    assert!(err.contains("model.safetensors"), "{err}");
+
+    let s = Scratch::of("tiny-fff", "garbage-config");
+    std::fs::write(s.0.join("config.json"), "{ not json").unwrap();
+    assert!(s.load_err().contains("not valid JSON"));
+
+    let s = Scratch::of("tiny-fff", "garbage-tokenizer");
+    std::fs::write(s.0.join("tokenizer.json"), "[]").unwrap();
+    assert!(s.load_err().contains("tokenizer.json"));
+}
+
+#[test]
+fn fill_mask_without_a_mask_and_heads_the_checkpoint_lacks_are_errors() {
+    let p = Pipeline::load(&fixture("tiny-fff")).unwrap();
+    assert!(matches!(
+        p.fill_mask("no mask here", 3),
+        Err(BertError::Input(_))
+    ));
+    assert!(p.classify(&[("a".into(), None)], 1).is_err());
+    let bad = Batch::pad(&[vec![1, 2, 999]], 0);
+    let err = p.model.encode(&bad).err().unwrap().to_string();
+    assert!(err.contains("999") && err.contains("vocabulary"), "{err}");
+    let cls = Pipeline::load(&fixture("tiny-fff-cls")).unwrap();
+    assert!(cls.fill_mask("a <mask>", 3).is_err());
+}
+
+#[test]
+fn padding_does_not_change_the_real_tokens_outputs() {
+    let p = Pipeline::load(&fixture("tiny-fff")).unwrap();
+    let short = p.tokenizer.encode_mlm("the cat sat").unwrap().ids;
+    let long = p
+        .tokenizer
+        .encode_mlm("the dog walked along the river bank")
+        .unwrap()
+        .ids;
+    let alone = p.model.encode(&Batch::pad(&[short.clone()], 0)).unwrap();
+    let padded_batch = Batch::pad(&[short.clone(), long], 0);
+    let padded = p.model.encode(&padded_batch).unwrap();
+    let n = short.len();
+    let a = alone.hidden.narrow(0, 0, n).unwrap();
+    let b = padded.hidden.narrow(0, 0, n).unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d < 1e-5, "padding changed real outputs by {d}");
+    // Changing what sits in the padded positions changes nothing either.
+    let mut other = padded_batch.clone();
+    for (id, m) in other.ids.iter_mut().zip(&other.mask) {
+        if *m == 0 {
+            *id = 7;
+        }
+    }
+    let c = p
+        .model
+        .encode(&other)
+        .unwrap()
+        .hidden
+        .narrow(0, 0, n)
+        .unwrap();
+    let b = padded.hidden.narrow(0, 0, n).unwrap();
+    let d = (c - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d < 1e-5, "padded ids leaked into real outputs: {d}");
+}
+
+#[test]
+fn the_positional_table_is_sin_on_even_and_cos_on_odd_features() {
+    let (n, h) = (10, 8);
+    let t = sinusoid_table(n, h);
+    for p in 0..n {
+        for i in 0..h / 2 {
+            let freq = (-(2.0 * i as f64) * (10000f64).ln() / h as f64).exp();
+            let angle = p as f64 * freq;
+            assert!((t[p * h + 2 * i] as f64 - angle.sin()).abs() < 1e-5);
+            assert!((t[p * h + 2 * i + 1] as f64 - angle.cos()).abs() < 1e-5);
+        }
+    }
+    assert_eq!(t[1], 1.0, "cos(0) at position 0");
+}
+
+#[test]
+fn truncation_keeps_the_specials_and_reports_what_it_dropped() {
+    let p = Pipeline::load(&fixture("tiny-fff")).unwrap();
+    let long = "the cat ".repeat(40);
+    let mlm = p.tokenizer.encode_mlm(&long).unwrap();
+    assert_eq!(mlm.ids.len(), p.tokenizer.max_len);
+    assert_eq!(*mlm.ids.last().unwrap(), p.tokenizer.sep);
+    assert_eq!(mlm.truncated, 80 - (p.tokenizer.max_len - 1));
+    let pair = p.tokenizer.encode_classify(&long, Some("a dog")).unwrap();
+    assert_eq!(pair.ids.len(), p.tokenizer.max_len);
+    assert_eq!(pair.ids[0], p.tokenizer.cls);
+    let seps = pair.ids.iter().filter(|&&t| t == p.tokenizer.sep).count();
+    assert_eq!(seps, 2, "both separators survive: {:?}", pair.ids);
+    let short = p.tokenizer.encode_classify("a dog", None).unwrap();
+    assert_eq!(short.truncated, 0);
+}
