@@ -247,11 +247,13 @@ impl Attention {
     }
 }
 
+struct FffBlock {
+    layer: Fff,
+    workspace: Mutex<Workspace>,
+}
+
 enum Ffn {
-    Fff {
-        layer: Fff,
-        workspace: Mutex<Workspace>,
-    },
+    Fff(Box<FffBlock>),
     Dense {
         dense_in: Linear,
         dense_out: Linear,
@@ -280,10 +282,10 @@ impl Ffn {
                     tensors.insert(full, t);
                 }
                 let layer = Fff::from_tensors(config, &tensors, &format!("{prefix}."), w.path())?;
-                Ffn::Fff {
+                Ffn::Fff(Box::new(FffBlock {
                     layer,
                     workspace: Mutex::new(Workspace::new()),
-                }
+                }))
             }
             IntermedType::Dense { width, glu } => Ffn::Dense {
                 dense_in: linear(w, &format!("{prefix}.dense_in"), width, h, c.use_bias)?,
@@ -301,15 +303,16 @@ impl Ffn {
 
     fn forward(&self, x: &Tensor, nonlin: Nonlin, mode: FfnMode) -> Result<Tensor> {
         match self {
-            Ffn::Fff { layer, workspace } => match mode {
-                FfnMode::Masked => Ok(layer.forward_reference(x)?),
+            Ffn::Fff(block) => match mode {
+                FfnMode::Masked => Ok(block.layer.forward_reference(x)?),
                 FfnMode::Kernel => {
+                    let layer = &block.layer;
                     let (n, h) = x.dims2()?;
                     let input = x.flatten_all()?.to_vec1::<f32>()?;
                     let mut out = vec![0f32; n * layer.config().output_width];
                     // A poisoned lock only means another thread panicked mid-call; the
                     // workspace holds scratch space, not state, so it is still usable.
-                    let mut ws = workspace.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut ws = block.workspace.lock().unwrap_or_else(|e| e.into_inner());
                     layer.forward_infer_into(
                         &input,
                         n,
@@ -481,7 +484,7 @@ impl CrammedBert {
     /// The FFF layer of block `i`, if that block has one.
     pub fn fff_layer(&self, i: usize) -> Option<&Fff> {
         match &self.blocks.get(i)?.ffn {
-            Ffn::Fff { layer, .. } => Some(layer),
+            Ffn::Fff(block) => Some(&block.layer),
             Ffn::Dense { .. } => None,
         }
     }
