@@ -1,24 +1,26 @@
 //! `fff train` and `fff eval`: train a model on a dataset, resume it, evaluate a checkpoint.
 
-use anyhow::{ensure, Context, Result};
+use crate::train_config::TrainSettings;
+use anyhow::{ensure, Result};
 use clap::Args;
+use fff_data::download::{self, DownloadOptions};
 use fff_data::mnist::{load_dir, ImageSet, PixelRange};
 use fff_data::synthetic::spirals;
 use fff_data::Split;
 use fff_train::checkpoint::{load_model, load_optimizer, load_state};
-use fff_train::optim::OptimizerKind;
-use fff_train::trainer::{evaluate, optimizer_for, train_from, EpochMetrics, Schedule};
-use fff_train::{Model, TrainConfig};
+use fff_train::trainer::{evaluate, optimizer_for, train_from, EpochMetrics};
+use fff_train::Model;
 use std::path::{Path, PathBuf};
 
 /// Where the data comes from.
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
-    /// Dataset: spirals (built in), mnist or fashion-mnist (from --data-dir).
+    /// Dataset: spirals (built in), mnist or fashion-mnist (downloaded once into a cache folder,
+    /// or read from --data-dir).
     #[arg(long, default_value = "spirals")]
     pub dataset: String,
     /// Folder holding the dataset's IDX files (gzip or raw), directly or in a subfolder named
-    /// after the dataset.
+    /// after the dataset [default: the download cache].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
 }
@@ -26,51 +28,26 @@ pub struct DataArgs {
 /// Options of `fff train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
+    /// Read the settings from this TOML file; its keys are the flags' names without `--`
+    /// (`batch-size = 64`), and flags given on the command line override it.
+    #[arg(long, conflicts_with = "resume")]
+    config: Option<PathBuf>,
     #[command(flatten)]
-    data: DataArgs,
-    /// Model description, e.g. "fff:784-500:d8:identity, relu, fff:500-10:d8:identity"
-    /// [default: a small FFF net for spirals, the study's FFF net for the image sets].
-    #[arg(long)]
-    model: Option<String>,
-    /// Passes over the training set (with --resume: the total to reach).
-    #[arg(long)]
-    epochs: Option<usize>,
-    /// Inputs per step.
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
-    /// Optimizer: adamw or sgd.
-    #[arg(long, default_value = "adamw")]
-    optimizer: String,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    /// Weight decay (decoupled for AdamW, L2 for SGD).
-    #[arg(long, default_value_t = 0.0)]
-    weight_decay: f64,
-    /// AdamW betas, "beta1,beta2".
-    #[arg(long, value_delimiter = ',', default_value = "0.9,0.999")]
-    betas: Vec<f64>,
-    /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f64,
-    /// Learning-rate schedule after warm-up: constant, cosine or linear.
-    #[arg(long, default_value = "constant")]
-    schedule: Schedule,
-    /// Steps of linear warm-up.
-    #[arg(long, default_value_t = 0)]
-    warmup_steps: usize,
-    /// Clip the global gradient norm to this value.
-    #[arg(long)]
-    clip_norm: Option<f64>,
-    /// Seed of the initialisation and the shuffling.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Write a checkpoint and metrics.json into this folder after every epoch.
-    #[arg(long)]
-    out: Option<PathBuf>,
+    settings: TrainSettings,
     /// Continue the run checkpointed in this folder (settings come from its state.json).
     #[arg(long, conflicts_with = "out")]
     resume: Option<PathBuf>,
+}
+
+impl TrainArgs {
+    /// The flags given, over the `--config` file's settings where there is one.
+    pub fn settings(&self) -> Result<TrainSettings> {
+        let flags = self.settings.clone();
+        Ok(match &self.config {
+            Some(path) => flags.or(TrainSettings::read(path)?),
+            None => flags,
+        })
+    }
 }
 
 /// Options of `fff eval`.
@@ -90,14 +67,14 @@ pub fn load_data(args: &DataArgs, seed: u64) -> Result<(Split, &'static str)> {
         ),
         name => {
             let set: ImageSet = name.parse().map_err(anyhow::Error::msg)?;
-            let dir = args.data_dir.clone().with_context(|| {
-                format!(
-                    "{name} needs --data-dir DIR with its four IDX files \
-                     (train-images-idx3-ubyte.gz, ...); downloading is not built yet"
-                )
-            })?;
+            let range = PixelRange::MinusOneOne;
+            let split = match &args.data_dir {
+                Some(dir) => load_dir(set, dir, range, true)?,
+                // The cache folder, filled from the mirrors the first time.
+                None => download::load(set, range, &DownloadOptions::from_env(set)?)?,
+            };
             (
-                load_dir(set, &dir, PixelRange::MinusOneOne, true)?,
+                split,
                 "fff:784-500:d8:identity, relu, fff:500-10:d8:identity",
             )
         }
@@ -130,10 +107,28 @@ fn describe(model: &Model, data: &Split) {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let history = if let Some(dir) = &args.resume {
+    let settings = args.settings()?;
+    let resume = args.resume.as_deref();
+    match settings.threads {
+        Some(n) => {
+            ensure!(n > 0, "--threads must be at least 1");
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build()?;
+            pool.install(|| run_with(&settings, resume))
+        }
+        None => run_with(&settings, resume),
+    }
+}
+
+/// `fff train` with merged settings, on the current thread pool.
+fn run_with(s: &TrainSettings, resume: Option<&Path>) -> Result<()> {
+    let data_args = DataArgs {
+        dataset: s.dataset().to_string(),
+        data_dir: s.data_dir.clone(),
+    };
+    let history = if let Some(dir) = resume {
         let state = load_state(dir)?;
         // The spirals' points come from the seed; image sets ignore it.
-        let (data, _) = load_data(&args.data, state.config.seed)?;
+        let (data, _) = load_data(&data_args, state.config.seed)?;
         ensure!(
             data.train.name == state.dataset,
             "{} was trained on {}, not {}; pass --dataset accordingly",
@@ -146,7 +141,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         load_optimizer(dir, &state, &mut opt, model.vars().len())?;
         let mut cfg = state.config.clone();
         cfg.progress = true;
-        if let Some(e) = args.epochs {
+        if let Some(e) = s.epochs {
             cfg.epochs = e;
         }
         describe(&model, &data);
@@ -160,51 +155,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
             &data,
             &cfg,
             state.history,
-            Some((dir.as_path(), state.model_seed)),
+            Some((dir, state.model_seed)),
             print_epoch,
         )?
     } else {
-        let (data, default_model) = load_data(&args.data, args.seed)?;
-        let spec = args.model.as_deref().unwrap_or(default_model);
-        let model = Model::new(spec, args.seed)?;
+        // Checked before loading, which may download.
+        let cfg = s.train_config()?;
+        let (data, default_model) = load_data(&data_args, cfg.seed)?;
+        let spec = s.model.as_deref().unwrap_or(default_model);
+        let model = Model::new(spec, cfg.seed)?;
         describe(&model, &data);
-        let optimizer = match args.optimizer.as_str() {
-            "adamw" => {
-                ensure!(
-                    args.betas.len() == 2,
-                    "--betas takes two numbers, e.g. 0.9,0.999"
-                );
-                OptimizerKind::AdamW {
-                    beta1: args.betas[0],
-                    beta2: args.betas[1],
-                    eps: 1e-8,
-                }
-            }
-            "sgd" => OptimizerKind::Sgd {
-                momentum: args.momentum,
-            },
-            other => anyhow::bail!("unknown optimizer `{other}`; expected adamw or sgd"),
-        };
-        if let Some(c) = args.clip_norm {
-            ensure!(
-                c.is_finite() && c > 0.0,
-                "--clip-norm must be a positive number"
-            );
-        }
-        let cfg = TrainConfig {
-            epochs: args.epochs.unwrap_or(10),
-            batch_size: args.batch_size,
-            lr: args.lr,
-            weight_decay: args.weight_decay,
-            optimizer,
-            schedule: args.schedule,
-            warmup_steps: args.warmup_steps,
-            clip_norm: args.clip_norm,
-            seed: args.seed,
-            progress: true,
-        };
         let mut opt = optimizer_for(&model, &cfg);
-        let out = args.out.as_deref().map(|d: &Path| (d, args.seed));
+        let out = s.out.as_deref().map(|d| (d, cfg.seed));
         train_from(&model, &mut opt, &data, &cfg, Vec::new(), out, print_epoch)?
     };
     if let Some(last) = history.last() {
@@ -216,7 +178,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             history.iter().map(|m| m.train_seconds).sum::<f64>() / history.len() as f64
         );
     }
-    if let Some(dir) = args.out.as_ref().or(args.resume.as_ref()) {
+    if let Some(dir) = s.out.as_deref().or(resume) {
         println!("checkpoint and metrics.json in {}", dir.display());
     }
     Ok(())

@@ -1,0 +1,394 @@
+//! The settings of `fff train`, given as flags, in a TOML file (`--config FILE.toml`), or both.
+//!
+//! One struct serves as the flags and as the file's schema, so the two cannot drift apart: a
+//! file's keys are the flags' names without `--` (`batch-size = 64`, `data-dir = "data"`). Every
+//! setting is optional; a flag given on the command line overrides the file, and what neither
+//! gives takes the default shown in `fff train --help`.
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use clap::Args;
+use fff_train::optim::OptimizerKind;
+use fff_train::trainer::Schedule;
+use fff_train::TrainConfig;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Dataset when none is given.
+pub const DEFAULT_DATASET: &str = "spirals";
+
+/// Settings of a training run; as flags, or as the keys of a `--config` file.
+#[derive(Args, Deserialize, Debug, Default, Clone, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TrainSettings {
+    /// Dataset: spirals (built in), mnist or fashion-mnist (downloaded once into a cache folder,
+    /// or read from --data-dir) [default: spirals].
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Folder holding the dataset's IDX files (gzip or raw), directly or in a subfolder named
+    /// after the dataset [default: the download cache].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Model description, e.g. "fff:784-500:d8:identity, relu, fff:500-10:d8:identity"
+    /// [default: a small FFF net for spirals, the study's FFF net for the image sets].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Passes over the training set (with --resume: the total to reach) [default: 10].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Inputs per step [default: 64].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Optimizer: adamw or sgd [default: adamw].
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    /// Peak learning rate [default: 0.001].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Weight decay (decoupled for AdamW, L2 for SGD) [default: 0].
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// AdamW betas, "beta1,beta2" (in a file: [beta1, beta2]) [default: 0.9,0.999].
+    #[arg(long, value_delimiter = ',')]
+    pub betas: Option<Vec<f64>>,
+    /// SGD momentum [default: 0.9].
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// Learning-rate schedule after warm-up: constant, cosine or linear [default: constant].
+    #[arg(long)]
+    pub schedule: Option<Schedule>,
+    /// Steps of linear warm-up [default: 0].
+    #[arg(long)]
+    pub warmup_steps: Option<usize>,
+    /// Clip the global gradient norm to this value [default: no clipping].
+    #[arg(long)]
+    pub clip_norm: Option<f64>,
+    /// Seed of the initialisation and the shuffling [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Worker threads of the training run; results are deterministic for a given count
+    /// [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Write a checkpoint and metrics.json into this folder after every epoch.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+impl TrainSettings {
+    /// Reads a TOML file of settings; errors name the file (and, from toml, the line and key).
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read the config file", path.display()))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses TOML `text`; `path` names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        toml::from_str(text).map_err(|e| {
+            let mut message = format!("{}: {}", path.display(), e.message());
+            if let Some(span) = e.span() {
+                let before = text.get(..span.start).unwrap_or(text);
+                let line = before.matches('\n').count() + 1;
+                let key = text
+                    .lines()
+                    .nth(line - 1)
+                    .and_then(|l| l.split_once('='))
+                    .map(|(k, _)| k.trim().trim_matches('"'))
+                    .filter(|k| !k.is_empty() && !k.starts_with('['));
+                message = match key {
+                    Some(k) if !e.message().contains(&format!("`{k}`")) => {
+                        format!("{}:{line}: key `{k}`: {}", path.display(), e.message())
+                    }
+                    _ => format!("{}:{line}: {}", path.display(), e.message()),
+                };
+            }
+            anyhow!("{}", message.trim_end())
+        })
+    }
+
+    /// Each setting from `self` where given, else from `base` (flags over a file).
+    pub fn or(self, base: TrainSettings) -> TrainSettings {
+        TrainSettings {
+            dataset: self.dataset.or(base.dataset),
+            data_dir: self.data_dir.or(base.data_dir),
+            model: self.model.or(base.model),
+            epochs: self.epochs.or(base.epochs),
+            batch_size: self.batch_size.or(base.batch_size),
+            optimizer: self.optimizer.or(base.optimizer),
+            lr: self.lr.or(base.lr),
+            weight_decay: self.weight_decay.or(base.weight_decay),
+            betas: self.betas.or(base.betas),
+            momentum: self.momentum.or(base.momentum),
+            schedule: self.schedule.or(base.schedule),
+            warmup_steps: self.warmup_steps.or(base.warmup_steps),
+            clip_norm: self.clip_norm.or(base.clip_norm),
+            seed: self.seed.or(base.seed),
+            threads: self.threads.or(base.threads),
+            out: self.out.or(base.out),
+        }
+    }
+
+    /// The dataset's name, or the default.
+    pub fn dataset(&self) -> &str {
+        self.dataset.as_deref().unwrap_or(DEFAULT_DATASET)
+    }
+
+    /// The training configuration, with defaults for what is not given; checks the values.
+    pub fn train_config(&self) -> Result<TrainConfig> {
+        let d = TrainConfig::default();
+        let optimizer = match self.optimizer.as_deref().unwrap_or("adamw") {
+            "adamw" => {
+                let (beta1, beta2) = match self.betas.as_deref() {
+                    None => (0.9, 0.999),
+                    Some(&[b1, b2]) => (b1, b2),
+                    Some(_) => bail!("betas takes two numbers, e.g. --betas 0.9,0.999"),
+                };
+                for b in [beta1, beta2] {
+                    ensure!((0.0..1.0).contains(&b), "betas must lie in [0, 1), got {b}");
+                }
+                OptimizerKind::AdamW {
+                    beta1,
+                    beta2,
+                    eps: 1e-8,
+                }
+            }
+            "sgd" => OptimizerKind::Sgd {
+                momentum: self.momentum.unwrap_or(0.9),
+            },
+            other => bail!("unknown optimizer `{other}`; expected adamw or sgd"),
+        };
+        if let Some(c) = self.clip_norm {
+            ensure!(
+                c.is_finite() && c > 0.0,
+                "clip norm must be a positive number, got {c}"
+            );
+        }
+        if let Some(t) = self.threads {
+            ensure!(t > 0, "threads must be at least 1");
+        }
+        Ok(TrainConfig {
+            epochs: self.epochs.unwrap_or(d.epochs),
+            batch_size: self.batch_size.unwrap_or(d.batch_size),
+            lr: self.lr.unwrap_or(d.lr),
+            weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
+            optimizer,
+            schedule: self.schedule.unwrap_or(d.schedule),
+            warmup_steps: self.warmup_steps.unwrap_or(d.warmup_steps),
+            clip_norm: self.clip_norm,
+            seed: self.seed.unwrap_or(d.seed),
+            progress: true,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::TrainArgs;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: TrainArgs,
+    }
+
+    fn parse(text: &str) -> Result<TrainSettings> {
+        TrainSettings::parse(text, Path::new("conf/run.toml"))
+    }
+
+    fn args(argv: &[&str]) -> TrainArgs {
+        Cli::try_parse_from(std::iter::once("fff").chain(argv.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    const FULL: &str = r#"
+# every key
+dataset = "fashion-mnist"
+data-dir = "data"
+model = "fff:784-500:d8:identity, relu, fff:500-10:d8:identity"
+epochs = 3
+batch-size = 128
+optimizer = "adamw"
+lr = 2e-3
+weight-decay = 0.01
+betas = [0.8, 0.99]
+momentum = 0.5
+schedule = "cosine"
+warmup-steps = 100
+clip-norm = 1.0
+seed = 7
+threads = 2
+out = "runs/a"
+"#;
+
+    #[test]
+    fn a_full_file_sets_every_setting() {
+        let s = parse(FULL).unwrap();
+        assert_eq!(
+            s,
+            TrainSettings {
+                dataset: Some("fashion-mnist".into()),
+                data_dir: Some("data".into()),
+                model: Some("fff:784-500:d8:identity, relu, fff:500-10:d8:identity".into()),
+                epochs: Some(3),
+                batch_size: Some(128),
+                optimizer: Some("adamw".into()),
+                lr: Some(2e-3),
+                weight_decay: Some(0.01),
+                betas: Some(vec![0.8, 0.99]),
+                momentum: Some(0.5),
+                schedule: Some(Schedule::Cosine),
+                warmup_steps: Some(100),
+                clip_norm: Some(1.0),
+                seed: Some(7),
+                threads: Some(2),
+                out: Some("runs/a".into()),
+            }
+        );
+        let c = s.train_config().unwrap();
+        assert_eq!(
+            (
+                c.epochs,
+                c.batch_size,
+                c.lr,
+                c.weight_decay,
+                c.warmup_steps,
+                c.seed
+            ),
+            (3, 128, 2e-3, 0.01, 100, 7)
+        );
+        assert_eq!((c.schedule, c.clip_norm), (Schedule::Cosine, Some(1.0)));
+        assert_eq!(
+            c.optimizer,
+            OptimizerKind::AdamW {
+                beta1: 0.8,
+                beta2: 0.99,
+                eps: 1e-8
+            }
+        );
+        // An empty file sets nothing: the defaults of the flags.
+        let empty = parse("").unwrap();
+        assert_eq!(empty, TrainSettings::default());
+        assert_eq!(empty.dataset(), "spirals");
+        let c = empty.train_config().unwrap();
+        let d = TrainConfig::default();
+        assert_eq!(
+            (c.epochs, c.batch_size, c.lr),
+            (d.epochs, d.batch_size, d.lr)
+        );
+        // Integers are accepted where numbers are expected.
+        assert_eq!(parse("lr = 1").unwrap().lr, Some(1.0));
+        let sgd = parse("optimizer = \"sgd\"\nmomentum = 0.5").unwrap();
+        assert_eq!(
+            sgd.train_config().unwrap().optimizer,
+            OptimizerKind::Sgd { momentum: 0.5 }
+        );
+    }
+
+    #[test]
+    fn the_example_config_is_the_study_net() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/train_mnist.toml");
+        let s = TrainSettings::read(&path).unwrap();
+        assert_eq!(s.dataset(), "mnist");
+        assert_eq!(
+            s.model.as_deref(),
+            Some("fff:784-500:d8:identity, relu, fff:500-10:d8:identity")
+        );
+        let c = s.train_config().unwrap();
+        assert_eq!((c.lr, c.batch_size, c.epochs), (1e-3, 64, 10));
+        assert!(matches!(c.optimizer, OptimizerKind::AdamW { .. }));
+    }
+
+    #[test]
+    fn an_unknown_key_names_the_file_the_key_and_the_valid_keys() {
+        let err = parse("lr = 0.1\nlearning-rate = 0.1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("conf/run.toml:2: "), "{err}");
+        assert!(err.contains("unknown field `learning-rate`"), "{err}");
+        assert!(
+            err.contains("`batch-size`") && err.contains("`out`"),
+            "{err}"
+        );
+        // A flag's name with underscores is not a key either.
+        let err = parse("batch_size = 3").unwrap_err().to_string();
+        assert!(
+            err.contains("`batch_size`") && err.contains("`batch-size`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_file_the_key_and_the_expected_type() {
+        for (text, key, want) in [
+            ("lr = \"fast\"", "lr", "expected f64"),
+            ("epochs = 2.5", "epochs", "expected usize"),
+            ("betas = 0.9", "betas", "expected a sequence"),
+            ("seed = -1", "seed", "u64"),
+            ("schedule = \"steep\"", "schedule", "`cosine`"),
+        ] {
+            let err = parse(&format!("dataset = \"mnist\"\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("conf/run.toml:2: key `{key}`: ")),
+                "{text}: {err}"
+            );
+            assert!(err.contains(want), "{text}: {err}");
+        }
+        let err = parse("lr = ").unwrap_err().to_string();
+        assert!(err.starts_with("conf/run.toml:1: "), "{err}");
+        let err = TrainSettings::read(Path::new("/nonexistent/run.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/run.toml: cannot read"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("fff-train-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("run.toml");
+        std::fs::write(&path, FULL).unwrap();
+        let p = path.to_str().unwrap();
+        let a = args(&[
+            "--config", p, "--lr", "0.5", "--betas", "0.7,0.9", "--seed", "0",
+        ]);
+        let s = a.settings().unwrap();
+        assert_eq!(s.lr, Some(0.5));
+        assert_eq!(s.betas, Some(vec![0.7, 0.9]));
+        // Given as the default value on the command line, it still overrides the file.
+        assert_eq!(s.seed, Some(0));
+        // Not given as flags: from the file.
+        assert_eq!((s.epochs, s.batch_size), (Some(3), Some(128)));
+        assert_eq!(s.dataset(), "fashion-mnist");
+        // No file: flags alone, the rest default.
+        let s = args(&["--epochs", "2"]).settings().unwrap();
+        assert_eq!((s.epochs, s.lr), (Some(2), None));
+        // A broken file is reported even when flags are given.
+        std::fs::write(&path, "lr = \"fast\"").unwrap();
+        let err = args(&["--config", p, "--lr", "0.5"])
+            .settings()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(p) && err.contains("key `lr`"), "{err}");
+        // --config and --resume do not go together.
+        assert!(Cli::try_parse_from(["fff", "--config", p, "--resume", "r"]).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_errors_not_panics() {
+        for (text, want) in [
+            ("betas = [0.9]", "two numbers"),
+            ("betas = [0.9, 1.5]", "[0, 1)"),
+            ("optimizer = \"lion\"", "unknown optimizer `lion`"),
+            ("clip-norm = -1.0", "clip norm"),
+            ("threads = 0", "threads"),
+        ] {
+            let err = parse(text).unwrap().train_config().unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+}
