@@ -16,6 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// MNIST mirrors, tried in order; a file's URL is the mirror followed by `<stem>.gz`.
@@ -158,7 +159,10 @@ pub fn fetch(set: ImageSet, opts: &DownloadOptions) -> Result<PathBuf> {
                 .build()
         });
         let target = dir.join(&name);
-        let temp = dir.join(format!(".{name}.{}.part", std::process::id()));
+        // Unique to this process and call, so concurrent downloads never share a temporary file.
+        static CALLS: AtomicU64 = AtomicU64::new(0);
+        let call = CALLS.fetch_add(1, Ordering::Relaxed);
+        let temp = dir.join(format!(".{name}.{}-{call}.part", std::process::id()));
         let mut done = false;
         for mirror in &opts.mirrors {
             let url = url(mirror, &name);
