@@ -5,6 +5,7 @@
 //! before it is timed; a mismatch aborts the run. Timings are medians after warm-up, and every
 //! speedup is a ratio of two timings taken in the same run.
 
+pub mod bert;
 pub mod impls;
 pub mod report;
 pub mod runner;

@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod hub;
 pub mod model;
+pub mod ops;
 pub mod pipeline;
 pub mod tokenizer;
 pub mod weights;

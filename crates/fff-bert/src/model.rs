@@ -9,10 +9,11 @@
 
 use crate::config::{BertConfig, ClassificationHead, IntermedType, Nonlin, Pooler, PosEmbedding};
 use crate::error::{BertError, Result};
+use crate::ops::{self, AttentionShape, Dense, LayerNorm};
 use crate::weights::Weights;
-use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::Linear;
+use candle_core::{Device, Tensor};
 use fastfeedforward::{Fff, FffConfig, InferOptions, Workspace};
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
@@ -84,43 +85,22 @@ impl Batch {
     }
 }
 
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f32,
+fn layer_norm(w: &Weights, prefix: &str, hidden: usize, eps: f64) -> Result<LayerNorm> {
+    LayerNorm::from_tensors(
+        &w.get(&format!("{prefix}.weight"), &[hidden])?,
+        &w.get(&format!("{prefix}.bias"), &[hidden])?,
+        eps,
+    )
 }
 
-impl LayerNorm {
-    fn load(w: &Weights, prefix: &str, hidden: usize, eps: f64) -> Result<Self> {
-        Ok(LayerNorm {
-            weight: w.get(&format!("{prefix}.weight"), &[hidden])?,
-            bias: w.get(&format!("{prefix}.bias"), &[hidden])?,
-            eps: eps as f32,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm(
-            x,
-            &self.weight,
-            &self.bias,
-            self.eps,
-        )?)
-    }
-}
-
-fn linear(w: &Weights, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+fn linear(w: &Weights, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Dense> {
     let weight = w.get(&format!("{prefix}.weight"), &[out, inp])?;
     let bias = if bias {
         Some(w.get(&format!("{prefix}.bias"), &[out])?)
     } else {
         None
     };
-    Ok(Linear::new(weight, bias))
-}
-
-fn apply(nonlin: Nonlin, x: &Tensor) -> Result<Tensor> {
-    Ok(nonlin.as_activation().apply_tensor(x)?)
+    Dense::from_tensors(&weight, bias.as_ref())
 }
 
 /// The sinusoid table of the original: sin on even features, cos on odd ones, computed in f32
@@ -141,14 +121,17 @@ pub fn sinusoid_table(positions: usize, hidden: usize) -> Vec<f32> {
 }
 
 struct Embedding {
-    word: Tensor,
+    /// `[vocab, hidden]` row-major.
+    word: Vec<f32>,
+    hidden: usize,
     /// Positional rows `[max_seq_length, hidden]`, already scaled; `None` without positions.
-    positions: Option<Tensor>,
+    positions: Option<Vec<f32>>,
     norm: Option<LayerNorm>,
 }
 
 impl Embedding {
-    fn load(w: &Weights, c: &BertConfig) -> Result<Self> {
+    /// Loads the embedding; also returns the word matrix as a tensor for the tied decoder.
+    fn load(w: &Weights, c: &BertConfig) -> Result<(Self, Tensor)> {
         let p = "encoder.embedding";
         let word_name = format!("{p}.word_embedding.weight");
         // MLM checkpoints may store the tied matrix only as `decoder.weight`.
@@ -160,54 +143,60 @@ impl Embedding {
             None => w.get(&word_name, &[c.vocab_size, c.hidden])?,
         };
         let (n, h) = (c.max_seq_length, c.hidden);
-        let table = || Tensor::from_vec(sinusoid_table(n, h), (n, h), &Device::Cpu);
         let positions = match c.pos_embedding {
             PosEmbedding::ScaledSinusoidal => {
                 let name = format!("{p}.pos_embedding.scale_factor");
-                let scale = w.scalar(&name, 1.0 / (h as f64).sqrt())?;
-                Some((table()? * scale)?)
+                let scale = w.scalar(&name, 1.0 / (h as f64).sqrt())? as f32;
+                let mut table = sinusoid_table(n, h);
+                table.iter_mut().for_each(|v| *v *= scale);
+                Some(table)
             }
-            PosEmbedding::Sinusoidal => Some(table()?),
-            PosEmbedding::Learned => {
-                Some(w.get(&format!("{p}.pos_embedding.embedding.weight"), &[n, h])?)
-            }
+            PosEmbedding::Sinusoidal => Some(sinusoid_table(n, h)),
+            PosEmbedding::Learned => Some(
+                w.get(&format!("{p}.pos_embedding.embedding.weight"), &[n, h])?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            ),
             PosEmbedding::None => None,
         };
         let norm = if c.embedding_norm {
-            Some(LayerNorm::load(w, &format!("{p}.norm"), h, c.norm_eps)?)
+            Some(layer_norm(w, &format!("{p}.norm"), h, c.norm_eps)?)
         } else {
             None
         };
-        Ok(Embedding {
-            word,
+        let emb = Embedding {
+            word: word.flatten_all()?.to_vec1::<f32>()?,
+            hidden: h,
             positions,
             norm,
-        })
+        };
+        Ok((emb, word))
     }
 
-    /// `[batch·seq, hidden]` embeddings of `ids`.
-    fn forward(&self, batch: &Batch) -> Result<Tensor> {
-        let ids = Tensor::from_slice(&batch.ids, batch.ids.len(), &Device::Cpu)?;
-        let mut x = self.word.index_select(&ids, 0)?;
-        if let Some(pos) = &self.positions {
-            let hidden = self.word.dim(1)?;
-            let rows = pos.narrow(0, 0, batch.seq)?;
-            x = x
-                .reshape((batch.batch, batch.seq, hidden))?
-                .broadcast_add(&rows)?
-                .reshape((batch.batch * batch.seq, hidden))?;
+    /// `[batch·seq, hidden]` embeddings of the batch's ids.
+    fn forward(&self, batch: &Batch) -> Vec<f32> {
+        let h = self.hidden;
+        let mut x = vec![0f32; batch.ids.len() * h];
+        for (i, (row, &id)) in x.chunks_mut(h).zip(&batch.ids).enumerate() {
+            row.copy_from_slice(&self.word[id as usize * h..][..h]);
+            if let Some(pos) = &self.positions {
+                let t = i % batch.seq;
+                row.iter_mut()
+                    .zip(&pos[t * h..(t + 1) * h])
+                    .for_each(|(v, p)| *v += p);
+            }
         }
         match &self.norm {
-            Some(n) => n.forward(&x),
-            None => Ok(x),
+            Some(n) => n.apply(&x),
+            None => x,
         }
     }
 }
 
 struct Attention {
-    qkv: Linear,
-    dense: Linear,
-    norm_factor: f64,
+    qkv: Dense,
+    dense: Dense,
+    norm_factor: f32,
     heads: usize,
     head_dim: usize,
 }
@@ -222,28 +211,24 @@ impl Attention {
             norm_factor: w.scalar(
                 &format!("{sa}.norm_factor"),
                 1.0 / (c.head_dim() as f64).sqrt(),
-            )?,
+            )? as f32,
             heads: c.heads,
             head_dim: c.head_dim(),
         })
     }
 
-    /// `x` is `[batch·seq, hidden]`, `mask` the additive key mask `[batch, 1, 1, seq]`.
-    fn forward(&self, x: &Tensor, batch: &Batch, mask: &Tensor) -> Result<Tensor> {
-        let (b, s, nh, d) = (batch.batch, batch.seq, self.heads, self.head_dim);
-        // Rows of query_key_value are [head][q|k|v][d]: view as [b, s, head, 3d] and split.
-        let mixed = self.qkv.forward(x)?.reshape((b, s, nh, 3 * d))?;
-        let part = |i: usize| -> Result<Tensor> {
-            Ok(mixed.narrow(3, i * d, d)?.transpose(1, 2)?.contiguous()?)
+    /// `x` is `[batch·seq, hidden]`; returns the projected context, same shape.
+    fn forward(&self, x: &[f32], batch: &Batch) -> Vec<f32> {
+        let n = batch.batch * batch.seq;
+        let qkv = self.qkv.apply(x, n);
+        let shape = AttentionShape {
+            batch: batch.batch,
+            seq: batch.seq,
+            heads: self.heads,
+            head_dim: self.head_dim,
         };
-        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-        let scores = (q.matmul(&k.t()?)? * self.norm_factor)?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b * s, nh * d))?;
-        Ok(self.dense.forward(&context)?)
+        let context = ops::attention(&qkv, &batch.mask, shape, self.norm_factor);
+        self.dense.apply(&context, n)
     }
 }
 
@@ -255,8 +240,8 @@ struct FffBlock {
 enum Ffn {
     Fff(Box<FffBlock>),
     Dense {
-        dense_in: Linear,
-        dense_out: Linear,
+        dense_in: Dense,
+        dense_out: Dense,
         glu: bool,
     },
 }
@@ -301,49 +286,61 @@ impl Ffn {
         })
     }
 
-    fn forward(&self, x: &Tensor, nonlin: Nonlin, mode: FfnMode) -> Result<Tensor> {
+    /// `x` is `[n, hidden]`; returns `[n, hidden]`.
+    fn forward(&self, x: &[f32], n: usize, nonlin: Nonlin, mode: FfnMode) -> Result<Vec<f32>> {
         match self {
-            Ffn::Fff(block) => match mode {
-                FfnMode::Masked => Ok(block.layer.forward_reference(x)?),
-                FfnMode::Kernel => {
-                    let layer = &block.layer;
-                    let (n, h) = x.dims2()?;
-                    let input = x.flatten_all()?.to_vec1::<f32>()?;
-                    let mut out = vec![0f32; n * layer.config().output_width];
-                    // A poisoned lock only means another thread panicked mid-call; the
-                    // workspace holds scratch space, not state, so it is still usable.
-                    let mut ws = block.workspace.lock().unwrap_or_else(|e| e.into_inner());
-                    layer.forward_infer_into(
-                        &input,
-                        n,
-                        &mut out,
-                        &mut ws,
-                        InferOptions::default(),
-                    )?;
-                    debug_assert_eq!(h, layer.config().input_width);
-                    Ok(Tensor::from_vec(
-                        out,
-                        (n, layer.config().output_width),
-                        &Device::Cpu,
-                    )?)
+            Ffn::Fff(block) => {
+                let layer = &block.layer;
+                let (cin, cout) = (layer.config().input_width, layer.config().output_width);
+                match mode {
+                    FfnMode::Masked => {
+                        let xt = Tensor::from_slice(x, (n, cin), &Device::Cpu)?;
+                        Ok(layer
+                            .forward_reference(&xt)?
+                            .flatten_all()?
+                            .to_vec1::<f32>()?)
+                    }
+                    FfnMode::Kernel => {
+                        let mut out = vec![0f32; n * cout];
+                        // A poisoned lock only means another thread panicked mid-call; the
+                        // workspace holds scratch space, not state, so it is still usable.
+                        let mut ws = block.workspace.lock().unwrap_or_else(|e| e.into_inner());
+                        layer.forward_infer_into(
+                            x,
+                            n,
+                            &mut out,
+                            &mut ws,
+                            InferOptions::default(),
+                        )?;
+                        Ok(out)
+                    }
                 }
-            },
+            }
             Ffn::Dense {
                 dense_in,
                 dense_out,
                 glu,
             } => {
-                let z = dense_in.forward(x)?;
+                let mut z = dense_in.apply(x, n);
                 let a = if *glu {
                     // The original's GLU: the first half is the value, the second the gate.
-                    let half = z.dim(D::Minus1)? / 2;
-                    let value = z.narrow(D::Minus1, 0, half)?;
-                    let gate = z.narrow(D::Minus1, half, half)?;
-                    (apply(nonlin, &gate)? * value)?
+                    let half = dense_in.out / 2;
+                    let mut a = vec![0f32; n * half];
+                    let act = nonlin.as_activation();
+                    a.par_chunks_mut(half)
+                        .zip(z.par_chunks(2 * half))
+                        .for_each(|(a, z)| {
+                            let (value, gate) = z.split_at(half);
+                            for ((a, v), g) in a.iter_mut().zip(value).zip(gate) {
+                                *a = act.apply(*g) * v;
+                            }
+                        });
+                    a
                 } else {
-                    apply(nonlin, &z)?
+                    ops::activate(&mut z, nonlin);
+                    z
                 };
-                Ok(dense_out.forward(&a)?)
+                Ok(dense_out.apply(&a, n))
             }
         }
     }
@@ -357,14 +354,14 @@ struct Block {
 }
 
 struct MlmHead {
-    transform: Option<(Linear, LayerNorm)>,
-    decoder: Linear,
+    transform: Option<(Dense, LayerNorm)>,
+    decoder: Dense,
 }
 
 struct ClsHead {
     config: ClassificationHead,
-    pooler: Option<Linear>,
-    head: Linear,
+    pooler: Option<Dense>,
+    head: Dense,
 }
 
 /// Hidden states after the encoder, `[batch·seq, hidden]`, with the batch they came from.
@@ -400,20 +397,20 @@ impl CrammedBert {
     pub fn from_weights(config: BertConfig, w: &Weights) -> Result<CrammedBert> {
         let c = &config;
         let h = c.hidden;
-        let embedding = Embedding::load(w, c)?;
+        let (embedding, word) = Embedding::load(w, c)?;
         let blocks = (0..c.layers)
             .map(|i| {
                 let p = format!("encoder.layers.{i}");
                 Ok(Block {
-                    norm1: LayerNorm::load(w, &format!("{p}.norm1"), h, c.norm_eps)?,
+                    norm1: layer_norm(w, &format!("{p}.norm1"), h, c.norm_eps)?,
                     attn: Attention::load(w, &format!("{p}.attn"), c)?,
-                    norm2: LayerNorm::load(w, &format!("{p}.norm2"), h, c.norm_eps)?,
+                    norm2: layer_norm(w, &format!("{p}.norm2"), h, c.norm_eps)?,
                     ffn: Ffn::load(w, &format!("{p}.ffn"), c)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let final_norm = if c.final_norm {
-            Some(LayerNorm::load(w, "encoder.final_norm", h, c.norm_eps)?)
+            Some(layer_norm(w, "encoder.final_norm", h, c.norm_eps)?)
         } else {
             None
         };
@@ -434,15 +431,14 @@ impl CrammedBert {
             let transform = if c.head_transform {
                 Some((
                     linear(w, "prediction_head.dense", h, h, c.use_bias)?,
-                    LayerNorm::load(w, "prediction_head.norm", h, c.norm_eps)?,
+                    layer_norm(w, "prediction_head.norm", h, c.norm_eps)?,
                 ))
             } else {
                 None
             };
-            let weight = match w.get_opt("decoder.weight", &[c.vocab_size, h])? {
-                Some(t) => t,
-                None => embedding.word.clone(),
-            };
+            let weight = w
+                .get_opt("decoder.weight", &[c.vocab_size, h])?
+                .unwrap_or(word);
             let bias = if c.decoder_bias {
                 Some(w.get("decoder.bias", &[c.vocab_size])?)
             } else {
@@ -450,7 +446,7 @@ impl CrammedBert {
             };
             Some(MlmHead {
                 transform,
-                decoder: Linear::new(weight, bias),
+                decoder: Dense::from_tensors(&weight, bias.as_ref())?,
             })
         } else {
             None
@@ -504,13 +500,13 @@ impl CrammedBert {
         self.encode_with(batch, |_, _| Ok(()))
     }
 
-    /// Runs the encoder and calls `tap(name, states)` after the embedding (`"embedding"`), on
-    /// each FFN's input (`"ffn_input{i}"`) and after each block (`"layer{i}"`), for tests,
-    /// routing statistics and debugging.
+    /// Runs the encoder and calls `tap(name, states)` with `[batch·seq, hidden]` row-major
+    /// states after the embedding (`"embedding"`), on each FFN's input (`"ffn_input{i}"`) and
+    /// after each block (`"layer{i}"`), for tests, routing statistics and profiling.
     pub fn encode_with(
         &self,
         batch: &Batch,
-        mut tap: impl FnMut(&str, &Tensor) -> Result<()>,
+        mut tap: impl FnMut(&str, &[f32]) -> Result<()>,
     ) -> Result<Encoded> {
         let c = &self.config;
         if batch.ids.len() != batch.batch * batch.seq || batch.mask.len() != batch.ids.len() {
@@ -534,38 +530,25 @@ impl CrammedBert {
                 c.vocab_size
             )));
         }
-        if batch.batch == 0 || batch.seq == 0 {
-            return Ok(Encoded {
-                hidden: Tensor::zeros((0, c.hidden), DType::F32, &Device::Cpu)?,
-                batch: batch.batch,
-                seq: batch.seq,
-            });
-        }
-        // The original's extended mask: (1 - mask) * -10000 added to the scores of each key.
-        let additive: Vec<f32> = batch
-            .mask
-            .iter()
-            .map(|&m| if m != 0 { 0.0 } else { -10000.0 })
-            .collect();
-        let mask = Tensor::from_vec(additive, (batch.batch, 1, 1, batch.seq), &Device::Cpu)?;
-        let mut h = self.embedding.forward(batch)?;
-        tap("embedding", &h)?;
-        for (i, block) in self.blocks.iter().enumerate() {
-            let a = block
-                .attn
-                .forward(&block.norm1.forward(&h)?, batch, &mask)?;
-            h = (h + a)?;
-            let x = block.norm2.forward(&h)?;
-            tap(&format!("ffn_input{i}"), &x)?;
-            let f = block.ffn.forward(&x, c.nonlin, self.ffn_mode)?;
-            h = (h + f)?;
-            tap(&format!("layer{i}"), &h)?;
-        }
-        if let Some(n) = &self.final_norm {
-            h = n.forward(&h)?;
+        let n = batch.batch * batch.seq;
+        let mut h = self.embedding.forward(batch);
+        if n > 0 {
+            tap("embedding", &h)?;
+            for (i, block) in self.blocks.iter().enumerate() {
+                let a = block.attn.forward(&block.norm1.apply(&h), batch);
+                ops::add_assign(&mut h, &a);
+                let x = block.norm2.apply(&h);
+                tap(&format!("ffn_input{i}"), &x)?;
+                let f = block.ffn.forward(&x, n, c.nonlin, self.ffn_mode)?;
+                ops::add_assign(&mut h, &f);
+                tap(&format!("layer{i}"), &h)?;
+            }
+            if let Some(norm) = &self.final_norm {
+                h = norm.apply(&h);
+            }
         }
         Ok(Encoded {
-            hidden: h,
+            hidden: Tensor::from_vec(h, (n, c.hidden), &Device::Cpu)?,
             batch: batch.batch,
             seq: batch.seq,
         })
@@ -576,11 +559,19 @@ impl CrammedBert {
         let head = self.mlm.as_ref().ok_or_else(|| {
             BertError::Input("this checkpoint has no MLM head (it is a classifier)".into())
         })?;
-        let mut x = hidden.clone();
+        let (rows, _) = hidden.dims2()?;
+        let mut x = hidden.flatten_all()?.to_vec1::<f32>()?;
         if let Some((dense, norm)) = &head.transform {
-            x = norm.forward(&apply(self.config.nonlin, &dense.forward(&x)?)?)?;
+            let mut t = dense.apply(&x, rows);
+            ops::activate(&mut t, self.config.nonlin);
+            x = norm.apply(&t);
         }
-        Ok(head.decoder.forward(&x)?)
+        let logits = head.decoder.apply(&x, rows);
+        Ok(Tensor::from_vec(
+            logits,
+            (rows, head.decoder.out),
+            &Device::Cpu,
+        )?)
     }
 
     /// Classification logits `[batch, num_labels]`.
@@ -601,11 +592,13 @@ impl CrammedBert {
             Pooler::Avg => h3.mean(1)?,
             Pooler::Max => h3.max(1)?,
         };
-        let pooled = match &head.pooler {
-            Some(dense) => dense.forward(&pooled)?,
-            None => pooled,
-        };
-        let pooled = apply(head.config.nonlin, &pooled)?;
-        Ok(head.head.forward(&pooled)?)
+        let b = encoded.batch;
+        let mut pooled = pooled.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(dense) = &head.pooler {
+            pooled = dense.apply(&pooled, b);
+        }
+        ops::activate(&mut pooled, head.config.nonlin);
+        let logits = head.head.apply(&pooled, b);
+        Ok(Tensor::from_vec(logits, (b, head.head.out), &Device::Cpu)?)
     }
 }

@@ -200,7 +200,10 @@ fn padding_does_not_change_the_real_tokens_outputs() {
         .encode_mlm("the dog walked along the river bank")
         .unwrap()
         .ids;
-    let alone = p.model.encode(&Batch::pad(std::slice::from_ref(&short), 0)).unwrap();
+    let alone = p
+        .model
+        .encode(&Batch::pad(std::slice::from_ref(&short), 0))
+        .unwrap();
     let padded_batch = Batch::pad(&[short.clone(), long], 0);
     let padded = p.model.encode(&padded_batch).unwrap();
     let n = short.len();

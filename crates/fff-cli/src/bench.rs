@@ -17,6 +17,9 @@ pub enum BenchCommand {
     /// One training step of an FFF layer: the O(depth) training op against the dense masked
     /// formulation UltraFastBERT trains with.
     Train(crate::bench_train::TrainBenchArgs),
+    /// End-to-end encoder throughput: UltraFastBERT-1x11 (FFF kernel, and dense masked as the
+    /// original runs it) against a dense crammedBERT of the same shape.
+    Bert(crate::bench_bert::BertBenchArgs),
 }
 
 /// Options of `fff bench layer`.
@@ -65,6 +68,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Layer(args) => layer(args),
         BenchCommand::Train(args) => crate::bench_train::run(args),
+        BenchCommand::Bert(args) => crate::bench_bert::run(args),
     }
 }
 

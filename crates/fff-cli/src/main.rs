@@ -1,11 +1,14 @@
 //! `fff`: the command-line tool of fastfeedforward. Each command is a thin layer over the library.
 
 mod bench;
+mod bench_bert;
 mod bench_train;
+mod bert;
 mod demo;
 mod experiment;
 mod timing;
 mod train;
+mod train_config;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +40,9 @@ enum Command {
     /// Speed benchmarks with correctness checks, as tables, JSON and plots.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Run a crammedBERT / UltraFastBERT checkpoint: fill-mask, embeddings, classification.
+    #[command(subcommand)]
+    Bert(bert::BertCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,5 +53,6 @@ fn main() -> anyhow::Result<()> {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => train::eval(args),
         Command::Experiment(cmd) => experiment::run(cmd),
+        Command::Bert(cmd) => bert::run(cmd),
     }
 }

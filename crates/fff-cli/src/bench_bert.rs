@@ -1,0 +1,97 @@
+//! `fff bench bert`: end-to-end encoder throughput of UltraFastBERT (FFF kernel and dense
+//! masked) against a dense crammedBERT of the same shape.
+
+use anyhow::{ensure, Context, Result};
+use clap::Args;
+use fff_bench::bert::{bert_table, run_bert, BertBenchOptions, BertVariant};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Options of `fff bench bert`.
+#[derive(Args, Debug)]
+pub struct BertBenchArgs {
+    /// Transformer blocks (16 in UltraFastBERT-1x11 and crammedBERT).
+    #[arg(long, default_value_t = 16)]
+    layers: usize,
+    /// FFF trees.
+    #[arg(long, default_value_t = 1)]
+    trees: usize,
+    /// FFF depth.
+    #[arg(long, default_value_t = 11)]
+    depth: usize,
+    /// Neurons of the dense model's FF.
+    #[arg(long, default_value_t = 3072)]
+    dense_width: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    /// Sequences per batch; one measurement each.
+    #[arg(long, value_delimiter = ',', default_value = "8,1")]
+    batches: Vec<usize>,
+    /// Leave out the dense masked FFF model (it is the slowest).
+    #[arg(long)]
+    skip_masked: bool,
+    /// Most timed runs per measurement, after one warm-up; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Stop repeating a measurement after this many seconds (once it has run 3 times).
+    #[arg(long, default_value_t = 20.0)]
+    budget_s: f64,
+    /// Vocabulary size of the random models (UltraFastBERT's is 32768).
+    #[arg(long, default_value_t = 32768)]
+    vocab: usize,
+    /// Seed of weights and token ids.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write the records as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Runs `fff bench bert`.
+pub fn run(args: BertBenchArgs) -> Result<()> {
+    ensure!(
+        args.budget_s.is_finite() && args.budget_s >= 0.0,
+        "--budget-s must be a non-negative number of seconds"
+    );
+    let mut variants = vec![BertVariant::FffKernel];
+    if !args.skip_masked {
+        variants.push(BertVariant::FffMasked);
+    }
+    variants.push(BertVariant::Dense);
+    let opts = BertBenchOptions {
+        layers: args.layers,
+        trees: args.trees,
+        depth: args.depth,
+        dense_width: args.dense_width,
+        seq: args.seq,
+        batches: args.batches,
+        variants,
+        reps: args.reps,
+        budget: Duration::from_secs_f64(args.budget_s),
+        vocab: args.vocab,
+        seed: args.seed,
+    };
+    println!(
+        "fff bench bert: {} layers, hidden 768, 12 heads; FFF {}x{} vs dense FF {}; seq {}; {} threads; random weights",
+        opts.layers,
+        opts.trees,
+        opts.depth,
+        opts.dense_width,
+        opts.seq,
+        rayon::current_num_threads()
+    );
+    let records = run_bert(&opts, |line| eprintln!("  {line}"))?;
+    print!("{}", bert_table(&records));
+    println!(
+        "\nencoder only (embedding, blocks, final norm; no MLM head); time per batch is the median \
+         of up to {} runs; speedup = dense crammedBERT's time / this row's, same run.",
+        opts.reps
+    );
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&records)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
