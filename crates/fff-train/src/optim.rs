@@ -8,9 +8,10 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{Storage, Tensor, Var};
+use candle_core::{CpuStorage, InplaceOp2, Layout, Storage, Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
 
 pub use candle_nn::ParamsAdamW;
 
@@ -164,70 +165,149 @@ impl Optimizer {
         self.step += 1;
         let t = self.step as i32;
         let lr = self.lr as f32;
-        let wd = self.weight_decay;
+        let rule = match self.kind {
+            OptimizerKind::AdamW { beta1, beta2, eps } => Rule::AdamW {
+                b1: beta1 as f32,
+                b2: beta2 as f32,
+                eps: eps as f32,
+                scale_m: (1.0 / (1.0 - beta1.powi(t))) as f32,
+                scale_v: (1.0 / (1.0 - beta2.powi(t))) as f32,
+                decay: (1.0 - self.lr * self.weight_decay) as f32,
+                lr,
+            },
+            OptimizerKind::Sgd { momentum } => Rule::Sgd {
+                mu: momentum as f32,
+                wd: self.weight_decay as f32,
+                lr,
+                first_step: self.step == 1,
+            },
+        };
         for (k, var) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
             let g = g.contiguous()?;
-            let first = &mut self.first[k];
-            let next = match self.kind {
-                OptimizerKind::AdamW { beta1, beta2, eps } => {
-                    let scale_m = (1.0 / (1.0 - beta1.powi(t))) as f32;
-                    let scale_v = (1.0 / (1.0 - beta2.powi(t))) as f32;
-                    let (b1, b2, eps) = (beta1 as f32, beta2 as f32, eps as f32);
-                    let decay = (1.0 - self.lr * wd) as f32;
-                    let second = &mut self.second[k];
-                    with_slice(var.as_tensor(), |theta| {
-                        with_slice(&g, |g| {
-                            let mut next = vec![0f32; theta.len()];
-                            next.par_chunks_mut(CHUNK)
-                                .zip(theta.par_chunks(CHUNK))
-                                .zip(g.par_chunks(CHUNK))
-                                .zip(
-                                    first
-                                        .par_chunks_mut(CHUNK)
-                                        .zip(second.par_chunks_mut(CHUNK)),
-                                )
-                                .for_each(|(((out, th), gr), (mm, vv))| {
-                                    for i in 0..out.len() {
-                                        let gi = gr[i] * grad_scale;
-                                        mm[i] = mm[i] * b1 + gi * (1.0 - b1);
-                                        vv[i] = vv[i] * b2 + gi * gi * (1.0 - b2);
-                                        let update =
-                                            (mm[i] * scale_m) / ((vv[i] * scale_v).sqrt() + eps);
-                                        out[i] = th[i] * decay - update * lr;
-                                    }
-                                });
-                            next
-                        })
-                    })??
-                }
-                OptimizerKind::Sgd { momentum } => {
-                    let (mu, wd) = (momentum as f32, wd as f32);
-                    let first_step = self.step == 1;
-                    with_slice(var.as_tensor(), |theta| {
-                        with_slice(&g, |g| {
-                            let mut next = vec![0f32; theta.len()];
-                            next.par_chunks_mut(CHUNK)
-                                .zip(theta.par_chunks(CHUNK))
-                                .zip(g.par_chunks(CHUNK))
-                                .zip(first.par_chunks_mut(CHUNK))
-                                .for_each(|(((out, th), gr), buf)| {
-                                    for i in 0..out.len() {
-                                        let gi = gr[i] * grad_scale + wd * th[i];
-                                        // PyTorch: the buffer starts as the first gradient.
-                                        buf[i] = if first_step { gi } else { mu * buf[i] + gi };
-                                        let d = if mu != 0.0 { buf[i] } else { gi };
-                                        out[i] = th[i] - lr * d;
-                                    }
-                                });
-                            next
-                        })
-                    })??
-                }
+            let second: &mut [f32] = match self.second.get_mut(k) {
+                Some(v) => v,
+                None => &mut [],
             };
-            var.set(&Tensor::from_vec(next, var.shape(), var.device())?)?;
+            let update = Update {
+                rule,
+                grad_scale,
+                state: Mutex::new((&mut self.first[k], second)),
+            };
+            var.as_tensor().inplace_op2(&g, &update)?;
+        }
+        Ok(())
+    }
+}
+
+/// One step's constants of an update rule.
+#[derive(Clone, Copy, Debug)]
+enum Rule {
+    AdamW {
+        b1: f32,
+        b2: f32,
+        eps: f32,
+        scale_m: f32,
+        scale_v: f32,
+        decay: f32,
+        lr: f32,
+    },
+    Sgd {
+        mu: f32,
+        wd: f32,
+        lr: f32,
+        first_step: bool,
+    },
+}
+
+/// The update of one parameter, which candle applies in place to the parameter's storage (no
+/// new tensor, no copy back). The optimizer state is borrowed for the call.
+struct Update<'a> {
+    rule: Rule,
+    grad_scale: f32,
+    state: Mutex<(&'a mut [f32], &'a mut [f32])>,
+}
+
+impl InplaceOp2 for Update<'_> {
+    fn name(&self) -> &'static str {
+        "fused-optimizer-step"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let (CpuStorage::F32(theta), CpuStorage::F32(grad)) = (s1, s2) else {
+            candle_core::bail!("the optimizers update f32 parameters");
+        };
+        let (Some((a, b)), Some((c, d))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("the optimizers need contiguous parameters and gradients");
+        };
+        let (theta, grad) = (&mut theta[a..b], &grad[c..d]);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (first, second) = &mut *state;
+        if grad.len() != theta.len() || first.len() != theta.len() {
+            candle_core::bail!("optimizer state does not match the parameter's size");
+        }
+        let gs = self.grad_scale;
+        // Zipped iterators, no indexing: the loops have no bounds checks and vectorize.
+        match self.rule {
+            Rule::AdamW {
+                b1,
+                b2,
+                eps,
+                scale_m,
+                scale_v,
+                decay,
+                lr,
+            } => {
+                if second.len() != theta.len() {
+                    candle_core::bail!("AdamW state does not match the parameter's size");
+                }
+                theta
+                    .par_chunks_mut(CHUNK)
+                    .zip(grad.par_chunks(CHUNK))
+                    .zip(
+                        first
+                            .par_chunks_mut(CHUNK)
+                            .zip(second.par_chunks_mut(CHUNK)),
+                    )
+                    .for_each(|((th, gr), (mm, vv))| {
+                        for (((th, gr), mm), vv) in th.iter_mut().zip(gr).zip(mm).zip(vv) {
+                            let gi = gr * gs;
+                            *mm = *mm * b1 + gi * (1.0 - b1);
+                            *vv = *vv * b2 + gi * gi * (1.0 - b2);
+                            let update = (*mm * scale_m) / ((*vv * scale_v).sqrt() + eps);
+                            *th = *th * decay - update * lr;
+                        }
+                    });
+            }
+            Rule::Sgd {
+                mu,
+                wd,
+                lr,
+                first_step,
+            } => {
+                theta
+                    .par_chunks_mut(CHUNK)
+                    .zip(grad.par_chunks(CHUNK))
+                    .zip(first.par_chunks_mut(CHUNK))
+                    .for_each(|((th, gr), buf)| {
+                        for ((th, gr), buf) in th.iter_mut().zip(gr).zip(buf) {
+                            let gi = gr * gs + wd * *th;
+                            // PyTorch: the buffer starts as the first gradient.
+                            *buf = if first_step { gi } else { mu * *buf + gi };
+                            let d = if mu != 0.0 { *buf } else { gi };
+                            *th -= lr * d;
+                        }
+                    });
+            }
         }
         Ok(())
     }
