@@ -29,13 +29,17 @@ pub mod checkpoint;
 pub mod config;
 pub mod dense;
 pub mod error;
+pub mod flat;
 pub mod kernels;
 pub mod layer;
+pub mod original;
 pub mod reference;
 pub mod train_op;
 
 pub use config::{Activation, FffConfig, Init};
 pub use dense::DenseFf;
 pub use error::{FffError, Result};
+pub use flat::{FlatFff, FlatFffConfig};
 pub use kernels::{InferOptions, SimdLevel, Strategy, Workspace};
 pub use layer::Fff;
+pub use original::{OriginalFff, OriginalFffConfig};

@@ -4,11 +4,18 @@
 //! - `fff:IN-OUT:dD[:kK][:ACT][:init=INIT]` — an FFF layer of K trees (default 1) of depth D,
 //!   node activation ACT (default gelu), init `uniform` (default), `normal(STD)` or
 //!   `hyperspherical`;
+//! - `orig:IN-OUT:dD:lW[:ACT][:harden=H][:leak=R][:hard]` — the original FFF (Belcak &
+//!   Wattenhofer): depth D routing tree over 2^D leaves, each an MLP of width W (leaf
+//!   activation ACT, default relu); hardening-loss weight H (default 0), region leak R
+//!   (default 0), hard decisions in training with `hard`;
+//! - `flat:IN-OUT:dD` — the flat FFF with one hyperplane per level ("precomputed lambdas");
 //! - `relu`, `gelu`, `tanh`, `identity` — an activation between layers.
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use fastfeedforward::{Activation, Fff, FffConfig, Init};
+use fastfeedforward::{
+    Activation, Fff, FffConfig, FlatFff, FlatFffConfig, Init, OriginalFff, OriginalFffConfig,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -24,6 +31,15 @@ pub enum Layer {
     },
     /// An FFF layer.
     Fff(Fff),
+    /// An original FFF layer, with the weight of its hardening loss.
+    Original {
+        /// The layer.
+        layer: OriginalFff,
+        /// Hardening-loss weight `h` (the loss is `h` × mean node entropy).
+        harden: f64,
+    },
+    /// A flat FFF layer.
+    Flat(FlatFff),
     /// An element-wise activation.
     Act(Activation),
 }
@@ -39,6 +55,13 @@ pub struct Model {
     pub input_width: usize,
     /// Output width.
     pub output_width: usize,
+}
+
+/// `p` as `<c><digits>`, e.g. `d8` → 8.
+fn digits_after(p: &str, c: char) -> Option<usize> {
+    p.strip_prefix(c)
+        .filter(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit()))
+        .and_then(|d| d.parse().ok())
 }
 
 fn widths(part: &str, what: &str, index: usize) -> Result<(usize, usize)> {
@@ -127,9 +150,72 @@ impl Model {
                         .with_context(|| format!("layer {index} `{item}`"))?;
                     (Some(cin), Some(cout), Layer::Fff(layer))
                 }
+                "orig" => {
+                    let (cin, cout) = widths(parts.next().unwrap_or(""), item, index)?;
+                    let (mut depth, mut leaf) = (None, None);
+                    let mut config = OriginalFffConfig::new(cin, 1, cout, 0);
+                    let mut harden = 0.0;
+                    for p in parts {
+                        let p = p.trim();
+                        let num = |s: &str| -> Result<f64> {
+                            s.parse::<f64>()
+                                .ok()
+                                .filter(|v| v.is_finite() && *v >= 0.0)
+                                .ok_or_else(|| {
+                                    anyhow!(
+                                        "layer {index} `{item}`: `{p}` needs a non-negative number"
+                                    )
+                                })
+                        };
+                        if let Some(d) = digits_after(p, 'd') {
+                            depth = Some(d);
+                        } else if let Some(w) = digits_after(p, 'l') {
+                            leaf = Some(w);
+                        } else if let Some(h) = p.strip_prefix("harden=") {
+                            harden = num(h)?;
+                        } else if let Some(r) = p.strip_prefix("leak=") {
+                            config.region_leak = num(r)?;
+                        } else if p == "hard" {
+                            config.train_hardened = true;
+                        } else {
+                            config.activation = p.parse().map_err(|_| {
+                                anyhow!("layer {index} `{item}`: unknown option `{p}` (expected dD, lW, an activation, harden=H, leak=R or hard)")
+                            })?;
+                        }
+                    }
+                    config.depth = depth.ok_or_else(|| {
+                        anyhow!("layer {index} `{item}`: missing depth, e.g. `d4`")
+                    })?;
+                    config.leaf_width = leaf.ok_or_else(|| {
+                        anyhow!("layer {index} `{item}`: missing leaf width, e.g. `l32`")
+                    })?;
+                    let layer = OriginalFff::new(config, rng.random())
+                        .with_context(|| format!("layer {index} `{item}`"))?;
+                    (Some(cin), Some(cout), Layer::Original { layer, harden })
+                }
+                "flat" => {
+                    let (cin, cout) = widths(parts.next().unwrap_or(""), item, index)?;
+                    let mut depth = None;
+                    for p in parts {
+                        let p = p.trim();
+                        depth = Some(digits_after(p, 'd').ok_or_else(|| {
+                            anyhow!("layer {index} `{item}`: unknown option `{p}` (flat takes dD)")
+                        })?);
+                    }
+                    let config = FlatFffConfig {
+                        input_width: cin,
+                        output_width: cout,
+                        depth: depth.ok_or_else(|| {
+                            anyhow!("layer {index} `{item}`: missing depth, e.g. `d8`")
+                        })?,
+                    };
+                    let layer = FlatFff::new(config, rng.random())
+                        .with_context(|| format!("layer {index} `{item}`"))?;
+                    (Some(cin), Some(cout), Layer::Flat(layer))
+                }
                 act => {
                     let a: Activation = act.parse().map_err(|_| {
-                        anyhow!("layer {index} `{item}`: unknown layer (expected linear:, fff:, relu, gelu, tanh or identity)")
+                        anyhow!("layer {index} `{item}`: unknown layer (expected linear:, fff:, orig:, flat:, relu, gelu, tanh or identity)")
                     })?;
                     (None, None, Layer::Act(a))
                 }
@@ -160,6 +246,8 @@ impl Model {
             .flat_map(|l| match l {
                 Layer::Linear { weight, bias } => vec![weight.clone(), bias.clone()],
                 Layer::Fff(f) => f.vars(),
+                Layer::Original { layer, .. } => layer.vars(),
+                Layer::Flat(f) => f.vars(),
                 Layer::Act(_) => vec![],
             })
             .collect()
@@ -170,41 +258,84 @@ impl Model {
         self.vars().iter().map(|v| v.elem_count()).sum()
     }
 
-    /// Neurons evaluated per input (dense layers count all their outputs).
+    /// Neurons evaluated per input: dense layers count all their outputs, FFF layers their
+    /// visited nodes, original FFF layers their `D` nodes plus one leaf's hidden and output
+    /// units, flat FFF layers their `D` hyperplanes.
     pub fn neurons_per_input(&self) -> usize {
         self.layers
             .iter()
             .map(|l| match l {
                 Layer::Linear { weight, .. } => weight.dims()[0],
                 Layer::Fff(f) => f.config().used_nodes(),
+                Layer::Original { layer, .. } => {
+                    layer.config().used_neurons() + layer.config().output_width
+                }
+                Layer::Flat(f) => f.config().depth,
                 Layer::Act(_) => 0,
             })
             .sum()
     }
 
-    fn forward_with(&self, x: &Tensor, infer: bool) -> Result<Tensor> {
+    fn forward_with(
+        &self,
+        x: &Tensor,
+        infer: bool,
+        leak_seed: Option<u64>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let mut h = x.to_dtype(DType::F32)?;
-        for l in &self.layers {
+        let mut aux: Option<Tensor> = None;
+        for (i, l) in self.layers.iter().enumerate() {
             h = match l {
                 Layer::Linear { weight, bias } => h
                     .matmul(&weight.as_tensor().t()?)?
                     .broadcast_add(bias.as_tensor())?,
                 Layer::Fff(f) if infer => f.forward_infer(&h)?,
                 Layer::Fff(f) => f.forward_train(&h)?,
+                Layer::Original { layer, .. } if infer => {
+                    let b = h.dim(0)?;
+                    let y = layer.forward_infer(&h.flatten_all()?.to_vec1::<f32>()?, b)?;
+                    Tensor::from_vec(y, (b, layer.config().output_width), h.device())?
+                }
+                Layer::Original { layer, harden } => {
+                    let seed =
+                        leak_seed.map(|s| s ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                    let out = layer.forward_soft(&h, false, seed)?;
+                    if *harden > 0.0 && out.node_entropies.elem_count() > 0 {
+                        let term = (out.node_entropies.mean_all()? * *harden)?;
+                        aux = Some(match aux {
+                            Some(a) => (a + term)?,
+                            None => term,
+                        });
+                    }
+                    out.output
+                }
+                Layer::Flat(f) if infer => {
+                    let b = h.dim(0)?;
+                    let y = f.forward_infer(&h.flatten_all()?.to_vec1::<f32>()?, b)?;
+                    Tensor::from_vec(y, (b, f.config().output_width), h.device())?
+                }
+                Layer::Flat(f) => f.forward_train(&h)?,
                 Layer::Act(a) => a.apply_tensor(&h)?,
             };
         }
-        Ok(h)
+        Ok((h, aux))
     }
 
-    /// Differentiable forward (FFF layers on the O(depth) training op): `[B, in] -> [B, out]`.
+    /// Differentiable forward (FFF layers on the O(depth) training op, original FFF layers
+    /// soft, no region leak): `[B, in] -> [B, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_with(x, false)
+        Ok(self.forward_with(x, false, None)?.0)
     }
 
-    /// Inference forward (FFF layers on the fast kernel).
+    /// The training forward of one step: also applies region leaks drawn from `step_seed` and
+    /// returns the summed hardening losses of original FFF layers, if any.
+    pub fn forward_step(&self, x: &Tensor, step_seed: u64) -> Result<(Tensor, Option<Tensor>)> {
+        self.forward_with(x, false, Some(step_seed))
+    }
+
+    /// Inference forward (FFF layers on the fast kernel, original FFF layers hard).
     pub fn forward_infer(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_with(x, true)
+        Ok(self.forward_with(x, true, None)?.0)
     }
 }
 
@@ -220,6 +351,10 @@ impl Model {
                     out.push((format!("layers.{i}.bias"), bias.as_tensor().clone()));
                 }
                 Layer::Fff(f) => out.extend(f.named_tensors(&format!("layers.{i}."))?),
+                Layer::Original { layer, .. } => {
+                    out.extend(layer.named_tensors(&format!("layers.{i}.")))
+                }
+                Layer::Flat(f) => out.extend(f.named_tensors(&format!("layers.{i}."))),
                 Layer::Act(_) => {}
             }
         }
@@ -253,6 +388,22 @@ impl Model {
                 }
                 Layer::Fff(f) => {
                     *f = Fff::from_tensors(*f.config(), tensors, &format!("layers.{i}."), source)?;
+                }
+                Layer::Original { layer, .. } => {
+                    *layer = OriginalFff::from_tensors(
+                        *layer.config(),
+                        tensors,
+                        &format!("layers.{i}."),
+                        source,
+                    )?;
+                }
+                Layer::Flat(f) => {
+                    *f = FlatFff::from_tensors(
+                        *f.config(),
+                        tensors,
+                        &format!("layers.{i}."),
+                        source,
+                    )?;
                 }
                 Layer::Act(_) => {}
             }

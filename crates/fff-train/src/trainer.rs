@@ -237,10 +237,16 @@ pub fn train_from(
         let (mut loss_sum, mut right, mut seen) = (0.0, 0usize, 0usize);
         for (step, batch) in order.chunks(cfg.batch_size).enumerate() {
             let (x, y) = gather(&data.train, batch)?;
-            let logits = model.forward(&x)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-            let grads = loss.backward()?;
             let global = (epoch - 1) * steps + step;
+            // Region leaks are drawn per step from the seed, so a resumed run repeats them.
+            let step_seed = cfg.seed ^ (global as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+            let (logits, aux) = model.forward_step(&x, step_seed)?;
+            let ce = candle_nn::loss::cross_entropy(&logits, &y)?;
+            let loss = match aux {
+                Some(a) => (ce + a)?,
+                None => ce,
+            };
+            let grads = loss.backward()?;
             opt.set_learning_rate(learning_rate(cfg, global, cfg.epochs * steps));
             let scale = match cfg.clip_norm {
                 Some(max) => {

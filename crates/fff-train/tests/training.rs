@@ -309,3 +309,57 @@ fn schedules_warm_up_and_decay() {
     cfg.schedule = Schedule::Constant;
     assert_eq!(learning_rate(&cfg, 100, 110), 1.0);
 }
+
+#[test]
+fn original_and_flat_fff_layers_build_train_and_round_trip() {
+    let m = Model::new(
+        "orig:2-16:d3:l8:harden=0.5:leak=0.05, relu, flat:16-3:d4",
+        3,
+    )
+    .unwrap();
+    let Layer::Original { layer, harden } = &m.layers[0] else {
+        panic!("first layer is not an original FFF")
+    };
+    assert_eq!((layer.config().depth, layer.config().leaf_width), (3, 8));
+    assert_eq!(*harden, 0.5);
+    assert_eq!(layer.config().region_leak, 0.05);
+    // 7 nodes · (2 + 1), 8 leaves · (2·8 + 8 + 8·16 + 16); flat: 16·4 + 15·3.
+    assert_eq!(
+        m.parameter_count(),
+        7 * 3 + 8 * (16 + 8 + 128 + 16) + 16 * 4 + 15 * 3
+    );
+    assert_eq!(m.neurons_per_input(), 3 + 8 + 16 + 4);
+
+    let data = spirals(3, 400, 0.03, 1);
+    let history = train(&m, &data, &quiet(30, 1e-2, 1), |_| {}).unwrap();
+    let (first, last) = (&history[0], history.last().unwrap());
+    assert!(
+        last.train_loss < 0.7 * first.train_loss,
+        "{first:?} -> {last:?}"
+    );
+    assert!(last.test_accuracy > 0.6, "{last:?}");
+
+    // Save and load through the named tensors; the reloaded model predicts the same.
+    let named: std::collections::HashMap<_, _> = m.named_tensors().unwrap().into_iter().collect();
+    assert!(named.contains_key("layers.0.node_weights") && named.contains_key("layers.2.Y"));
+    let mut other = Model::new(&m.spec, 99).unwrap();
+    other
+        .load_tensors(&named, std::path::Path::new("mem"))
+        .unwrap();
+    let x = candle_core::Tensor::randn(0f32, 1.0, (5, 2), &candle_core::Device::Cpu).unwrap();
+    let a = m.forward_infer(&x).unwrap().to_vec2::<f32>().unwrap();
+    let b = other.forward_infer(&x).unwrap().to_vec2::<f32>().unwrap();
+    assert_eq!(a, b);
+
+    for (spec, want) in [
+        ("orig:4-4:l8", "missing depth"),
+        ("orig:4-4:d2", "missing leaf width"),
+        ("orig:4-4:d2:l3:leak=2", "region_leak"),
+        ("orig:4-4:d2:l3:leak=x", "non-negative number"),
+        ("flat:4-4", "missing depth"),
+        ("flat:4-4:d2:k3", "flat takes dD"),
+    ] {
+        let err = format!("{:#}", Model::new(spec, 0).unwrap_err());
+        assert!(err.contains(want), "`{spec}`: {err}");
+    }
+}
