@@ -259,6 +259,21 @@ impl Fff {
         self.with_view(|w| kernels::reference::route(&w, x))
     }
 
+    /// Like [`Fff::route`], with the logit `z` of every visited node (same order).
+    pub fn route_with_logits(&self, x: &[f32]) -> Result<(Vec<u32>, Vec<f32>)> {
+        let nodes = self.route(x)?;
+        let m = self.config.nodes_per_tree();
+        let depth1 = self.config.depth + 1;
+        let z = self.with_view(|w| {
+            nodes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| kernels::reference::node_logit(&w, (i / depth1) * m + n as usize, x))
+                .collect::<Vec<f32>>()
+        })?;
+        Ok((nodes, z))
+    }
+
     /// Runs `f` on a borrowed view of the weights (no copy).
     pub fn with_view<R>(&self, f: impl FnOnce(FffWeightsView<'_>) -> R) -> Result<R> {
         let (s_in, l_in) = self.w_in.storage_and_layout();

@@ -6,6 +6,7 @@ mod bench_train;
 mod bert;
 mod demo;
 mod experiment;
+mod inspect;
 mod timing;
 mod train;
 mod train_config;
@@ -34,6 +35,9 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate a checkpoint written by `fff train --out` on a dataset's test set.
     Eval(train::EvalArgs),
+    /// How a checkpoint's FFF layers route a dataset: region usage and entropy, |z| per level,
+    /// and path changes against a second checkpoint.
+    Inspect(inspect::InspectArgs),
     /// Studies that answer a question with real figures.
     #[command(subcommand)]
     Experiment(experiment::ExperimentCommand),
@@ -52,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => train::eval(args),
+        Command::Inspect(args) => inspect::run(args),
         Command::Experiment(cmd) => experiment::run(cmd),
         Command::Bert(cmd) => bert::run(cmd),
     }

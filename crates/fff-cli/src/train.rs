@@ -1,5 +1,6 @@
 //! `fff train` and `fff eval`: train a model on a dataset, resume it, evaluate a checkpoint.
 
+use crate::inspect::RoutingTracker;
 use crate::train_config::TrainSettings;
 use anyhow::{ensure, Result};
 use clap::Args;
@@ -37,6 +38,11 @@ pub struct TrainArgs {
     /// Continue the run checkpointed in this folder (settings come from its state.json).
     #[arg(long, conflicts_with = "out")]
     resume: Option<PathBuf>,
+    /// After every epoch, route 512 test inputs and print each conditional layer's region
+    /// entropy and how many paths and decisions changed since the last epoch (also written to
+    /// routing.json in the output folder).
+    #[arg(long)]
+    track_routing: bool,
 }
 
 impl TrainArgs {
@@ -106,6 +112,27 @@ fn describe(model: &Model, data: &Split) {
     );
 }
 
+fn tracker_for(on: bool, data: &fff_data::Split) -> Result<Option<RoutingTracker>> {
+    on.then(|| RoutingTracker::new(data)).transpose()
+}
+
+fn on_epoch(m: &EpochMetrics, model: &fff_train::Model, tracker: Option<&mut RoutingTracker>) {
+    print_epoch(m);
+    if let Some(t) = tracker {
+        // Statistics are a report, not part of training: a failure is printed, not fatal.
+        if let Err(e) = t.record(model, m.epoch) {
+            eprintln!("routing statistics: {e:#}");
+        }
+    }
+}
+
+fn save_tracker(tracker: Option<&RoutingTracker>, dir: Option<&Path>) -> Result<()> {
+    if let (Some(t), Some(dir)) = (tracker, dir) {
+        t.save(dir)?;
+    }
+    Ok(())
+}
+
 pub fn run(args: TrainArgs) -> Result<()> {
     let settings = args.settings()?;
     let resume = args.resume.as_deref();
@@ -113,14 +140,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some(n) => {
             ensure!(n > 0, "--threads must be at least 1");
             let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build()?;
-            pool.install(|| run_with(&settings, resume))
+            pool.install(|| run_with(&settings, resume, args.track_routing))
         }
-        None => run_with(&settings, resume),
+        None => run_with(&settings, resume, args.track_routing),
     }
 }
 
 /// `fff train` with merged settings, on the current thread pool.
-fn run_with(s: &TrainSettings, resume: Option<&Path>) -> Result<()> {
+fn run_with(s: &TrainSettings, resume: Option<&Path>, track_routing: bool) -> Result<()> {
     let data_args = DataArgs {
         dataset: s.dataset().to_string(),
         data_dir: s.data_dir.clone(),
@@ -149,15 +176,18 @@ fn run_with(s: &TrainSettings, resume: Option<&Path>) -> Result<()> {
         for m in &state.history {
             print_epoch(m);
         }
-        train_from(
+        let mut tracker = tracker_for(track_routing, &data)?;
+        let history = train_from(
             &model,
             &mut opt,
             &data,
             &cfg,
             state.history,
             Some((dir, state.model_seed)),
-            print_epoch,
-        )?
+            |m| on_epoch(m, &model, tracker.as_mut()),
+        )?;
+        save_tracker(tracker.as_ref(), Some(dir))?;
+        history
     } else {
         // Checked before loading, which may download.
         let cfg = s.train_config()?;
@@ -167,7 +197,12 @@ fn run_with(s: &TrainSettings, resume: Option<&Path>) -> Result<()> {
         describe(&model, &data);
         let mut opt = optimizer_for(&model, &cfg);
         let out = s.out.as_deref().map(|d| (d, cfg.seed));
-        train_from(&model, &mut opt, &data, &cfg, Vec::new(), out, print_epoch)?
+        let mut tracker = tracker_for(track_routing, &data)?;
+        let history = train_from(&model, &mut opt, &data, &cfg, Vec::new(), out, |m| {
+            on_epoch(m, &model, tracker.as_mut())
+        })?;
+        save_tracker(tracker.as_ref(), s.out.as_deref())?;
+        history
     };
     if let Some(last) = history.last() {
         let best = history.iter().map(|m| m.test_accuracy).fold(0.0, f64::max);

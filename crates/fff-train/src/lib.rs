@@ -2,9 +2,11 @@
 //!
 //! - [`model`]: a small model description language
 //!   (`fff:784-500:d8:identity, relu, linear:500-10`) and the model it builds;
-//! - [`trainer`]: mini-batch training with AdamW and cross-entropy, per-epoch evaluation.
+//! - [`trainer`]: mini-batch training with AdamW and cross-entropy, per-epoch evaluation;
+//! - [`inspect`]: routing statistics of conditional layers (region usage, |z|, path changes).
 
 pub mod checkpoint;
+pub mod inspect;
 pub mod model;
 pub mod optim;
 pub mod study;

@@ -276,6 +276,55 @@ impl Model {
             .sum()
     }
 
+    /// Layer `i` on `h`; with `infer`, FFF layers run their inference kernels. Returns the
+    /// output and, for original FFF layers in training with hardening, the hardening loss.
+    fn apply_layer(
+        &self,
+        i: usize,
+        h: &Tensor,
+        infer: bool,
+        leak_seed: Option<u64>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let flat_infer = |b: usize, y: Vec<f32>, out: usize| -> Result<Tensor> {
+            Ok(Tensor::from_vec(y, (b, out), h.device())?)
+        };
+        let out = match &self.layers[i] {
+            Layer::Linear { weight, bias } => h
+                .matmul(&weight.as_tensor().t()?)?
+                .broadcast_add(bias.as_tensor())?,
+            Layer::Fff(f) if infer => f.forward_infer(h)?,
+            Layer::Fff(f) => f.forward_train(h)?,
+            Layer::Original { layer, .. } if infer => {
+                let b = h.dim(0)?;
+                let y = layer.forward_infer(&h.flatten_all()?.to_vec1::<f32>()?, b)?;
+                flat_infer(b, y, layer.config().output_width)?
+            }
+            Layer::Original { layer, harden } => {
+                let seed = leak_seed.map(|s| s ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let out = layer.forward_soft(h, false, seed)?;
+                let aux = if *harden > 0.0 && out.node_entropies.elem_count() > 0 {
+                    Some((out.node_entropies.mean_all()? * *harden)?)
+                } else {
+                    None
+                };
+                return Ok((out.output, aux));
+            }
+            Layer::Flat(f) if infer => {
+                let b = h.dim(0)?;
+                let y = f.forward_infer(&h.flatten_all()?.to_vec1::<f32>()?, b)?;
+                flat_infer(b, y, f.config().output_width)?
+            }
+            Layer::Flat(f) => f.forward_train(h)?,
+            Layer::Act(a) => a.apply_tensor(h)?,
+        };
+        Ok((out, None))
+    }
+
+    /// Inference forward of layer `i` alone (for routing statistics).
+    pub fn forward_layer_infer(&self, i: usize, h: &Tensor) -> Result<Tensor> {
+        Ok(self.apply_layer(i, h, true, None)?.0)
+    }
+
     fn forward_with(
         &self,
         x: &Tensor,
@@ -284,39 +333,15 @@ impl Model {
     ) -> Result<(Tensor, Option<Tensor>)> {
         let mut h = x.to_dtype(DType::F32)?;
         let mut aux: Option<Tensor> = None;
-        for (i, l) in self.layers.iter().enumerate() {
-            h = match l {
-                Layer::Linear { weight, bias } => h
-                    .matmul(&weight.as_tensor().t()?)?
-                    .broadcast_add(bias.as_tensor())?,
-                Layer::Fff(f) if infer => f.forward_infer(&h)?,
-                Layer::Fff(f) => f.forward_train(&h)?,
-                Layer::Original { layer, .. } if infer => {
-                    let b = h.dim(0)?;
-                    let y = layer.forward_infer(&h.flatten_all()?.to_vec1::<f32>()?, b)?;
-                    Tensor::from_vec(y, (b, layer.config().output_width), h.device())?
-                }
-                Layer::Original { layer, harden } => {
-                    let seed =
-                        leak_seed.map(|s| s ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                    let out = layer.forward_soft(&h, false, seed)?;
-                    if *harden > 0.0 && out.node_entropies.elem_count() > 0 {
-                        let term = (out.node_entropies.mean_all()? * *harden)?;
-                        aux = Some(match aux {
-                            Some(a) => (a + term)?,
-                            None => term,
-                        });
-                    }
-                    out.output
-                }
-                Layer::Flat(f) if infer => {
-                    let b = h.dim(0)?;
-                    let y = f.forward_infer(&h.flatten_all()?.to_vec1::<f32>()?, b)?;
-                    Tensor::from_vec(y, (b, f.config().output_width), h.device())?
-                }
-                Layer::Flat(f) => f.forward_train(&h)?,
-                Layer::Act(a) => a.apply_tensor(&h)?,
-            };
+        for i in 0..self.layers.len() {
+            let (out, term) = self.apply_layer(i, &h, infer, leak_seed)?;
+            h = out;
+            if let Some(term) = term {
+                aux = Some(match aux {
+                    Some(a) => (a + term)?,
+                    None => term,
+                });
+            }
         }
         Ok((h, aux))
     }
