@@ -3,7 +3,7 @@
 use crate::train::{load_data, DataArgs};
 use anyhow::{ensure, Result};
 use clap::{Args, Subcommand};
-use fff_train::study::{curves, markdown, run as run_study, summarize, variants};
+use fff_train::study::{curves, markdown, run as run_study, summarize, variants, variants_study};
 use fff_train::TrainConfig;
 use std::path::PathBuf;
 
@@ -13,6 +13,10 @@ pub enum ExperimentCommand {
     /// Does GELU starve the left branches? FFF(784→500, d8) → ReLU → FFF(500→10, d8) with each
     /// node activation, plus the dense 784→500→10 baseline, over seeds and datasets.
     NodeActivation(NodeActivationArgs),
+    /// The FFF forms side by side on the 784→500→10 shape: dense, UltraFastBERT FFF (gelu,
+    /// identity), a 4-tree forest, flat FFF, and the original FFF with and without hardening;
+    /// accuracy, parameters, neurons per input, training and inference time.
+    Variants(NodeActivationArgs),
 }
 
 /// Options of `fff experiment node-activation`.
@@ -24,7 +28,8 @@ pub struct NodeActivationArgs {
     /// Folder holding the datasets (each directly or in a subfolder named after it).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Variants to run (dense, fff-gelu, fff-identity, fff-relu, fff-tanh).
+    /// Variants to run [node-activation: dense, fff-gelu, fff-identity, fff-relu, fff-tanh;
+    /// variants: dense, fff-gelu, fff-identity, forest-k4-identity, flat, orig, orig-hardened].
     #[arg(long, value_delimiter = ',')]
     variants: Vec<String>,
     /// Seeds per variant.
@@ -48,17 +53,24 @@ pub struct NodeActivationArgs {
 }
 
 pub fn run(cmd: ExperimentCommand) -> Result<()> {
-    let ExperimentCommand::NodeActivation(args) = cmd;
+    let (args, mut chosen, title) = match cmd {
+        ExperimentCommand::NodeActivation(a) => (a, variants(), "Node-activation study"),
+        ExperimentCommand::Variants(a) => (a, variants_study(), "FFF variants study"),
+    };
     ensure!(
         args.seeds > 0 && args.epochs > 0,
         "--seeds and --epochs must be at least 1"
     );
-    let mut chosen = variants();
     if !args.variants.is_empty() {
         for v in &args.variants {
             ensure!(
                 chosen.iter().any(|c| &c.name == v),
-                "unknown variant `{v}`; expected dense, fff-gelu, fff-identity, fff-relu or fff-tanh"
+                "unknown variant `{v}`; expected one of {}",
+                chosen
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         chosen.retain(|c| args.variants.contains(&c.name));
@@ -102,7 +114,7 @@ pub fn run(cmd: ExperimentCommand) -> Result<()> {
     if let Some(path) = &args.plot {
         fff_bench::report::line_chart(
             path,
-            "Node-activation study: test accuracy per epoch (mean over seeds)",
+            &format!("{title}: test accuracy per epoch (mean over seeds)"),
             "epoch",
             "test accuracy (%)",
             &curves(&runs),

@@ -5,7 +5,8 @@
 //! almost nothing through its output row, while the identity keeps the left turns' `z`. Their
 //! net: FFF(784→500, depth 8) → ReLU → FFF(500→10, depth 8), AdamW lr 1e-3, batch 64, inputs in
 //! [-1, 1]. This runs that net with each node activation, plus the dense 784→500→10 baseline,
-//! over several seeds, and reports the figures.
+//! over several seeds, and reports the figures. The variants study ([`variants_study`]) puts
+//! the FFF forms side by side on the same shape.
 
 use crate::trainer::{train, EpochMetrics, TrainConfig};
 use crate::Model;
@@ -37,6 +38,37 @@ pub fn variants() -> Vec<Variant> {
     v
 }
 
+/// The variants study: the FFF forms under one roof on the 784→500→10 shape with ReLU between
+/// layers: dense; UltraFastBERT FFF (one tree of depth 8 per layer) with GELU and identity
+/// nodes; a forest of 4 trees of depth 6 (508 nodes per layer, close to the single tree's 511);
+/// flat FFF (8 hyperplanes per layer); the original FFF of depth 3 (8 leaves; leaf width 36 in
+/// the first layer and 4 in the second, 399,514 parameters against dense's 397,510), without
+/// and with a hardening loss.
+pub fn variants_study() -> Vec<Variant> {
+    let v = |name: &str, spec: &str| Variant {
+        name: name.into(),
+        spec: spec.into(),
+    };
+    vec![
+        v("dense", "linear:784-500, relu, linear:500-10"),
+        v("fff-gelu", "fff:784-500:d8:gelu, relu, fff:500-10:d8:gelu"),
+        v(
+            "fff-identity",
+            "fff:784-500:d8:identity, relu, fff:500-10:d8:identity",
+        ),
+        v(
+            "forest-k4-identity",
+            "fff:784-500:d6:k4:identity, relu, fff:500-10:d6:k4:identity",
+        ),
+        v("flat", "flat:784-500:d8, relu, flat:500-10:d8"),
+        v("orig", "orig:784-500:d3:l36, relu, orig:500-10:d3:l4"),
+        v(
+            "orig-hardened",
+            "orig:784-500:d3:l36:harden=1, relu, orig:500-10:d3:l4:harden=1",
+        ),
+    ]
+}
+
 /// One training run of the study.
 #[derive(Debug, Clone, Serialize)]
 pub struct StudyRun {
@@ -54,6 +86,8 @@ pub struct StudyRun {
     pub neurons_per_input: usize,
     /// Per-epoch figures.
     pub history: Vec<EpochMetrics>,
+    /// Median seconds of one inference forward of 1024 test inputs with the trained model.
+    pub infer_seconds_per_1024: f64,
 }
 
 /// Summary of one (dataset, variant) over seeds.
@@ -75,6 +109,8 @@ pub struct StudySummary {
     pub neurons_per_input: usize,
     /// Mean training seconds per epoch.
     pub seconds_per_epoch: f64,
+    /// Median inference seconds per batch of 1024, mean over seeds.
+    pub infer_seconds_per_1024: f64,
 }
 
 /// Trains every variant on `data` with each seed; `log` sees a line per finished run.
@@ -95,6 +131,7 @@ pub fn run(
                 ..cfg.clone()
             };
             let history = train(&model, data, &cfg, |_| {})?;
+            let infer_seconds_per_1024 = time_inference(&model, data)?;
             let r = StudyRun {
                 dataset: dataset.into(),
                 variant: v.name.clone(),
@@ -103,12 +140,29 @@ pub fn run(
                 parameters: model.parameter_count(),
                 neurons_per_input: model.neurons_per_input(),
                 history,
+                infer_seconds_per_1024,
             };
             log(&r);
             runs.push(r);
         }
     }
     Ok(runs)
+}
+
+/// Median of 7 timed inference forwards of the first 1024 test inputs (after a warm-up).
+fn time_inference(model: &Model, data: &Split) -> Result<f64> {
+    let x = crate::inspect::probe(&data.test.features, data.test.dim, 1024)?;
+    model.forward_infer(&x)?;
+    let mut t: Vec<f64> = (0..7)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            model
+                .forward_infer(&x)
+                .map(|_| start.elapsed().as_secs_f64())
+        })
+        .collect::<Result<_>>()?;
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
 }
 
 /// Mean ± std of the final test accuracy per (dataset, variant), in first-seen order.
@@ -148,6 +202,8 @@ pub fn summarize(runs: &[StudyRun]) -> Vec<StudySummary> {
                 neurons_per_input: group[0].neurons_per_input,
                 seconds_per_epoch: epochs.iter().map(|m| m.train_seconds).sum::<f64>()
                     / epochs.len().max(1) as f64,
+                infer_seconds_per_1024: group.iter().map(|r| r.infer_seconds_per_1024).sum::<f64>()
+                    / group.len().max(1) as f64,
             }
         })
         .collect()
@@ -156,11 +212,11 @@ pub fn summarize(runs: &[StudyRun]) -> Vec<StudySummary> {
 /// The summaries as a markdown table.
 pub fn markdown(summaries: &[StudySummary]) -> String {
     let mut out = String::from(
-        "| dataset | variant | test accuracy (mean ± std) | seeds | parameters | neurons used per input | train s/epoch |\n|---|---|---:|---:|---:|---:|---:|\n",
+        "| dataset | variant | test accuracy (mean ± std) | seeds | parameters | neurons used per input | train s/epoch | inference ms per 1024 |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
     );
     for s in summaries {
         out.push_str(&format!(
-            "| {} | {} | {:.2}% ± {:.2} | {} | {} | {} | {:.2} |\n",
+            "| {} | {} | {:.2}% ± {:.2} | {} | {} | {} | {:.2} | {:.2} |\n",
             s.dataset,
             s.variant,
             100.0 * s.accuracy_mean,
@@ -168,7 +224,8 @@ pub fn markdown(summaries: &[StudySummary]) -> String {
             s.seeds,
             s.parameters,
             s.neurons_per_input,
-            s.seconds_per_epoch
+            s.seconds_per_epoch,
+            1e3 * s.infer_seconds_per_1024
         ));
     }
     out

@@ -363,3 +363,21 @@ fn original_and_flat_fff_layers_build_train_and_round_trip() {
         assert!(err.contains(want), "`{spec}`: {err}");
     }
 }
+
+#[test]
+fn the_variants_study_builds_and_its_original_fff_matches_dense_in_size() {
+    let vs = fff_train::study::variants_study();
+    let count = |name: &str| {
+        let v = vs.iter().find(|v| v.name == name).unwrap();
+        Model::new(&v.spec, 0).unwrap().parameter_count()
+    };
+    let dense = count("dense");
+    for name in ["orig", "orig-hardened"] {
+        let rel = (count(name) as f64 - dense as f64).abs() / dense as f64;
+        assert!(rel < 0.01, "{name}: {} vs dense {dense}", count(name));
+    }
+    for v in &vs {
+        let m = Model::new(&v.spec, 0).unwrap();
+        assert_eq!((m.input_width, m.output_width), (784, 10), "{}", v.name);
+    }
+}
