@@ -257,3 +257,59 @@ fn flat_fff_inference_matches_its_training_forward_and_routes_by_sign() {
     assert_eq!(nodes, vec![0, 1, 3]);
     assert_eq!(layer.forward_infer(&[0.0; 4], 1).unwrap(), vec![0.0; 3]);
 }
+
+#[test]
+fn original_fff_fast_inference_matches_the_f64_reference_on_random_shapes() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for case in 0..24 {
+        let config = OriginalFffConfig::new(
+            rng.random_range(1..40),
+            rng.random_range(1..20),
+            rng.random_range(1..35),
+            rng.random_range(0..6),
+        );
+        let layer = OriginalFff::new(config, case).unwrap();
+        let batch = [0, 1, 2, 17, 64][case as usize % 5];
+        let x: Vec<f32> = (0..batch * config.input_width)
+            .map(|_| rng.random_range(-2.0..2.0))
+            .collect();
+        let fast = layer.forward_infer(&x, batch).unwrap();
+        let reference = layer.forward_reference(&x, batch).unwrap();
+        assert_eq!(fast.len(), batch * config.output_width);
+        for i in 0..batch {
+            let (_, zs) = layer
+                .route(&x[i * config.input_width..(i + 1) * config.input_width])
+                .unwrap();
+            // A decision within 1e-4 of its boundary may go either way under another order of
+            // summation: such rows are counted, not compared.
+            if zs.iter().any(|z| z.abs() < 1e-4) {
+                continue;
+            }
+            for o in 0..config.output_width {
+                let (f, r) = (
+                    fast[i * config.output_width + o],
+                    reference[i * config.output_width + o],
+                );
+                assert!(
+                    (f as f64 - r).abs() <= 1e-4 * (1.0 + r.abs()),
+                    "case {case}: {f} vs {r}"
+                );
+            }
+        }
+    }
+    // A tie (z = 0 exactly) goes right, as in the package: a zero input with zero biases.
+    let config = OriginalFffConfig::new(3, 2, 2, 2);
+    let layer = OriginalFff::new(config, 0).unwrap();
+    let mut named: HashMap<String, Tensor> = layer.named_tensors("").into_iter().collect();
+    named.insert(
+        "node_biases".into(),
+        Tensor::zeros((3, 1), DType::F32, &Device::Cpu).unwrap(),
+    );
+    let tied = OriginalFff::from_tensors(config, &named, "", Path::new("mem")).unwrap();
+    assert_eq!(
+        tied.route(&[0.0; 3]).unwrap().0,
+        3,
+        "right, right: the last leaf"
+    );
+}
