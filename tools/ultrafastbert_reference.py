@@ -68,11 +68,12 @@ pre-tokenizer, no post-processor) is applied with
 matched as the special token.  Then, with ``L = max_seq_length``:
 
 * MLM input:  ``tokens(A)[:L-1] + [<sep>]``.
-* Classification input: ``[<cls>] + A + [<sep>]`` for a single text, or
-  ``[<cls>] + A + [<sep>] + B + [<sep>]`` for a pair, where A and B are first
-  truncated "longest first": while ``len(A) + len(B) > L - n_special`` (2 for a
-  single text, 3 for a pair), drop the last token of the longer of A and B (of
-  A when they are equally long).  For a single text this is ``A[:L-2]``.
+* Classification input: ``[<cls>] + A + [<sep>] + B + [<sep>]``, with B empty
+  for a single text (cramming's downstream preparation encodes single texts as a
+  pair with an empty second text, so fine-tuned checkpoints saw
+  ``<cls> A <sep> <sep>``), where A and B are first truncated "longest first":
+  while ``len(A) + len(B) > L - 3``, drop the last token of the longer of A and
+  B (of A when they are equally long).  For a single text this is ``A[:L-3]``.
 
 The batch is right-padded with ``<pad>`` (id 0) to its longest sequence and the
 attention mask is 1 on real tokens, 0 on padding.  Padded positions are run
@@ -146,11 +147,10 @@ SUFFIX_PIECES = ["##s", "##es", "##ed", "##er", "##ing", "##ly"]
 TRUNCATION_RULE = (
     "Tokenize with encode(text, add_special_tokens=False). L = max_seq_length = 16. "
     "MLM: ids = A[:L-1] + [<sep>=5]. "
-    "Classification: ids = [<cls>=4] + A + [<sep>=5] for a single text, "
-    "[<cls>=4] + A + [<sep>=5] + B + [<sep>=5] for a pair; before adding the specials, "
-    "while len(A) + len(B) > L - n_special (n_special = 2 single, 3 pair), remove the last "
-    "token of the longer of A and B (A on a tie), i.e. 'longest first'. For a single text this "
-    "is A[:L-2]. Right-pad the batch with <pad>=0 to its longest sequence; attention_mask is "
+    "Classification: ids = [<cls>=4] + A + [<sep>=5] + B + [<sep>=5], B empty for a single "
+    "text (cramming encodes single texts as a pair with an empty second text); before adding "
+    "the specials, while len(A) + len(B) > L - 3, remove the last token of the longer of A and "
+    "B (A on a tie), i.e. 'longest first'. For a single text this is A[:L-3]. Right-pad the batch with <pad>=0 to its longest sequence; attention_mask is "
     "1 on real tokens, 0 on padding."
 )
 
@@ -273,16 +273,13 @@ def encode_cls(tok: Tokenizer, texts: list[str], max_len: int) -> list[int]:
     assert len(texts) in (1, 2)
     a = content_ids(tok, texts[0])
     b = content_ids(tok, texts[1]) if len(texts) == 2 else []
-    budget = max_len - (2 if len(texts) == 1 else 3)
+    budget = max_len - 3
     while len(a) + len(b) > budget:
         if len(a) >= len(b):
             a.pop()
         else:
             b.pop()
-    ids = [CLS_ID] + a + [SEP_ID]
-    if len(texts) == 2:
-        ids += b + [SEP_ID]
-    return ids
+    return [CLS_ID] + a + [SEP_ID] + b + [SEP_ID]
 
 
 def pad_batch(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:

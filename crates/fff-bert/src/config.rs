@@ -271,7 +271,7 @@ fn parse_arch(a: &mut Section<'_>, path: &Path) -> Result<BertConfig> {
             return Err(a.unsupported(
                 "intermed_type",
                 intermed_type.as_deref().unwrap_or_default(),
-                "\"fff\" or \"FF\"",
+                "\"fff\" or \"ff\"",
             ))
         }
     };
@@ -338,6 +338,19 @@ fn parse_arch(a: &mut Section<'_>, path: &Path) -> Result<BertConfig> {
     let heads = t.usize("num_attention_heads")?;
     let qkv_bias = t.opt_bool("qkv_bias")?.unwrap_or(false);
     t.finish()?;
+    for (key, v) in [
+        ("arch.hidden_size", hidden),
+        ("arch.embedding.vocab_size", vocab_size),
+        ("arch.embedding.max_seq_length", max_seq_length),
+    ] {
+        if v == 0 {
+            return Err(BertError::Config {
+                path: path.to_path_buf(),
+                key: key.into(),
+                message: "= 0 must be at least 1".into(),
+            });
+        }
+    }
     if heads == 0 || hidden % heads != 0 {
         return Err(BertError::Config {
             path: path.to_path_buf(),
@@ -529,7 +542,7 @@ impl<'a> Section<'a> {
         }
     }
 
-    /// `key` must be absent, false, or (for `rotary_embedding`) a false-y string.
+    /// `key` must be absent, null or false.
     fn expect_false(&mut self, key: &str) -> Result<()> {
         match self.get(key) {
             None | Some(Value::Bool(false)) => Ok(()),

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 /// How FFF blocks are computed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -25,8 +25,8 @@ pub enum FfnMode {
     /// The conditional kernel: `K·(D+1)` neurons per token.
     #[default]
     Kernel,
-    /// The dense masked reference: all `K·M` neurons computed, all but the path masked (what
-    /// the original PyTorch code does).
+    /// The dense masked formulation: all `K·M` neurons computed (on the same faer projections as
+    /// the dense FF), all but the path masked, as the original PyTorch code does.
     Masked,
 }
 
@@ -208,10 +208,16 @@ impl Attention {
         Ok(Attention {
             qkv: linear(w, &format!("{sa}.query_key_value"), 3 * h, h, c.qkv_bias)?,
             dense: linear(w, &format!("{prefix}.dense"), h, h, c.use_bias)?,
-            norm_factor: w.scalar(
-                &format!("{sa}.norm_factor"),
-                1.0 / (c.head_dim() as f64).sqrt(),
-            )? as f32,
+            // A buffer, so checkpoints saved without buffers lack it; it is always 1/√head_dim.
+            norm_factor: {
+                let name = format!("{sa}.norm_factor");
+                let default = 1.0 / (c.head_dim() as f64).sqrt();
+                if w.contains(&name) {
+                    w.scalar(&name, default)? as f32
+                } else {
+                    default as f32
+                }
+            },
             heads: c.heads,
             head_dim: c.head_dim(),
         })
@@ -235,6 +241,45 @@ impl Attention {
 struct FffBlock {
     layer: Fff,
     workspace: Mutex<Workspace>,
+    /// Dense copies of the weights for `FfnMode::Masked`, made on first use.
+    masked: OnceLock<MaskedFff>,
+}
+
+/// The original code's FFF: all `K·M` neurons through two dense projections (faer, like the
+/// dense FF), the activation on all of them, then everything off the hard path masked to 0.
+struct MaskedFff {
+    linear_in: Dense,
+    linear_out: Dense,
+}
+
+impl MaskedFff {
+    fn new(layer: &Fff) -> Result<MaskedFff> {
+        Ok(MaskedFff {
+            linear_in: Dense::from_tensors(layer.w_in(), Some(layer.b_in()))?,
+            linear_out: Dense::from_tensors(&layer.w_out_t().t()?.contiguous()?, None)?,
+        })
+    }
+
+    fn forward(&self, layer: &Fff, x: &[f32], n: usize) -> Vec<f32> {
+        let c = layer.config();
+        let (m, km) = (c.nodes_per_tree(), c.total_nodes());
+        let act = c.activation;
+        let mut z = self.linear_in.apply(x, n);
+        z.par_chunks_mut(km).for_each(|row| {
+            let mut on_path = vec![false; km];
+            for t in 0..c.trees {
+                let mut node = 0usize;
+                for _ in 0..=c.depth {
+                    on_path[t * m + node] = true;
+                    node = 2 * node + 1 + usize::from(row[t * m + node] > 0.0);
+                }
+            }
+            for (v, keep) in row.iter_mut().zip(on_path) {
+                *v = if keep { act.apply(*v) } else { 0.0 };
+            }
+        });
+        self.linear_out.apply(&z, n)
+    }
 }
 
 enum Ffn {
@@ -270,6 +315,7 @@ impl Ffn {
                 Ffn::Fff(Box::new(FffBlock {
                     layer,
                     workspace: Mutex::new(Workspace::new()),
+                    masked: OnceLock::new(),
                 }))
             }
             IntermedType::Dense { width, glu } => Ffn::Dense {
@@ -294,11 +340,13 @@ impl Ffn {
                 let (cin, cout) = (layer.config().input_width, layer.config().output_width);
                 match mode {
                     FfnMode::Masked => {
-                        let xt = Tensor::from_slice(x, (n, cin), &Device::Cpu)?;
-                        Ok(layer
-                            .forward_reference(&xt)?
-                            .flatten_all()?
-                            .to_vec1::<f32>()?)
+                        if block.masked.get().is_none() {
+                            // A race here only builds the copy twice; `set` keeps one.
+                            let _ = block.masked.set(MaskedFff::new(layer)?);
+                        }
+                        let masked = block.masked.get().expect("set above");
+                        debug_assert_eq!(cin, x.len() / n.max(1));
+                        Ok(masked.forward(layer, x, n))
                     }
                     FfnMode::Kernel => {
                         let mut out = vec![0f32; n * cout];
@@ -529,6 +577,11 @@ impl CrammedBert {
                 "token id {bad} is outside the vocabulary of {} tokens",
                 c.vocab_size
             )));
+        }
+        if batch.seq == 0 && batch.batch > 0 {
+            return Err(BertError::Input(
+                "empty sequences: every input needs at least one token".into(),
+            ));
         }
         let n = batch.batch * batch.seq;
         let mut h = self.embedding.forward(batch);

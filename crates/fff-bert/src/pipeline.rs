@@ -149,14 +149,22 @@ impl Pipeline {
         Ok(out)
     }
 
-    /// Label probabilities for each `(A, optional B)` input, in batches of `batch_size`.
+    /// Label probabilities for each `(A, optional B)` input, in batches of `batch_size`. With
+    /// `avg` or `max` pooling, which (as in the original) pool over every position, padding
+    /// included, each input runs alone so that its result does not depend on its batch.
     pub fn classify(
         &self,
         inputs: &[(String, Option<String>)],
         batch_size: usize,
     ) -> Result<Vec<Output<Vec<f32>>>> {
+        let pools_padding = self
+            .model
+            .config()
+            .classification_head
+            .is_some_and(|h| h.pooler != crate::config::Pooler::ZeroIndex);
+        let batch_size = if pools_padding { 1 } else { batch_size.max(1) };
         let mut out = Vec::with_capacity(inputs.len());
-        for chunk in inputs.chunks(batch_size.max(1)) {
+        for chunk in inputs.chunks(batch_size) {
             let encs: Vec<Encoding> = chunk
                 .iter()
                 .map(|(a, b)| self.tokenizer.encode_classify(a, b.as_deref()))

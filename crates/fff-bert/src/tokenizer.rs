@@ -1,6 +1,6 @@
 //! The model's `tokenizer.json` through the `tokenizers` crate, with crammedBERT's input
-//! layouts: `A <sep>` for masked-language modelling, `<cls> A <sep> [B <sep>]` for
-//! classification. Special tokens are looked up in the file by their text.
+//! layouts: `A <sep>` for masked-language modelling, `<cls> A <sep> B <sep>` (B possibly empty)
+//! for classification. Special tokens are looked up in the file by their text.
 
 use crate::error::{BertError, Result};
 use crate::model::Batch;
@@ -44,8 +44,14 @@ impl BertTokenizer {
         if !path.is_file() {
             return Err(err("tokenizer file not found".into()));
         }
-        let inner = tokenizers::Tokenizer::from_file(path)
+        let mut inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| err(format!("cannot parse the tokenizer: {e}")))?;
+        // The layouts and truncation are ours; settings saved in the file must not add padding
+        // inside a text or cut it silently.
+        inner
+            .with_truncation(None)
+            .map_err(|e| err(format!("cannot turn off the file's truncation: {e}")))?;
+        inner.with_padding(None);
         let id = |token: &str| {
             inner.token_to_id(token).ok_or_else(|| {
                 err(format!(
@@ -105,16 +111,17 @@ impl BertTokenizer {
         Ok(Encoding { ids: a, truncated })
     }
 
-    /// `<cls> A <sep>` or `<cls> A <sep> B <sep>`, the classification layout. Too long: tokens
-    /// are dropped from the end of the longer text, one at a time, until the whole fits.
+    /// `<cls> A <sep> B <sep>`, the classification layout, with `B` empty for a single text:
+    /// cramming's downstream preparation encodes a single text as a pair with an empty second
+    /// text, so fine-tuned checkpoints saw `<cls> A <sep> <sep>`. Too long: tokens are dropped
+    /// from the end of the longer text, one at a time (from `A` on a tie), until the whole fits.
     pub fn encode_classify(&self, a: &str, b: Option<&str>) -> Result<Encoding> {
         let mut ta = self.tokens(a)?;
         let mut tb = match b {
             Some(b) => self.tokens(b)?,
             None => Vec::new(),
         };
-        let specials = if b.is_some() { 3 } else { 2 };
-        let budget = self.max_len - specials;
+        let budget = self.max_len - 3;
         let mut truncated = 0;
         while ta.len() + tb.len() > budget {
             if ta.len() >= tb.len() {
@@ -124,14 +131,12 @@ impl BertTokenizer {
             }
             truncated += 1;
         }
-        let mut ids = Vec::with_capacity(ta.len() + tb.len() + specials);
+        let mut ids = Vec::with_capacity(ta.len() + tb.len() + 3);
         ids.push(self.cls);
         ids.extend(ta);
         ids.push(self.sep);
-        if b.is_some() {
-            ids.extend(tb);
-            ids.push(self.sep);
-        }
+        ids.extend(tb);
+        ids.push(self.sep);
         Ok(Encoding { ids, truncated })
     }
 

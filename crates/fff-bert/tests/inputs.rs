@@ -275,3 +275,31 @@ fn truncation_keeps_the_specials_and_reports_what_it_dropped() {
     let short = p.tokenizer.encode_classify("a dog", None).unwrap();
     assert_eq!(short.truncated, 0);
 }
+
+#[test]
+fn empty_sequences_are_errors_and_avg_pooling_does_not_depend_on_the_batch() {
+    let p = Pipeline::load(&fixture("tiny-fff")).unwrap();
+    let err = p
+        .model
+        .encode(&Batch::pad(&[vec![], vec![]], 0))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("empty"), "{err}");
+
+    // With `avg` pooling (which, as in the original, includes padded positions), a text's
+    // probabilities must not change with the texts batched beside it.
+    let s = Scratch::of("tiny-fff-cls", "avg-pool");
+    s.edit_config(|v| v["arch"]["classification_head"]["pooler"] = "avg".into());
+    let p = Pipeline::load(&s.0).unwrap();
+    let inputs: Vec<(String, Option<String>)> = vec![
+        ("a cat".into(), None),
+        (
+            "the small dog walked along the river bank".into(),
+            Some("a cat".into()),
+        ),
+    ];
+    let together = p.classify(&inputs, 8).unwrap();
+    let alone = p.classify(&inputs[..1], 8).unwrap();
+    assert_eq!(together[0].value, alone[0].value);
+}

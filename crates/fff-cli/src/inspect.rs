@@ -38,7 +38,15 @@ pub struct InspectArgs {
 pub fn run(args: InspectArgs) -> Result<()> {
     let state = load_state(&args.checkpoint)?;
     let model = load_model(&args.checkpoint, &state)?;
+    anyhow::ensure!(args.inputs > 0, "--inputs must be at least 1");
     let (data, _) = load_data(&args.data, state.config.seed)?;
+    anyhow::ensure!(
+        data.train.name == state.dataset,
+        "{} was trained on {}, not {}; pass --dataset accordingly",
+        args.checkpoint.display(),
+        state.dataset,
+        data.train.name
+    );
     let x = probe(&data.test.features, data.test.dim, args.inputs)?;
     let routes = routing(&model, &x)?;
     anyhow::ensure!(
