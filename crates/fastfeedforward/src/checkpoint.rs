@@ -2,7 +2,7 @@
 
 use crate::config::{Activation, FffConfig};
 use crate::error::{FffError, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -113,4 +113,36 @@ fn temporary_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".tmp-{}", std::process::id()));
     path.with_file_name(name)
+}
+
+/// Tensor `{prefix}{name}` of `tensors` as f32 values, checked to have `shape` and finite
+/// values; errors name `source`, the tensor and what was expected.
+pub fn checked_values(
+    tensors: &HashMap<String, Tensor>,
+    prefix: &str,
+    name: &str,
+    shape: &[usize],
+    source: &Path,
+) -> Result<Vec<f32>> {
+    let full = format!("{prefix}{name}");
+    let t = tensors.get(&full).ok_or_else(|| FffError::MissingTensor {
+        path: source.to_path_buf(),
+        name: full.clone(),
+        found: list_names(tensors),
+    })?;
+    if t.dims() != shape {
+        return Err(FffError::shape(
+            format!("{}: {full}", source.display()),
+            shape,
+            t.dims(),
+        ));
+    }
+    let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+        return Err(FffError::NonFinite {
+            name: format!("{}: {full}", source.display()),
+            index,
+        });
+    }
+    Ok(values)
 }

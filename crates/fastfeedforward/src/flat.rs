@@ -7,7 +7,7 @@
 
 use crate::error::{FffError, Result};
 use crate::kernels::simd::{axpy_f32, dot_f32};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
@@ -104,26 +104,7 @@ impl FlatFff {
         ];
         let mut vars = Vec::new();
         for (name, shape) in FLAT_NAMES.iter().zip(&shapes) {
-            let full = format!("{prefix}{name}");
-            let t = tensors.get(&full).ok_or_else(|| FffError::MissingTensor {
-                path: source.to_path_buf(),
-                name: full.clone(),
-                found: crate::checkpoint::list_names(tensors),
-            })?;
-            if t.dims() != shape.as_slice() {
-                return Err(FffError::shape(
-                    format!("{}: {full}", source.display()),
-                    shape,
-                    t.dims(),
-                ));
-            }
-            let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            if let Some(index) = values.iter().position(|v| !v.is_finite()) {
-                return Err(FffError::NonFinite {
-                    name: format!("{}: {full}", source.display()),
-                    index,
-                });
-            }
+            let values = crate::checkpoint::checked_values(tensors, prefix, name, shape, source)?;
             vars.push(Var::from_vec(values, shape.as_slice(), &Device::Cpu)?);
         }
         let y = vars.pop().expect("two");

@@ -103,28 +103,8 @@ impl Fff {
     ) -> Result<Self> {
         config.validate()?;
         let rows = config.total_nodes();
-        let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-            let full = format!("{prefix}{name}");
-            let t = tensors.get(&full).ok_or_else(|| FffError::MissingTensor {
-                path: source.to_path_buf(),
-                name: full.clone(),
-                found: checkpoint::list_names(tensors),
-            })?;
-            if t.dims() != shape {
-                return Err(FffError::shape(
-                    format!("{}: {full}", source.display()),
-                    shape,
-                    t.dims(),
-                ));
-            }
-            let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            if let Some(index) = values.iter().position(|v| !v.is_finite()) {
-                return Err(FffError::NonFinite {
-                    name: format!("{}: {full}", source.display()),
-                    index,
-                });
-            }
-            Ok(values)
+        let get = |name: &str, shape: &[usize]| {
+            checkpoint::checked_values(tensors, prefix, name, shape, source)
         };
         let w_in = get(W_IN, &[rows, config.input_width])?;
         let b_in = get(B_IN, &[rows])?;

@@ -173,27 +173,7 @@ impl OriginalFff {
         let shapes = Self::shapes(&config);
         let mut vars = Vec::with_capacity(6);
         for (name, shape) in ORIGINAL_NAMES.iter().zip(&shapes) {
-            let full = format!("{prefix}{name}");
-            let t = tensors.get(&full).ok_or_else(|| FffError::MissingTensor {
-                path: source.to_path_buf(),
-                name: full.clone(),
-                found: crate::checkpoint::list_names(tensors),
-            })?;
-            if t.dims() != shape.as_slice() {
-                return Err(FffError::shape(
-                    format!("{}: {full}", source.display()),
-                    shape,
-                    t.dims(),
-                ));
-            }
-            let t = t.to_dtype(DType::F32)?;
-            let values = t.flatten_all()?.to_vec1::<f32>()?;
-            if let Some(index) = values.iter().position(|v| !v.is_finite()) {
-                return Err(FffError::NonFinite {
-                    name: format!("{}: {full}", source.display()),
-                    index,
-                });
-            }
+            let values = crate::checkpoint::checked_values(tensors, prefix, name, shape, source)?;
             vars.push(Var::from_vec(values, shape.as_slice(), &Device::Cpu)?);
         }
         let params: [Var; 6] = vars.try_into().expect("six parameters");
