@@ -169,21 +169,42 @@ impl FlatFff {
 
     /// Per-input nodes (tree-level order) and `λ`, for routing statistics.
     pub fn route(&self, x: &[f32]) -> Result<(Vec<u32>, Vec<f32>)> {
+        let mut r = self.route_batch(x, 1)?;
+        Ok(r.pop().expect("one input"))
+    }
+
+    /// [`FlatFff::route`] for each row of `x` `[batch, in]`, transposing `X` once.
+    pub fn route_batch(&self, x: &[f32], batch: usize) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
         let c = &self.config;
-        if x.len() != c.input_width {
-            return Err(FffError::shape("input", &[c.input_width], &[x.len()]));
+        if x.len() != batch * c.input_width {
+            return Err(FffError::shape(
+                "input",
+                &[batch, c.input_width],
+                &[x.len()],
+            ));
         }
-        let xt = self
+        let xt = self.planes()?;
+        Ok(x.chunks(c.input_width)
+            .take(batch)
+            .map(|xi| {
+                let lambdas: Vec<f32> = xt
+                    .chunks(c.input_width)
+                    .map(|plane| dot_f32(plane, xi))
+                    .collect();
+                (self.nodes_of(&lambdas, 1), lambdas)
+            })
+            .collect())
+    }
+
+    /// The hyperplanes as rows, `[D, in]`.
+    fn planes(&self) -> Result<Vec<f32>> {
+        Ok(self
             .x
             .as_tensor()
             .t()?
             .contiguous()?
             .flatten_all()?
-            .to_vec1::<f32>()?; // [D, in]
-        let lambdas: Vec<f32> = (0..c.depth)
-            .map(|l| dot_f32(&xt[l * c.input_width..(l + 1) * c.input_width], x))
-            .collect();
-        Ok((self.nodes_of(&lambdas, 1), lambdas))
+            .to_vec1::<f32>()?)
     }
 
     /// Inference `y[B, out]` for `x[B, in]`: `D` dot products and `D` row updates per input.
@@ -197,14 +218,9 @@ impl FlatFff {
             ));
         }
         let (cin, cout, d) = (c.input_width, c.output_width, c.depth);
-        let xt = self
-            .x
-            .as_tensor()
-            .t()?
-            .contiguous()?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let ys = self.y.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        let xt = self.planes()?;
+        let (ys_storage, ys_layout) = self.y.storage_and_layout();
+        let ys = crate::layer::cpu_f32(&ys_storage, ys_layout, "Y")?;
         let mut out = vec![0f32; batch * cout];
         out.par_chunks_mut(cout)
             .zip(x.par_chunks(cin))

@@ -292,7 +292,12 @@ impl Fff {
     }
 }
 
-fn cpu_f32<'a>(s: &'a Storage, l: &candle_core::Layout, name: &str) -> Result<&'a [f32]> {
+/// The contiguous f32 contents of a CPU storage (`name` for errors).
+pub(crate) fn cpu_f32<'a>(
+    s: &'a Storage,
+    l: &candle_core::Layout,
+    name: &str,
+) -> Result<&'a [f32]> {
     let Storage::Cpu(cpu) = s else {
         return Err(FffError::Unsupported(format!(
             "`{name}` is not on the CPU; the kernels run on the CPU"

@@ -290,16 +290,39 @@ impl OriginalFff {
         })
     }
 
+    /// Runs `f` on borrowed views of the six parameters (no copy), in the package's order.
+    fn with_params<R>(&self, f: impl FnOnce([&[f32]; 6]) -> R) -> Result<R> {
+        let guards: Vec<_> = self.params.iter().map(|v| v.storage_and_layout()).collect();
+        let mut slices = Vec::with_capacity(6);
+        for ((s, l), name) in guards.iter().zip(ORIGINAL_NAMES) {
+            slices.push(crate::layer::cpu_f32(s, l, name)?);
+        }
+        Ok(f(slices.try_into().expect("six parameters")))
+    }
+
     /// The leaf input `x` reaches by hard descent (right when `w·x + b ≥ 0`), and the node
     /// logits on its path.
     pub fn route(&self, x: &[f32]) -> Result<(usize, Vec<f32>)> {
+        let mut r = self.route_batch(x, 1)?;
+        Ok(r.pop().expect("one input"))
+    }
+
+    /// [`OriginalFff::route`] for each row of `x` `[batch, in]`, reading the weights once.
+    pub fn route_batch(&self, x: &[f32], batch: usize) -> Result<Vec<(usize, Vec<f32>)>> {
         let c = &self.config;
-        if x.len() != c.input_width {
-            return Err(FffError::shape("input", &[c.input_width], &[x.len()]));
+        if x.len() != batch * c.input_width {
+            return Err(FffError::shape(
+                "input",
+                &[batch, c.input_width],
+                &[x.len()],
+            ));
         }
-        let nw = self.params[0].as_tensor().flatten_all()?.to_vec1::<f32>()?;
-        let nb = self.params[1].as_tensor().flatten_all()?.to_vec1::<f32>()?;
-        Ok(descend(c, &nw, &nb, x))
+        self.with_params(|[nw, nb, ..]| {
+            x.chunks(c.input_width.max(1))
+                .take(batch)
+                .map(|xi| descend(c, nw, nb, xi))
+                .collect()
+        })
     }
 
     /// Hard inference `y[B, out]` for `x[B, in]`, inputs grouped by leaf.
@@ -312,14 +335,20 @@ impl OriginalFff {
                 &[x.len()],
             ));
         }
-        let get = |i: usize| -> Result<Vec<f32>> {
-            Ok(self.params[i].as_tensor().flatten_all()?.to_vec1::<f32>()?)
-        };
-        let (nw, nb, w1s, b1s, w2s, b2s) = (get(0)?, get(1)?, get(2)?, get(3)?, get(4)?, get(5)?);
+        self.with_params(|p| self.infer_with(p, x, batch))
+    }
+
+    fn infer_with(
+        &self,
+        [nw, nb, w1s, b1s, w2s, b2s]: [&[f32]; 6],
+        x: &[f32],
+        batch: usize,
+    ) -> Vec<f32> {
+        let c = &self.config;
         let (cin, lw, cout) = (c.input_width, c.leaf_width, c.output_width);
         let leaves: Vec<usize> = x
             .par_chunks(cin.max(1))
-            .map(|xi| descend(c, &nw, &nb, xi).0)
+            .map(|xi| descend(c, nw, nb, xi).0)
             .collect();
         // Group by leaf: one pass over each leaf's weights per batch.
         let mut by_leaf: Vec<Vec<usize>> = vec![Vec::new(); c.leaves()];
@@ -356,16 +385,29 @@ impl OriginalFff {
         for (i, y) in rows {
             out[i * cout..(i + 1) * cout].copy_from_slice(&y);
         }
-        Ok(out)
+        out
     }
 
     /// Plain f64 reference of hard inference, one input at a time (for tests).
     pub fn forward_reference(&self, x: &[f32], batch: usize) -> Result<Vec<f64>> {
         let c = &self.config;
-        let get = |i: usize| -> Result<Vec<f32>> {
-            Ok(self.params[i].as_tensor().flatten_all()?.to_vec1::<f32>()?)
-        };
-        let (nw, nb, w1s, b1s, w2s, b2s) = (get(0)?, get(1)?, get(2)?, get(3)?, get(4)?, get(5)?);
+        if x.len() != batch * c.input_width {
+            return Err(FffError::shape(
+                "input",
+                &[batch, c.input_width],
+                &[x.len()],
+            ));
+        }
+        self.with_params(|p| self.reference_with(p, x, batch))
+    }
+
+    fn reference_with(
+        &self,
+        [nw, nb, w1s, b1s, w2s, b2s]: [&[f32]; 6],
+        x: &[f32],
+        batch: usize,
+    ) -> Vec<f64> {
+        let c = &self.config;
         let (cin, lw, cout) = (c.input_width, c.leaf_width, c.output_width);
         let mut out = vec![0f64; batch * cout];
         for i in 0..batch {
@@ -393,7 +435,7 @@ impl OriginalFff {
                 out[i * cout + o] += b2s[leaf * cout + o] as f64;
             }
         }
-        Ok(out)
+        out
     }
 }
 

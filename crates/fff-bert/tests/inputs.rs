@@ -191,6 +191,17 @@ fn fill_mask_without_a_mask_and_heads_the_checkpoint_lacks_are_errors() {
     assert!(cls.fill_mask("a <mask>", 3).is_err());
 }
 
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 #[test]
 fn padding_does_not_change_the_real_tokens_outputs() {
     let p = Pipeline::load(&fixture("tiny-fff")).unwrap();
@@ -209,14 +220,7 @@ fn padding_does_not_change_the_real_tokens_outputs() {
     let n = short.len();
     let a = alone.hidden.narrow(0, 0, n).unwrap();
     let b = padded.hidden.narrow(0, 0, n).unwrap();
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(&a, &b);
     assert!(d < 1e-5, "padding changed real outputs by {d}");
     // Changing what sits in the padded positions changes nothing either.
     let mut other = padded_batch.clone();
@@ -233,14 +237,7 @@ fn padding_does_not_change_the_real_tokens_outputs() {
         .narrow(0, 0, n)
         .unwrap();
     let b = padded.hidden.narrow(0, 0, n).unwrap();
-    let d = (c - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(&c, &b);
     assert!(d < 1e-5, "padded ids leaked into real outputs: {d}");
 }
 

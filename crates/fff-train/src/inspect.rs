@@ -83,15 +83,16 @@ pub fn routing(model: &Model, x: &Tensor) -> Result<Vec<LayerRouting>> {
             }
             Layer::Original { layer, .. } => {
                 let c = layer.config();
-                let routes = (0..b)
-                    .map(|r| {
-                        let (leaf, z) = layer.route(row(r))?;
-                        Ok(vec![Route {
+                let routes = layer
+                    .route_batch(&rows, b)?
+                    .into_iter()
+                    .map(|(leaf, z)| {
+                        vec![Route {
                             region: leaf as u32,
                             z,
-                        }])
+                        }]
                     })
-                    .collect::<Result<Vec<_>>>()?;
+                    .collect();
                 LayerRouting {
                     layer: i,
                     name: format!(
@@ -105,16 +106,17 @@ pub fn routing(model: &Model, x: &Tensor) -> Result<Vec<LayerRouting>> {
             }
             Layer::Flat(f) => {
                 let c = f.config();
-                let routes = (0..b)
-                    .map(|r| {
-                        let (_, lambdas) = f.route(row(r))?;
+                let routes = f
+                    .route_batch(&rows, b)?
+                    .into_iter()
+                    .map(|(_, lambdas)| {
                         // The region is the whole sign pattern, first level most significant.
                         let region = lambdas
                             .iter()
                             .fold(0u32, |acc, &l| (acc << 1) | u32::from(l > 0.0));
-                        Ok(vec![Route { region, z: lambdas }])
+                        vec![Route { region, z: lambdas }]
                     })
-                    .collect::<Result<Vec<_>>>()?;
+                    .collect();
                 LayerRouting {
                     layer: i,
                     name: format!("flat {}-{} d{}", c.input_width, c.output_width, c.depth),
