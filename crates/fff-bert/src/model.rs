@@ -223,18 +223,20 @@ impl Attention {
         })
     }
 
-    /// `x` is `[batch·seq, hidden]`; returns the projected context, same shape.
-    fn forward(&self, x: &[f32], batch: &Batch) -> Vec<f32> {
+    /// `x` and `out` are `[batch·seq, hidden]`; writes the projected context into `out`.
+    fn forward(&self, x: &[f32], batch: &Batch, scratch: &mut Scratch, out: &mut [f32]) {
         let n = batch.batch * batch.seq;
-        let qkv = self.qkv.apply(x, n);
+        let qkv = scratch.qkv.sized(n * self.qkv.out);
+        self.qkv.forward(x, n, qkv);
         let shape = AttentionShape {
             batch: batch.batch,
             seq: batch.seq,
             heads: self.heads,
             head_dim: self.head_dim,
         };
-        let context = ops::attention(&qkv, &batch.mask, shape, self.norm_factor);
-        self.dense.apply(&context, n)
+        let context = scratch.context.sized(n * self.dense.inp);
+        ops::attention_into(qkv, &batch.mask, shape, self.norm_factor, context);
+        self.dense.forward(context, n, out);
     }
 }
 
@@ -260,11 +262,12 @@ impl MaskedFff {
         })
     }
 
-    fn forward(&self, layer: &Fff, x: &[f32], n: usize) -> Vec<f32> {
+    fn forward(&self, layer: &Fff, x: &[f32], n: usize, mid: &mut Buffer, out: &mut [f32]) {
         let c = layer.config();
         let (m, km) = (c.nodes_per_tree(), c.total_nodes());
         let act = c.activation;
-        let mut z = self.linear_in.apply(x, n);
+        let z = mid.sized(n * km);
+        self.linear_in.forward(x, n, z);
         z.par_chunks_mut(km).for_each(|row| {
             let mut on_path = vec![false; km];
             for t in 0..c.trees {
@@ -278,7 +281,7 @@ impl MaskedFff {
                 *v = if keep { act.apply(*v) } else { 0.0 };
             }
         });
-        self.linear_out.apply(&z, n)
+        self.linear_out.forward(z, n, out);
     }
 }
 
@@ -332,12 +335,20 @@ impl Ffn {
         })
     }
 
-    /// `x` is `[n, hidden]`; returns `[n, hidden]`.
-    fn forward(&self, x: &[f32], n: usize, nonlin: Nonlin, mode: FfnMode) -> Result<Vec<f32>> {
+    /// `x` and `out` are `[n, hidden]`; `mid` holds the hidden activations of dense forms.
+    fn forward(
+        &self,
+        x: &[f32],
+        n: usize,
+        nonlin: Nonlin,
+        mode: FfnMode,
+        mid: &mut Buffer,
+        out: &mut [f32],
+    ) -> Result<()> {
         match self {
             Ffn::Fff(block) => {
                 let layer = &block.layer;
-                let (cin, cout) = (layer.config().input_width, layer.config().output_width);
+                let cin = layer.config().input_width;
                 match mode {
                     FfnMode::Masked => {
                         if block.masked.get().is_none() {
@@ -346,21 +357,15 @@ impl Ffn {
                         }
                         let masked = block.masked.get().expect("set above");
                         debug_assert_eq!(cin, x.len() / n.max(1));
-                        Ok(masked.forward(layer, x, n))
+                        masked.forward(layer, x, n, mid, out);
+                        Ok(())
                     }
                     FfnMode::Kernel => {
-                        let mut out = vec![0f32; n * cout];
                         // A poisoned lock only means another thread panicked mid-call; the
                         // workspace holds scratch space, not state, so it is still usable.
                         let mut ws = block.workspace.lock().unwrap_or_else(|e| e.into_inner());
-                        layer.forward_infer_into(
-                            x,
-                            n,
-                            &mut out,
-                            &mut ws,
-                            InferOptions::default(),
-                        )?;
-                        Ok(out)
+                        layer.forward_infer_into(x, n, out, &mut ws, InferOptions::default())?;
+                        Ok(())
                     }
                 }
             }
@@ -369,8 +374,9 @@ impl Ffn {
                 dense_out,
                 glu,
             } => {
-                let mut z = dense_in.apply(x, n);
-                let a = if *glu {
+                let z = mid.sized(n * dense_in.out);
+                dense_in.forward(x, n, z);
+                if *glu {
                     // The original's GLU: the first half is the value, the second the gate.
                     let half = dense_in.out / 2;
                     let mut a = vec![0f32; n * half];
@@ -383,15 +389,40 @@ impl Ffn {
                                 *a = act.apply(*g) * v;
                             }
                         });
-                    a
+                    dense_out.forward(&a, n, out);
                 } else {
-                    ops::activate(&mut z, nonlin);
-                    z
-                };
-                Ok(dense_out.apply(&a, n))
+                    ops::activate(z, nonlin);
+                    dense_out.forward(z, n, out);
+                }
+                Ok(())
             }
         }
     }
+}
+
+/// A reusable `f32` buffer that grows to the largest size asked of it.
+#[derive(Default)]
+struct Buffer(Vec<f32>);
+
+impl Buffer {
+    /// The first `len` elements (contents unspecified; callers overwrite them).
+    fn sized(&mut self, len: usize) -> &mut [f32] {
+        if self.0.len() < len {
+            self.0.resize(len, 0.0);
+        }
+        &mut self.0[..len]
+    }
+}
+
+/// Intermediate buffers of one encoder call, reused by every block.
+#[derive(Default)]
+struct Scratch {
+    /// Fused projection `[n, 3·hidden]`.
+    qkv: Buffer,
+    /// Attention context `[n, hidden]`.
+    context: Buffer,
+    /// Hidden activations of a dense or masked FFN `[n, width]`.
+    mid: Buffer,
 }
 
 struct Block {
@@ -587,17 +618,29 @@ impl CrammedBert {
         let mut h = self.embedding.forward(batch);
         if n > 0 {
             tap("embedding", &h)?;
+            // Buffers live for the whole call: fresh multi-megabyte vectors per layer cost
+            // more in page faults than the attention core itself.
+            let mut scratch = Scratch::default();
+            let mut x = vec![0f32; h.len()];
+            let mut branch = vec![0f32; h.len()];
+            if let Some(first) = self.blocks.first() {
+                first.norm1.forward(&h, &mut x);
+            }
             for (i, block) in self.blocks.iter().enumerate() {
-                let a = block.attn.forward(&block.norm1.apply(&h), batch);
-                ops::add_assign(&mut h, &a);
-                let x = block.norm2.apply(&h);
+                block.attn.forward(&x, batch, &mut scratch, &mut branch);
+                block.norm2.add_forward(&mut h, &branch, &mut x);
                 tap(&format!("ffn_input{i}"), &x)?;
-                let f = block.ffn.forward(&x, n, c.nonlin, self.ffn_mode)?;
-                ops::add_assign(&mut h, &f);
+                let mid = &mut scratch.mid;
+                (block.ffn).forward(&x, n, c.nonlin, self.ffn_mode, mid, &mut branch)?;
+                match self.blocks.get(i + 1) {
+                    Some(next) => next.norm1.add_forward(&mut h, &branch, &mut x),
+                    None => ops::add_assign(&mut h, &branch),
+                }
                 tap(&format!("layer{i}"), &h)?;
             }
             if let Some(norm) = &self.final_norm {
-                h = norm.apply(&h);
+                norm.forward(&h, &mut x);
+                h = x;
             }
         }
         Ok(Encoded {

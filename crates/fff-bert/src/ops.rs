@@ -88,24 +88,100 @@ impl LayerNorm {
 
     /// Normalized copy of `x`.
     pub fn apply(&self, x: &[f32]) -> Vec<f32> {
-        let h = self.weight.len();
         let mut y = vec![0f32; x.len()];
+        self.forward(x, &mut y);
+        y
+    }
+
+    /// `y = LayerNorm(x)`, rows of `x` and `y` side by side.
+    pub fn forward(&self, x: &[f32], y: &mut [f32]) {
+        let h = self.weight.len();
+        debug_assert_eq!(x.len(), y.len());
         y.par_chunks_mut(h * ROWS_PER_TASK)
             .zip(x.par_chunks(h * ROWS_PER_TASK))
             .for_each(|(ys, xs)| {
                 for (yr, xr) in ys.chunks_mut(h).zip(xs.chunks(h)) {
-                    let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / h as f64;
-                    let var = xr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / h as f64;
-                    let inv = 1.0 / (var + self.eps as f64).sqrt();
-                    for (((o, &v), &w), &b) in
-                        yr.iter_mut().zip(xr).zip(&self.weight).zip(&self.bias)
-                    {
-                        *o = ((v as f64 - mean) * inv) as f32 * w + b;
-                    }
+                    self.normalize_row(xr, yr);
                 }
             });
-        y
     }
+
+    /// The pre-LN residual step: `h += a`, then `y = LayerNorm(h)`, in one pass over the rows.
+    pub fn add_forward(&self, h: &mut [f32], a: &[f32], y: &mut [f32]) {
+        let w = self.weight.len();
+        debug_assert!(h.len() == a.len() && h.len() == y.len());
+        y.par_chunks_mut(w * ROWS_PER_TASK)
+            .zip(h.par_chunks_mut(w * ROWS_PER_TASK))
+            .zip(a.par_chunks(w * ROWS_PER_TASK))
+            .for_each(|((ys, hs), as_)| {
+                for ((yr, hr), ar) in ys.chunks_mut(w).zip(hs.chunks_mut(w)).zip(as_.chunks(w)) {
+                    hr.iter_mut().zip(ar).for_each(|(h, a)| *h += a);
+                    self.normalize_row(hr, yr);
+                }
+            });
+    }
+
+    /// Two passes in f32 (mean, then the mean squared deviation), each summed in 16 lanes:
+    /// the lanes let the loops vectorize and keep each partial sum short, so the result stays
+    /// within a few ulp of an f64 computation for rows of BERT's widths.
+    #[inline]
+    fn normalize_row(&self, x: &[f32], y: &mut [f32]) {
+        let h = x.len() as f32;
+        let mean = lane_sum(x, |v| v) / h;
+        let var = lane_sum(x, |v| (v - mean) * (v - mean)) / h;
+        let inv = 1.0 / (var + self.eps).sqrt();
+        for (((o, &v), &w), &b) in y.iter_mut().zip(x).zip(&self.weight).zip(&self.bias) {
+            *o = (v - mean) * inv * w + b;
+        }
+    }
+}
+
+/// `Σ f(x[i])` accumulated in 16 independent lanes (vectorizable; shorter rounding chains).
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().map(|&v| f(v)).sum::<f32>()
+}
+
+/// `e^x` in f32 by Cephes' range reduction and polynomial (within 2 ulp for normal results),
+/// written without branches or calls so that loops over it vectorize; libm's scalar `expf`
+/// was the attention's largest cost. Inputs below −87.3 give about 1e-38 instead of 0
+/// (harmless in a softmax, whose sum is at least 1); inputs above 88 give e^88.
+#[inline(always)]
+pub fn fast_exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding 1.5·2²³ rounds to an integer and leaves it in the low mantissa bits.
+    const SHIFTER: f32 = 12_582_912.0;
+    let x = x.clamp(-87.336_55, 88.0);
+    let t = x * std::f32::consts::LOG2_E + SHIFTER;
+    let n = t - SHIFTER;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    for c in [
+        1.398_199_9e-3f32,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ] {
+        p = p * r + c;
+    }
+    let p = p * r * r + r + 1.0;
+    // 2^n built in the exponent field: n + 127 is in 1..=254 after the clamp.
+    let biased = t
+        .to_bits()
+        .wrapping_sub(SHIFTER.to_bits())
+        .wrapping_add(127);
+    p * f32::from_bits(biased << 23)
 }
 
 /// erf by Eigen's rational approximation (the one TensorFlow and XNNPACK use): a few ulp in
@@ -160,25 +236,6 @@ pub fn activate(x: &mut [f32], nonlin: Nonlin) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fast_gelu_matches_the_erf_gelu() {
-        let exact = fastfeedforward::Activation::Gelu;
-        let mut worst = 0f32;
-        for i in -80_000..=80_000 {
-            let x = i as f32 * 1e-4;
-            let (a, b) = (fast_gelu(x), exact.apply(x));
-            worst = worst.max((a - b).abs() / (1.0 + b.abs()));
-        }
-        assert!(worst < 5e-6, "max relative error {worst}");
-        assert_eq!(fast_gelu(0.0), 0.0);
-        assert!(fast_gelu(-20.0).abs() < 1e-5 && (fast_gelu(20.0) - 20.0).abs() < 1e-4);
-    }
-}
-
 /// `a += b`, in parallel.
 pub fn add_assign(a: &mut [f32], b: &[f32]) {
     a.par_chunks_mut(4096)
@@ -202,74 +259,272 @@ pub struct AttentionShape {
 /// Self-attention on crammedBERT's fused projection: `qkv` is `[batch·seq, heads·3·d]` with
 /// each head's `[q | k | v]` side by side. Scores are scaled by `norm_factor`, get −10000 on
 /// padded keys (`mask[b·seq + j] == 0`), and are softmaxed over keys. Returns the context
-/// `[batch·seq, heads·d]`, heads in order. Each (sequence, head) pair is one task.
+/// `[batch·seq, heads·d]`, heads in order.
 pub fn attention(qkv: &[f32], mask: &[u8], shape: AttentionShape, norm_factor: f32) -> Vec<f32> {
+    let mut out = vec![0f32; shape.batch * shape.seq * shape.heads * shape.head_dim];
+    attention_into(qkv, mask, shape, norm_factor, &mut out);
+    out
+}
+
+/// [`attention`] writing into `out` (`[batch·seq, heads·d]`). Each (sequence, head) pair is
+/// one task; its q, k and v are strided views into `qkv`, so nothing is gathered.
+pub fn attention_into(
+    qkv: &[f32],
+    mask: &[u8],
+    shape: AttentionShape,
+    norm_factor: f32,
+    out: &mut [f32],
+) {
     let AttentionShape {
         batch,
         seq,
         heads,
         head_dim: d,
     } = shape;
-    let width = heads * 3 * d;
-    let per_head: Vec<Vec<f32>> = (0..batch * heads)
+    let hidden = heads * d;
+    let width = 3 * hidden;
+    assert_eq!(
+        qkv.len(),
+        batch * seq * width,
+        "qkv is [batch·seq, 3·hidden]"
+    );
+    assert_eq!(mask.len(), batch * seq, "mask is [batch, seq]");
+    assert_eq!(
+        out.len(),
+        batch * seq * hidden,
+        "out is [batch·seq, hidden]"
+    );
+    if batch * seq == 0 || d == 0 {
+        return;
+    }
+    let contexts: Vec<Vec<f32>> = (0..batch * heads)
         .into_par_iter()
         .map(|task| {
             let (b, h) = (task / heads, task % heads);
-            // Gather this head's q, k, v into contiguous [seq, d] blocks.
-            let mut q = vec![0f32; seq * d];
-            let mut k = vec![0f32; seq * d];
-            let mut v = vec![0f32; seq * d];
-            for t in 0..seq {
-                let row = &qkv[(b * seq + t) * width + h * 3 * d..][..3 * d];
-                q[t * d..(t + 1) * d].copy_from_slice(&row[..d]);
-                k[t * d..(t + 1) * d].copy_from_slice(&row[d..2 * d]);
-                v[t * d..(t + 1) * d].copy_from_slice(&row[2 * d..]);
-            }
+            let base = &qkv[b * seq * width + h * 3 * d..];
+            let part = |offset: usize| {
+                MatRef::from_row_major_slice_with_stride(&base[offset..], seq, d, width)
+            };
             let mut scores = vec![0f32; seq * seq];
             matmul(
                 MatMut::from_row_major_slice_mut(&mut scores, seq, seq),
                 Accum::Replace,
-                MatRef::from_row_major_slice(&q, seq, d),
-                MatRef::from_row_major_slice(&k, seq, d).transpose(),
+                part(0),
+                part(d).transpose(),
                 norm_factor,
                 Par::Seq,
             );
             let key_mask = &mask[b * seq..(b + 1) * seq];
             for row in scores.chunks_mut(seq) {
-                for (s, &m) in row.iter_mut().zip(key_mask) {
-                    if m == 0 {
-                        *s += -10000.0;
-                    }
-                }
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for s in row.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let inv = 1.0 / sum;
-                row.iter_mut().for_each(|s| *s *= inv);
+                masked_softmax(row, key_mask);
             }
             let mut context = vec![0f32; seq * d];
             matmul(
                 MatMut::from_row_major_slice_mut(&mut context, seq, d),
                 Accum::Replace,
                 MatRef::from_row_major_slice(&scores, seq, seq),
-                MatRef::from_row_major_slice(&v, seq, d),
+                part(2 * d),
                 1.0f32,
                 Par::Seq,
             );
             context
         })
         .collect();
-    let hidden = heads * d;
-    let mut out = vec![0f32; batch * seq * hidden];
-    for (task, context) in per_head.iter().enumerate() {
-        let (b, h) = (task / heads, task % heads);
-        for t in 0..seq {
-            out[(b * seq + t) * hidden + h * d..][..d]
-                .copy_from_slice(&context[t * d..(t + 1) * d]);
+    out.par_chunks_mut(seq * hidden)
+        .zip(contexts.par_chunks(heads))
+        .for_each(|(rows, heads_of_b)| {
+            for (h, context) in heads_of_b.iter().enumerate() {
+                for (row, c) in rows.chunks_mut(hidden).zip(context.chunks(d)) {
+                    row[h * d..(h + 1) * d].copy_from_slice(c);
+                }
+            }
+        });
+}
+
+/// Softmax of one score row in place, after adding −10000 where `key_mask` is 0 (as the
+/// original does, rather than excluding those keys).
+#[inline]
+fn masked_softmax(row: &mut [f32], key_mask: &[u8]) {
+    for (s, &m) in row.iter_mut().zip(key_mask) {
+        *s += if m == 0 { -10000.0 } else { 0.0 };
+    }
+    let max = lane_max(row);
+    row.iter_mut().for_each(|s| *s = fast_exp(*s - max));
+    let inv = 1.0 / lane_sum(row, |v| v);
+    row.iter_mut().for_each(|s| *s *= inv);
+}
+
+/// Largest element, in 16 lanes so that the loop vectorizes.
+#[inline(always)]
+fn lane_max(x: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = a.max(v);
         }
     }
-    out
+    acc.iter()
+        .chain(rest)
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_gelu_matches_the_erf_gelu() {
+        let exact = fastfeedforward::Activation::Gelu;
+        let mut worst = 0f32;
+        for i in -80_000..=80_000 {
+            let x = i as f32 * 1e-4;
+            let (a, b) = (fast_gelu(x), exact.apply(x));
+            worst = worst.max((a - b).abs() / (1.0 + b.abs()));
+        }
+        assert!(worst < 5e-6, "max relative error {worst}");
+        assert_eq!(fast_gelu(0.0), 0.0);
+        assert!(fast_gelu(-20.0).abs() < 1e-5 && (fast_gelu(20.0) - 20.0).abs() < 1e-4);
+    }
+
+    /// Uniform floats in [-scale, scale) from a fixed seed.
+    fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+    }
+
+    #[test]
+    fn fast_exp_matches_libm() {
+        let mut worst = 0f32;
+        for i in -870_000..=880_000 {
+            let x = i as f32 * 1e-4;
+            let (a, b) = (fast_exp(x), x.exp());
+            worst = worst.max((a - b).abs() / b);
+        }
+        assert!(worst < 3e-7, "max relative error {worst}");
+        assert_eq!(fast_exp(0.0), 1.0);
+        assert!(fast_exp(-10_000.0) < 1e-37 && fast_exp(-10_000.0) >= 0.0);
+        assert!(fast_exp(1000.0).is_finite());
+    }
+
+    #[test]
+    fn layer_norm_matches_an_f64_reference() {
+        for (rows, width, seed) in [(1, 1, 1), (3, 17, 2), (40, 768, 3), (5, 100, 4)] {
+            let x: Vec<f32> = random(rows * width, seed, 3.0)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v + (i % 7) as f32 * 10.0)
+                .collect();
+            let w = random(width, seed + 10, 1.0);
+            let b = random(width, seed + 20, 1.0);
+            let eps = 1e-12;
+            let ln = LayerNorm {
+                weight: w.clone(),
+                bias: b.clone(),
+                eps: eps as f32,
+            };
+            let y = ln.apply(&x);
+            // The residual form on a split: (x - 1) + 1.
+            let mut h: Vec<f32> = x.iter().map(|v| v - 1.0).collect();
+            let mut y2 = vec![0f32; x.len()];
+            ln.add_forward(&mut h, &vec![1.0; x.len()], &mut y2);
+            for r in 0..rows {
+                let xr = &x[r * width..(r + 1) * width];
+                let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / width as f64;
+                let var = xr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / width as f64;
+                for i in 0..width {
+                    let want =
+                        (xr[i] as f64 - mean) / (var + eps).sqrt() * w[i] as f64 + b[i] as f64;
+                    let got = y[r * width + i] as f64;
+                    assert!(
+                        (got - want).abs() < 2e-5,
+                        "row {r} col {i}: {got} vs {want}"
+                    );
+                    assert!((y2[r * width + i] as f64 - want).abs() < 5e-5);
+                    assert!((h[r * width + i] - xr[i]).abs() < 1e-5);
+                }
+            }
+        }
+    }
+
+    /// Attention as the original writes it: per head, scores = q·kᵀ·norm_factor − 10000 on
+    /// masked keys, softmax with libm exp in f64, context = p·v.
+    fn attention_reference(
+        qkv: &[f32],
+        mask: &[u8],
+        shape: AttentionShape,
+        norm_factor: f32,
+    ) -> Vec<f32> {
+        let AttentionShape {
+            batch,
+            seq,
+            heads,
+            head_dim: d,
+        } = shape;
+        let (hidden, width) = (heads * d, 3 * heads * d);
+        let mut out = vec![0f32; batch * seq * hidden];
+        for b in 0..batch {
+            for h in 0..heads {
+                let at = |t: usize, part: usize, i: usize| {
+                    qkv[(b * seq + t) * width + h * 3 * d + part * d + i] as f64
+                };
+                for i in 0..seq {
+                    let scores: Vec<f64> = (0..seq)
+                        .map(|j| {
+                            let dot: f64 = (0..d).map(|e| at(i, 0, e) * at(j, 1, e)).sum();
+                            dot * norm_factor as f64
+                                + if mask[b * seq + j] == 0 {
+                                    -10000.0
+                                } else {
+                                    0.0
+                                }
+                        })
+                        .collect();
+                    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let p: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let sum: f64 = p.iter().sum();
+                    for e in 0..d {
+                        let c: f64 = (0..seq).map(|j| p[j] / sum * at(j, 2, e)).sum();
+                        out[(b * seq + i) * hidden + h * d + e] = c as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_matches_the_reference() {
+        let shapes = [
+            (0, 5, 2, 4),
+            (1, 1, 1, 1),
+            (1, 7, 3, 5),
+            (2, 33, 2, 16),
+            (3, 20, 4, 64),
+        ];
+        for (seed, &(batch, seq, heads, d)) in shapes.iter().enumerate() {
+            let shape = AttentionShape {
+                batch,
+                seq,
+                heads,
+                head_dim: d,
+            };
+            let qkv = random(batch * seq * 3 * heads * d, seed as u64, 2.0);
+            // Sequence b has its last b keys padded (never all of them).
+            let mask: Vec<u8> = (0..batch * seq)
+                .map(|i| u8::from(i % seq < seq - (i / seq).min(seq - 1)))
+                .collect();
+            let norm = 1.0 / (d as f32).sqrt();
+            let got = attention(&qkv, &mask, shape, norm);
+            let want = attention_reference(&qkv, &mask, shape, norm);
+            assert_eq!(got.len(), want.len());
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() < 1e-5, "{shape:?} element {i}: {g} vs {w}");
+            }
+        }
+    }
 }
