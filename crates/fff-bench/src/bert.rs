@@ -47,9 +47,10 @@ pub struct BertBenchOptions {
     pub batches: Vec<usize>,
     /// Variants to time.
     pub variants: Vec<BertVariant>,
-    /// Timed runs per measurement (after one warm-up); the median is reported.
+    /// Timed rounds per batch size (after one warm-up); each round runs every model once,
+    /// interleaved, and medians are reported.
     pub reps: usize,
-    /// Stop repeating after this long (once 3 runs are in).
+    /// Stop adding rounds after this long per model (once 3 rounds are in).
     pub budget: Duration,
     /// Vocabulary size of the random models.
     pub vocab: usize,
@@ -72,8 +73,12 @@ pub struct BertRecord {
     pub tokens_per_s: f64,
     /// Median seconds in the feedforward blocks (incl. their residual add), per batch.
     pub ffn_seconds: f64,
-    /// Throughput relative to the dense model at the same batch (same run).
+    /// Throughput relative to the dense model at the same batch: ratio of the medians.
     pub speedup_vs_dense: Option<f64>,
+    /// Smallest and largest per-round ratio (dense time / this time, same round).
+    pub speedup_range: Option<(f64, f64)>,
+    /// Timed rounds (each runs every model once, interleaved).
+    pub rounds: usize,
     /// Largest |difference| of final hidden states from the dense masked FFF model (FFF
     /// variants only): the kernel must compute the same function.
     pub max_abs_diff_vs_masked: Option<f32>,
@@ -162,7 +167,9 @@ pub fn run_bert(
             Some(m) => Some(m.encode(&batch)?.hidden),
             None => None,
         };
-        let first = records.len();
+        // Every model is built and checked first, then timed in rounds (one run of each per
+        // round), so that a slow spell of the machine hits all of them alike.
+        let mut models = Vec::new();
         for &variant in &opts.variants {
             let m = model(opts, variant)?;
             let diff = match (&reference, variant) {
@@ -179,23 +186,38 @@ pub fn run_bert(
                 _ => None,
             };
             timed_encode(&m, &batch)?; // warm-up
-            let (mut totals, mut ffns) = (Vec::new(), Vec::new());
-            let started = Instant::now();
-            while totals.len() < opts.reps && (totals.len() < 3 || started.elapsed() < opts.budget)
-            {
-                let (t, f) = timed_encode(&m, &batch)?;
-                totals.push(t);
-                ffns.push(f);
-            }
-            let seconds = median(totals);
+            models.push((variant, m, diff));
+        }
+        let mut rounds: Vec<Vec<(f64, f64)>> = Vec::new();
+        let started = Instant::now();
+        let budget = opts.budget * models.len() as u32;
+        while rounds.len() < opts.reps && (rounds.len() < 3 || started.elapsed() < budget) {
+            let round = models
+                .iter()
+                .map(|(_, m, _)| timed_encode(m, &batch))
+                .collect::<Result<Vec<_>>>()?;
+            rounds.push(round);
+        }
+        let dense = models.iter().position(|(v, _, _)| *v == BertVariant::Dense);
+        for (k, (variant, _, diff)) in models.into_iter().enumerate() {
+            let seconds = median(rounds.iter().map(|r| r[k].0).collect());
+            let per_round: Option<Vec<f64>> =
+                dense.map(|d| rounds.iter().map(|r| r[d].0 / r[k].0).collect());
             let rec = BertRecord {
                 variant,
                 batch: batch_size,
                 seq: opts.seq,
                 seconds,
                 tokens_per_s: (batch_size * opts.seq) as f64 / seconds,
-                ffn_seconds: median(ffns),
-                speedup_vs_dense: None,
+                ffn_seconds: median(rounds.iter().map(|r| r[k].1).collect()),
+                speedup_vs_dense: dense.map(|d| {
+                    median(rounds.iter().map(|r| r[d].0).collect()) / seconds
+                }),
+                speedup_range: per_round.map(|v| {
+                    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                    (lo, v.iter().copied().fold(lo, f64::max))
+                }),
+                rounds: rounds.len(),
                 max_abs_diff_vs_masked: diff,
             };
             progress(&format!(
@@ -205,15 +227,6 @@ pub fn run_bert(
             ));
             records.push(rec);
         }
-        let dense = records[first..]
-            .iter()
-            .find(|r| r.variant == BertVariant::Dense)
-            .map(|r| r.seconds);
-        if let Some(d) = dense {
-            for r in &mut records[first..] {
-                r.speedup_vs_dense = Some(d / r.seconds);
-            }
-        }
     }
     Ok(records)
 }
@@ -221,12 +234,12 @@ pub fn run_bert(
 /// The records as a markdown table.
 pub fn bert_table(records: &[BertRecord]) -> String {
     let mut s = String::from(
-        "| model | batch x seq | time per batch | tokens/s | in FFN blocks | elsewhere | speedup vs dense | max abs diff vs masked |\n\
-         |---|---|---|---|---|---|---|---|\n",
+        "| model | batch x seq | time per batch | tokens/s | in FFN blocks | elsewhere | speedup vs dense | per-round range | max abs diff vs masked |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     for r in records {
         s += &format!(
-            "| {} | {}x{} | {} | {:.0} | {} ({:.0}%) | {} | {} | {} |\n",
+            "| {} | {}x{} | {} | {:.0} | {} ({:.0}%) | {} | {} | {} | {} |\n",
             r.variant.name(),
             r.batch,
             r.seq,
@@ -237,6 +250,8 @@ pub fn bert_table(records: &[BertRecord]) -> String {
             crate::report::human_seconds(r.seconds - r.ffn_seconds),
             r.speedup_vs_dense
                 .map_or("-".into(), |x| format!("{x:.2}x")),
+            r.speedup_range
+                .map_or("-".into(), |(lo, hi)| format!("{lo:.2}–{hi:.2}x")),
             r.max_abs_diff_vs_masked
                 .map_or("-".into(), |d| format!("{d:.1e}")),
         );

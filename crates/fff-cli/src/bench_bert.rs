@@ -31,10 +31,11 @@ pub struct BertBenchArgs {
     /// Leave out the dense masked FFF model (it is the slowest).
     #[arg(long)]
     skip_masked: bool,
-    /// Most timed runs per measurement, after one warm-up; the median is reported.
-    #[arg(long, default_value_t = 5)]
+    /// Most timed rounds per batch size, after one warm-up; a round runs every model once,
+    /// interleaved, and medians are reported.
+    #[arg(long, default_value_t = 7)]
     reps: usize,
-    /// Stop repeating a measurement after this many seconds (once it has run 3 times).
+    /// Stop adding rounds after this many seconds per model (once 3 rounds are in).
     #[arg(long, default_value_t = 20.0)]
     budget_s: f64,
     /// Vocabulary size of the random models (UltraFastBERT's is 32768).
@@ -85,7 +86,8 @@ pub fn run(args: BertBenchArgs) -> Result<()> {
     print!("{}", bert_table(&records));
     println!(
         "\nencoder only (embedding, blocks, final norm; no MLM head); time per batch is the median \
-         of up to {} runs; speedup = dense crammedBERT's time / this row's, same run.",
+         of up to {} rounds, each running every model once, interleaved; speedup = median dense \
+         crammedBERT time / median time of the row; the range is over the rounds' own ratios.",
         opts.reps
     );
     if let Some(path) = &args.json {
