@@ -210,9 +210,8 @@ pub fn run_bert(
                 seconds,
                 tokens_per_s: (batch_size * opts.seq) as f64 / seconds,
                 ffn_seconds: median(rounds.iter().map(|r| r[k].1).collect()),
-                speedup_vs_dense: dense.map(|d| {
-                    median(rounds.iter().map(|r| r[d].0).collect()) / seconds
-                }),
+                speedup_vs_dense: dense
+                    .map(|d| median(rounds.iter().map(|r| r[d].0).collect()) / seconds),
                 speedup_range: per_round.map(|v| {
                     let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
                     (lo, v.iter().copied().fold(lo, f64::max))

@@ -8,6 +8,7 @@ use crate::error::Result;
 use candle_core::Tensor;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
+use fastfeedforward::kernels::simd::vectorized;
 use rayon::prelude::*;
 
 /// Rows per rayon task for elementwise and per-row work.
@@ -52,9 +53,14 @@ impl Dense {
         matmul(ym, Accum::Replace, xm, wt, 1.0f32, Par::rayon(0));
         if let Some(b) = &self.bias {
             y.par_chunks_mut(self.out * ROWS_PER_TASK).for_each(|rows| {
-                for row in rows.chunks_mut(self.out) {
-                    row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
-                }
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for row in rows.chunks_mut(self.out) {
+                            row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+                        }
+                    },
+                )
             });
         }
     }
@@ -100,9 +106,14 @@ impl LayerNorm {
         y.par_chunks_mut(h * ROWS_PER_TASK)
             .zip(x.par_chunks(h * ROWS_PER_TASK))
             .for_each(|(ys, xs)| {
-                for (yr, xr) in ys.chunks_mut(h).zip(xs.chunks(h)) {
-                    self.normalize_row(xr, yr);
-                }
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (yr, xr) in ys.chunks_mut(h).zip(xs.chunks(h)) {
+                            self.normalize_row(xr, yr);
+                        }
+                    },
+                )
             });
     }
 
@@ -114,17 +125,23 @@ impl LayerNorm {
             .zip(h.par_chunks_mut(w * ROWS_PER_TASK))
             .zip(a.par_chunks(w * ROWS_PER_TASK))
             .for_each(|((ys, hs), as_)| {
-                for ((yr, hr), ar) in ys.chunks_mut(w).zip(hs.chunks_mut(w)).zip(as_.chunks(w)) {
-                    hr.iter_mut().zip(ar).for_each(|(h, a)| *h += a);
-                    self.normalize_row(hr, yr);
-                }
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        let rows = ys.chunks_mut(w).zip(hs.chunks_mut(w)).zip(as_.chunks(w));
+                        for ((yr, hr), ar) in rows {
+                            hr.iter_mut().zip(ar).for_each(|(h, a)| *h += a);
+                            self.normalize_row(hr, yr);
+                        }
+                    },
+                )
             });
     }
 
     /// Two passes in f32 (mean, then the mean squared deviation), each summed in 16 lanes:
     /// the lanes let the loops vectorize and keep each partial sum short, so the result stays
     /// within a few ulp of an f64 computation for rows of BERT's widths.
-    #[inline]
+    #[inline(always)]
     fn normalize_row(&self, x: &[f32], y: &mut [f32]) {
         let h = x.len() as f32;
         let mean = lane_sum(x, |v| v) / h;
@@ -225,9 +242,12 @@ pub fn fast_gelu(x: f32) -> f32 {
 pub fn activate(x: &mut [f32], nonlin: Nonlin) {
     match nonlin {
         Nonlin::Identity => {}
-        Nonlin::Gelu => x
-            .par_chunks_mut(4096)
-            .for_each(|c| c.iter_mut().for_each(|v| *v = fast_gelu(*v))),
+        Nonlin::Gelu => x.par_chunks_mut(4096).for_each(|c| {
+            vectorized(
+                #[inline(always)]
+                || c.iter_mut().for_each(|v| *v = fast_gelu(*v)),
+            );
+        }),
         _ => {
             let act = nonlin.as_activation();
             x.par_chunks_mut(4096)
@@ -240,7 +260,12 @@ pub fn activate(x: &mut [f32], nonlin: Nonlin) {
 pub fn add_assign(a: &mut [f32], b: &[f32]) {
     a.par_chunks_mut(4096)
         .zip(b.par_chunks(4096))
-        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+        .for_each(|(a, b)| {
+            vectorized(
+                #[inline(always)]
+                || a.iter_mut().zip(b).for_each(|(a, b)| *a += b),
+            )
+        });
 }
 
 /// Shapes of one attention call.
@@ -297,53 +322,58 @@ pub fn attention_into(
     if batch * seq == 0 || d == 0 {
         return;
     }
-    let contexts: Vec<Vec<f32>> = (0..batch * heads)
-        .into_par_iter()
-        .map(|task| {
-            let (b, h) = (task / heads, task % heads);
-            let base = &qkv[b * seq * width + h * 3 * d..];
-            let part = |offset: usize| {
-                MatRef::from_row_major_slice_with_stride(&base[offset..], seq, d, width)
-            };
-            let mut scores = vec![0f32; seq * seq];
-            matmul(
-                MatMut::from_row_major_slice_mut(&mut scores, seq, seq),
-                Accum::Replace,
-                part(0),
-                part(d).transpose(),
-                norm_factor,
-                Par::Seq,
-            );
-            let key_mask = &mask[b * seq..(b + 1) * seq];
-            for row in scores.chunks_mut(seq) {
-                masked_softmax(row, key_mask);
-            }
-            let mut context = vec![0f32; seq * d];
-            matmul(
-                MatMut::from_row_major_slice_mut(&mut context, seq, d),
-                Accum::Replace,
-                MatRef::from_row_major_slice(&scores, seq, seq),
-                part(2 * d),
-                1.0f32,
-                Par::Seq,
-            );
-            context
-        })
-        .collect();
+    // Sequences, then heads within a sequence: each head's context is a column block of the
+    // sequence's output rows, written in place by the second matmul.
     out.par_chunks_mut(seq * hidden)
-        .zip(contexts.par_chunks(heads))
-        .for_each(|(rows, heads_of_b)| {
-            for (h, context) in heads_of_b.iter().enumerate() {
-                for (row, c) in rows.chunks_mut(hidden).zip(context.chunks(d)) {
-                    row[h * d..(h + 1) * d].copy_from_slice(c);
-                }
-            }
+        .enumerate()
+        .for_each(|(b, rows)| {
+            let key_mask = &mask[b * seq..(b + 1) * seq];
+            MatMut::from_row_major_slice_mut(rows, seq, hidden)
+                .par_col_chunks_mut(d)
+                .enumerate()
+                .for_each(|(h, context)| {
+                    let base = &qkv[b * seq * width + h * 3 * d..];
+                    let part = |offset: usize| {
+                        MatRef::from_row_major_slice_with_stride(&base[offset..], seq, d, width)
+                    };
+                    let mut scores = vec![0f32; seq * seq];
+                    matmul(
+                        MatMut::from_row_major_slice_mut(&mut scores, seq, seq),
+                        Accum::Replace,
+                        part(0),
+                        part(d).transpose(),
+                        norm_factor,
+                        Par::Seq,
+                    );
+                    vectorized(
+                        #[inline(always)]
+                        || masked_softmax_rows(&mut scores, seq, key_mask),
+                    );
+                    matmul(
+                        context,
+                        Accum::Replace,
+                        MatRef::from_row_major_slice(&scores, seq, seq),
+                        part(2 * d),
+                        1.0f32,
+                        Par::Seq,
+                    );
+                });
         });
+}
+
+/// [`masked_softmax`] on each row of `scores` (`[rows, seq]`). `#[inline(always)]`, like every
+/// body passed to [`vectorized`], so that it is compiled inside the wide-SIMD function rather
+/// than called out of line at the baseline width.
+#[inline(always)]
+fn masked_softmax_rows(scores: &mut [f32], seq: usize, key_mask: &[u8]) {
+    for row in scores.chunks_mut(seq) {
+        masked_softmax(row, key_mask);
+    }
 }
 
 /// Softmax of one score row in place, after adding −10000 where `key_mask` is 0 (as the
 /// original does, rather than excluding those keys).
-#[inline]
+#[inline(always)]
 fn masked_softmax(row: &mut [f32], key_mask: &[u8]) {
     for (s, &m) in row.iter_mut().zip(key_mask) {
         *s += if m == 0 { -10000.0 } else { 0.0 };

@@ -282,6 +282,25 @@ pub(crate) fn dispatch<T: SimdTask>(level: SimdLevel, task: T) -> T::Output {
     }
 }
 
+/// Runs `f` inside a function compiled for the best instruction set this CPU has (AVX-512F or
+/// AVX2+FMA on x86-64), so that plain loops written in `f` (and `#[inline(always)]` helpers it
+/// calls) are auto-vectorized at that width instead of the build target's baseline SSE2.
+///
+/// Outside such a function, SSE2 loops that run right after AVX-512 code (faer's GEMM, say)
+/// also pay for mixing register widths; one elementwise `exp` ran 5x slower that way.
+#[inline]
+pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    struct Closure<F>(F);
+    impl<R, F: FnOnce() -> R> SimdTask for Closure<F> {
+        type Output = R;
+        #[inline(always)]
+        fn run<S: Simd>(self, _s: S) -> R {
+            (self.0)()
+        }
+    }
+    dispatch(SimdLevel::detect(), Closure(f))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Generic building blocks. Each is `inline(always)` so it is compiled inside the caller's
 // target-feature context.
