@@ -32,6 +32,7 @@ pub mod error;
 pub mod flat;
 pub mod kernels;
 pub mod layer;
+pub mod math;
 pub mod original;
 pub mod reference;
 pub mod train_op;

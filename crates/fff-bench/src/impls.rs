@@ -6,6 +6,7 @@ use candle_core::{Device, Tensor};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use fastfeedforward::kernels::reference;
+use fastfeedforward::kernels::simd::vectorized;
 use fastfeedforward::kernels::simd::{axpy_f32, dot_f32};
 use fastfeedforward::{Activation, Fff, InferOptions, Strategy, Workspace};
 use rayon::prelude::*;
@@ -133,12 +134,23 @@ impl LayerImpl for DenseCandle {
 }
 
 /// Applies the bias and the activation to the hidden rows in parallel.
+/// Inside [`vectorized`] with the branch-free GELU, so the loop runs at the widest SIMD
+/// width: a scalar erf per hidden unit cost the dense baseline as much as a third of its time.
 fn bias_act(h: &mut [f32], b1: &[f32], act: Activation) {
-    h.par_chunks_mut(b1.len()).for_each(|row| {
-        for (v, b) in row.iter_mut().zip(b1) {
-            *v = act.apply(*v + b);
-        }
-    });
+    h.par_chunks_mut(b1.len())
+        .for_each(|row| bias_act_row(row, b1, act));
+}
+
+/// One hidden row of [`bias_act`].
+fn bias_act_row(row: &mut [f32], b1: &[f32], act: Activation) {
+    vectorized(
+        #[inline(always)]
+        || {
+            for (v, b) in row.iter_mut().zip(b1) {
+                *v = act.apply_fast(*v + b);
+            }
+        },
+    )
 }
 
 /// Dense FF on faer's matmul.
@@ -213,9 +225,7 @@ impl LayerImpl for DenseLevel2<'_> {
                 let xv = MatRef::from_column_major_slice(xb, cin, 1);
                 let hv = MatMut::from_column_major_slice_mut(h, hid, 1);
                 matmul(hv, Accum::Replace, w1m, xv, 1.0f32, Par::Seq);
-                for (v, b) in h.iter_mut().zip(&w.b1) {
-                    *v = w.activation.apply(*v + b);
-                }
+                bias_act_row(h, &w.b1, w.activation);
                 let hv = MatRef::from_column_major_slice(h, hid, 1);
                 let yv = MatMut::from_column_major_slice_mut(yb, cout, 1);
                 matmul(yv, Accum::Replace, w2m.transpose(), hv, 1.0f32, Par::Seq);
@@ -250,7 +260,11 @@ impl LayerImpl for DenseLevel1<'_> {
                 yb.fill(0.0);
                 for n in 0..w.hidden {
                     let h = dot_f32(&w.w1[n * cin..(n + 1) * cin], xb) + w.b1[n];
-                    axpy_f32(w.activation.apply(h), &w.w2_t[n * cout..(n + 1) * cout], yb);
+                    axpy_f32(
+                        w.activation.apply_fast(h),
+                        &w.w2_t[n * cout..(n + 1) * cout],
+                        yb,
+                    );
                 }
             });
         Ok(())

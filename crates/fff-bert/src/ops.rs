@@ -9,6 +9,7 @@ use candle_core::Tensor;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use fastfeedforward::kernels::simd::vectorized;
+use fastfeedforward::math::gelu as fast_gelu;
 use rayon::prelude::*;
 
 /// Rows per rayon task for elementwise and per-row work.
@@ -201,43 +202,6 @@ pub fn fast_exp(x: f32) -> f32 {
     p * f32::from_bits(biased << 23)
 }
 
-/// erf by Eigen's rational approximation (the one TensorFlow and XNNPACK use): a few ulp in
-/// f32, no branches and no calls, so the loop over a row vectorizes. A scalar libm `erff` per
-/// element made GELU cost as much as the dense FF's two GEMMs.
-#[inline(always)]
-pub fn fast_erf(x: f32) -> f32 {
-    let x = x.clamp(-4.0, 4.0);
-    let x2 = x * x;
-    let mut p = -2.726_142_3e-10f32;
-    for a in [
-        2.770_681_4e-08f32,
-        -2.101_024e-06,
-        -5.692_506_4e-05,
-        -7.349_906_3e-04,
-        -2.9546e-3,
-        -1.609_603_3e-02,
-    ] {
-        p = p * x2 + a;
-    }
-    let p = p * x;
-    let mut q = -1.456_607_2e-05f32;
-    for b in [
-        -2.133_740_6e-04f32,
-        -1.682_827e-03,
-        -7.373_329e-03,
-        -1.426_474e-02,
-    ] {
-        q = q * x2 + b;
-    }
-    p / q
-}
-
-/// Exact (erf) GELU through [`fast_erf`].
-#[inline(always)]
-pub fn fast_gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + fast_erf(x * std::f32::consts::FRAC_1_SQRT_2))
-}
-
 /// Applies `nonlin` elementwise, in parallel.
 pub fn activate(x: &mut [f32], nonlin: Nonlin) {
     match nonlin {
@@ -405,20 +369,6 @@ fn lane_max(x: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fast_gelu_matches_the_erf_gelu() {
-        let exact = fastfeedforward::Activation::Gelu;
-        let mut worst = 0f32;
-        for i in -80_000..=80_000 {
-            let x = i as f32 * 1e-4;
-            let (a, b) = (fast_gelu(x), exact.apply(x));
-            worst = worst.max((a - b).abs() / (1.0 + b.abs()));
-        }
-        assert!(worst < 5e-6, "max relative error {worst}");
-        assert_eq!(fast_gelu(0.0), 0.0);
-        assert!(fast_gelu(-20.0).abs() < 1e-5 && (fast_gelu(20.0) - 20.0).abs() < 1e-4);
-    }
 
     /// Uniform floats in [-scale, scale) from a fixed seed.
     fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
