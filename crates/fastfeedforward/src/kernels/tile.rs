@@ -76,24 +76,20 @@ pub(super) fn route_tile<S: Simd>(
     rec: &mut TileRecord,
 ) {
     let depth = w.config.depth;
-    // With few inputs there is too little work to hide a miss behind: fetch both children
-    // ahead instead of only the chosen one.
-    let both_children = xs.len() < 4;
+    // Only the chosen child is prefetched. Fetching both children ahead for small tiles (to
+    // have something in flight while a lone input computes its dot) made batch-1 latency 2x
+    // worse: three rows of prefetches per level swamp the line-fill buffers.
     for l in levels {
         for (j, x) in xs.iter().enumerate() {
             let n = rec.nodes[j];
             let row = base + n;
-            if both_children && l < depth {
-                prefetch_row(s, w.w_in_row(base + 2 * n + 1));
-                prefetch_row(s, w.w_in_row(base + 2 * n + 2));
-            }
             let z = dot(s, w.w_in_row(row), x) + w.b_in[row];
             rec.rows[j][l] = row;
             rec.acts[j][l] = w.config.activation.apply(z);
             prefetch_row(s, w.w_out_row(row));
             let next = child(n, z);
             rec.nodes[j] = next;
-            if !both_children && l < depth {
+            if l < depth {
                 prefetch_row(s, w.w_in_row(base + next));
             }
         }
