@@ -313,7 +313,7 @@ impl SimdTask for GroupedBucket<'_, '_, '_> {
                 // only, and by one node per level.
                 unsafe {
                     *ctx.bottom_rows.0.add(at) = row as u32;
-                    *ctx.bottom_acts.0.add(at) = c.activation.apply(zv);
+                    *ctx.bottom_acts.0.add(at) = c.activation.apply_fast(zv);
                 }
             }
             if l + 1 == levels {

@@ -124,7 +124,7 @@ impl SimdTask for NodeGroup<'_, '_, '_> {
         let w_out = ctx.w.w_out_row(self.row);
         group_logits(s, w_in, ctx.w.b_in[self.row], ctx.x, self.tokens, self.z);
         for (&tk, &z) in self.tokens.iter().zip(self.z.iter()) {
-            add_output(s, ctx, tk, c.activation.apply(z), w_out);
+            add_output(s, ctx, tk, c.activation.apply_fast(z), w_out);
         }
     }
 }
