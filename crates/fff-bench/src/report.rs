@@ -41,7 +41,7 @@ pub fn markdown_table(records: &[Record]) -> String {
         {
             let _ = writeln!(
                 out,
-                "| {} | {} / {} | {} | {} | {:.1} | {:.1}x | {} ({}{}) | {:.0}x |",
+                "| {} | {} / {} | {} | {} | {:.1} | {:.1}x | {} ({}) | {:.0}x |",
                 r.config,
                 r.neurons_total,
                 r.neurons_used,
@@ -51,7 +51,6 @@ pub fn markdown_table(records: &[Record]) -> String {
                 r.speedup_vs_dense,
                 r.dense_baseline,
                 human_seconds(r.dense_median_s),
-                if r.paired_with_dense { ", paired" } else { "" },
                 r.limit
             );
         }

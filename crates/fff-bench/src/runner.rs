@@ -169,9 +169,6 @@ pub struct Record {
     pub dense_baseline: String,
     /// Dense baseline's median seconds.
     pub dense_median_s: f64,
-    /// Whether the dense baseline was timed in alternation with this row (the fastest kernel's
-    /// rows) rather than once for the whole batch size.
-    pub paired_with_dense: bool,
     /// Neurons total / used: the FLOP ratio limit of the speedup.
     pub limit: f64,
 }
@@ -265,52 +262,6 @@ fn near_ties(layer: &Fff, x: &[f32], rows: usize, margin: f32) -> Result<Vec<boo
             })?)
         })
         .collect()
-}
-
-/// Times `imp` and `baseline` in alternation (one timed run of each per round, different inputs
-/// each run), so that a slow spell of a shared machine hits both alike.
-/// Returns the two medians and the rounds.
-fn measure_paired(
-    imp: &mut dyn LayerImpl,
-    baseline: &mut dyn LayerImpl,
-    pool: &[f32],
-    width: usize,
-    batch: usize,
-    y: &mut [f32],
-    opts: &BenchOptions,
-) -> Result<(f64, f64, usize)> {
-    let pool_rows = pool.len() / width;
-    let mut offset = 0;
-    let mut next = || {
-        let x = &pool[offset * width..(offset + batch) * width];
-        offset = (offset + batch) % (pool_rows - batch + 1);
-        x
-    };
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    let start = Instant::now();
-    while ours.len() < opts.reps.max(1) {
-        // Each timed run follows an untimed one of the same implementation, so both are timed
-        // with their own weights in cache, as in [`measure`], not the other's.
-        baseline.run(next(), batch, y)?;
-        let x = next();
-        let t = Instant::now();
-        baseline.run(x, batch, y)?;
-        theirs.push(t.elapsed().as_secs_f64());
-        imp.run(next(), batch, y)?;
-        let x = next();
-        let t = Instant::now();
-        imp.run(x, batch, y)?;
-        ours.push(t.elapsed().as_secs_f64());
-        if ours.len() >= 3 && start.elapsed() > 2 * opts.budget {
-            break;
-        }
-    }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
-    let rounds = ours.len();
-    Ok((median(ours), median(theirs), rounds))
 }
 
 /// Runs every measurement and returns one record per (config, implementation, batch, threads).
@@ -440,8 +391,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Record>> {
             }
             for (spec, name, t, runs) in pending {
                 if opts.configs.contains(&spec) {
-                    let base = best_baseline(&best, spec.neurons());
-                    records.push(record(&spec, &name, batch, threads, t, runs, w, base));
+                    records.push(record(&spec, &name, batch, threads, t, runs, w, &best));
                 }
             }
             for (spec, layer) in &fff_layers {
@@ -470,50 +420,9 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Record>> {
                         batch,
                         opts,
                     };
-                    // The fastest kernel's row is timed in alternation with the fastest dense FF,
-                    // so its speedup is a side-by-side ratio even on a noisy machine. Not at
-                    // batch 1: there the dense GEMV run between two calls evicts the few rows
-                    // a call reads, and the row would time a cold kernel (about 4x slower here)
-                    // against warm level-1/level-2 rows.
-                    let dense_best = best.get(&spec.neurons()).map(|b| b.0.clone());
-                    let pair = name.starts_with("fff (") && batch > 1;
-                    let baseline = match (pair, dense_best) {
-                        (true, Some(best_name)) => dense_impls(&dense[&spec.neurons()])?
-                            .into_iter()
-                            .find(|d| d.name() == best_name),
-                        _ => None,
-                    };
-                    let (t, runs, base) = match baseline {
-                        Some(mut d) => {
-                            let (t, td, runs) = bench.check_and_time_paired(
-                                imp.as_mut(),
-                                d.as_mut(),
-                                spec,
-                                check_x,
-                                &want,
-                                &skip,
-                                &mut y,
-                            )?;
-                            let base = Baseline {
-                                name: d.name(),
-                                median_s: td,
-                                paired: true,
-                            };
-                            (t, runs, base)
-                        }
-                        None => {
-                            let (t, runs) = bench.check_and_time(
-                                imp.as_mut(),
-                                spec,
-                                check_x,
-                                &want,
-                                &skip,
-                                &mut y,
-                            )?;
-                            (t, runs, best_baseline(&best, spec.neurons()))
-                        }
-                    };
-                    records.push(record(spec, &name, batch, threads, t, runs, w, base));
+                    let (t, runs) =
+                        bench.check_and_time(imp.as_mut(), spec, check_x, &want, &skip, &mut y)?;
+                    records.push(record(spec, &name, batch, threads, t, runs, w, &best));
                     bar.inc(1);
                 }
             }
@@ -550,29 +459,6 @@ impl Bench<'_> {
         self.pool
             .install(|| measure(imp, self.inputs, self.width, self.batch, y, self.opts))
     }
-
-    /// Checks `imp` like [`Bench::check_and_time`], then times it in alternation with
-    /// `baseline` (already checked); returns both medians and the rounds.
-    #[allow(clippy::too_many_arguments)]
-    fn check_and_time_paired(
-        &self,
-        imp: &mut dyn LayerImpl,
-        baseline: &mut dyn LayerImpl,
-        spec: &ConfigSpec,
-        check_x: &[f32],
-        want: &[f32],
-        skip: &[bool],
-        y: &mut [f32],
-    ) -> Result<(f64, f64, usize)> {
-        let rows = check_x.len() / self.width;
-        let mut got = vec![0f32; rows * self.width];
-        self.pool.install(|| imp.run(check_x, rows, &mut got))?;
-        check_outputs(&imp.name(), &spec.name(), &got, want, skip, self.width)?;
-        self.pool.install(|| {
-            let (inputs, width, batch) = (self.inputs, self.width, self.batch);
-            measure_paired(imp, baseline, inputs, width, batch, y, self.opts)
-        })
-    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -584,17 +470,16 @@ fn record(
     median_s: f64,
     runs: usize,
     width: usize,
-    baseline: Baseline,
+    best: &BTreeMap<usize, (String, f64)>,
 ) -> Record {
     let (depth, trees) = match *spec {
         ConfigSpec::Fff { trees, depth } => (Some(depth), Some(trees)),
         ConfigSpec::Dense { .. } => (None, None),
     };
-    let Baseline {
-        name: dense_name,
-        median_s: dense_t,
-        paired,
-    } = baseline;
+    let (dense_name, dense_t) = best
+        .get(&spec.neurons())
+        .cloned()
+        .unwrap_or_else(|| ("none".into(), f64::NAN));
     Record {
         config: spec.name(),
         implementation: name.into(),
@@ -610,29 +495,7 @@ fn record(
         speedup_vs_dense: dense_t / median_s,
         dense_baseline: dense_name,
         dense_median_s: dense_t,
-        paired_with_dense: paired,
         limit: spec.neurons() as f64 / spec.used() as f64,
-    }
-}
-
-/// The dense time a row is compared with.
-struct Baseline {
-    name: String,
-    median_s: f64,
-    /// Timed in alternation with the row rather than on its own.
-    paired: bool,
-}
-
-/// The fastest dense FF measured on its own for `neurons`.
-fn best_baseline(best: &BTreeMap<usize, (String, f64)>, neurons: usize) -> Baseline {
-    let (name, median_s) = best
-        .get(&neurons)
-        .cloned()
-        .unwrap_or_else(|| ("none".into(), f64::NAN));
-    Baseline {
-        name,
-        median_s,
-        paired: false,
     }
 }
 

@@ -106,11 +106,8 @@ fn layer(args: LayerArgs) -> Result<()> {
     print!("{}", markdown_table(&records));
     println!(
         "\nspeedup vs dense = median of the fastest dense FF (two SGEMMs + bias + activation) with \
-         the same number of neurons / this row's median, measured in the same run; \"paired\": \
-         that dense FF was timed again in alternation with this row (one run of each per round, \
-         each after an untimed run of itself; batches above 1), so both medians come from the \
-         same minutes; limit = neurons total / used; GFLOP/s counts \
-         only the neurons each input uses."
+         the same number of neurons / this row's median, measured in the same run; limit = \
+         neurons total / used; GFLOP/s counts only the neurons each input uses."
     );
     if let Some(path) = &args.json {
         write_json(path, &records)?;
