@@ -70,3 +70,12 @@ impl FffError {
         }
     }
 }
+
+/// Checks that the row-major buffer `name` of `len` values holds `batch` rows of `width`.
+pub(crate) fn check_rows(name: &str, len: usize, batch: usize, width: usize) -> Result<()> {
+    if len == batch * width {
+        Ok(())
+    } else {
+        Err(FffError::shape(name, &[batch, width], &[len]))
+    }
+}

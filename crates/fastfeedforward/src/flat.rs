@@ -5,7 +5,7 @@
 //! tree node. All `D` projections share one small matmul, so routing costs `D` dot products no
 //! matter which path is taken, and gradients reach every hyperplane on every input.
 
-use crate::error::{FffError, Result};
+use crate::error::{check_rows, FffError, Result};
 use crate::kernels::simd::{axpy_f32, dot_f32};
 use candle_core::{Device, Tensor, Var};
 use rand::rngs::StdRng;
@@ -176,13 +176,7 @@ impl FlatFff {
     /// [`FlatFff::route`] for each row of `x` `[batch, in]`, transposing `X` once.
     pub fn route_batch(&self, x: &[f32], batch: usize) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
         let c = &self.config;
-        if x.len() != batch * c.input_width {
-            return Err(FffError::shape(
-                "input",
-                &[batch, c.input_width],
-                &[x.len()],
-            ));
-        }
+        check_rows("input", x.len(), batch, c.input_width)?;
         let xt = self.planes()?;
         Ok(x.chunks(c.input_width)
             .take(batch)
@@ -210,13 +204,7 @@ impl FlatFff {
     /// Inference `y[B, out]` for `x[B, in]`: `D` dot products and `D` row updates per input.
     pub fn forward_infer(&self, x: &[f32], batch: usize) -> Result<Vec<f32>> {
         let c = &self.config;
-        if x.len() != batch * c.input_width {
-            return Err(FffError::shape(
-                "input",
-                &[batch, c.input_width],
-                &[x.len()],
-            ));
-        }
+        check_rows("input", x.len(), batch, c.input_width)?;
         let (cin, cout, d) = (c.input_width, c.output_width, c.depth);
         let xt = self.planes()?;
         let (ys_storage, ys_layout) = self.y.storage_and_layout();

@@ -15,7 +15,7 @@
 //! `b2s [2^D, out]`.
 
 use crate::config::Activation;
-use crate::error::{FffError, Result};
+use crate::error::{check_rows, FffError, Result};
 use crate::kernels::simd::{axpy_f32, dot_f32};
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::rngs::StdRng;
@@ -310,13 +310,7 @@ impl OriginalFff {
     /// [`OriginalFff::route`] for each row of `x` `[batch, in]`, reading the weights once.
     pub fn route_batch(&self, x: &[f32], batch: usize) -> Result<Vec<(usize, Vec<f32>)>> {
         let c = &self.config;
-        if x.len() != batch * c.input_width {
-            return Err(FffError::shape(
-                "input",
-                &[batch, c.input_width],
-                &[x.len()],
-            ));
-        }
+        check_rows("input", x.len(), batch, c.input_width)?;
         self.with_params(|[nw, nb, ..]| {
             x.chunks(c.input_width.max(1))
                 .take(batch)
@@ -328,13 +322,7 @@ impl OriginalFff {
     /// Hard inference `y[B, out]` for `x[B, in]`, inputs grouped by leaf.
     pub fn forward_infer(&self, x: &[f32], batch: usize) -> Result<Vec<f32>> {
         let c = &self.config;
-        if x.len() != batch * c.input_width {
-            return Err(FffError::shape(
-                "input",
-                &[batch, c.input_width],
-                &[x.len()],
-            ));
-        }
+        check_rows("input", x.len(), batch, c.input_width)?;
         self.with_params(|p| self.infer_with(p, x, batch))
     }
 
@@ -355,35 +343,40 @@ impl OriginalFff {
         for (i, &leaf) in leaves.iter().enumerate() {
             by_leaf[leaf].push(i);
         }
-        let rows: Vec<(usize, Vec<f32>)> = by_leaf
+        // One hidden buffer and one output block per leaf, not per input.
+        let blocks: Vec<(&Vec<usize>, Vec<f32>)> = by_leaf
             .par_iter()
             .enumerate()
             .filter(|(_, inputs)| !inputs.is_empty())
-            .flat_map_iter(|(leaf, inputs)| {
+            .map(|(leaf, inputs)| {
                 let w1 = &w1s[leaf * cin * lw..(leaf + 1) * cin * lw]; // [in, ℓ]
                 let b1 = &b1s[leaf * lw..(leaf + 1) * lw];
                 let w2 = &w2s[leaf * lw * cout..(leaf + 1) * lw * cout]; // [ℓ, out]
                 let b2 = &b2s[leaf * cout..(leaf + 1) * cout];
-                inputs.iter().map(move |&i| {
+                let mut h = vec![0f32; lw];
+                let mut block = vec![0f32; inputs.len() * cout];
+                for (&i, y) in inputs.iter().zip(block.chunks_mut(cout.max(1))) {
                     let xi = &x[i * cin..(i + 1) * cin];
-                    let mut h = b1.to_vec();
+                    h.copy_from_slice(b1);
                     for (k, &xk) in xi.iter().enumerate() {
                         axpy_f32(xk, &w1[k * lw..(k + 1) * lw], &mut h);
                     }
-                    let mut y = b2.to_vec();
+                    y.copy_from_slice(b2);
                     for (j, &hj) in h.iter().enumerate() {
                         let a = c.activation.apply(hj);
                         if a != 0.0 {
-                            axpy_f32(a, &w2[j * cout..(j + 1) * cout], &mut y);
+                            axpy_f32(a, &w2[j * cout..(j + 1) * cout], y);
                         }
                     }
-                    (i, y)
-                })
+                }
+                (inputs, block)
             })
             .collect();
         let mut out = vec![0f32; batch * cout];
-        for (i, y) in rows {
-            out[i * cout..(i + 1) * cout].copy_from_slice(&y);
+        for (inputs, block) in blocks {
+            for (&i, y) in inputs.iter().zip(block.chunks(cout.max(1))) {
+                out[i * cout..(i + 1) * cout].copy_from_slice(y);
+            }
         }
         out
     }
@@ -391,13 +384,7 @@ impl OriginalFff {
     /// Plain f64 reference of hard inference, one input at a time (for tests).
     pub fn forward_reference(&self, x: &[f32], batch: usize) -> Result<Vec<f64>> {
         let c = &self.config;
-        if x.len() != batch * c.input_width {
-            return Err(FffError::shape(
-                "input",
-                &[batch, c.input_width],
-                &[x.len()],
-            ));
-        }
+        check_rows("input", x.len(), batch, c.input_width)?;
         self.with_params(|p| self.reference_with(p, x, batch))
     }
 

@@ -9,7 +9,7 @@ use candle_core::Tensor;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use fastfeedforward::kernels::simd::vectorized;
-use fastfeedforward::math::{exp as fast_exp, gelu as fast_gelu};
+use fastfeedforward::math::exp as fast_exp;
 use rayon::prelude::*;
 
 /// Rows per rayon task for elementwise and per-row work.
@@ -169,22 +169,18 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     acc.iter().sum::<f32>() + rest.iter().map(|&v| f(v)).sum::<f32>()
 }
 
-/// Applies `nonlin` elementwise, in parallel.
+/// Applies `nonlin` elementwise, in parallel (GELU through the branch-free erf).
 pub fn activate(x: &mut [f32], nonlin: Nonlin) {
-    match nonlin {
-        Nonlin::Identity => {}
-        Nonlin::Gelu => x.par_chunks_mut(4096).for_each(|c| {
-            vectorized(
-                #[inline(always)]
-                || c.iter_mut().for_each(|v| *v = fast_gelu(*v)),
-            );
-        }),
-        _ => {
-            let act = nonlin.as_activation();
-            x.par_chunks_mut(4096)
-                .for_each(|c| c.iter_mut().for_each(|v| *v = act.apply(*v)));
-        }
+    if nonlin == Nonlin::Identity {
+        return;
     }
+    let act = nonlin.as_activation();
+    x.par_chunks_mut(4096).for_each(|c| {
+        vectorized(
+            #[inline(always)]
+            || c.iter_mut().for_each(|v| *v = act.apply_fast(*v)),
+        );
+    });
 }
 
 /// `a += b`, in parallel.
@@ -214,16 +210,9 @@ pub struct AttentionShape {
 
 /// Self-attention on crammedBERT's fused projection: `qkv` is `[batch·seq, heads·3·d]` with
 /// each head's `[q | k | v]` side by side. Scores are scaled by `norm_factor`, get −10000 on
-/// padded keys (`mask[b·seq + j] == 0`), and are softmaxed over keys. Returns the context
-/// `[batch·seq, heads·d]`, heads in order.
-pub fn attention(qkv: &[f32], mask: &[u8], shape: AttentionShape, norm_factor: f32) -> Vec<f32> {
-    let mut out = vec![0f32; shape.batch * shape.seq * shape.heads * shape.head_dim];
-    attention_into(qkv, mask, shape, norm_factor, &mut out);
-    out
-}
-
-/// [`attention`] writing into `out` (`[batch·seq, heads·d]`). Each (sequence, head) pair is
-/// one task; its q, k and v are strided views into `qkv`, so nothing is gathered.
+/// padded keys (`mask[b·seq + j] == 0`), and are softmaxed over keys. Writes the context into
+/// `out` (`[batch·seq, heads·d]`, heads in order). Each (sequence, head) pair is one task; its
+/// q, k and v are strided views into `qkv`, so nothing is gathered.
 pub fn attention_into(
     qkv: &[f32],
     mask: &[u8],
@@ -262,33 +251,36 @@ pub fn attention_into(
             MatMut::from_row_major_slice_mut(rows, seq, hidden)
                 .par_col_chunks_mut(d)
                 .enumerate()
-                .for_each(|(h, context)| {
-                    let base = &qkv[b * seq * width + h * 3 * d..];
-                    let part = |offset: usize| {
-                        MatRef::from_row_major_slice_with_stride(&base[offset..], seq, d, width)
-                    };
-                    let mut scores = vec![0f32; seq * seq];
-                    matmul(
-                        MatMut::from_row_major_slice_mut(&mut scores, seq, seq),
-                        Accum::Replace,
-                        part(0),
-                        part(d).transpose(),
-                        norm_factor,
-                        Par::Seq,
-                    );
-                    vectorized(
-                        #[inline(always)]
-                        || masked_softmax_rows(&mut scores, seq, key_mask),
-                    );
-                    matmul(
-                        context,
-                        Accum::Replace,
-                        MatRef::from_row_major_slice(&scores, seq, seq),
-                        part(2 * d),
-                        1.0f32,
-                        Par::Seq,
-                    );
-                });
+                // One score buffer per rayon split, not per (sequence, head).
+                .for_each_init(
+                    || vec![0f32; seq * seq],
+                    |scores, (h, context)| {
+                        let base = &qkv[b * seq * width + h * 3 * d..];
+                        let part = |offset: usize| {
+                            MatRef::from_row_major_slice_with_stride(&base[offset..], seq, d, width)
+                        };
+                        matmul(
+                            MatMut::from_row_major_slice_mut(scores, seq, seq),
+                            Accum::Replace,
+                            part(0),
+                            part(d).transpose(),
+                            norm_factor,
+                            Par::Seq,
+                        );
+                        vectorized(
+                            #[inline(always)]
+                            || masked_softmax_rows(scores, seq, key_mask),
+                        );
+                        matmul(
+                            context,
+                            Accum::Replace,
+                            MatRef::from_row_major_slice(scores, seq, seq),
+                            part(2 * d),
+                            1.0f32,
+                            Par::Seq,
+                        );
+                    },
+                );
         });
 }
 
@@ -452,7 +444,8 @@ mod tests {
                 .map(|i| u8::from(i % seq < seq - (i / seq).min(seq - 1)))
                 .collect();
             let norm = 1.0 / (d as f32).sqrt();
-            let got = attention(&qkv, &mask, shape, norm);
+            let mut got = vec![f32::NAN; batch * seq * heads * d];
+            attention_into(&qkv, &mask, shape, norm, &mut got);
             let want = attention_reference(&qkv, &mask, shape, norm);
             assert_eq!(got.len(), want.len());
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {

@@ -13,7 +13,7 @@ pub mod simd;
 mod tile;
 
 use crate::config::FffConfig;
-use crate::error::{FffError, Result};
+use crate::error::{check_rows, FffError, Result};
 
 pub use descent::{forward, InferOptions, Strategy, Workspace};
 pub use simd::SimdLevel;
@@ -82,19 +82,6 @@ pub fn child(node: usize, z: f32) -> usize {
 
 /// Checks that `x` holds `batch` rows of `width` and `y` the matching output rows.
 pub(crate) fn check_io(config: &FffConfig, x: &[f32], y: &[f32], batch: usize) -> Result<()> {
-    if x.len() != batch * config.input_width {
-        return Err(FffError::shape(
-            "input",
-            &[batch, config.input_width],
-            &[x.len()],
-        ));
-    }
-    if y.len() != batch * config.output_width {
-        return Err(FffError::shape(
-            "output",
-            &[batch, config.output_width],
-            &[y.len()],
-        ));
-    }
-    Ok(())
+    check_rows("input", x.len(), batch, config.input_width)?;
+    check_rows("output", y.len(), batch, config.output_width)
 }
