@@ -96,6 +96,28 @@ fn large_batch_threads_and_single_thread_agree() {
     }
 }
 
+/// Outputs over the kernel's streaming threshold (16 MiB) and a batch over its chunk (4096
+/// inputs): streamed stores, aligned or not, and a short last chunk.
+#[test]
+fn large_outputs_are_chunked_and_streamed() {
+    for (out, trees) in [(1024, 1), (1030, 2)] {
+        let config = FffConfig::new(24, out, 5, trees);
+        let layer = random_layer(config, 9);
+        let batch = 4200;
+        let x = normal_vec(&mut rng(4), batch * config.input_width);
+        let want = reference_output(&layer, &x, batch);
+        for level in SimdLevel::available() {
+            let opts = InferOptions {
+                strategy: Strategy::Bucketed,
+                simd: level,
+            };
+            let got = run_kernel(&layer, &x, batch, opts);
+            let what = format!("out {out} {level:?}");
+            assert_rows_close(&layer, &x, &got, &want, 1e-3, &what);
+        }
+    }
+}
+
 /// A layer whose nodes on even levels have zero input weights and bias: their z is exactly 0
 /// for any input, so every even level is a tie and must go left.
 fn layer_with_ties(config: FffConfig) -> Fff {

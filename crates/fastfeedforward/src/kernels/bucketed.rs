@@ -11,7 +11,10 @@
 //!    leaf order, so neighbours share their output rows in cache.
 //!
 //! Weight traffic drops from one row pair per input per level to about one pass over the
-//! weights per call; inputs are read twice and outputs written once.
+//! weights per chunk. The batch runs in chunks of 4096 inputs, so the bottom reads its inputs
+//! back from L3 rather than DRAM; the top prefetches the next tile's inputs; and outputs
+//! larger than any cache are written once with streaming stores, which skip the read of each
+//! line before it is overwritten.
 
 use super::simd::{dispatch, Simd, SimdLevel, SimdTask};
 use super::tile::{
@@ -28,6 +31,10 @@ pub(super) fn split_level(levels: usize) -> usize {
 
 /// Buckets with at least this many inputs are walked grouped; smaller ones in tiles.
 const GROUPED_BUCKET_MIN: usize = 12;
+/// Outputs at least this large are written with streaming stores.
+const STREAM_MIN_BYTES: usize = 16 << 20;
+/// Inputs per chunk: each chunk runs top, bucket and bottom while its inputs are still in cache.
+const CHUNK_TOKENS: usize = 4096;
 /// Smallest token count worth splitting into two parallel tasks.
 const JOIN_MIN_TOKENS: usize = 64;
 
@@ -40,6 +47,32 @@ pub(super) fn bucketed(
     level: SimdLevel,
 ) {
     let c = &w.config;
+    let stream = std::mem::size_of_val(y) >= STREAM_MIN_BYTES;
+    let chunk = CHUNK_TOKENS.min(batch);
+    for (x, y) in x
+        .chunks(chunk * c.input_width)
+        .zip(y.chunks_mut(chunk * c.output_width))
+    {
+        let batch = x.len() / c.input_width;
+        for t in 0..c.trees {
+            bucketed_tree(w, t, x, batch, y, ws, level, stream);
+        }
+    }
+}
+
+/// One tree over one chunk of inputs.
+#[allow(clippy::too_many_arguments)]
+fn bucketed_tree(
+    w: &FffWeightsView<'_>,
+    t: usize,
+    x: &[f32],
+    batch: usize,
+    y: &mut [f32],
+    ws: &mut Workspace,
+    level: SimdLevel,
+    stream: bool,
+) {
+    let c = &w.config;
     let levels = c.depth + 1;
     let split = split_level(levels);
     let bottom = levels - split;
@@ -47,75 +80,79 @@ pub(super) fn bucketed(
     ws.ensure_bucketed(batch, split, bottom, buckets);
     let y_len = y.len();
     let y_ptr = SharedMut(y.as_mut_ptr());
-    for t in 0..c.trees {
-        let base = t * c.nodes_per_tree();
-        // 1. Top levels, contiguous tiles in parallel.
-        let top_rows = &mut ws.top_rows[..batch * split];
-        let top_acts = &mut ws.top_acts[..batch * split];
-        let reached = &mut ws.reached[..batch];
-        x.par_chunks(TOKEN_TILE * c.input_width)
-            .zip(top_rows.par_chunks_mut(TOKEN_TILE * split))
-            .zip(top_acts.par_chunks_mut(TOKEN_TILE * split))
-            .zip(reached.par_chunks_mut(TOKEN_TILE))
-            .for_each(|(((x, rows), acts), reached)| {
-                dispatch(
-                    level,
-                    TopTile {
-                        w,
-                        base,
-                        split,
-                        x,
-                        rows,
-                        acts,
-                        reached,
-                    },
-                )
-            });
-        // 2. Counting sort by the node reached at level `split` (the first node of that level
-        //    is 2^split − 1).
-        let first = buckets - 1;
-        let start = &mut ws.bucket_start[..buckets + 1];
-        start.fill(0);
-        for &n in reached.iter() {
-            start[n as usize - first + 1] += 1;
-        }
-        for b in 0..buckets {
-            start[b + 1] += start[b];
-        }
-        let fill = &mut ws.bucket_fill[..buckets];
-        fill.copy_from_slice(&start[..buckets]);
-        let order = &mut ws.order[..batch];
-        for (tk, &n) in reached.iter().enumerate() {
-            let b = n as usize - first;
-            order[fill[b]] = tk as u32;
-            fill[b] += 1;
-        }
-        // 3. Bottom subtrees.
-        let ctx = BottomCtx {
-            w,
-            base,
-            split,
-            x,
-            top_rows,
-            top_acts,
-            reached,
-            bottom_rows: SharedMut(ws.bottom_rows.as_mut_ptr()),
-            bottom_acts: SharedMut(ws.bottom_acts.as_mut_ptr()),
-            records_len: batch * bottom,
-            y: y_ptr,
-            y_len,
-            overwrite: t == 0,
-            level,
-        };
-        bucket_range(
-            &ctx,
-            0..buckets,
-            start,
-            order,
-            &mut ws.z[..batch],
-            &mut ws.scratch[..batch],
-        );
+    let base = t * c.nodes_per_tree();
+    // 1. Top levels, contiguous tiles in parallel.
+    let top_rows = &mut ws.top_rows[..batch * split];
+    let top_acts = &mut ws.top_acts[..batch * split];
+    let reached = &mut ws.reached[..batch];
+    let tile_len = TOKEN_TILE * c.input_width;
+    x.par_chunks(tile_len)
+        .enumerate()
+        .zip(top_rows.par_chunks_mut(TOKEN_TILE * split))
+        .zip(top_acts.par_chunks_mut(TOKEN_TILE * split))
+        .zip(reached.par_chunks_mut(TOKEN_TILE))
+        .for_each(|((((i, tile), rows), acts), reached)| {
+            let next = ((i + 1) * tile_len).min(x.len());
+            let ahead = &x[next..(next + tile_len).min(x.len())];
+            dispatch(
+                level,
+                TopTile {
+                    w,
+                    base,
+                    split,
+                    x: tile,
+                    ahead,
+                    rows,
+                    acts,
+                    reached,
+                },
+            )
+        });
+    // 2. Counting sort by the node reached at level `split` (the first node of that level
+    //    is 2^split − 1).
+    let first = buckets - 1;
+    let start = &mut ws.bucket_start[..buckets + 1];
+    start.fill(0);
+    for &n in reached.iter() {
+        start[n as usize - first + 1] += 1;
     }
+    for b in 0..buckets {
+        start[b + 1] += start[b];
+    }
+    let fill = &mut ws.bucket_fill[..buckets];
+    fill.copy_from_slice(&start[..buckets]);
+    let order = &mut ws.order[..batch];
+    for (tk, &n) in reached.iter().enumerate() {
+        let b = n as usize - first;
+        order[fill[b]] = tk as u32;
+        fill[b] += 1;
+    }
+    // 3. Bottom subtrees.
+    let ctx = BottomCtx {
+        w,
+        base,
+        split,
+        x,
+        top_rows,
+        top_acts,
+        reached,
+        bottom_rows: SharedMut(ws.bottom_rows.as_mut_ptr()),
+        bottom_acts: SharedMut(ws.bottom_acts.as_mut_ptr()),
+        records_len: batch * bottom,
+        y: y_ptr,
+        y_len,
+        overwrite: t == 0,
+        stream,
+        level,
+    };
+    bucket_range(
+        &ctx,
+        0..buckets,
+        start,
+        order,
+        &mut ws.z[..batch],
+        &mut ws.scratch[..batch],
+    );
 }
 
 /// Everything a bucket task reads, and the shared buffers it writes its own inputs' parts of.
@@ -133,6 +170,10 @@ struct BottomCtx<'w, 'a> {
     y: RowsPtr,
     y_len: usize,
     overwrite: bool,
+    /// Whether outputs bypass the caches: `y` is too large to stay in them anyway, and the
+    /// read for ownership of each line before a cached store would add half again to the
+    /// output's memory traffic.
+    stream: bool,
     level: SimdLevel,
 }
 
@@ -187,6 +228,8 @@ struct TopTile<'w, 'a> {
     base: usize,
     split: usize,
     x: &'w [f32],
+    /// The next tile's inputs, prefetched while this one runs.
+    ahead: &'w [f32],
     rows: &'w mut [u32],
     acts: &'w mut [f32],
     reached: &'w mut [u32],
@@ -203,7 +246,16 @@ impl SimdTask for TopTile<'_, '_> {
             xs[j] = x;
         }
         let mut rec = TileRecord::new();
-        route_tile(s, self.w, self.base, &xs[..tile], 0..self.split, &mut rec);
+        let levels = 0..self.split;
+        route_tile(
+            s,
+            self.w,
+            self.base,
+            &xs[..tile],
+            levels,
+            &mut rec,
+            self.ahead,
+        );
         for j in 0..tile {
             for l in 0..self.split {
                 self.rows[j * self.split + l] = rec.rows[j][l] as u32;
@@ -231,7 +283,8 @@ fn write_output<S: Simd>(
     }
     // SAFETY: each input is in exactly one bucket and once in it.
     let y = unsafe { ctx.y.row(tk, c.output_width, ctx.y_len) };
-    accumulate_rows(s, ctx.w, &rows[..levels], &acts[..levels], y, ctx.overwrite);
+    let (rows, acts) = (&rows[..levels], &acts[..levels]);
+    accumulate_rows(s, ctx.w, rows, acts, y, ctx.overwrite, ctx.stream);
 }
 
 /// A small bucket: interleaved tile descent of its bottom levels.
@@ -263,11 +316,13 @@ impl SimdTask for TiledBucket<'_, '_, '_> {
                 &xs[..tile.len()],
                 ctx.split..levels,
                 &mut rec,
+                &[],
             );
             for (j, &tk) in tile.iter().enumerate() {
                 write_output(s, ctx, tk as usize, &mut rec.rows[j], &mut rec.acts[j]);
             }
         }
+        s.fence();
     }
 }
 
@@ -337,6 +392,7 @@ impl SimdTask for GroupedBucket<'_, '_, '_> {
             }
             write_output(s, ctx, tk, &mut rows, &mut acts);
         }
+        s.fence();
     }
 }
 

@@ -7,7 +7,7 @@
 //! registers across all visited rows (output-stationary), instead of a read-modify-write of `y`
 //! per level.
 
-use super::simd::{dispatch, dot, dot4, prefetch_row, Simd, SimdLevel, SimdTask};
+use super::simd::{dispatch, dot, dot4, head_len, prefetch_row, Simd, SimdLevel, SimdTask};
 use super::{child, FffWeightsView};
 use rayon::prelude::*;
 
@@ -70,6 +70,10 @@ pub(super) type RowsPtr = SharedMut<f32>;
 /// Routes the tile's inputs `xs` through `levels` of the tree whose root row is `base`,
 /// starting from `rec.nodes[j]`; records each visited row and activation by level and leaves
 /// `rec.nodes[j]` at the node below the last level.
+///
+/// `ahead` (the next tile's inputs, or empty) is prefetched a few lines per dot product: a
+/// tile's inputs cross several 4 KB pages, and the hardware prefetcher restarts at each page,
+/// so without this the top levels of a large batch waited on DRAM at half its bandwidth.
 #[inline(always)]
 pub(super) fn route_tile<S: Simd>(
     s: S,
@@ -78,8 +82,13 @@ pub(super) fn route_tile<S: Simd>(
     xs: &[&[f32]],
     levels: std::ops::Range<usize>,
     rec: &mut TileRecord,
+    ahead: &[f32],
 ) {
     let depth = w.config.depth;
+    const LINE: usize = 16;
+    let steps = (levels.len() * xs.len()).max(1);
+    let per_step = ahead.len().div_ceil(LINE).div_ceil(steps) * LINE;
+    let mut ahead = ahead.chunks(per_step.max(LINE));
     // Only the chosen child is prefetched. Fetching both children ahead for small tiles (to
     // have something in flight while a lone input computes its dot) made batch-1 latency 2x
     // worse: three rows of prefetches per level swamp the line-fill buffers.
@@ -87,6 +96,9 @@ pub(super) fn route_tile<S: Simd>(
         for (j, x) in xs.iter().enumerate() {
             let n = rec.nodes[j];
             let row = base + n;
+            if let Some(lines) = ahead.next() {
+                prefetch_row(s, lines);
+            }
             let z = dot(s, w.w_in_row(row), x) + w.b_in[row];
             rec.rows[j][l] = row;
             rec.acts[j][l] = w.config.activation.apply_fast(z);
@@ -103,7 +115,8 @@ pub(super) fn route_tile<S: Simd>(
 }
 
 /// `y (+)= Σ_l acts[l] · w_out[rows[l]]`, holding a block of `y` in registers across all rows.
-/// With `overwrite`, `y`'s old contents are ignored.
+/// With `overwrite`, `y`'s old contents are ignored. Loads are aligned to the first row. With
+/// `stream`, whole vectors of `y` bypass the caches (see [`Simd::store_stream`]).
 #[inline(always)]
 pub(super) fn accumulate_rows<S: Simd>(
     s: S,
@@ -112,11 +125,17 @@ pub(super) fn accumulate_rows<S: Simd>(
     acts: &[f32],
     y: &mut [f32],
     overwrite: bool,
+    stream: bool,
 ) {
     const BLOCK: usize = 8;
     let n = y.len();
     let l = S::LANES;
-    let mut i = 0;
+    let h = match rows.first() {
+        Some(&row) => head_len::<S>(w.w_out_row(row).as_ptr(), n),
+        None => 0,
+    };
+    accumulate_partial(s, w, rows, acts, &mut y[..h], 0, overwrite);
+    let mut i = h;
     while i + BLOCK * l <= n {
         let mut acc = [s.zero(); BLOCK];
         if !overwrite {
@@ -132,7 +151,11 @@ pub(super) fn accumulate_rows<S: Simd>(
             }
         }
         for (k, a) in acc.iter().enumerate() {
-            s.store(&mut y[i + k * l..], *a);
+            if stream {
+                s.store_stream(&mut y[i + k * l..], *a);
+            } else {
+                s.store(&mut y[i + k * l..], *a);
+            }
         }
         i += BLOCK * l;
     }
@@ -144,13 +167,37 @@ pub(super) fn accumulate_rows<S: Simd>(
         s.store(&mut y[i..], acc);
         i += l;
     }
-    for (k, yk) in y.iter_mut().enumerate().skip(i) {
-        let mut sum = if overwrite { 0.0 } else { *yk };
-        for (&row, &act) in rows.iter().zip(acts) {
-            sum += act * w.w_out_row(row)[k];
-        }
-        *yk = sum;
+    accumulate_partial(s, w, rows, acts, &mut y[i..], i, overwrite);
+}
+
+/// [`accumulate_rows`] for a piece of `y` shorter than a vector, starting at column `at`.
+#[inline(always)]
+fn accumulate_partial<S: Simd>(
+    s: S,
+    w: &FffWeightsView<'_>,
+    rows: &[usize],
+    acts: &[f32],
+    y: &mut [f32],
+    at: usize,
+    overwrite: bool,
+) {
+    if y.is_empty() {
+        return;
     }
+    let end = at + y.len();
+    let mut acc = if overwrite {
+        s.zero()
+    } else {
+        s.load_partial(y)
+    };
+    for (&row, &act) in rows.iter().zip(acts) {
+        acc = s.mul_add(
+            s.splat(act),
+            s.load_partial(&w.w_out_row(row)[at..end]),
+            acc,
+        );
+    }
+    s.store_partial(y, acc);
 }
 
 /// The per-token walk: tiles of inputs in parallel, each tile descending every tree.
@@ -206,6 +253,7 @@ impl SimdTask for DescendTile<'_, '_> {
                 &xs[..tile],
                 0..levels,
                 &mut rec,
+                &[],
             );
             for (j, y) in self.y.chunks_exact_mut(cout).enumerate() {
                 accumulate_rows(
@@ -215,6 +263,7 @@ impl SimdTask for DescendTile<'_, '_> {
                     &rec.acts[j][..levels],
                     y,
                     t == 0,
+                    false,
                 );
             }
         }
