@@ -16,7 +16,7 @@
 //! larger than any cache are written once with streaming stores, which skip the read of each
 //! line before it is overwritten.
 
-use super::simd::{dispatch, Simd, SimdLevel, SimdTask};
+use super::simd::{dispatch, head_len, Simd, SimdLevel, SimdTask};
 use super::tile::{
     accumulate_rows, group_logits, route_tile, stable_partition, RowsPtr, SharedMut, TileRecord,
     MAX_LEVELS, TOKEN_TILE,
@@ -381,18 +381,189 @@ impl SimdTask for GroupedBucket<'_, '_, '_> {
             stack[top + 1] = (2 * node + 1, l + 1, lo, lo + nl);
             top += 2;
         }
-        // Outputs in leaf order.
-        let mut rows = [0usize; MAX_LEVELS];
-        let mut acts = [0f32; MAX_LEVELS];
-        for &tk in tokens.iter() {
-            let tk = tk as usize;
-            for l in split..levels {
-                rows[l] = ctx_row(ctx, tk * bottom + (l - split));
-                acts[l] = ctx_act(ctx, tk * bottom + (l - split));
+        // Outputs in leaf order, four inputs at a time: neighbours share their top rows and
+        // usually their upper bottom rows, and a shared row is loaded once for all four.
+        let mut quads = tokens.chunks_exact(4);
+        let mut rows = [[0usize; MAX_LEVELS]; 4];
+        let mut acts = [[0f32; MAX_LEVELS]; 4];
+        for quad in &mut quads {
+            for (j, &tk) in quad.iter().enumerate() {
+                bottom_records(ctx, tk as usize, &mut rows[j], &mut acts[j]);
             }
-            write_output(s, ctx, tk, &mut rows, &mut acts);
+            write_outputs4(s, ctx, quad, &mut rows, &mut acts);
+        }
+        for &tk in quads.remainder() {
+            let tk = tk as usize;
+            bottom_records(ctx, tk, &mut rows[0], &mut acts[0]);
+            write_output(s, ctx, tk, &mut rows[0], &mut acts[0]);
         }
         s.fence();
+    }
+}
+
+/// Copies input `tk`'s bottom records (rows and activations by level) into `rows`, `acts`.
+#[inline(always)]
+fn bottom_records(
+    ctx: &BottomCtx<'_, '_>,
+    tk: usize,
+    rows: &mut [usize; MAX_LEVELS],
+    acts: &mut [f32; MAX_LEVELS],
+) {
+    let c = &ctx.w.config;
+    let (levels, split) = (c.depth + 1, ctx.split);
+    let bottom = levels - split;
+    for l in split..levels {
+        rows[l] = ctx_row(ctx, tk * bottom + (l - split));
+        acts[l] = ctx_act(ctx, tk * bottom + (l - split));
+    }
+}
+
+/// Most distinct rows four inputs can visit in one tree.
+const QUAD_ROWS: usize = 4 * MAX_LEVELS;
+
+/// Writes the outputs of the four inputs `quad` (bottom records in `rows`, `acts`): each
+/// distinct row they visited is loaded once and multiplied into all four outputs, with a zero
+/// coefficient for the inputs not on it.
+#[inline(always)]
+fn write_outputs4<S: Simd>(
+    s: S,
+    ctx: &BottomCtx<'_, '_>,
+    quad: &[u32],
+    rows: &mut [[usize; MAX_LEVELS]; 4],
+    acts: &mut [[f32; MAX_LEVELS]; 4],
+) {
+    let c = &ctx.w.config;
+    let (levels, split, cout) = (c.depth + 1, ctx.split, c.output_width);
+    let mut distinct = [0usize; QUAD_ROWS];
+    let mut coefs = [[0f32; 4]; QUAD_ROWS];
+    let mut d = 0;
+    for l in 0..levels {
+        let first = d;
+        for j in 0..4 {
+            let tk = quad[j] as usize;
+            if l < split {
+                rows[j][l] = ctx.top_rows[tk * split + l] as usize;
+                acts[j][l] = ctx.top_acts[tk * split + l];
+            }
+            let row = rows[j][l];
+            let mut k = first;
+            while k < d && distinct[k] != row {
+                k += 1;
+            }
+            if k == d {
+                distinct[d] = row;
+                coefs[d] = [0.0; 4];
+                d += 1;
+            }
+            coefs[k][j] = acts[j][l];
+        }
+    }
+    let (distinct, coefs) = (&distinct[..d], &coefs[..d]);
+    // SAFETY: the four inputs are distinct, each is in exactly one bucket and once in it.
+    let mut ys: [&mut [f32]; 4] = unsafe {
+        [
+            ctx.y.row(quad[0] as usize, cout, ctx.y_len),
+            ctx.y.row(quad[1] as usize, cout, ctx.y_len),
+            ctx.y.row(quad[2] as usize, cout, ctx.y_len),
+            ctx.y.row(quad[3] as usize, cout, ctx.y_len),
+        ]
+    };
+    let l = S::LANES;
+    let h = head_len::<S>(ctx.w.w_out_row(distinct[0]).as_ptr(), cout);
+    let mut out = QuadOut {
+        w: ctx.w,
+        rows: distinct,
+        coefs,
+        overwrite: ctx.overwrite,
+        stream: ctx.stream,
+    };
+    out.partial(s, &mut ys, 0, h);
+    let mut i = h;
+    // Four inputs' accumulators for 4 vectors fill 16 of AVX-512's 32 registers; AVX2 has 16.
+    if l >= 16 {
+        while i + 4 * l <= cout {
+            out.block::<S, 4>(s, &mut ys, i);
+            i += 4 * l;
+        }
+    }
+    while i + 2 * l <= cout {
+        out.block::<S, 2>(s, &mut ys, i);
+        i += 2 * l;
+    }
+    while i + l <= cout {
+        out.block::<S, 1>(s, &mut ys, i);
+        i += l;
+    }
+    out.partial(s, &mut ys, i, cout);
+}
+
+/// The distinct rows of four inputs and their coefficients, applied column block by block.
+struct QuadOut<'q, 'a> {
+    w: &'q FffWeightsView<'a>,
+    rows: &'q [usize],
+    coefs: &'q [[f32; 4]],
+    overwrite: bool,
+    stream: bool,
+}
+
+impl QuadOut<'_, '_> {
+    /// Columns `i..i + NV·LANES` of the four outputs.
+    #[inline(always)]
+    fn block<S: Simd, const NV: usize>(&mut self, s: S, ys: &mut [&mut [f32]; 4], i: usize) {
+        let l = S::LANES;
+        let mut acc = [[s.zero(); NV]; 4];
+        if !self.overwrite {
+            for (a, y) in acc.iter_mut().zip(ys.iter()) {
+                for (v, a) in a.iter_mut().enumerate() {
+                    *a = s.load(&y[i + v * l..]);
+                }
+            }
+        }
+        for (&row, cf) in self.rows.iter().zip(self.coefs) {
+            let out = &self.w.w_out_row(row)[i..];
+            let mut wv = [s.zero(); NV];
+            for (v, wv) in wv.iter_mut().enumerate() {
+                *wv = s.load(&out[v * l..]);
+            }
+            for (a, &cf) in acc.iter_mut().zip(cf) {
+                let cv = s.splat(cf);
+                for (a, &wv) in a.iter_mut().zip(&wv) {
+                    *a = s.mul_add(cv, wv, *a);
+                }
+            }
+        }
+        for (a, y) in acc.iter().zip(ys.iter_mut()) {
+            for (v, &a) in a.iter().enumerate() {
+                if self.stream {
+                    s.store_stream(&mut y[i + v * l..], a);
+                } else {
+                    s.store(&mut y[i + v * l..], a);
+                }
+            }
+        }
+    }
+
+    /// Columns `at..end` (fewer than a vector) of the four outputs.
+    #[inline(always)]
+    fn partial<S: Simd>(&mut self, s: S, ys: &mut [&mut [f32]; 4], at: usize, end: usize) {
+        if at == end {
+            return;
+        }
+        let mut acc = [s.zero(); 4];
+        if !self.overwrite {
+            for (a, y) in acc.iter_mut().zip(ys.iter()) {
+                *a = s.load_partial(&y[at..end]);
+            }
+        }
+        for (&row, cf) in self.rows.iter().zip(self.coefs) {
+            let wv = s.load_partial(&self.w.w_out_row(row)[at..end]);
+            for (a, &cf) in acc.iter_mut().zip(cf) {
+                *a = s.mul_add(s.splat(cf), wv, *a);
+            }
+        }
+        for (a, y) in acc.iter().zip(ys.iter_mut()) {
+            s.store_partial(&mut y[at..end], *a);
+        }
     }
 }
 
