@@ -92,18 +92,23 @@ pub(crate) trait Simd: Copy {
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     /// Sum of the lanes.
     fn reduce_sum(self, v: Self::V) -> f32;
-    /// Hints the cache to fetch the line holding `p`.
+    /// Hints the cache to fetch the line holding `p` into L1.
     fn prefetch(self, p: *const f32) {
-        prefetch_line(p)
+        prefetch_line::<HINT_L1>(p)
     }
 }
 
+/// `_MM_HINT_T0`: into L1 (and the levels below).
+const HINT_L1: i32 = 3;
+/// `_MM_HINT_T1`: into L2.
+const HINT_L2: i32 = 2;
+
 #[inline(always)]
-fn prefetch_line(p: *const f32) {
+fn prefetch_line<const HINT: i32>(p: *const f32) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: prefetch never faults, whatever the address; SSE is part of x86-64.
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+        std::arch::x86_64::_mm_prefetch::<HINT>(p as *const i8)
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
@@ -503,6 +508,16 @@ pub(crate) fn axpy<S: Simd>(s: S, alpha: f32, x: &[f32], y: &mut [f32]) {
     if !rx.is_empty() {
         let v = s.mul_add(av, s.load_partial(rx), s.load_partial(ry));
         s.store_partial(ry, v);
+    }
+}
+
+/// Prefetches every cache line of `row` into L2.
+#[inline(always)]
+pub(crate) fn prefetch_row_l2(row: &[f32]) {
+    let mut i = 0;
+    while i < row.len() {
+        prefetch_line::<HINT_L2>(row[i..].as_ptr());
+        i += 16; // 64-byte lines
     }
 }
 
