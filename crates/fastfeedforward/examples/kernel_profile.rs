@@ -1,15 +1,26 @@
 //! Runs the inference kernel on a 1x11 layer (width 768) in a loop, for profilers:
-//! `cargo run --release -p fastfeedforward --example kernel_profile [batch] [iterations]`.
+//! `cargo run --release -p fastfeedforward --example kernel_profile [batch] [iterations]
+//! [strategy]` (strategy: auto, per-token, bucketed or grouped).
 
-use fastfeedforward::{Fff, FffConfig, InferOptions, Init, Workspace};
+use fastfeedforward::{Fff, FffConfig, InferOptions, Init, Strategy, Workspace};
 use std::time::Instant;
 
 fn main() -> fastfeedforward::Result<()> {
-    let mut args = std::env::args()
-        .skip(1)
-        .map(|a| a.parse::<usize>().expect("a number"));
-    let batch = args.next().unwrap_or(16384);
-    let iterations = args.next().unwrap_or(50);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |i: usize, default: usize| {
+        args.get(i)
+            .map_or(default, |a| a.parse().expect("a whole number"))
+    };
+    let batch = number(0, 16384);
+    let iterations = number(1, 50);
+    let strategy = args
+        .get(2)
+        .map_or(Ok(Strategy::Auto), |a| a.parse::<Strategy>())
+        .expect("a strategy");
+    let opts = InferOptions {
+        strategy,
+        ..Default::default()
+    };
     let layer = Fff::new(FffConfig::new(768, 768, 11, 1), Init::Uniform, 0)?;
     let x: Vec<f32> = (0..batch * 768)
         .map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) % 2001) as f32 / 1000.0 - 1.0)
@@ -19,7 +30,7 @@ fn main() -> fastfeedforward::Result<()> {
     let mut times = Vec::new();
     for _ in 0..iterations {
         let s = Instant::now();
-        layer.forward_infer_into(&x, batch, &mut y, &mut ws, InferOptions::default())?;
+        layer.forward_infer_into(&x, batch, &mut y, &mut ws, opts)?;
         times.push(s.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
