@@ -13,6 +13,10 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use std::time::Duration;
 
+// Large blocks on 64-byte boundaries, as in the `fff` binary (see `AlignedAlloc`).
+#[global_allocator]
+static ALLOC: fastfeedforward::AlignedAlloc = fastfeedforward::AlignedAlloc(std::alloc::System);
+
 const WIDTH: usize = 768;
 
 fn inputs(n: usize, seed: u64) -> Vec<f32> {

@@ -5,6 +5,10 @@
 use fastfeedforward::{Fff, FffConfig, InferOptions, Init, Strategy, Workspace};
 use std::time::Instant;
 
+// Large blocks on 64-byte boundaries, as in the `fff` binary (see `AlignedAlloc`).
+#[global_allocator]
+static ALLOC: fastfeedforward::AlignedAlloc = fastfeedforward::AlignedAlloc(std::alloc::System);
+
 fn main() -> fastfeedforward::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let number = |i: usize, default: usize| {

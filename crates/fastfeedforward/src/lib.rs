@@ -9,7 +9,9 @@
 //! - [`train_op`]: the O(K·(D+1))-per-input training op with exact gradients (candle custom ops);
 //! - [`kernels`]: the plain reference descent and the fast batched SIMD inference kernel;
 //! - [`dense`]: a dense feedforward layer on candle's SGEMM, the speed baseline;
-//! - [`layer`]: the [`Fff`] layer type, with PyTorch-compatible safetensors save/load.
+//! - [`layer`]: the [`Fff`] layer type, with PyTorch-compatible safetensors save/load;
+//! - [`alloc`]: [`AlignedAlloc`], the global allocator wrapper that lets the kernels load
+//!   aligned vectors.
 //!
 //! ```
 //! use fastfeedforward::{Fff, FffConfig, Init};
@@ -25,6 +27,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod alloc;
 pub mod checkpoint;
 pub mod config;
 pub mod dense;
@@ -37,6 +40,7 @@ pub mod original;
 pub mod reference;
 pub mod train_op;
 
+pub use alloc::AlignedAlloc;
 pub use config::{Activation, FffConfig, Init};
 pub use dense::DenseFf;
 pub use error::{FffError, Result};

@@ -118,6 +118,56 @@ fn large_outputs_are_chunked_and_streamed() {
     }
 }
 
+/// The kernel's sums run in an order fixed by the shapes, never by addresses: the same weights
+/// and inputs copied to buffers at other alignments give the same bits, for every strategy and
+/// SIMD level (training and checkpoint round trips rely on this).
+#[test]
+fn results_do_not_depend_on_buffer_alignment() {
+    let config = FffConfig::new(100, 45, 6, 2);
+    let layer = random_layer(config, 21);
+    let batch = 300;
+    let x = normal_vec(&mut rng(6), batch * config.input_width);
+    let (w_in, b_in, w_out_t) = (
+        flat(layer.w_in()),
+        flat(layer.b_in()),
+        flat(layer.w_out_t()),
+    );
+    let shifted = |v: &[f32], off: usize| {
+        let mut buf = vec![0.0; off + v.len()];
+        buf[off..].copy_from_slice(v);
+        buf
+    };
+    for level in SimdLevel::available() {
+        for strategy in STRATEGIES {
+            let opts = InferOptions {
+                strategy,
+                simd: level,
+            };
+            let mut first: Option<Vec<f32>> = None;
+            for off in 0..17 {
+                let (wi, wo, xs) = (
+                    shifted(&w_in, off),
+                    shifted(&w_out_t, off),
+                    shifted(&x, off),
+                );
+                let view =
+                    kernels::FffWeightsView::new(config, &wi[off..], &b_in, &wo[off..]).unwrap();
+                let mut y = vec![0.0; off + batch * config.output_width];
+                let mut ws = Workspace::new();
+                kernels::forward(&view, &xs[off..], batch, &mut y[off..], &mut ws, opts).unwrap();
+                let y = y[off..].to_vec();
+                match &first {
+                    None => first = Some(y),
+                    Some(f) => assert!(
+                        f.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{level:?} {strategy:?}: offset {off} changed the result"
+                    ),
+                }
+            }
+        }
+    }
+}
+
 /// A layer whose nodes on even levels have zero input weights and bias: their z is exactly 0
 /// for any input, so every even level is a tie and must go left.
 fn layer_with_ties(config: FffConfig) -> Fff {

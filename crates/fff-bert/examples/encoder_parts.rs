@@ -7,6 +7,10 @@ use fastfeedforward::{Fff, FffConfig, InferOptions, Init, Workspace};
 use fff_bert::ops::{self, AttentionShape, Dense, LayerNorm};
 use std::time::Instant;
 
+// Large blocks on 64-byte boundaries, as in the `fff` binary (see `AlignedAlloc`).
+#[global_allocator]
+static ALLOC: fastfeedforward::AlignedAlloc = fastfeedforward::AlignedAlloc(std::alloc::System);
+
 fn median_ms(mut f: impl FnMut()) -> f64 {
     f();
     let mut t: Vec<f64> = (0..20)

@@ -15,8 +15,11 @@ use clap::{Parser, Subcommand};
 
 // candle allocates a fresh buffer for every tensor op; glibc's malloc hands large ones back to
 // the kernel each time (page faults and TLB shootdowns cost 3x the training step here).
+// `AlignedAlloc` starts large blocks on 64-byte boundaries, where the kernels' vector loads
+// never straddle cache lines.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: fastfeedforward::AlignedAlloc<mimalloc::MiMalloc> =
+    fastfeedforward::AlignedAlloc(mimalloc::MiMalloc);
 
 /// Fast Feedforward Networks: exact, fast conditional feedforward layers.
 #[derive(Parser)]

@@ -16,7 +16,7 @@
 //! larger than any cache are written once with streaming stores, which skip the read of each
 //! line before it is overwritten.
 
-use super::simd::{dispatch, head_len, Simd, SimdLevel, SimdTask};
+use super::simd::{dispatch, Simd, SimdLevel, SimdTask};
 use super::tile::{
     accumulate_rows, group_logits, route_tile, stable_partition, RowsPtr, SharedMut, TileRecord,
     MAX_LEVELS, TOKEN_TILE,
@@ -469,7 +469,6 @@ fn write_outputs4<S: Simd>(
         ]
     };
     let l = S::LANES;
-    let h = head_len::<S>(ctx.w.w_out_row(distinct[0]).as_ptr(), cout);
     let mut out = QuadOut {
         w: ctx.w,
         rows: distinct,
@@ -477,8 +476,7 @@ fn write_outputs4<S: Simd>(
         overwrite: ctx.overwrite,
         stream: ctx.stream,
     };
-    out.partial(s, &mut ys, 0, h);
-    let mut i = h;
+    let mut i = 0;
     // Four inputs' accumulators for 4 vectors fill 16 of AVX-512's 32 registers; AVX2 has 16.
     if l >= 16 {
         while i + 4 * l <= cout {

@@ -389,33 +389,17 @@ pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
 // Generic building blocks. Each is `inline(always)` so it is compiled inside the caller's
 // target-feature context.
 
-/// How many leading elements of a row at `p` (of `n` elements) to peel so that the rest of its
-/// vector loads are aligned to the vector size.
+/// Dot product of two equal-length rows, 8 independent accumulators to hide FMA latency.
 ///
-/// A full-width load that straddles two cache lines costs two loads. Large `Vec`s from the
-/// system allocator start 16 bytes past a page, so without peeling every AVX-512 load of a
-/// weight row straddles: a 768-wide dot from L2 took 3x as long as an aligned one. Rows of the
-/// same buffer and the inputs usually share that offset, so peeling to the weight row aligns
-/// both operands.
-#[inline(always)]
-pub(crate) fn head_len<S: Simd>(p: *const f32, n: usize) -> usize {
-    let bytes = S::LANES * std::mem::size_of::<f32>();
-    let past = p as usize % bytes;
-    ((bytes - past) % bytes / std::mem::size_of::<f32>()).min(n)
-}
-
-/// Dot product of two equal-length rows, 8 independent accumulators to hide FMA latency; the
-/// loads are aligned to `a`.
+/// The order of the sums depends only on the length, never on where the rows are in memory,
+/// so the same weights give the same bits wherever they were allocated. Loads are fastest when
+/// the rows are aligned to 64 bytes: see [`crate::AlignedAlloc`].
 #[inline(always)]
 pub(crate) fn dot<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
     const ACC: usize = 8;
     let n = a.len().min(b.len());
-    let h = head_len::<S>(a.as_ptr(), n);
     let mut acc = [s.zero(); ACC];
-    if h > 0 {
-        acc[0] = s.mul_add(s.load_partial(&a[..h]), s.load_partial(&b[..h]), acc[0]);
-    }
-    let (a, b) = (&a[h..n], &b[h..n]);
+    let (a, b) = (&a[..n], &b[..n]);
     let l = S::LANES;
     // Exact chunks let the compiler drop the bounds checks inside the loop.
     let mut ca = a.chunks_exact(ACC * l);
@@ -442,21 +426,14 @@ pub(crate) fn dot<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
     s.reduce_sum(v)
 }
 
-/// Four dot products sharing the row `w` (loaded once per 4 inputs), aligned to `w`.
+/// Four dot products sharing the row `w` (loaded once per 4 inputs).
 #[inline(always)]
 pub(crate) fn dot4<S: Simd>(s: S, w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
     let n = w.len();
     let x = x.map(|x| &x[..n]);
     let l = S::LANES;
     let mut acc = [[s.zero(); 2]; 4];
-    let h = head_len::<S>(w.as_ptr(), n);
-    if h > 0 {
-        let w0 = s.load_partial(&w[..h]);
-        for j in 0..4 {
-            acc[j][0] = s.mul_add(w0, s.load_partial(&x[j][..h]), acc[j][0]);
-        }
-    }
-    let mut i = h;
+    let mut i = 0;
     while i + 2 * l <= n {
         let w0 = s.load(&w[i..]);
         let w1 = s.load(&w[i + l..]);
@@ -486,20 +463,15 @@ pub(crate) fn dot4<S: Simd>(s: S, w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
     out
 }
 
-/// y += alpha · x, with the loads aligned to `x`.
+/// y += alpha · x.
 #[inline(always)]
 pub(crate) fn axpy<S: Simd>(s: S, alpha: f32, x: &[f32], y: &mut [f32]) {
     let n = x.len().min(y.len());
     let (x, y) = (&x[..n], &mut y[..n]);
     let l = S::LANES;
     let av = s.splat(alpha);
-    let h = head_len::<S>(x.as_ptr(), n);
-    if h > 0 {
-        let v = s.mul_add(av, s.load_partial(&x[..h]), s.load_partial(&y[..h]));
-        s.store_partial(&mut y[..h], v);
-    }
-    let mut cx = x[h..].chunks_exact(l);
-    let mut cy = y[h..].chunks_exact_mut(l);
+    let mut cx = x.chunks_exact(l);
+    let mut cy = y.chunks_exact_mut(l);
     for (xc, yc) in (&mut cx).zip(&mut cy) {
         let v = s.mul_add(av, s.load(xc), s.load(yc));
         s.store(yc, v);
@@ -596,9 +568,9 @@ mod tests {
         }
     }
 
-    /// The peeled heads and partial tails: every offset of both operands from a 64-byte
-    /// boundary (equal and unequal), lengths around the vector widths; nothing outside the
-    /// output slice may change.
+    /// Partial tails and unaligned rows: every offset of both operands from a 64-byte boundary
+    /// (equal and unequal), lengths around the vector widths; nothing outside the output slice
+    /// may change.
     #[test]
     fn every_alignment_and_length_matches_plain_loops() {
         #[repr(align(64))]

@@ -7,9 +7,7 @@
 //! registers across all visited rows (output-stationary), instead of a read-modify-write of `y`
 //! per level.
 
-use super::simd::{
-    dispatch, dot, dot4, head_len, prefetch_row, prefetch_row_l2, Simd, SimdLevel, SimdTask,
-};
+use super::simd::{dispatch, dot, dot4, prefetch_row, prefetch_row_l2, Simd, SimdLevel, SimdTask};
 use super::{child, FffWeightsView};
 use rayon::prelude::*;
 
@@ -119,8 +117,8 @@ pub(super) fn route_tile<S: Simd>(
 }
 
 /// `y (+)= Σ_l acts[l] · w_out[rows[l]]`, holding a block of `y` in registers across all rows.
-/// With `overwrite`, `y`'s old contents are ignored. Loads are aligned to the first row. With
-/// `stream`, whole vectors of `y` bypass the caches (see [`Simd::store_stream`]).
+/// With `overwrite`, `y`'s old contents are ignored. With `stream`, whole vectors of `y` bypass
+/// the caches (see [`Simd::store_stream`]).
 #[inline(always)]
 pub(super) fn accumulate_rows<S: Simd>(
     s: S,
@@ -134,12 +132,7 @@ pub(super) fn accumulate_rows<S: Simd>(
     const BLOCK: usize = 8;
     let n = y.len();
     let l = S::LANES;
-    let h = match rows.first() {
-        Some(&row) => head_len::<S>(w.w_out_row(row).as_ptr(), n),
-        None => 0,
-    };
-    accumulate_partial(s, w, rows, acts, &mut y[..h], 0, overwrite);
-    let mut i = h;
+    let mut i = 0;
     while i + BLOCK * l <= n {
         let mut acc = [s.zero(); BLOCK];
         if !overwrite {
