@@ -3,6 +3,9 @@
 //! [strategy]` (strategy: auto, per-token, bucketed or grouped).
 
 use fastfeedforward::{Fff, FffConfig, InferOptions, Init, Strategy, Workspace};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
 use std::time::Instant;
 
 // Large blocks on 64-byte boundaries, as in the `fff` binary (see `AlignedAlloc`).
@@ -26,15 +29,22 @@ fn main() -> fastfeedforward::Result<()> {
         ..Default::default()
     };
     let layer = Fff::new(FffConfig::new(768, 768, 11, 1), Init::Uniform, 0)?;
-    let x: Vec<f32> = (0..batch * 768)
-        .map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) % 2001) as f32 / 1000.0 - 1.0)
+    // Standard normal inputs, and a new batch of them each call from a pool of at least 1024
+    // rows, as in `fff bench layer`: the same inputs every call would find their rows in cache.
+    let mut rng = StdRng::seed_from_u64(1);
+    let pool_rows = (2 * batch).max(1024);
+    let pool: Vec<f32> = (0..pool_rows * 768)
+        .map(|_| StandardNormal.sample(&mut rng))
         .collect();
     let mut y = vec![0f32; batch * 768];
     let mut ws = Workspace::new();
+    let mut offset = 0;
     let mut times = Vec::new();
     for _ in 0..iterations {
+        let x = &pool[offset * 768..(offset + batch) * 768];
+        offset = (offset + batch) % (pool_rows - batch + 1);
         let s = Instant::now();
-        layer.forward_infer_into(&x, batch, &mut y, &mut ws, opts)?;
+        layer.forward_infer_into(x, batch, &mut y, &mut ws, opts)?;
         times.push(s.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
