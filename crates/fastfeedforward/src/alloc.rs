@@ -54,6 +54,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for AlignedAlloc<A> {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if new_size > isize::MAX as usize - ALIGN {
+            // Rounded up to 64 bytes it might not fit `isize`: report failure, as the inner
+            // allocator would for a block that large.
+            return std::ptr::null_mut();
+        }
         let old = inner_layout(layout);
         // SAFETY: the caller guarantees `new_size`, rounded up to `layout.align()`, fits isize.
         let new =
