@@ -97,7 +97,8 @@ fn large_batch_threads_and_single_thread_agree() {
 }
 
 /// Outputs over the kernel's streaming threshold (16 MiB) and a batch over its chunk (4096
-/// inputs): streamed stores, aligned or not, and a short last chunk.
+/// inputs): streamed stores on 64-byte boundaries and off them (the output buffer placed at
+/// both), a short last chunk, and K = 2 (only the last tree streams).
 #[test]
 fn large_outputs_are_chunked_and_streamed() {
     for (out, trees) in [(1024, 1), (1030, 2)] {
@@ -106,16 +107,78 @@ fn large_outputs_are_chunked_and_streamed() {
         let batch = 4200;
         let x = normal_vec(&mut rng(4), batch * config.input_width);
         let want = reference_output(&layer, &x, batch);
+        let len = batch * out;
+        let mut buf = vec![f32::NAN; len + 32];
+        let first_aligned = (64 - buf.as_ptr() as usize % 64) % 64 / 4;
         for level in SimdLevel::available() {
-            let opts = InferOptions {
-                strategy: Strategy::Bucketed,
-                simd: level,
-            };
-            let got = run_kernel(&layer, &x, batch, opts);
-            let what = format!("out {out} {level:?}");
-            assert_rows_close(&layer, &x, &got, &want, 1e-3, &what);
+            for shift in [0, 4] {
+                let start = first_aligned + shift;
+                let y = &mut buf[start..start + len];
+                y.fill(f32::NAN);
+                let opts = InferOptions {
+                    strategy: Strategy::Bucketed,
+                    simd: level,
+                };
+                let mut ws = Workspace::new();
+                layer
+                    .forward_infer_into(&x, batch, y, &mut ws, opts)
+                    .unwrap();
+                let what = format!("out {out} {level:?} y 64-byte boundary + {shift} floats");
+                assert_rows_close(&layer, &x, y, &want, 1e-3, &what);
+            }
         }
     }
+}
+
+/// Infinite output rows reach only the inputs that visit their nodes: inputs that share other
+/// rows with them (the bucketed walk writes outputs four inputs at a time) stay exact.
+#[test]
+fn non_finite_rows_stay_with_their_inputs() {
+    let config = FffConfig::new(16, 20, 6, 1);
+    let base = random_layer(config, 13);
+    let mut w_out_t = flat(base.w_out_t());
+    // Leaves (nodes 63..127) in the middle of their bottom subtrees, so that four-input groups
+    // in leaf order straddle them.
+    let poisoned = [66u32, 77, 90, 101, 115];
+    for &n in &poisoned {
+        w_out_t[n as usize * 20..(n as usize + 1) * 20].fill(f32::INFINITY);
+    }
+    let layer =
+        Fff::from_node_major(config, flat(base.w_in()), flat(base.b_in()), w_out_t).unwrap();
+    let batch = 2000;
+    let x = normal_vec(&mut rng(8), batch * 16);
+    let visits = |r: usize| {
+        let path = layer.route(&x[r * 16..(r + 1) * 16]).unwrap();
+        poisoned.iter().any(|n| path.contains(n))
+    };
+    let want = reference_output(&layer, &x, batch);
+    let (mut clean, mut hit) = (0, 0);
+    for strategy in STRATEGIES {
+        let opts = InferOptions {
+            strategy,
+            ..Default::default()
+        };
+        let got = run_kernel(&layer, &x, batch, opts);
+        for r in 0..batch {
+            let (g, w) = (&got[r * 20..(r + 1) * 20], &want[r * 20..(r + 1) * 20]);
+            if visits(r) {
+                assert!(g.iter().any(|v| !v.is_finite()), "{strategy:?} row {r}");
+                hit += 1;
+            } else {
+                for (a, b) in g.iter().zip(w) {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                        "{strategy:?} row {r}"
+                    );
+                }
+                clean += 1;
+            }
+        }
+    }
+    assert!(
+        hit > 0 && clean > hit,
+        "{hit} rows visit the nodes, {clean} do not"
+    );
 }
 
 /// The kernel's sums run in an order fixed by the shapes, never by addresses: the same weights
@@ -145,22 +208,22 @@ fn results_do_not_depend_on_buffer_alignment() {
             };
             let mut first: Option<Vec<f32>> = None;
             for off in 0..17 {
-                let (wi, wo, xs) = (
-                    shifted(&w_in, off),
-                    shifted(&w_out_t, off),
-                    shifted(&x, off),
-                );
+                // Weights, inputs and outputs each at their own offset.
+                let (x_off, y_off) = ((off * 5 + 3) % 17, (off * 3 + 1) % 17);
+                let (wi, wo) = (shifted(&w_in, off), shifted(&w_out_t, off));
+                let xs = shifted(&x, x_off);
                 let view =
                     kernels::FffWeightsView::new(config, &wi[off..], &b_in, &wo[off..]).unwrap();
-                let mut y = vec![0.0; off + batch * config.output_width];
+                let mut y = vec![0.0; y_off + batch * config.output_width];
                 let mut ws = Workspace::new();
-                kernels::forward(&view, &xs[off..], batch, &mut y[off..], &mut ws, opts).unwrap();
-                let y = y[off..].to_vec();
+                let (xs, ys) = (&xs[x_off..], &mut y[y_off..]);
+                kernels::forward(&view, xs, batch, ys, &mut ws, opts).unwrap();
+                let y = ys.to_vec();
                 match &first {
                     None => first = Some(y),
                     Some(f) => assert!(
                         f.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "{level:?} {strategy:?}: offset {off} changed the result"
+                        "{level:?} {strategy:?}: offsets {off}/{x_off}/{y_off} changed the result"
                     ),
                 }
             }

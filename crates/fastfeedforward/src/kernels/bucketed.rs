@@ -13,8 +13,8 @@
 //! Weight traffic drops from one row pair per input per level to about one pass over the
 //! weights per chunk. The batch runs in chunks of 4096 inputs, so the bottom reads its inputs
 //! back from L3 rather than DRAM; the top prefetches the next tile's inputs; and outputs
-//! larger than any cache are written once with streaming stores, which skip the read of each
-//! line before it is overwritten.
+//! larger than any cache get the last tree's sums with streaming stores, which skip the read of
+//! each line before it is overwritten.
 
 use super::simd::{dispatch, Simd, SimdLevel, SimdTask};
 use super::tile::{
@@ -47,14 +47,16 @@ pub(super) fn bucketed(
     level: SimdLevel,
 ) {
     let c = &w.config;
-    let stream = std::mem::size_of_val(y) >= STREAM_MIN_BYTES;
-    let chunk = CHUNK_TOKENS.min(batch);
+    let large = std::mem::size_of_val(y) >= STREAM_MIN_BYTES;
+    let chunk = CHUNK_TOKENS.min(batch).max(1);
     for (x, y) in x
         .chunks(chunk * c.input_width)
         .zip(y.chunks_mut(chunk * c.output_width))
     {
         let batch = x.len() / c.input_width;
         for t in 0..c.trees {
+            // Earlier trees' outputs are read back by the next tree: keep them in cache.
+            let stream = large && t + 1 == c.trees;
             bucketed_tree(w, t, x, batch, y, ws, level, stream);
         }
     }
@@ -170,9 +172,9 @@ struct BottomCtx<'w, 'a> {
     y: RowsPtr,
     y_len: usize,
     overwrite: bool,
-    /// Whether outputs bypass the caches: `y` is too large to stay in them anyway, and the
-    /// read for ownership of each line before a cached store would add half again to the
-    /// output's memory traffic.
+    /// Whether outputs bypass the caches (last tree only): `y` is too large to stay in them
+    /// anyway, and the read for ownership of each line before a cached store would add half
+    /// again to the output's memory traffic.
     stream: bool,
     level: SimdLevel,
 }
@@ -418,12 +420,11 @@ fn bottom_records(
     }
 }
 
-/// Most distinct rows four inputs can visit in one tree.
-const QUAD_ROWS: usize = 4 * MAX_LEVELS;
-
-/// Writes the outputs of the four inputs `quad` (bottom records in `rows`, `acts`): each
-/// distinct row they visited is loaded once and multiplied into all four outputs, with a zero
-/// coefficient for the inputs not on it.
+/// Writes the outputs of the four inputs `quad` (bottom records in `rows`, `acts`): the rows
+/// of the levels where all four sit on the same node (the top levels and the bucket's root at
+/// least) are loaded once and multiplied into all four outputs; each input's other rows are
+/// applied to it alone. Every output sums its rows in level order, exactly as
+/// [`accumulate_rows`] would, so the result does not depend on which inputs share a quad.
 #[inline(always)]
 fn write_outputs4<S: Simd>(
     s: S,
@@ -434,32 +435,21 @@ fn write_outputs4<S: Simd>(
 ) {
     let c = &ctx.w.config;
     let (levels, split, cout) = (c.depth + 1, ctx.split, c.output_width);
-    let mut distinct = [0usize; QUAD_ROWS];
-    let mut coefs = [[0f32; 4]; QUAD_ROWS];
-    let mut d = 0;
-    for l in 0..levels {
-        let first = d;
-        for j in 0..4 {
-            let tk = quad[j] as usize;
-            if l < split {
-                rows[j][l] = ctx.top_rows[tk * split + l] as usize;
-                acts[j][l] = ctx.top_acts[tk * split + l];
-            }
-            let row = rows[j][l];
-            let mut k = first;
-            while k < d && distinct[k] != row {
-                k += 1;
-            }
-            if k == d {
-                distinct[d] = row;
-                coefs[d] = [0.0; 4];
-                d += 1;
-            }
-            coefs[k][j] = acts[j][l];
+    for (j, &tk) in quad.iter().enumerate() {
+        let tk = tk as usize;
+        for l in 0..split {
+            rows[j][l] = ctx.top_rows[tk * split + l] as usize;
+            acts[j][l] = ctx.top_acts[tk * split + l];
         }
     }
-    let (distinct, coefs) = (&distinct[..d], &coefs[..d]);
-    // SAFETY: the four inputs are distinct, each is in exactly one bucket and once in it.
+    // Inputs on the same node at a level were on the same nodes above it: shared levels are a
+    // prefix.
+    let shared = (0..levels)
+        .find(|&l| (1..4).any(|j| rows[j][l] != rows[0][l]))
+        .unwrap_or(levels);
+    debug_assert!((0..4).all(|a| (a + 1..4).all(|b| quad[a] != quad[b])));
+    // SAFETY: the four inputs are distinct (`order` is a permutation of the chunk's inputs,
+    // split into buckets), and each is in exactly one bucket and once in it.
     let mut ys: [&mut [f32]; 4] = unsafe {
         [
             ctx.y.row(quad[0] as usize, cout, ctx.y_len),
@@ -471,8 +461,10 @@ fn write_outputs4<S: Simd>(
     let l = S::LANES;
     let mut out = QuadOut {
         w: ctx.w,
-        rows: distinct,
-        coefs,
+        rows,
+        acts,
+        shared,
+        levels,
         overwrite: ctx.overwrite,
         stream: ctx.stream,
     };
@@ -495,11 +487,14 @@ fn write_outputs4<S: Simd>(
     out.partial(s, &mut ys, i, cout);
 }
 
-/// The distinct rows of four inputs and their coefficients, applied column block by block.
+/// The rows and activations of four inputs by level, applied column block by block.
 struct QuadOut<'q, 'a> {
     w: &'q FffWeightsView<'a>,
-    rows: &'q [usize],
-    coefs: &'q [[f32; 4]],
+    rows: &'q [[usize; MAX_LEVELS]; 4],
+    acts: &'q [[f32; MAX_LEVELS]; 4],
+    /// Levels `0..shared` are on the same node for all four inputs.
+    shared: usize,
+    levels: usize,
     overwrite: bool,
     stream: bool,
 }
@@ -508,34 +503,43 @@ impl QuadOut<'_, '_> {
     /// Columns `i..i + NV·LANES` of the four outputs.
     #[inline(always)]
     fn block<S: Simd, const NV: usize>(&mut self, s: S, ys: &mut [&mut [f32]; 4], i: usize) {
-        let l = S::LANES;
+        let lanes = S::LANES;
         let mut acc = [[s.zero(); NV]; 4];
         if !self.overwrite {
             for (a, y) in acc.iter_mut().zip(ys.iter()) {
                 for (v, a) in a.iter_mut().enumerate() {
-                    *a = s.load(&y[i + v * l..]);
+                    *a = s.load(&y[i + v * lanes..]);
                 }
             }
         }
-        for (&row, cf) in self.rows.iter().zip(self.coefs) {
-            let out = &self.w.w_out_row(row)[i..];
+        for l in 0..self.shared {
+            let out = &self.w.w_out_row(self.rows[0][l])[i..];
             let mut wv = [s.zero(); NV];
             for (v, wv) in wv.iter_mut().enumerate() {
-                *wv = s.load(&out[v * l..]);
+                *wv = s.load(&out[v * lanes..]);
             }
-            for (a, &cf) in acc.iter_mut().zip(cf) {
-                let cv = s.splat(cf);
+            for (a, act) in acc.iter_mut().zip(self.acts) {
+                let cv = s.splat(act[l]);
                 for (a, &wv) in a.iter_mut().zip(&wv) {
                     *a = s.mul_add(cv, wv, *a);
+                }
+            }
+        }
+        for ((a, rows), acts) in acc.iter_mut().zip(self.rows).zip(self.acts) {
+            for l in self.shared..self.levels {
+                let out = &self.w.w_out_row(rows[l])[i..];
+                let cv = s.splat(acts[l]);
+                for (v, a) in a.iter_mut().enumerate() {
+                    *a = s.mul_add(cv, s.load(&out[v * lanes..]), *a);
                 }
             }
         }
         for (a, y) in acc.iter().zip(ys.iter_mut()) {
             for (v, &a) in a.iter().enumerate() {
                 if self.stream {
-                    s.store_stream(&mut y[i + v * l..], a);
+                    s.store_stream(&mut y[i + v * lanes..], a);
                 } else {
-                    s.store(&mut y[i + v * l..], a);
+                    s.store(&mut y[i + v * lanes..], a);
                 }
             }
         }
@@ -553,10 +557,16 @@ impl QuadOut<'_, '_> {
                 *a = s.load_partial(&y[at..end]);
             }
         }
-        for (&row, cf) in self.rows.iter().zip(self.coefs) {
-            let wv = s.load_partial(&self.w.w_out_row(row)[at..end]);
-            for (a, &cf) in acc.iter_mut().zip(cf) {
-                *a = s.mul_add(s.splat(cf), wv, *a);
+        for l in 0..self.shared {
+            let wv = s.load_partial(&self.w.w_out_row(self.rows[0][l])[at..end]);
+            for (a, act) in acc.iter_mut().zip(self.acts) {
+                *a = s.mul_add(s.splat(act[l]), wv, *a);
+            }
+        }
+        for ((a, rows), acts) in acc.iter_mut().zip(self.rows).zip(self.acts) {
+            for l in self.shared..self.levels {
+                let wv = s.load_partial(&self.w.w_out_row(rows[l])[at..end]);
+                *a = s.mul_add(s.splat(acts[l]), wv, *a);
             }
         }
         for (a, y) in acc.iter().zip(ys.iter_mut()) {

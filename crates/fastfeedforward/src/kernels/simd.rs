@@ -569,8 +569,8 @@ mod tests {
     }
 
     /// Partial tails and unaligned rows: every offset of both operands from a 64-byte boundary
-    /// (equal and unequal), lengths around the vector widths; nothing outside the output slice
-    /// may change.
+    /// (equal and unequal), lengths around the vector widths, for dot, dot4, axpy and streaming
+    /// stores (aligned or not); nothing outside the output slice may change.
     #[test]
     fn every_alignment_and_length_matches_plain_loops() {
         #[repr(align(64))]
@@ -595,6 +595,24 @@ mod tests {
                 axpy(s, -1.5, self.0, self.1)
             }
         }
+        /// Copies `a` into `y` in whole vectors with `store_stream`, the tail with
+        /// `store_partial`, then fences.
+        struct St<'a>(&'a [f32], &'a mut [f32]);
+        impl SimdTask for St<'_> {
+            type Output = ();
+            fn run<S: Simd>(self, s: S) {
+                let l = S::LANES;
+                let mut i = 0;
+                while i + l <= self.1.len() {
+                    s.store_stream(&mut self.1[i..], s.load(&self.0[i..]));
+                    i += l;
+                }
+                if i < self.1.len() {
+                    s.store_partial(&mut self.1[i..], s.load_partial(&self.0[i..]));
+                }
+                s.fence();
+            }
+        }
         for level in SimdLevel::available() {
             for a_off in 0..16 {
                 for b_off in [0, 3, a_off, 15] {
@@ -614,6 +632,16 @@ mod tests {
                         }
                         let mut y = b_buf.0;
                         dispatch(level, A(a, &mut y[b_off..b_off + n]));
+                        let mut streamed = b_buf.0;
+                        dispatch(level, St(a, &mut streamed[b_off..b_off + n]));
+                        for (i, (&got, &old)) in streamed.iter().zip(&b_buf.0).enumerate() {
+                            let want = if (b_off..b_off + n).contains(&i) {
+                                a_buf.0[a_off + i - b_off]
+                            } else {
+                                old
+                            };
+                            assert_eq!(got, want, "store_stream {tag} at {i}");
+                        }
                         for (i, (&got, &old)) in y.iter().zip(&b_buf.0).enumerate() {
                             let want = if (b_off..b_off + n).contains(&i) {
                                 old - 1.5 * a_buf.0[a_off + i - b_off]
