@@ -1,7 +1,8 @@
 //! Criterion benchmark of the inference kernel against a dense feedforward layer of equal
 //! neuron count, at UltraFastBERT's 1x11 shape (width 768, 4095 neurons, 12 used per input).
 //!
-//! Run: `cargo bench -p fastfeedforward --bench kernel` (add a filter such as `batch_128`).
+//! Run: `cargo bench -p fastfeedforward --bench kernel` (add a filter such as `batch_128`, or
+//! `dot_alignment` for what a 64-byte boundary is worth to one dot product).
 
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -67,5 +68,30 @@ fn bench_layer(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_layer);
+/// A 768-wide dot product against 63 rows held in L2 (the top levels' input rows), with the
+/// rows and the input on a 64-byte boundary and 16 bytes off it, where the system allocator
+/// starts large blocks: what [`fastfeedforward::AlignedAlloc`] is for.
+fn bench_dot_alignment(c: &mut Criterion) {
+    const ROWS: usize = 63;
+    let data = inputs((ROWS + 1) * WIDTH + 64, 7);
+    let first_aligned = (64 - data.as_ptr() as usize % 64) % 64 / 4;
+    let mut group = c.benchmark_group("dot_alignment");
+    group.throughput(Throughput::Elements(ROWS as u64));
+    for offset_floats in [0usize, 4] {
+        let start = first_aligned + offset_floats;
+        let rows = &data[start..start + ROWS * WIDTH];
+        let x = &data[start + ROWS * WIDTH..start + (ROWS + 1) * WIDTH];
+        let name = format!("{}_bytes_past_64", offset_floats * 4);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                rows.chunks_exact(WIDTH)
+                    .map(|row| fastfeedforward::kernels::simd::dot_f32(row, x))
+                    .sum::<f32>()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_layer, bench_dot_alignment);
 criterion_main!(benches);

@@ -1,6 +1,7 @@
 //! Runs the inference kernel on a 1x11 layer (width 768) in a loop, for profilers:
 //! `cargo run --release -p fastfeedforward --example kernel_profile [batch] [iterations]
-//! [strategy]` (strategy: auto, per-token, bucketed or grouped).
+//! [strategy]` (strategy: auto, per-token, bucketed or grouped). With `--features
+//! phase-timing`, also prints where a bucketed call's time goes.
 
 use fastfeedforward::{Fff, FffConfig, InferOptions, Init, Strategy, Workspace};
 use rand::rngs::StdRng;
@@ -40,12 +41,21 @@ fn main() -> fastfeedforward::Result<()> {
     let mut ws = Workspace::new();
     let mut offset = 0;
     let mut times = Vec::new();
+    #[cfg(feature = "phase-timing")]
+    let mut phase_sums = [std::time::Duration::ZERO; 5];
     for _ in 0..iterations {
         let x = &pool[offset * 768..(offset + batch) * 768];
         offset = (offset + batch) % (pool_rows - batch + 1);
         let s = Instant::now();
         layer.forward_infer_into(x, batch, &mut y, &mut ws, opts)?;
         times.push(s.elapsed().as_secs_f64());
+        #[cfg(feature = "phase-timing")]
+        for (sum, d) in phase_sums
+            .iter_mut()
+            .zip(fastfeedforward::kernels::phases::take())
+        {
+            *sum += d;
+        }
     }
     times.sort_by(f64::total_cmp);
     // The best run is the steadiest figure for A/B comparisons on a shared host.
@@ -54,5 +64,14 @@ fn main() -> fastfeedforward::Result<()> {
         times[times.len() / 2] * 1e6,
         times[0] * 1e6
     );
+    #[cfg(feature = "phase-timing")]
+    {
+        use fastfeedforward::kernels::phases::Phase;
+        println!("mean per call (walk and output summed over threads):");
+        for (phase, sum) in Phase::ALL.iter().zip(phase_sums) {
+            let ms = sum.as_secs_f64() * 1e3 / iterations as f64;
+            println!("  {phase:?}: {ms:.2} ms");
+        }
+    }
     Ok(())
 }

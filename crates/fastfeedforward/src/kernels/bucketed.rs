@@ -16,6 +16,7 @@
 //! larger than any cache get the last tree's sums with streaming stores, which skip the read of
 //! each line before it is overwritten.
 
+use super::phases::{Clock, Phase};
 use super::simd::{dispatch, Simd, SimdLevel, SimdTask};
 use super::tile::{
     accumulate_rows, group_logits, route_tile, stable_partition, RowsPtr, SharedMut, TileRecord,
@@ -83,6 +84,7 @@ fn bucketed_tree(
     let y_len = y.len();
     let y_ptr = SharedMut(y.as_mut_ptr());
     let base = t * c.nodes_per_tree();
+    let clock = Clock::start();
     // 1. Top levels, contiguous tiles in parallel.
     let top_rows = &mut ws.top_rows[..batch * split];
     let top_acts = &mut ws.top_acts[..batch * split];
@@ -110,6 +112,8 @@ fn bucketed_tree(
                 },
             )
         });
+    clock.add_to(Phase::Top);
+    let clock = Clock::start();
     // 2. Counting sort by the node reached at level `split` (the first node of that level
     //    is 2^split − 1).
     let first = buckets - 1;
@@ -129,6 +133,8 @@ fn bucketed_tree(
         order[fill[b]] = tk as u32;
         fill[b] += 1;
     }
+    clock.add_to(Phase::Sort);
+    let clock = Clock::start();
     // 3. Bottom subtrees.
     let ctx = BottomCtx {
         w,
@@ -155,6 +161,7 @@ fn bucketed_tree(
         &mut ws.z[..batch],
         &mut ws.scratch[..batch],
     );
+    clock.add_to(Phase::Bottom);
 }
 
 /// Everything a bucket task reads, and the shared buffers it writes its own inputs' parts of.
@@ -268,7 +275,23 @@ impl SimdTask for TopTile<'_, '_> {
     }
 }
 
-/// Writes the output of input `tk` from its top records and the bottom levels in `rec_j`.
+/// Copies input `tk`'s top records (rows and activations of levels `0..split`) into `rows`,
+/// `acts`.
+#[inline(always)]
+fn top_records(
+    ctx: &BottomCtx<'_, '_>,
+    tk: usize,
+    rows: &mut [usize; MAX_LEVELS],
+    acts: &mut [f32; MAX_LEVELS],
+) {
+    let split = ctx.split;
+    for l in 0..split {
+        rows[l] = ctx.top_rows[tk * split + l] as usize;
+        acts[l] = ctx.top_acts[tk * split + l];
+    }
+}
+
+/// Writes the output of input `tk` from its top records and the bottom levels in `rows`, `acts`.
 #[inline(always)]
 fn write_output<S: Simd>(
     s: S,
@@ -278,11 +301,8 @@ fn write_output<S: Simd>(
     acts: &mut [f32; MAX_LEVELS],
 ) {
     let c = &ctx.w.config;
-    let (levels, split) = (c.depth + 1, ctx.split);
-    for l in 0..split {
-        rows[l] = ctx.top_rows[tk * split + l] as usize;
-        acts[l] = ctx.top_acts[tk * split + l];
-    }
+    let levels = c.depth + 1;
+    top_records(ctx, tk, rows, acts);
     // SAFETY: each input is in exactly one bucket and once in it.
     let y = unsafe { ctx.y.row(tk, c.output_width, ctx.y_len) };
     let (rows, acts) = (&rows[..levels], &acts[..levels]);
@@ -346,6 +366,7 @@ impl SimdTask for GroupedBucket<'_, '_, '_> {
         let bottom = levels - split;
         let tokens = self.tokens;
         let z = self.z;
+        let clock = Clock::start();
         let root = ctx.reached[tokens[0] as usize] as usize;
         // Explicit stack: recursion would leave this function's target-feature context.
         let mut stack = [(0usize, 0usize, 0usize, 0usize); 2 * MAX_LEVELS + 2];
@@ -383,6 +404,8 @@ impl SimdTask for GroupedBucket<'_, '_, '_> {
             stack[top + 1] = (2 * node + 1, l + 1, lo, lo + nl);
             top += 2;
         }
+        clock.add_to(Phase::Walk);
+        let clock = Clock::start();
         // Outputs in leaf order, four inputs at a time: neighbours share their top rows and
         // usually their upper bottom rows, and a shared row is loaded once for all four.
         let mut quads = tokens.chunks_exact(4);
@@ -400,6 +423,7 @@ impl SimdTask for GroupedBucket<'_, '_, '_> {
             write_output(s, ctx, tk, &mut rows[0], &mut acts[0]);
         }
         s.fence();
+        clock.add_to(Phase::Output);
     }
 }
 
@@ -434,13 +458,9 @@ fn write_outputs4<S: Simd>(
     acts: &mut [[f32; MAX_LEVELS]; 4],
 ) {
     let c = &ctx.w.config;
-    let (levels, split, cout) = (c.depth + 1, ctx.split, c.output_width);
+    let (levels, cout) = (c.depth + 1, c.output_width);
     for (j, &tk) in quad.iter().enumerate() {
-        let tk = tk as usize;
-        for l in 0..split {
-            rows[j][l] = ctx.top_rows[tk * split + l] as usize;
-            acts[j][l] = ctx.top_acts[tk * split + l];
-        }
+        top_records(ctx, tk as usize, &mut rows[j], &mut acts[j]);
     }
     // Inputs on the same node at a level were on the same nodes above it: shared levels are a
     // prefix.
@@ -536,11 +556,7 @@ impl QuadOut<'_, '_> {
         }
         for (a, y) in acc.iter().zip(ys.iter_mut()) {
             for (v, &a) in a.iter().enumerate() {
-                if self.stream {
-                    s.store_stream(&mut y[i + v * lanes..], a);
-                } else {
-                    s.store(&mut y[i + v * lanes..], a);
-                }
+                s.store_maybe_stream(&mut y[i + v * lanes..], a, self.stream);
             }
         }
     }

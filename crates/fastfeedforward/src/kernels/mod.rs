@@ -8,6 +8,7 @@
 mod bucketed;
 pub mod descent;
 mod grouped;
+pub mod phases;
 pub mod reference;
 pub mod simd;
 mod tile;

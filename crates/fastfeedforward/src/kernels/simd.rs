@@ -80,6 +80,15 @@ pub(crate) trait Simd: Copy {
     fn store_stream(self, s: &mut [f32], v: Self::V) {
         self.store(s, v)
     }
+    /// [`Simd::store_stream`] if `stream`, else [`Simd::store`].
+    #[inline(always)]
+    fn store_maybe_stream(self, s: &mut [f32], v: Self::V, stream: bool) {
+        if stream {
+            self.store_stream(s, v)
+        } else {
+            self.store(s, v)
+        }
+    }
     /// Orders earlier streaming stores before later stores.
     fn fence(self) {}
     /// Loads the `s.len() < LANES` floats of `s` into the low lanes; the other lanes are zero.
@@ -92,16 +101,12 @@ pub(crate) trait Simd: Copy {
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     /// Sum of the lanes.
     fn reduce_sum(self, v: Self::V) -> f32;
-    /// Hints the cache to fetch the line holding `p` into L1.
-    fn prefetch(self, p: *const f32) {
-        prefetch_line::<HINT_L1>(p)
-    }
 }
 
 /// `_MM_HINT_T0`: into L1 (and the levels below).
-const HINT_L1: i32 = 3;
+pub(crate) const HINT_L1: i32 = 3;
 /// `_MM_HINT_T1`: into L2.
-const HINT_L2: i32 = 2;
+pub(crate) const HINT_L2: i32 = 2;
 
 #[inline(always)]
 fn prefetch_line<const HINT: i32>(p: *const f32) {
@@ -483,22 +488,12 @@ pub(crate) fn axpy<S: Simd>(s: S, alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// Prefetches every cache line of `row` into L2.
+/// Prefetches every cache line of `row` into the level `HINT` names ([`HINT_L1`], [`HINT_L2`]).
 #[inline(always)]
-pub(crate) fn prefetch_row_l2(row: &[f32]) {
+pub(crate) fn prefetch_row<const HINT: i32>(row: &[f32]) {
     let mut i = 0;
     while i < row.len() {
-        prefetch_line::<HINT_L2>(row[i..].as_ptr());
-        i += 16; // 64-byte lines
-    }
-}
-
-/// Prefetches every cache line of `row` into L1.
-#[inline(always)]
-pub(crate) fn prefetch_row<S: Simd>(s: S, row: &[f32]) {
-    let mut i = 0;
-    while i < row.len() {
-        s.prefetch(row[i..].as_ptr());
+        prefetch_line::<HINT>(row[i..].as_ptr());
         i += 16; // 64-byte lines
     }
 }

@@ -7,7 +7,7 @@
 //! registers across all visited rows (output-stationary), instead of a read-modify-write of `y`
 //! per level.
 
-use super::simd::{dispatch, dot, dot4, prefetch_row, prefetch_row_l2, Simd, SimdLevel, SimdTask};
+use super::simd::{dispatch, dot, dot4, prefetch_row, Simd, SimdLevel, SimdTask, HINT_L1, HINT_L2};
 use super::{child, FffWeightsView};
 use rayon::prelude::*;
 
@@ -99,7 +99,7 @@ pub(super) fn route_tile<S: Simd>(
             let n = rec.nodes[j];
             let row = base + n;
             if let Some(lines) = ahead.next() {
-                prefetch_row(s, lines);
+                prefetch_row::<HINT_L1>(lines);
             }
             let z = dot(s, w.w_in_row(row), x) + w.b_in[row];
             rec.rows[j][l] = row;
@@ -107,9 +107,9 @@ pub(super) fn route_tile<S: Simd>(
             let next = child(n, z);
             rec.nodes[j] = next;
             if l >= CACHED_LEVELS {
-                prefetch_row_l2(w.w_out_row(row));
+                prefetch_row::<HINT_L2>(w.w_out_row(row));
                 if l < depth {
-                    prefetch_row_l2(w.w_in_row(base + next));
+                    prefetch_row::<HINT_L2>(w.w_in_row(base + next));
                 }
             }
         }
@@ -148,11 +148,7 @@ pub(super) fn accumulate_rows<S: Simd>(
             }
         }
         for (k, a) in acc.iter().enumerate() {
-            if stream {
-                s.store_stream(&mut y[i + k * l..], *a);
-            } else {
-                s.store(&mut y[i + k * l..], *a);
-            }
+            s.store_maybe_stream(&mut y[i + k * l..], *a, stream);
         }
         i += BLOCK * l;
     }
@@ -161,7 +157,7 @@ pub(super) fn accumulate_rows<S: Simd>(
         for (&row, &act) in rows.iter().zip(acts) {
             acc = s.mul_add(s.splat(act), s.load(&w.w_out_row(row)[i..]), acc);
         }
-        s.store(&mut y[i..], acc);
+        s.store_maybe_stream(&mut y[i..], acc, stream);
         i += l;
     }
     accumulate_partial(s, w, rows, acts, &mut y[i..], i, overwrite);
