@@ -96,7 +96,7 @@ fn large_batch_threads_and_single_thread_agree() {
     }
 }
 
-/// Outputs over the kernel's streaming threshold (16 MiB) and a batch over its chunk (4096
+/// Outputs over the kernel's streaming threshold (16 MiB) and a batch over its chunk (16384
 /// inputs): streamed stores on 64-byte boundaries and off them (the output buffer placed at
 /// both), a short last chunk, and K = 2 (only the last tree streams).
 #[test]
@@ -104,7 +104,7 @@ fn large_outputs_are_chunked_and_streamed() {
     for (out, trees) in [(1024, 1), (1030, 2)] {
         let config = FffConfig::new(24, out, 5, trees);
         let layer = random_layer(config, 9);
-        let batch = 4200;
+        let batch = 16384 + 300;
         let x = normal_vec(&mut rng(4), batch * config.input_width);
         let want = reference_output(&layer, &x, batch);
         let len = batch * out;
