@@ -37,9 +37,9 @@ const STREAM_MIN_BYTES: usize = 16 << 20;
 /// weights: 25 MB for 1x11 at width 768), and reads its inputs twice, in the top and the bottom
 /// walks. Chunks small enough for the second read to come from L3 (4096 inputs, 12.6 MB) would
 /// need the weights to stay there, but on a shared host the L3 a process actually gets is far
-/// smaller than the die's (here ~8 MB of 48: reads of a 16 MB buffer already run at DRAM
-/// speed), so every chunk fetched the weights from DRAM again: 16384 ran batch 16384 1.2x
-/// faster than 4096 (alternated runs of `kernel_profile`).
+/// smaller than the die's (here about 12 MB of 48: `tools/bandwidth.c` reads a 12 MB buffer at
+/// 22 GB/s and a 16 MB one at 12, near DRAM's 10), so every chunk fetched the weights from DRAM
+/// again: 16384 ran batch 16384 1.2x faster than 4096 (alternated runs of `kernel_profile`).
 const CHUNK_TOKENS: usize = 16384;
 /// Smallest token count worth splitting into two parallel tasks.
 const JOIN_MIN_TOKENS: usize = 64;
