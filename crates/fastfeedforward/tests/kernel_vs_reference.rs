@@ -231,9 +231,9 @@ fn results_do_not_depend_on_buffer_alignment() {
     }
 }
 
-/// A layer whose nodes on even levels have zero input weights and bias: their z is exactly 0
-/// for any input, so every even level is a tie and must go left.
-fn layer_with_ties(config: FffConfig) -> Fff {
+/// A layer whose nodes on levels of parity `parity` (0: even, 1: odd) have zero input weights
+/// and bias: their z is exactly 0 for any input, so every such level is a tie and must go left.
+fn layer_with_ties(config: FffConfig, parity: usize) -> Fff {
     let base = random_layer(config, 11);
     let m = config.nodes_per_tree();
     let mut w_in = flat(base.w_in());
@@ -242,7 +242,7 @@ fn layer_with_ties(config: FffConfig) -> Fff {
     for t in 0..config.trees {
         for n in 0..m {
             let level = (usize::BITS - 1 - (n + 1).leading_zeros()) as usize;
-            if level.is_multiple_of(2) {
+            if level % 2 == parity {
                 let row = t * m + n;
                 w_in[row * config.input_width..(row + 1) * config.input_width].fill(0.0);
                 b_in[row] = 0.0;
@@ -252,18 +252,20 @@ fn layer_with_ties(config: FffConfig) -> Fff {
     Fff::from_node_major(config, w_in, b_in, w_out_t).unwrap()
 }
 
+/// Ties on even levels and on odd ones: the bucketed walk takes a node and its children in one
+/// pass (levels 3 and 4, 5 and 6 here), and a tie must go left at either.
 #[test]
 fn ties_go_left_everywhere() {
-    for activation in Activation::ALL {
+    for (activation, parity) in Activation::ALL.into_iter().flat_map(|a| [(a, 0), (a, 1)]) {
         let config = FffConfig::new(9, 5, 6, 2).with_activation(activation);
-        let layer = layer_with_ties(config);
+        let layer = layer_with_ties(config, parity);
         let batch = 300;
         let x = normal_vec(&mut rng(4), batch * config.input_width);
         for xb in x.chunks(config.input_width) {
             let path = layer.route(xb).unwrap();
             for tree_path in path.chunks(config.depth + 1) {
                 for (level, pair) in tree_path.windows(2).enumerate() {
-                    if level.is_multiple_of(2) {
+                    if level % 2 == parity {
                         assert_eq!(pair[1], 2 * pair[0] + 1, "tie at level {level} went right");
                     }
                 }
@@ -283,7 +285,10 @@ fn ties_go_left_everywhere() {
                 );
                 let flips = assert_rows_close(&layer, &x, &got, &want, 1e-3, "ties");
                 // Every row is "near a tie" by construction, so demand an exact-path match instead.
-                assert_eq!(flips, 0, "{activation} {level:?} {strategy:?}");
+                assert_eq!(
+                    flips, 0,
+                    "{activation} parity {parity} {level:?} {strategy:?}"
+                );
             }
         }
         let train = layer

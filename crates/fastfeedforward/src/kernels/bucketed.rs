@@ -4,9 +4,11 @@
 //!    all inputs and stay in cache), recording its rows, activations and the node it reaches.
 //! 2. **Bucket**: a counting sort groups the inputs by that node, i.e. by bottom subtree.
 //! 3. **Bottom**: buckets run in parallel. Inside a bucket, the subtree is walked depth first
-//!    with the inputs on each node grouped, so each input row of the subtree is loaded once per
-//!    4 inputs, and the subtree's rows and the bucket's inputs stay in cache throughout. Small
-//!    buckets use the interleaved tile descent instead. Then each input's output is written
+//!    with the inputs on each node grouped, two levels at a time: one pass over a node's inputs
+//!    takes their dot products with the node's row and both its children's rows, each loaded
+//!    once per 4 inputs, so the inputs stream from cache once per two levels (the child an
+//!    input does not take costs a wasted dot product, but no loads). Small buckets use the
+//!    interleaved tile descent instead. Then each input's output is written
 //!    once, with all its levels' output rows accumulated in registers; inputs are visited in
 //!    leaf order, so neighbours share their output rows in cache.
 //!
@@ -16,7 +18,7 @@
 //! sums with streaming stores, which skip the read of each line before it is overwritten.
 
 use super::phases::{Clock, Phase};
-use super::simd::{dispatch, Simd, SimdLevel, SimdTask};
+use super::simd::{dispatch, dot3, Simd, SimdLevel, SimdTask};
 use super::tile::{
     accumulate_rows, group_logits, route_tile, stable_partition, RowsPtr, SharedMut, TileRecord,
     MAX_LEVELS, TOKEN_TILE,
@@ -158,14 +160,13 @@ fn bucketed_tree(
         stream,
         level,
     };
-    bucket_range(
-        &ctx,
-        0..buckets,
-        start,
-        order,
-        &mut ws.z[..batch],
-        &mut ws.scratch[..batch],
-    );
+    let scratch = WalkScratch {
+        z: &mut ws.z[..batch],
+        z_child: &mut ws.z_child[..batch],
+        tokens: &mut ws.scratch[..batch],
+        z_spare: &mut ws.z_spare[..batch],
+    };
+    bucket_range(&ctx, 0..buckets, start, order, scratch);
     clock.add_to(Phase::Bottom);
 }
 
@@ -191,15 +192,50 @@ struct BottomCtx<'w, 'a> {
     level: SimdLevel,
 }
 
+/// Per-input scratch of a bucket walk (one slot per input of its range of buckets).
+struct WalkScratch<'s> {
+    /// Each input's logit at the node being walked.
+    z: &'s mut [f32],
+    /// Each input's logit at the child it goes to (paired levels).
+    z_child: &'s mut [f32],
+    /// Room for the right-going inputs during a partition.
+    tokens: &'s mut [u32],
+    /// Room for their child logits.
+    z_spare: &'s mut [f32],
+}
+
+impl<'s> WalkScratch<'s> {
+    /// The first `at` slots and the rest.
+    fn split_at(self, at: usize) -> (WalkScratch<'s>, WalkScratch<'s>) {
+        let (z1, z2) = self.z.split_at_mut(at);
+        let (c1, c2) = self.z_child.split_at_mut(at);
+        let (t1, t2) = self.tokens.split_at_mut(at);
+        let (s1, s2) = self.z_spare.split_at_mut(at);
+        (
+            WalkScratch {
+                z: z1,
+                z_child: c1,
+                tokens: t1,
+                z_spare: s1,
+            },
+            WalkScratch {
+                z: z2,
+                z_child: c2,
+                tokens: t2,
+                z_spare: s2,
+            },
+        )
+    }
+}
+
 /// Runs the buckets in `range`, whose inputs are `order` (bucket by bucket), in parallel
-/// halves; `z` and `scratch` are the matching scratch slices.
+/// halves, with the matching slots of `scratch`.
 fn bucket_range(
     ctx: &BottomCtx<'_, '_>,
     range: std::ops::Range<usize>,
     start: &[usize],
     order: &mut [u32],
-    z: &mut [f32],
-    scratch: &mut [u32],
+    scratch: WalkScratch<'_>,
 ) {
     if order.is_empty() {
         return;
@@ -211,7 +247,6 @@ fn bucket_range(
                 GroupedBucket {
                     ctx,
                     tokens: order,
-                    z,
                     scratch,
                 },
             );
@@ -223,16 +258,15 @@ fn bucket_range(
     let mid = (range.start + range.end) / 2;
     let cut = start[mid] - start[range.start];
     let (o1, o2) = order.split_at_mut(cut);
-    let (z1, z2) = z.split_at_mut(cut);
-    let (s1, s2) = scratch.split_at_mut(cut);
+    let (s1, s2) = scratch.split_at(cut);
     if o1.len() + o2.len() >= JOIN_MIN_TOKENS {
         rayon::join(
-            || bucket_range(ctx, range.start..mid, start, o1, z1, s1),
-            || bucket_range(ctx, mid..range.end, start, o2, z2, s2),
+            || bucket_range(ctx, range.start..mid, start, o1, s1),
+            || bucket_range(ctx, mid..range.end, start, o2, s2),
         );
     } else {
-        bucket_range(ctx, range.start..mid, start, o1, z1, s1);
-        bucket_range(ctx, mid..range.end, start, o2, z2, s2);
+        bucket_range(ctx, range.start..mid, start, o1, s1);
+        bucket_range(ctx, mid..range.end, start, o2, s2);
     }
 }
 
@@ -357,8 +391,7 @@ impl SimdTask for TiledBucket<'_, '_, '_> {
 struct GroupedBucket<'c, 'w, 'a> {
     ctx: &'c BottomCtx<'w, 'a>,
     tokens: &'c mut [u32],
-    z: &'c mut [f32],
-    scratch: &'c mut [u32],
+    scratch: WalkScratch<'c>,
 }
 
 impl SimdTask for GroupedBucket<'_, '_, '_> {
@@ -368,13 +401,18 @@ impl SimdTask for GroupedBucket<'_, '_, '_> {
         let ctx = self.ctx;
         let c = &ctx.w.config;
         let (levels, split) = (c.depth + 1, ctx.split);
-        let bottom = levels - split;
         let tokens = self.tokens;
-        let z = self.z;
+        let WalkScratch {
+            z,
+            z_child,
+            tokens: spare,
+            z_spare,
+        } = self.scratch;
         let clock = Clock::start();
         let root = ctx.reached[tokens[0] as usize] as usize;
-        // Explicit stack: recursion would leave this function's target-feature context.
-        let mut stack = [(0usize, 0usize, 0usize, 0usize); 2 * MAX_LEVELS + 2];
+        // Explicit stack: recursion would leave this function's target-feature context. A
+        // paired node pushes its four grandchildren.
+        let mut stack = [(0usize, 0usize, 0usize, 0usize); 4 * MAX_LEVELS + 4];
         let mut top = 1;
         stack[0] = (root, split, 0, tokens.len());
         while top > 0 {
@@ -384,30 +422,75 @@ impl SimdTask for GroupedBucket<'_, '_, '_> {
                 continue;
             }
             let row = ctx.base + node;
+            if l + 1 < levels {
+                // The node and both its children in one pass over the inputs: each input's
+                // vector is loaded once for three rows (one of the children's dots is wasted),
+                // so the inputs stream from L2 once per two levels instead of once per level.
+                let (left, right) = (ctx.base + 2 * node + 1, ctx.base + 2 * node + 2);
+                pair_logits(
+                    s,
+                    ctx,
+                    [row, left, right],
+                    &tokens[lo..hi],
+                    &mut z[lo..hi],
+                    &mut z_child[lo..hi],
+                );
+                for ((&tk, &zv), &zc) in tokens[lo..hi].iter().zip(&z[lo..hi]).zip(&z_child[lo..hi])
+                {
+                    let child = if zv > 0.0 { right } else { left };
+                    write_record(
+                        ctx,
+                        tk as usize,
+                        l - split,
+                        row,
+                        c.activation.apply_fast(zv),
+                    );
+                    write_record(
+                        ctx,
+                        tk as usize,
+                        l + 1 - split,
+                        child,
+                        c.activation.apply_fast(zc),
+                    );
+                }
+                // z <= 0 (and NaN) to the left child, each input's child logit moving with it.
+                let nl = stable_partition_with(
+                    &mut tokens[lo..hi],
+                    &z[lo..hi],
+                    &mut z_child[lo..hi],
+                    spare,
+                    z_spare,
+                );
+                if l + 2 == levels {
+                    continue;
+                }
+                let mid = lo + nl;
+                let nll = stable_partition(&mut tokens[lo..mid], &z_child[lo..mid], spare);
+                let nrl = stable_partition(&mut tokens[mid..hi], &z_child[mid..hi], spare);
+                let (ln, rn) = (2 * node + 1, 2 * node + 2);
+                // Leftmost grandchild on top of the stack, so it is walked first.
+                stack[top] = (2 * rn + 2, l + 2, mid + nrl, hi);
+                stack[top + 1] = (2 * rn + 1, l + 2, mid, mid + nrl);
+                stack[top + 2] = (2 * ln + 2, l + 2, lo + nll, mid);
+                stack[top + 3] = (2 * ln + 1, l + 2, lo, lo + nll);
+                top += 4;
+                continue;
+            }
+            // The last level alone.
             let w_in = ctx.w.w_in_row(row);
             let bias = ctx.w.b_in[row];
             let group = &tokens[lo..hi];
             let zg = &mut z[lo..hi];
             group_logits(s, w_in, bias, ctx.x, group, zg);
             for (&tk, &zv) in group.iter().zip(zg.iter()) {
-                let at = tk as usize * bottom + (l - split);
-                assert!(at < ctx.records_len);
-                // SAFETY: in bounds (checked); this input's records are written by this bucket
-                // only, and by one node per level.
-                unsafe {
-                    *ctx.bottom_rows.0.add(at) = row as u32;
-                    *ctx.bottom_acts.0.add(at) = c.activation.apply_fast(zv);
-                }
+                write_record(
+                    ctx,
+                    tk as usize,
+                    l - split,
+                    row,
+                    c.activation.apply_fast(zv),
+                );
             }
-            if l + 1 == levels {
-                continue;
-            }
-            // Stable partition: z <= 0 (and NaN) to the left child.
-            let nl = stable_partition(&mut tokens[lo..hi], &z[lo..hi], self.scratch);
-            // Left child on top of the stack, so it is walked first.
-            stack[top] = (2 * node + 2, l + 1, lo + nl, hi);
-            stack[top + 1] = (2 * node + 1, l + 1, lo, lo + nl);
-            top += 2;
         }
         clock.add_to(Phase::Walk);
         let clock = Clock::start();
@@ -430,6 +513,83 @@ impl SimdTask for GroupedBucket<'_, '_, '_> {
         s.fence();
         clock.add_to(Phase::Output);
     }
+}
+
+/// Records that input `tk` visited `row` with activation `act` at bottom level `bl`.
+#[inline(always)]
+fn write_record(ctx: &BottomCtx<'_, '_>, tk: usize, bl: usize, row: usize, act: f32) {
+    let c = &ctx.w.config;
+    let bottom = c.depth + 1 - ctx.split;
+    let at = tk * bottom + bl;
+    assert!(at < ctx.records_len);
+    // SAFETY: in bounds (checked); this input's records are written by this bucket only, and
+    // by one node per level.
+    unsafe {
+        *ctx.bottom_rows.0.add(at) = row as u32;
+        *ctx.bottom_acts.0.add(at) = act;
+    }
+}
+
+/// For inputs `tokens` on node `rows[0]` whose children are `rows[1]` and `rows[2]`: `z` is the
+/// node's logit and `z_child` the logit of the child each input goes to.
+#[inline(always)]
+fn pair_logits<S: Simd>(
+    s: S,
+    ctx: &BottomCtx<'_, '_>,
+    rows: [usize; 3],
+    tokens: &[u32],
+    z: &mut [f32],
+    z_child: &mut [f32],
+) {
+    let cin = ctx.w.config.input_width;
+    let w = rows.map(|r| ctx.w.w_in_row(r));
+    let b = rows.map(|r| ctx.w.b_in[r]);
+    let x = |tk: u32| &ctx.x[tk as usize * cin..(tk as usize + 1) * cin];
+    let mut finish = |i: usize, d: [f32; 3]| {
+        let zn = d[0] + b[0];
+        z[i] = zn;
+        z_child[i] = if zn > 0.0 { d[2] + b[2] } else { d[1] + b[1] };
+    };
+    let mut i = 0;
+    while i + 4 <= tokens.len() {
+        let t = &tokens[i..i + 4];
+        let d = dot3(s, w, [x(t[0]), x(t[1]), x(t[2]), x(t[3])]);
+        for (j, d) in d.into_iter().enumerate() {
+            finish(i + j, d);
+        }
+        i += 4;
+    }
+    while i < tokens.len() {
+        let [d] = dot3(s, w, [x(tokens[i])]);
+        finish(i, d);
+        i += 1;
+    }
+}
+
+/// [`stable_partition`] that moves `carry` (one value per input) along with the inputs.
+fn stable_partition_with(
+    tokens: &mut [u32],
+    z: &[f32],
+    carry: &mut [f32],
+    scratch: &mut [u32],
+    scratch_carry: &mut [f32],
+) -> usize {
+    let (mut nl, mut nr) = (0, 0);
+    for i in 0..tokens.len() {
+        let (tk, cv) = (tokens[i], carry[i]);
+        if z[i] > 0.0 {
+            scratch[nr] = tk;
+            scratch_carry[nr] = cv;
+            nr += 1;
+        } else {
+            tokens[nl] = tk;
+            carry[nl] = cv;
+            nl += 1;
+        }
+    }
+    tokens[nl..].copy_from_slice(&scratch[..nr]);
+    carry[nl..].copy_from_slice(&scratch_carry[..nr]);
+    nl
 }
 
 /// Copies input `tk`'s bottom records (rows and activations by level) into `rows`, `acts`.

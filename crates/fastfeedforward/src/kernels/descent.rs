@@ -84,6 +84,8 @@ pub struct Workspace {
     pub(super) tokens: Vec<u32>,
     pub(super) scratch: Vec<u32>,
     pub(super) z: Vec<f32>,
+    pub(super) z_child: Vec<f32>,
+    pub(super) z_spare: Vec<f32>,
     pub(super) top_rows: Vec<u32>,
     pub(super) top_acts: Vec<f32>,
     pub(super) reached: Vec<u32>,
@@ -120,6 +122,8 @@ impl Workspace {
         buckets: usize,
     ) {
         grow(&mut self.z, batch);
+        grow(&mut self.z_child, batch);
+        grow(&mut self.z_spare, batch);
         grow(&mut self.scratch, batch);
         grow(&mut self.bottom_rows, batch * bottom);
         grow(&mut self.bottom_acts, batch * bottom);

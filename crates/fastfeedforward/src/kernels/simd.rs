@@ -468,6 +468,50 @@ pub(crate) fn dot4<S: Simd>(s: S, w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
     out
 }
 
+/// Dot products of three rows `w` with each of `I` inputs `x` (`[input][row]`): each vector of
+/// an input is loaded once for all three rows, so a walk that takes a node and both its
+/// children in one pass reads its inputs from L2 once per two levels.
+#[inline(always)]
+pub(crate) fn dot3<S: Simd, const I: usize>(s: S, w: [&[f32]; 3], x: [&[f32]; I]) -> [[f32; 3]; I] {
+    // Plain loops, no closures: a closure does not inherit the caller's target features, so a
+    // vector load inside one becomes a call.
+    let n = w[0].len();
+    let (w0, w1, w2) = (&w[0][..n], &w[1][..n], &w[2][..n]);
+    let l = S::LANES;
+    let mut acc = [[s.zero(); 3]; I];
+    let mut i = 0;
+    while i + l <= n {
+        let wv = [s.load(&w0[i..]), s.load(&w1[i..]), s.load(&w2[i..])];
+        for j in 0..I {
+            let xv = s.load(&x[j][i..n]);
+            for r in 0..3 {
+                acc[j][r] = s.mul_add(wv[r], xv, acc[j][r]);
+            }
+        }
+        i += l;
+    }
+    if i < n {
+        let wv = [
+            s.load_partial(&w0[i..]),
+            s.load_partial(&w1[i..]),
+            s.load_partial(&w2[i..]),
+        ];
+        for j in 0..I {
+            let xv = s.load_partial(&x[j][i..n]);
+            for r in 0..3 {
+                acc[j][r] = s.mul_add(wv[r], xv, acc[j][r]);
+            }
+        }
+    }
+    let mut out = [[0.0f32; 3]; I];
+    for j in 0..I {
+        for r in 0..3 {
+            out[j][r] = s.reduce_sum(acc[j][r]);
+        }
+    }
+    out
+}
+
 /// y += alpha · x.
 #[inline(always)]
 pub(crate) fn axpy<S: Simd>(s: S, alpha: f32, x: &[f32], y: &mut [f32]) {
@@ -564,8 +608,9 @@ mod tests {
     }
 
     /// Partial tails and unaligned rows: every offset of both operands from a 64-byte boundary
-    /// (equal and unequal), lengths around the vector widths, for dot, dot4, axpy and streaming
-    /// stores (aligned or not); nothing outside the output slice may change.
+    /// (equal and unequal), lengths around the vector widths, for dot, dot4, dot3 (four inputs
+    /// and one), axpy and streaming stores (aligned or not); nothing outside the output slice
+    /// may change.
     #[test]
     fn every_alignment_and_length_matches_plain_loops() {
         #[repr(align(64))]
@@ -576,11 +621,18 @@ mod tests {
         let b_buf = Box::new(Aligned(std::array::from_fn(|i| {
             ((i * 5 % 11) as f32 - 5.0) * 0.3
         })));
-        struct D<'a>(&'a [f32], &'a [f32], [&'a [f32]; 4]);
+        struct D<'a>(&'a [f32], &'a [f32], [&'a [f32]; 4], [&'a [f32]; 3]);
+        type DotsOut = (f32, [f32; 4], [[f32; 3]; 4], [[f32; 3]; 1]);
         impl SimdTask for D<'_> {
-            type Output = (f32, [f32; 4]);
-            fn run<S: Simd>(self, s: S) -> (f32, [f32; 4]) {
-                (dot(s, self.0, self.1), dot4(s, self.0, self.2))
+            type Output = DotsOut;
+            #[inline(always)]
+            fn run<S: Simd>(self, s: S) -> DotsOut {
+                (
+                    dot(s, self.0, self.1),
+                    dot4(s, self.0, self.2),
+                    dot3(s, self.3, self.2),
+                    dot3(s, self.3, [self.1]),
+                )
             }
         }
         struct A<'a>(&'a [f32], &'a mut [f32]);
@@ -617,13 +669,31 @@ mod tests {
                         let want: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
                         // dot4's other inputs at other offsets.
                         let others = [b, &b_buf.0[1..1 + n], &b_buf.0[8..8 + n], b];
-                        let (got, got4) = dispatch(level, D(a, b, others));
+                        // dot3's other rows at other offsets.
+                        let rows = [a, &a_buf.0[2..2 + n], &a_buf.0[9..9 + n]];
+                        let (got, got4, got3, got3_one) = dispatch(level, D(a, b, others, rows));
                         let tag = format!("{level:?} a+{a_off} b+{b_off} n={n}");
                         assert!((got as f64 - want).abs() < 1e-3, "dot {tag}");
+                        let exact = |w: &[f32], x: &[f32]| -> f64 {
+                            w.iter().zip(x).map(|(p, q)| *p as f64 * *q as f64).sum()
+                        };
                         for (j, x) in others.iter().enumerate() {
-                            let w4: f64 =
-                                a.iter().zip(*x).map(|(p, q)| *p as f64 * *q as f64).sum();
+                            let w4 = exact(a, x);
                             assert!((got4[j] as f64 - w4).abs() < 1e-3, "dot4[{j}] {tag}");
+                            for (r, w) in rows.iter().enumerate() {
+                                let w3 = exact(w, x);
+                                assert!(
+                                    (got3[j][r] as f64 - w3).abs() < 1e-3,
+                                    "dot3[{j}][{r}] {tag}"
+                                );
+                            }
+                        }
+                        for (r, w) in rows.iter().enumerate() {
+                            let w3 = exact(w, b);
+                            assert!(
+                                (got3_one[0][r] as f64 - w3).abs() < 1e-3,
+                                "dot3 one input [{r}] {tag}"
+                            );
                         }
                         let mut y = b_buf.0;
                         dispatch(level, A(a, &mut y[b_off..b_off + n]));
