@@ -402,96 +402,19 @@ impl SimdTask for GroupedBucket<'_, '_, '_> {
         let c = &ctx.w.config;
         let (levels, split) = (c.depth + 1, ctx.split);
         let tokens = self.tokens;
-        let WalkScratch {
-            z,
-            z_child,
-            tokens: spare,
-            z_spare,
-        } = self.scratch;
         let clock = Clock::start();
         let root = ctx.reached[tokens[0] as usize] as usize;
-        // Explicit stack: recursion would leave this function's target-feature context. A
-        // paired node pushes its four grandchildren.
-        let mut stack = [(0usize, 0usize, 0usize, 0usize); 4 * MAX_LEVELS + 4];
-        let mut top = 1;
-        stack[0] = (root, split, 0, tokens.len());
-        while top > 0 {
-            top -= 1;
-            let (node, l, lo, hi) = stack[top];
-            if lo == hi {
-                continue;
-            }
-            let row = ctx.base + node;
-            if l + 1 < levels {
-                // The node and both its children in one pass over the inputs: each input's
-                // vector is loaded once for three rows (one of the children's dots is wasted),
-                // so the inputs stream from L2 once per two levels instead of once per level.
-                let (left, right) = (ctx.base + 2 * node + 1, ctx.base + 2 * node + 2);
-                pair_logits(
-                    s,
-                    ctx,
-                    [row, left, right],
-                    &tokens[lo..hi],
-                    &mut z[lo..hi],
-                    &mut z_child[lo..hi],
-                );
-                for ((&tk, &zv), &zc) in tokens[lo..hi].iter().zip(&z[lo..hi]).zip(&z_child[lo..hi])
-                {
-                    let child = if zv > 0.0 { right } else { left };
-                    write_record(
-                        ctx,
-                        tk as usize,
-                        l - split,
-                        row,
-                        c.activation.apply_fast(zv),
-                    );
-                    write_record(
-                        ctx,
-                        tk as usize,
-                        l + 1 - split,
-                        child,
-                        c.activation.apply_fast(zc),
-                    );
-                }
-                // z <= 0 (and NaN) to the left child, each input's child logit moving with it.
-                let nl = stable_partition_with(
-                    &mut tokens[lo..hi],
-                    &z[lo..hi],
-                    &mut z_child[lo..hi],
-                    spare,
-                    z_spare,
-                );
-                if l + 2 == levels {
-                    continue;
-                }
-                let mid = lo + nl;
-                let nll = stable_partition(&mut tokens[lo..mid], &z_child[lo..mid], spare);
-                let nrl = stable_partition(&mut tokens[mid..hi], &z_child[mid..hi], spare);
-                let (ln, rn) = (2 * node + 1, 2 * node + 2);
-                // Leftmost grandchild on top of the stack, so it is walked first.
-                stack[top] = (2 * rn + 2, l + 2, mid + nrl, hi);
-                stack[top + 1] = (2 * rn + 1, l + 2, mid, mid + nrl);
-                stack[top + 2] = (2 * ln + 2, l + 2, lo + nll, mid);
-                stack[top + 3] = (2 * ln + 1, l + 2, lo, lo + nll);
-                top += 4;
-                continue;
-            }
-            // The last level alone.
-            let w_in = ctx.w.w_in_row(row);
-            let bias = ctx.w.b_in[row];
-            let group = &tokens[lo..hi];
-            let zg = &mut z[lo..hi];
-            group_logits(s, w_in, bias, ctx.x, group, zg);
-            for (&tk, &zv) in group.iter().zip(zg.iter()) {
-                write_record(
-                    ctx,
-                    tk as usize,
-                    l - split,
-                    row,
-                    c.activation.apply_fast(zv),
-                );
-            }
-        }
+        walk_grouped(
+            s,
+            ctx.w,
+            ctx.base,
+            ctx.x,
+            root,
+            split..levels,
+            tokens,
+            self.scratch,
+            |tk, l, row, z| write_record(ctx, tk, l - split, row, c.activation.apply_fast(z)),
+        );
         clock.add_to(Phase::Walk);
         let clock = Clock::start();
         // Outputs in leaf order, four inputs at a time: neighbours share their top rows and
@@ -515,6 +438,97 @@ impl SimdTask for GroupedBucket<'_, '_, '_> {
     }
 }
 
+/// Walks `levels` of the tree whose root row is `base` for the inputs `tokens` (rows of `x`),
+/// all on `node` at the first of those levels, depth first with the inputs on each node grouped
+/// and two levels per pass where two are left. Calls `record(tk, level, row, z)` for each node
+/// an input visits, and leaves `tokens` in the order of the nodes they reach at the last level,
+/// left first.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn walk_grouped<S: Simd>(
+    s: S,
+    w: &FffWeightsView<'_>,
+    base: usize,
+    x: &[f32],
+    node: usize,
+    levels: std::ops::Range<usize>,
+    tokens: &mut [u32],
+    scratch: WalkScratch<'_>,
+    mut record: impl FnMut(usize, usize, usize, f32),
+) {
+    let WalkScratch {
+        z,
+        z_child,
+        tokens: spare,
+        z_spare,
+    } = scratch;
+    let end = levels.end;
+    // Explicit stack: recursion would leave this function's target-feature context. A paired
+    // node pushes its four grandchildren.
+    let mut stack = [(0usize, 0usize, 0usize, 0usize); 4 * MAX_LEVELS + 4];
+    let mut top = 0;
+    if !levels.is_empty() {
+        stack[0] = (node, levels.start, 0, tokens.len());
+        top = 1;
+    }
+    while top > 0 {
+        top -= 1;
+        let (node, l, lo, hi) = stack[top];
+        if lo == hi {
+            continue;
+        }
+        let row = base + node;
+        if l + 1 < end {
+            // The node and both its children in one pass over the inputs: each input's vector
+            // is loaded once for three rows (one of the children's dots is wasted), so the
+            // inputs stream from cache once per two levels instead of once per level.
+            let (left, right) = (base + 2 * node + 1, base + 2 * node + 2);
+            pair_logits(
+                s,
+                w,
+                x,
+                [row, left, right],
+                &tokens[lo..hi],
+                &mut z[lo..hi],
+                &mut z_child[lo..hi],
+            );
+            for ((&tk, &zv), &zc) in tokens[lo..hi].iter().zip(&z[lo..hi]).zip(&z_child[lo..hi]) {
+                record(tk as usize, l, row, zv);
+                record(tk as usize, l + 1, if zv > 0.0 { right } else { left }, zc);
+            }
+            // z <= 0 (and NaN) to the left child, each input's child logit moving with it.
+            let nl = stable_partition_with(
+                &mut tokens[lo..hi],
+                &z[lo..hi],
+                &mut z_child[lo..hi],
+                spare,
+                z_spare,
+            );
+            if l + 2 == end {
+                continue;
+            }
+            let mid = lo + nl;
+            let nll = stable_partition(&mut tokens[lo..mid], &z_child[lo..mid], spare);
+            let nrl = stable_partition(&mut tokens[mid..hi], &z_child[mid..hi], spare);
+            let (ln, rn) = (2 * node + 1, 2 * node + 2);
+            // Leftmost grandchild on top of the stack, so it is walked first.
+            stack[top] = (2 * rn + 2, l + 2, mid + nrl, hi);
+            stack[top + 1] = (2 * rn + 1, l + 2, mid, mid + nrl);
+            stack[top + 2] = (2 * ln + 2, l + 2, lo + nll, mid);
+            stack[top + 3] = (2 * ln + 1, l + 2, lo, lo + nll);
+            top += 4;
+            continue;
+        }
+        // The last level alone.
+        let group = &tokens[lo..hi];
+        let zg = &mut z[lo..hi];
+        group_logits(s, w.w_in_row(row), w.b_in[row], x, group, zg);
+        for (&tk, &zv) in group.iter().zip(zg.iter()) {
+            record(tk as usize, l, row, zv);
+        }
+    }
+}
+
 /// Records that input `tk` visited `row` with activation `act` at bottom level `bl`.
 #[inline(always)]
 fn write_record(ctx: &BottomCtx<'_, '_>, tk: usize, bl: usize, row: usize, act: f32) {
@@ -535,16 +549,17 @@ fn write_record(ctx: &BottomCtx<'_, '_>, tk: usize, bl: usize, row: usize, act: 
 #[inline(always)]
 fn pair_logits<S: Simd>(
     s: S,
-    ctx: &BottomCtx<'_, '_>,
+    weights: &FffWeightsView<'_>,
+    x: &[f32],
     rows: [usize; 3],
     tokens: &[u32],
     z: &mut [f32],
     z_child: &mut [f32],
 ) {
-    let cin = ctx.w.config.input_width;
-    let w = rows.map(|r| ctx.w.w_in_row(r));
-    let b = rows.map(|r| ctx.w.b_in[r]);
-    let x = |tk: u32| &ctx.x[tk as usize * cin..(tk as usize + 1) * cin];
+    let cin = weights.config.input_width;
+    let w = rows.map(|r| weights.w_in_row(r));
+    let b = rows.map(|r| weights.b_in[r]);
+    let x = |tk: u32| &x[tk as usize * cin..(tk as usize + 1) * cin];
     let mut finish = |i: usize, d: [f32; 3]| {
         let zn = d[0] + b[0];
         z[i] = zn;
@@ -559,10 +574,16 @@ fn pair_logits<S: Simd>(
         }
         i += 4;
     }
-    while i < tokens.len() {
+    if i + 2 <= tokens.len() {
+        let d = dot3(s, w, [x(tokens[i]), x(tokens[i + 1])]);
+        for (j, d) in d.into_iter().enumerate() {
+            finish(i + j, d);
+        }
+        i += 2;
+    }
+    if i < tokens.len() {
         let [d] = dot3(s, w, [x(tokens[i])]);
         finish(i, d);
-        i += 1;
     }
 }
 
