@@ -1,7 +1,8 @@
-//! Runs the inference kernel on a 1x11 layer (width 768) in a loop, for profilers:
+//! Runs the inference kernel on a layer of width 768 in a loop, for profilers:
 //! `cargo run --release -p fastfeedforward --example kernel_profile [batch] [iterations]
-//! [strategy]` (strategy: auto, per-token, bucketed or grouped). With `--features
-//! phase-timing`, also prints where a bucketed call's time goes.
+//! [strategy] [KxD]` (strategy: auto, per-token, bucketed or grouped; layer: K trees of depth
+//! D, default 1x11). With `--features phase-timing`, also prints where a bucketed call's time
+//! goes.
 
 use fastfeedforward::{Fff, FffConfig, InferOptions, Init, Strategy, Workspace};
 use rand::rngs::StdRng;
@@ -25,11 +26,18 @@ fn main() -> fastfeedforward::Result<()> {
         .get(2)
         .map_or(Ok(Strategy::Auto), |a| a.parse::<Strategy>())
         .expect("a strategy");
+    let (trees, depth) = args.get(3).map_or((1, 11), |a| {
+        let (k, d) = a.split_once('x').expect("a layer as KxD, e.g. 2x10");
+        (
+            k.parse().expect("a number of trees"),
+            d.parse().expect("a depth"),
+        )
+    });
     let opts = InferOptions {
         strategy,
         ..Default::default()
     };
-    let layer = Fff::new(FffConfig::new(768, 768, 11, 1), Init::Uniform, 0)?;
+    let layer = Fff::new(FffConfig::new(768, 768, depth, trees), Init::Uniform, 0)?;
     // Standard normal inputs, and a new batch of them each call from a pool of at least 1024
     // rows, as in `fff bench layer`: the same inputs every call would find their rows in cache.
     let mut rng = StdRng::seed_from_u64(1);

@@ -311,6 +311,54 @@ fn nan_goes_left() {
     assert!(y.iter().all(|v| v.is_nan()));
 }
 
+/// NaN logits deep in the tree, on the node and on the child levels of the bucketed walk's
+/// paired passes (levels 3 and 4, 5 and 6 here): those inputs go left, as in the reference.
+/// ReLU maps NaN to 0, so the path after a NaN node shows in the output.
+#[test]
+fn nan_logits_go_left_in_every_walk() {
+    let config = FffConfig::new(16, 8, 6, 1).with_activation(Activation::Relu);
+    let base = random_layer(config, 17);
+    let mut w_in = flat(base.w_in());
+    // One node on each of levels 3, 4, 5 and 6.
+    for n in [9usize, 20, 40, 100] {
+        w_in[n * 16..(n + 1) * 16].fill(f32::NAN);
+    }
+    let layer =
+        Fff::from_node_major(config, w_in, flat(base.b_in()), flat(base.w_out_t())).unwrap();
+    // Enough inputs that buckets (8, at level 3) are walked grouped.
+    let batch = 800;
+    let x = normal_vec(&mut rng(9), batch * 16);
+    let nan_paths = (0..batch)
+        .filter(|&r| {
+            let path = layer.route(&x[r * 16..(r + 1) * 16]).unwrap();
+            path.iter().any(|n| [9, 20, 40, 100].contains(n))
+        })
+        .count();
+    assert!(nan_paths >= 20, "only {nan_paths} inputs meet a NaN node");
+    let want = reference_output(&layer, &x, batch);
+    for level in SimdLevel::available() {
+        for strategy in STRATEGIES {
+            let got = run_kernel(
+                &layer,
+                &x,
+                batch,
+                InferOptions {
+                    strategy,
+                    simd: level,
+                },
+            );
+            assert_rows_close(
+                &layer,
+                &x,
+                &got,
+                &want,
+                1e-3,
+                &format!("{level:?} {strategy:?}"),
+            );
+        }
+    }
+}
+
 /// Depth 2, one tree, width 2, identity activation, one output whose row of node n is [n]:
 ///   node 0: z = x0          node 1: z = x1 - 1      node 2: z = x1 + 1
 ///   node 6: z = x0 + x1     (nodes 3, 4, 5: z = 0)

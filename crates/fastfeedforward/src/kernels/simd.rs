@@ -477,13 +477,14 @@ pub(crate) fn dot3<S: Simd, const I: usize>(s: S, w: [&[f32]; 3], x: [&[f32]; I]
     // vector load inside one becomes a call.
     let n = w[0].len();
     let (w0, w1, w2) = (&w[0][..n], &w[1][..n], &w[2][..n]);
+    let x = x.map(|x| &x[..n]);
     let l = S::LANES;
     let mut acc = [[s.zero(); 3]; I];
     let mut i = 0;
     while i + l <= n {
         let wv = [s.load(&w0[i..]), s.load(&w1[i..]), s.load(&w2[i..])];
         for j in 0..I {
-            let xv = s.load(&x[j][i..n]);
+            let xv = s.load(&x[j][i..]);
             for r in 0..3 {
                 acc[j][r] = s.mul_add(wv[r], xv, acc[j][r]);
             }
@@ -497,7 +498,7 @@ pub(crate) fn dot3<S: Simd, const I: usize>(s: S, w: [&[f32]; 3], x: [&[f32]; I]
             s.load_partial(&w2[i..]),
         ];
         for j in 0..I {
-            let xv = s.load_partial(&x[j][i..n]);
+            let xv = s.load_partial(&x[j][i..]);
             for r in 0..3 {
                 acc[j][r] = s.mul_add(wv[r], xv, acc[j][r]);
             }
@@ -622,7 +623,7 @@ mod tests {
             ((i * 5 % 11) as f32 - 5.0) * 0.3
         })));
         struct D<'a>(&'a [f32], &'a [f32], [&'a [f32]; 4], [&'a [f32]; 3]);
-        type DotsOut = (f32, [f32; 4], [[f32; 3]; 4], [[f32; 3]; 1]);
+        type DotsOut = (f32, [f32; 4], [[f32; 3]; 4], [[f32; 3]; 2], [[f32; 3]; 1]);
         impl SimdTask for D<'_> {
             type Output = DotsOut;
             #[inline(always)]
@@ -631,6 +632,7 @@ mod tests {
                     dot(s, self.0, self.1),
                     dot4(s, self.0, self.2),
                     dot3(s, self.3, self.2),
+                    dot3(s, self.3, [self.1, self.2[1]]),
                     dot3(s, self.3, [self.1]),
                 )
             }
@@ -671,7 +673,8 @@ mod tests {
                         let others = [b, &b_buf.0[1..1 + n], &b_buf.0[8..8 + n], b];
                         // dot3's other rows at other offsets.
                         let rows = [a, &a_buf.0[2..2 + n], &a_buf.0[9..9 + n]];
-                        let (got, got4, got3, got3_one) = dispatch(level, D(a, b, others, rows));
+                        let (got, got4, got3, got3_two, got3_one) =
+                            dispatch(level, D(a, b, others, rows));
                         let tag = format!("{level:?} a+{a_off} b+{b_off} n={n}");
                         assert!((got as f64 - want).abs() < 1e-3, "dot {tag}");
                         let exact = |w: &[f32], x: &[f32]| -> f64 {
@@ -688,7 +691,18 @@ mod tests {
                                 );
                             }
                         }
+                        // Input `b` in a group of four, two and one: the same bits, so an
+                        // input's logits do not depend on the size of its group.
+                        for g in [got3[0], got3[3], got3_two[0]] {
+                            let bits = |v: [f32; 3]| v.map(f32::to_bits);
+                            assert_eq!(bits(g), bits(got3_one[0]), "dot3 group sizes {tag}");
+                        }
                         for (r, w) in rows.iter().enumerate() {
+                            let w1 = exact(w, others[1]);
+                            assert!(
+                                (got3_two[1][r] as f64 - w1).abs() < 1e-3,
+                                "dot3 two [{r}] {tag}"
+                            );
                             let w3 = exact(w, b);
                             assert!(
                                 (got3_one[0][r] as f64 - w3).abs() < 1e-3,
