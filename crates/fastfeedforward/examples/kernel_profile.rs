@@ -1,10 +1,10 @@
 //! Runs the inference kernel on a layer of width 768 in a loop, for profilers:
 //! `cargo run --release -p fastfeedforward --example kernel_profile [batch] [iterations]
-//! [strategy] [KxD]` (strategy: auto, per-token, bucketed or grouped; layer: K trees of depth
-//! D, default 1x11). With `--features phase-timing`, also prints where a bucketed call's time
-//! goes.
+//! [strategy] [KxD] [simd]` (strategy: auto, per-token, bucketed or grouped; layer: K trees of
+//! depth D, default 1x11; simd: portable, avx2+fma or avx512f, default the best this CPU has).
+//! With `--features phase-timing`, also prints where a bucketed call's time goes.
 
-use fastfeedforward::{Fff, FffConfig, InferOptions, Init, Strategy, Workspace};
+use fastfeedforward::{Fff, FffConfig, InferOptions, Init, SimdLevel, Strategy, Workspace};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -33,10 +33,13 @@ fn main() -> fastfeedforward::Result<()> {
             d.parse().expect("a depth"),
         )
     });
-    let opts = InferOptions {
-        strategy,
-        ..Default::default()
-    };
+    let simd = args.get(4).map_or(SimdLevel::detect(), |a| {
+        SimdLevel::available()
+            .into_iter()
+            .find(|l| l.name() == a)
+            .expect("a SIMD level this CPU has: portable, avx2+fma or avx512f")
+    });
+    let opts = InferOptions { strategy, simd };
     let layer = Fff::new(FffConfig::new(768, 768, depth, trees), Init::Uniform, 0)?;
     // Standard normal inputs, and a new batch of them each call from a pool of at least 1024
     // rows, as in `fff bench layer`: the same inputs every call would find their rows in cache.
