@@ -17,6 +17,18 @@ fn run_kernel(layer: &Fff, x: &[f32], batch: usize, opts: InferOptions) -> Vec<f
     y
 }
 
+/// Every kernel this CPU can run, each strategy at each SIMD level, with a label for messages.
+fn every_kernel() -> impl Iterator<Item = (InferOptions, String)> {
+    SimdLevel::available().into_iter().flat_map(|simd| {
+        STRATEGIES.into_iter().map(move |strategy| {
+            (
+                InferOptions { strategy, simd },
+                format!("{simd:?} {strategy:?}"),
+            )
+        })
+    })
+}
+
 #[test]
 fn kernel_matches_reference_on_random_shapes() {
     let mut rng = rng(1);
@@ -28,21 +40,11 @@ fn kernel_matches_reference_on_random_shapes() {
         let batch = [0, 1, 2, 5, 33, 200][case as usize % 6];
         let x = normal_vec(&mut rng, batch * config.input_width);
         let want = reference_output(&layer, &x, batch);
-        for level in SimdLevel::available() {
-            for strategy in STRATEGIES {
-                let got = run_kernel(
-                    &layer,
-                    &x,
-                    batch,
-                    InferOptions {
-                        strategy,
-                        simd: level,
-                    },
-                );
-                let what = format!("case {case} {level:?} {strategy:?}");
-                flips += assert_rows_close(&layer, &x, &got, &want, 1e-3, &what);
-                rows += batch;
-            }
+        for (opts, kernel) in every_kernel() {
+            let got = run_kernel(&layer, &x, batch, opts);
+            let what = format!("case {case} {kernel}");
+            flips += assert_rows_close(&layer, &x, &got, &want, 1e-3, &what);
+            rows += batch;
         }
     }
     assert!(
@@ -200,32 +202,25 @@ fn results_do_not_depend_on_buffer_alignment() {
         buf[off..].copy_from_slice(v);
         buf
     };
-    for level in SimdLevel::available() {
-        for strategy in STRATEGIES {
-            let opts = InferOptions {
-                strategy,
-                simd: level,
-            };
-            let mut first: Option<Vec<f32>> = None;
-            for off in 0..17 {
-                // Weights, inputs and outputs each at their own offset.
-                let (x_off, y_off) = ((off * 5 + 3) % 17, (off * 3 + 1) % 17);
-                let (wi, wo) = (shifted(&w_in, off), shifted(&w_out_t, off));
-                let xs = shifted(&x, x_off);
-                let view =
-                    kernels::FffWeightsView::new(config, &wi[off..], &b_in, &wo[off..]).unwrap();
-                let mut y = vec![0.0; y_off + batch * config.output_width];
-                let mut ws = Workspace::new();
-                let (xs, ys) = (&xs[x_off..], &mut y[y_off..]);
-                kernels::forward(&view, xs, batch, ys, &mut ws, opts).unwrap();
-                let y = ys.to_vec();
-                match &first {
-                    None => first = Some(y),
-                    Some(f) => assert!(
-                        f.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "{level:?} {strategy:?}: offsets {off}/{x_off}/{y_off} changed the result"
-                    ),
-                }
+    for (opts, kernel) in every_kernel() {
+        let mut first: Option<Vec<f32>> = None;
+        for off in 0..17 {
+            // Weights, inputs and outputs each at their own offset.
+            let (x_off, y_off) = ((off * 5 + 3) % 17, (off * 3 + 1) % 17);
+            let (wi, wo) = (shifted(&w_in, off), shifted(&w_out_t, off));
+            let xs = shifted(&x, x_off);
+            let view = kernels::FffWeightsView::new(config, &wi[off..], &b_in, &wo[off..]).unwrap();
+            let mut y = vec![0.0; y_off + batch * config.output_width];
+            let mut ws = Workspace::new();
+            let (xs, ys) = (&xs[x_off..], &mut y[y_off..]);
+            kernels::forward(&view, xs, batch, ys, &mut ws, opts).unwrap();
+            let y = ys.to_vec();
+            match &first {
+                None => first = Some(y),
+                Some(f) => assert!(
+                    f.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{kernel}: offsets {off}/{x_off}/{y_off} changed the result"
+                ),
             }
         }
     }
@@ -272,24 +267,11 @@ fn ties_go_left_everywhere() {
             }
         }
         let want = reference_output(&layer, &x, batch);
-        for level in SimdLevel::available() {
-            for strategy in STRATEGIES {
-                let got = run_kernel(
-                    &layer,
-                    &x,
-                    batch,
-                    InferOptions {
-                        strategy,
-                        simd: level,
-                    },
-                );
-                let flips = assert_rows_close(&layer, &x, &got, &want, 1e-3, "ties");
-                // Every row is "near a tie" by construction, so demand an exact-path match instead.
-                assert_eq!(
-                    flips, 0,
-                    "{activation} parity {parity} {level:?} {strategy:?}"
-                );
-            }
+        for (opts, kernel) in every_kernel() {
+            let got = run_kernel(&layer, &x, batch, opts);
+            let flips = assert_rows_close(&layer, &x, &got, &want, 1e-3, "ties");
+            // Every row is "near a tie" by construction, so demand an exact-path match instead.
+            assert_eq!(flips, 0, "{activation} parity {parity} {kernel}");
         }
         let train = layer
             .forward_train(&tensor(x.clone(), batch, config.input_width))
@@ -336,26 +318,9 @@ fn nan_logits_go_left_in_every_walk() {
         .count();
     assert!(nan_paths >= 20, "only {nan_paths} inputs meet a NaN node");
     let want = reference_output(&layer, &x, batch);
-    for level in SimdLevel::available() {
-        for strategy in STRATEGIES {
-            let got = run_kernel(
-                &layer,
-                &x,
-                batch,
-                InferOptions {
-                    strategy,
-                    simd: level,
-                },
-            );
-            assert_rows_close(
-                &layer,
-                &x,
-                &got,
-                &want,
-                1e-3,
-                &format!("{level:?} {strategy:?}"),
-            );
-        }
+    for (opts, kernel) in every_kernel() {
+        let got = run_kernel(&layer, &x, batch, opts);
+        assert_rows_close(&layer, &x, &got, &want, 1e-3, &kernel);
     }
 }
 

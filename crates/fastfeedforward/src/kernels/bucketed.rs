@@ -8,9 +8,9 @@
 //!    takes their dot products with the node's row and both its children's rows, each loaded
 //!    once per 4 inputs, so the inputs stream from cache once per two levels (the child an
 //!    input does not take costs a wasted dot product and its share of that row's loads, but
-//!    no extra input loads). Small buckets use the interleaved tile descent instead. Then each input's output is written
-//!    once, with all its levels' output rows accumulated in registers; inputs are visited in
-//!    leaf order, so neighbours share their output rows in cache.
+//!    no extra input loads). Small buckets use the interleaved tile descent instead. Then each
+//!    input's output is written once, with all its levels' output rows accumulated in
+//!    registers; inputs are visited in leaf order, so neighbours share their output rows.
 //!
 //! Weight traffic drops from one row pair per input per level to about one pass over the
 //! weights per chunk. The batch runs in chunks of 16384 inputs (see [`CHUNK_TOKENS`]); the top
@@ -498,13 +498,8 @@ fn walk_grouped<S: Simd>(
                 record(tk as usize, l + 1, base + child(node, zv), zc);
             }
             // z <= 0 (and NaN) to the left child, each input's child logit moving with it.
-            let nl = stable_partition_with(
-                &mut tokens[lo..hi],
-                &z[lo..hi],
-                &mut z_child[lo..hi],
-                spare,
-                z_spare,
-            );
+            stable_partition(&mut z_child[lo..hi], &z[lo..hi], z_spare);
+            let nl = stable_partition(&mut tokens[lo..hi], &z[lo..hi], spare);
             if l + 2 == end {
                 continue;
             }
@@ -588,32 +583,6 @@ fn pair_logits<S: Simd>(
         let [d] = dot3(s, w, [x(tokens[i])]);
         finish(i, d);
     }
-}
-
-/// [`stable_partition`] that moves `carry` (one value per input) along with the inputs.
-fn stable_partition_with(
-    tokens: &mut [u32],
-    z: &[f32],
-    carry: &mut [f32],
-    scratch: &mut [u32],
-    scratch_carry: &mut [f32],
-) -> usize {
-    let (mut nl, mut nr) = (0, 0);
-    for i in 0..tokens.len() {
-        let (tk, cv) = (tokens[i], carry[i]);
-        if z[i] > 0.0 {
-            scratch[nr] = tk;
-            scratch_carry[nr] = cv;
-            nr += 1;
-        } else {
-            tokens[nl] = tk;
-            carry[nl] = cv;
-            nl += 1;
-        }
-    }
-    tokens[nl..].copy_from_slice(&scratch[..nr]);
-    carry[nl..].copy_from_slice(&scratch_carry[..nr]);
-    nl
 }
 
 /// Copies input `tk`'s bottom records (rows and activations by level) into `rows`, `acts`.

@@ -289,19 +289,20 @@ pub(super) fn group_logits<S: Simd>(
     }
 }
 
-/// Moves inputs with `z <= 0` (or NaN) to the front, keeping order; returns how many.
-pub(super) fn stable_partition(tokens: &mut [u32], z: &[f32], scratch: &mut [u32]) -> usize {
+/// Moves the items (inputs, or a value per input) whose `z <= 0` (or NaN) to the front,
+/// keeping order; returns how many.
+pub(super) fn stable_partition<T: Copy>(items: &mut [T], z: &[f32], scratch: &mut [T]) -> usize {
     let (mut nl, mut nr) = (0, 0);
-    for i in 0..tokens.len() {
-        let tk = tokens[i];
+    for i in 0..items.len() {
+        let item = items[i];
         if z[i] > 0.0 {
-            scratch[nr] = tk;
+            scratch[nr] = item;
             nr += 1;
         } else {
-            tokens[nl] = tk;
+            items[nl] = item;
             nl += 1;
         }
     }
-    tokens[nl..].copy_from_slice(&scratch[..nr]);
+    items[nl..].copy_from_slice(&scratch[..nr]);
     nl
 }
