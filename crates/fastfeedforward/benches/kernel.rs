@@ -54,7 +54,7 @@ fn bench_layer(c: &mut Criterion) {
                     let x = &pool[next * WIDTH..(next + batch) * WIDTH];
                     next = (next + batch) % (pool_rows - batch + 1);
                     layer
-                        .forward_infer_into(x, batch, &mut y, &mut ws, opts)
+                        .forward_infer_with(x, batch, &mut y, &mut ws, opts)
                         .unwrap();
                 })
             });

@@ -58,7 +58,7 @@ fn main() -> fastfeedforward::Result<()> {
         let x = &pool[offset * 768..(offset + batch) * 768];
         offset = (offset + batch) % (pool_rows - batch + 1);
         let s = Instant::now();
-        layer.forward_infer_into(x, batch, &mut y, &mut ws, opts)?;
+        layer.forward_infer_with(x, batch, &mut y, &mut ws, opts)?;
         times.push(s.elapsed().as_secs_f64());
         #[cfg(feature = "phase-timing")]
         for (sum, d) in phase_sums

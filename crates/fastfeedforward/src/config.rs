@@ -142,6 +142,17 @@ impl Default for Init {
     }
 }
 
+impl fmt::Display for Init {
+    /// The spelling [`Init::from_str`] reads: `normal(STD)`, `uniform`, `hyperspherical`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Init::Normal { std } => write!(f, "normal({std})"),
+            Init::Uniform => f.write_str("uniform"),
+            Init::Hyperspherical => f.write_str("hyperspherical"),
+        }
+    }
+}
+
 impl FromStr for Init {
     type Err = FffError;
     /// Parses `normal`, `normal(0.05)`, `uniform` or `hyperspherical`.

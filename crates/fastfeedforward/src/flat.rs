@@ -5,8 +5,11 @@
 //! tree node. All `D` projections share one small matmul, so routing costs `D` dot products no
 //! matter which path is taken, and gradients reach every hyperplane on every input.
 
+use crate::conditional::{ConditionalLayer, Route, Routing};
 use crate::error::{check_rows, FffError, Result};
 use crate::kernels::simd::{axpy_f32, dot_f32};
+use crate::kernels::Workspace;
+use crate::tree::{path, recorded_path};
 use candle_core::{Device, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -117,64 +120,30 @@ impl FlatFff {
         &self.config
     }
 
-    /// Trainable variables `[X, Y]`.
-    pub fn vars(&self) -> Vec<Var> {
-        vec![self.x.clone(), self.y.clone()]
-    }
-
-    /// Parameters with their names, each prefixed by `prefix`.
-    pub fn named_tensors(&self, prefix: &str) -> Vec<(String, Tensor)> {
-        vec![
-            (format!("{prefix}X"), self.x.as_tensor().clone()),
-            (format!("{prefix}Y"), self.y.as_tensor().clone()),
-        ]
-    }
-
     /// Node index at every level for each row of `lambdas` `[B, D]`.
     fn nodes_of(&self, lambdas: &[f32], batch: usize) -> Vec<u32> {
         let d = self.config.depth;
         let mut nodes = vec![0u32; batch * d];
-        for b in 0..batch {
-            let mut node = 0usize;
-            for level in 0..d {
-                nodes[b * d + level] = node as u32;
-                node = 2 * node + 1 + usize::from(lambdas[b * d + level] > 0.0);
+        for (out, lam) in nodes
+            .chunks_mut(d.max(1))
+            .zip(lambdas.chunks(d.max(1)))
+            .take(batch)
+        {
+            for (o, s) in out.iter_mut().zip(recorded_path(lam)) {
+                *o = s.node as u32;
             }
         }
         nodes
     }
 
-    /// Differentiable forward `[B, in] → [B, out]` (gradients reach `X` through `λ` and the
-    /// visited rows of `Y`).
-    pub fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, cin) = x.dims2()?;
-        if cin != self.config.input_width {
-            return Err(FffError::shape(
-                "input",
-                &[b, self.config.input_width],
-                &[b, cin],
-            ));
-        }
-        let d = self.config.depth;
-        let lambdas = x.matmul(self.x.as_tensor())?; // [B, D]
-        let nodes = self.nodes_of(&lambdas.flatten_all()?.to_vec1::<f32>()?, b);
-        let idx = Tensor::from_vec(nodes, b * d, &Device::Cpu)?;
-        let rows =
-            self.y
-                .as_tensor()
-                .index_select(&idx, 0)?
-                .reshape((b, d, self.config.output_width))?;
-        Ok(rows.broadcast_mul(&lambdas.unsqueeze(2)?)?.sum(1)?)
-    }
-
     /// Per-input nodes (tree-level order) and `λ`, for routing statistics.
     pub fn route(&self, x: &[f32]) -> Result<(Vec<u32>, Vec<f32>)> {
-        let mut r = self.route_batch(x, 1)?;
+        let mut r = self.route_nodes(x, 1)?;
         Ok(r.pop().expect("one input"))
     }
 
     /// [`FlatFff::route`] for each row of `x` `[batch, in]`, transposing `X` once.
-    pub fn route_batch(&self, x: &[f32], batch: usize) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
+    pub fn route_nodes(&self, x: &[f32], batch: usize) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
         let c = &self.config;
         check_rows("input", x.len(), batch, c.input_width)?;
         let xt = self.planes()?;
@@ -201,25 +170,126 @@ impl FlatFff {
             .to_vec1::<f32>()?)
     }
 
-    /// Inference `y[B, out]` for `x[B, in]`: `D` dot products and `D` row updates per input.
-    pub fn forward_infer(&self, x: &[f32], batch: usize) -> Result<Vec<f32>> {
+    fn infer_into(&self, x: &[f32], batch: usize, out: &mut [f32]) -> Result<()> {
         let c = &self.config;
         check_rows("input", x.len(), batch, c.input_width)?;
+        check_rows("output", out.len(), batch, c.output_width)?;
         let (cin, cout, d) = (c.input_width, c.output_width, c.depth);
         let xt = self.planes()?;
         let (ys_storage, ys_layout) = self.y.storage_and_layout();
         let ys = crate::layer::cpu_f32(&ys_storage, ys_layout, "Y")?;
-        let mut out = vec![0f32; batch * cout];
         out.par_chunks_mut(cout)
             .zip(x.par_chunks(cin))
             .for_each(|(yo, xi)| {
-                let mut node = 0usize;
-                for level in 0..d {
-                    let lambda = dot_f32(&xt[level * cin..(level + 1) * cin], xi);
-                    axpy_f32(lambda, &ys[node * cout..(node + 1) * cout], yo);
-                    node = 2 * node + 1 + usize::from(lambda > 0.0);
+                yo.fill(0.0);
+                // One hyperplane per level, in order.
+                let mut planes = xt.chunks_exact(cin);
+                let lambda = |_node| dot_f32(planes.next().expect("D planes"), xi);
+                for s in path(d, lambda) {
+                    axpy_f32(s.z, &ys[s.node * cout..(s.node + 1) * cout], yo);
                 }
             });
-        Ok(out)
+        Ok(())
+    }
+}
+
+impl ConditionalLayer for FlatFff {
+    fn describe(&self) -> String {
+        let c = &self.config;
+        format!("flat {}-{} d{}", c.input_width, c.output_width, c.depth)
+    }
+
+    fn input_width(&self) -> usize {
+        self.config.input_width
+    }
+
+    fn output_width(&self) -> usize {
+        self.config.output_width
+    }
+
+    /// Differentiable forward `[B, in] → [B, out]` (gradients reach `X` through `λ` and the
+    /// visited rows of `Y`).
+    fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, cin) = x.dims2()?;
+        if cin != self.config.input_width {
+            return Err(FffError::shape(
+                "input",
+                &[b, self.config.input_width],
+                &[b, cin],
+            ));
+        }
+        let d = self.config.depth;
+        let lambdas = x.matmul(self.x.as_tensor())?; // [B, D]
+        let nodes = self.nodes_of(&lambdas.flatten_all()?.to_vec1::<f32>()?, b);
+        let idx = Tensor::from_vec(nodes, b * d, &Device::Cpu)?;
+        let rows =
+            self.y
+                .as_tensor()
+                .index_select(&idx, 0)?
+                .reshape((b, d, self.config.output_width))?;
+        Ok(rows.broadcast_mul(&lambdas.unsqueeze(2)?)?.sum(1)?)
+    }
+
+    /// `D` dot products and `D` row updates per input.
+    fn forward_infer_into(
+        &self,
+        x: &[f32],
+        batch: usize,
+        y: &mut [f32],
+        _ws: &mut Workspace,
+    ) -> Result<()> {
+        self.infer_into(x, batch, y)
+    }
+
+    /// One tree whose region is the whole sign pattern, first level most significant.
+    fn route_batch(&self, x: &[f32], batch: usize) -> Result<Option<Routing>> {
+        let routes = self
+            .route_nodes(x, batch)?
+            .into_iter()
+            .map(|(_, lambdas)| {
+                let region = lambdas
+                    .iter()
+                    .fold(0u32, |acc, &l| (acc << 1) | u32::from(l > 0.0));
+                vec![Route { region, z: lambdas }]
+            })
+            .collect();
+        Ok(Some(Routing {
+            regions: 1 << self.config.depth,
+            levels: self.config.depth,
+            routes,
+        }))
+    }
+
+    /// `[X, Y]`.
+    fn vars(&self) -> Vec<Var> {
+        vec![self.x.clone(), self.y.clone()]
+    }
+
+    fn named_tensors(&self, prefix: &str) -> Result<Vec<(String, Tensor)>> {
+        Ok(vec![
+            (format!("{prefix}X"), self.x.as_tensor().clone()),
+            (format!("{prefix}Y"), self.y.as_tensor().clone()),
+        ])
+    }
+
+    fn load_tensors(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        prefix: &str,
+        source: &Path,
+    ) -> Result<()> {
+        *self = FlatFff::from_tensors(self.config, tensors, prefix, source)?;
+        Ok(())
+    }
+
+    /// `D` hyperplanes and `D` output rows.
+    fn multiply_adds_per_input(&self) -> usize {
+        let c = &self.config;
+        c.depth * (c.input_width + c.output_width)
+    }
+
+    /// `D` hyperplanes.
+    fn neurons_per_input(&self) -> usize {
+        self.config.depth
     }
 }

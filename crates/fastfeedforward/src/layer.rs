@@ -2,11 +2,12 @@
 //! fast kernel on the same memory without copying it.
 
 use crate::checkpoint;
+use crate::conditional::{leading_dims, ConditionalLayer, Route, Routing};
 use crate::config::{FffConfig, Init};
 use crate::error::{FffError, Result};
 use crate::kernels::{self, FffWeightsView, InferOptions, Workspace};
 use crate::{reference, train_op};
-use candle_core::{DType, Device, Storage, Tensor, Var};
+use candle_core::{Device, Storage, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal, Uniform};
@@ -113,18 +114,6 @@ impl Fff {
         Self::from_node_major(config, w_in, b_in, w_out_t)
     }
 
-    /// The parameters in PyTorch's names and layouts, each name prefixed by `prefix`.
-    pub fn named_tensors(&self, prefix: &str) -> Result<Vec<(String, Tensor)>> {
-        Ok(vec![
-            (format!("{prefix}{W_IN}"), self.w_in.as_tensor().clone()),
-            (format!("{prefix}{B_IN}"), self.b_in.as_tensor().clone()),
-            (
-                format!("{prefix}{W_OUT}"),
-                self.w_out_t.as_tensor().t()?.contiguous()?,
-            ),
-        ])
-    }
-
     /// Saves to a safetensors file (PyTorch names; config in the metadata), atomically.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         checkpoint::save(
@@ -151,11 +140,6 @@ impl Fff {
         &self.config
     }
 
-    /// The trainable parameters: `w_in`, `b_in`, `w_out_t`.
-    pub fn vars(&self) -> Vec<Var> {
-        vec![self.w_in.clone(), self.b_in.clone(), self.w_out_t.clone()]
-    }
-
     /// Input weights `[K·M, in]`.
     pub fn w_in(&self) -> &Tensor {
         self.w_in.as_tensor()
@@ -171,19 +155,6 @@ impl Fff {
         self.w_out_t.as_tensor()
     }
 
-    /// Differentiable forward on the O(depth) training op. `x` is `[..., in]`.
-    pub fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
-        self.with_flat_input(x, |x2| {
-            Ok(train_op::forward(
-                &self.config,
-                x2,
-                self.w_in(),
-                self.b_in(),
-                self.w_out_t(),
-            )?)
-        })
-    }
-
     /// Differentiable forward on the dense masked reference (all K·M neurons, masked).
     pub fn forward_reference(&self, x: &Tensor) -> Result<Tensor> {
         self.with_flat_input(x, |x2| {
@@ -197,25 +168,9 @@ impl Fff {
         })
     }
 
-    /// Inference forward on the fast kernel (no autodiff). `x` is `[..., in]`.
-    pub fn forward_infer(&self, x: &Tensor) -> Result<Tensor> {
-        self.with_flat_input(x, |x2| {
-            let batch = x2.dim(0)?;
-            let input = x2.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            let mut out = vec![0f32; batch * self.config.output_width];
-            let mut ws = Workspace::new();
-            self.forward_infer_into(&input, batch, &mut out, &mut ws, InferOptions::default())?;
-            Ok(Tensor::from_vec(
-                out,
-                (batch, self.config.output_width),
-                &Device::Cpu,
-            )?)
-        })
-    }
-
-    /// Inference into caller-owned buffers: `x` is `[batch, in]`, `y` is `[batch, out]`.
-    /// With a warmed `Workspace`, this allocates nothing.
-    pub fn forward_infer_into(
+    /// Inference into caller-owned buffers with kernel options: `x` is `[batch, in]`, `y` is
+    /// `[batch, out]`. With a warmed `Workspace`, this allocates nothing.
+    pub fn forward_infer_with(
         &self,
         x: &[f32],
         batch: usize,
@@ -267,26 +222,124 @@ impl Fff {
         )?;
         Ok(f(view))
     }
+}
 
+impl ConditionalLayer for Fff {
+    fn describe(&self) -> String {
+        let c = &self.config;
+        format!(
+            "fff {}-{} d{} k{}",
+            c.input_width, c.output_width, c.depth, c.trees
+        )
+    }
+
+    fn input_width(&self) -> usize {
+        self.config.input_width
+    }
+
+    fn output_width(&self) -> usize {
+        self.config.output_width
+    }
+
+    /// Differentiable forward on the O(depth) training op. `x` is `[..., in]`.
+    fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+        self.with_flat_input(x, |x2| {
+            Ok(train_op::forward(
+                &self.config,
+                x2,
+                self.w_in(),
+                self.b_in(),
+                self.w_out_t(),
+            )?)
+        })
+    }
+
+    /// Inference on the fast kernel with its default options; allocation-free once `ws` is warm.
+    fn forward_infer_into(
+        &self,
+        x: &[f32],
+        batch: usize,
+        y: &mut [f32],
+        ws: &mut Workspace,
+    ) -> Result<()> {
+        self.forward_infer_with(x, batch, y, ws, InferOptions::default())
+    }
+
+    fn route_batch(&self, x: &[f32], batch: usize) -> Result<Option<Routing>> {
+        let c = self.config;
+        crate::error::check_rows("input", x.len(), batch, c.input_width)?;
+        let depth = c.depth;
+        let routes = x
+            .chunks_exact(c.input_width)
+            .take(batch)
+            .map(|row| {
+                let (nodes, z) = self.route_with_logits(row)?;
+                Ok((0..c.trees)
+                    .map(|t| {
+                        let path = &nodes[t * (depth + 1)..(t + 1) * (depth + 1)];
+                        Route {
+                            region: path[depth] + 1 - (1u32 << depth),
+                            // The leaf's own z decides nothing; keep the D decisions.
+                            z: z[t * (depth + 1)..t * (depth + 1) + depth].to_vec(),
+                        }
+                    })
+                    .collect())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(Routing {
+            regions: 1 << depth,
+            levels: depth,
+            routes,
+        }))
+    }
+
+    /// `w_in`, `b_in`, `w_out_t`.
+    fn vars(&self) -> Vec<Var> {
+        vec![self.w_in.clone(), self.b_in.clone(), self.w_out_t.clone()]
+    }
+
+    /// The parameters in PyTorch's names and layouts, each name prefixed by `prefix`.
+    fn named_tensors(&self, prefix: &str) -> Result<Vec<(String, Tensor)>> {
+        Ok(vec![
+            (format!("{prefix}{W_IN}"), self.w_in.as_tensor().clone()),
+            (format!("{prefix}{B_IN}"), self.b_in.as_tensor().clone()),
+            (
+                format!("{prefix}{W_OUT}"),
+                self.w_out_t.as_tensor().t()?.contiguous()?,
+            ),
+        ])
+    }
+
+    fn load_tensors(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        prefix: &str,
+        source: &Path,
+    ) -> Result<()> {
+        *self = Fff::from_tensors(self.config, tensors, prefix, source)?;
+        Ok(())
+    }
+
+    /// `K·(D+1)` visited nodes, each one input row and one output row.
+    fn multiply_adds_per_input(&self) -> usize {
+        let c = &self.config;
+        c.used_nodes() * (c.input_width + c.output_width)
+    }
+
+    fn neurons_per_input(&self) -> usize {
+        self.config.used_nodes()
+    }
+}
+
+impl Fff {
     fn with_flat_input(
         &self,
         x: &Tensor,
         f: impl FnOnce(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        let dims = x.dims();
-        let cin = self.config.input_width;
-        if dims.last() != Some(&cin) {
-            let mut want = dims.to_vec();
-            match want.last_mut() {
-                Some(last) => *last = cin,
-                None => want.push(cin),
-            }
-            return Err(FffError::shape("input", &want, dims));
-        }
-        let lead = &dims[..dims.len() - 1];
-        let x2 = x.reshape((lead.iter().product::<usize>(), cin))?;
-        let y = f(&x2)?;
-        let mut out_dims = lead.to_vec();
+        let (lead, batch) = leading_dims(x, self.config.input_width)?;
+        let y = f(&x.reshape((batch, self.config.input_width))?)?;
+        let mut out_dims = lead;
         out_dims.push(self.config.output_width);
         Ok(y.reshape(out_dims)?)
     }

@@ -14,7 +14,7 @@
 //!   aligned vectors.
 //!
 //! ```
-//! use fastfeedforward::{Fff, FffConfig, Init};
+//! use fastfeedforward::{ConditionalLayer, Fff, FffConfig, Init};
 //! use candle_core::{Device, Tensor};
 //!
 //! let layer = Fff::new(FffConfig::new(16, 8, 3, 2), Init::default(), 42)?;
@@ -29,6 +29,7 @@
 
 pub mod alloc;
 pub mod checkpoint;
+pub mod conditional;
 pub mod config;
 pub mod dense;
 pub mod error;
@@ -39,8 +40,10 @@ pub mod math;
 pub mod original;
 pub mod reference;
 pub mod train_op;
+pub mod tree;
 
 pub use alloc::AlignedAlloc;
+pub use conditional::{ConditionalLayer, Elementwise, Linear, Route, Routing, TrainStep};
 pub use config::{Activation, FffConfig, Init};
 pub use dense::DenseFf;
 pub use error::{FffError, Result};

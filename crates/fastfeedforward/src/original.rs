@@ -14,9 +14,12 @@
 //! `node_biases [2^D−1, 1]`, `w1s [2^D, in, ℓ]`, `b1s [2^D, ℓ]`, `w2s [2^D, ℓ, out]`,
 //! `b2s [2^D, out]`.
 
+use crate::conditional::{ConditionalLayer, Route, Routing, TrainStep};
 use crate::config::Activation;
 use crate::error::{check_rows, FffError, Result};
 use crate::kernels::simd::{axpy_f32, dot_f32};
+use crate::kernels::Workspace;
+use crate::tree::{path_with, Tie};
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -41,6 +44,8 @@ pub struct OriginalFffConfig {
     pub region_leak: f64,
     /// Train with hard (rounded) decisions, as the package's `train_hardened`.
     pub train_hardened: bool,
+    /// Weight `h` of the hardening loss added in training: `h` × mean node entropy (0 = off).
+    pub hardening: f64,
 }
 
 impl OriginalFffConfig {
@@ -54,6 +59,7 @@ impl OriginalFffConfig {
             activation: Activation::Relu,
             region_leak: 0.0,
             train_hardened: false,
+            hardening: 0.0,
         }
     }
 
@@ -81,6 +87,12 @@ impl OriginalFffConfig {
             return bad(
                 "depth",
                 format!("= {} is more than 16 (65536 leaves)", self.depth),
+            );
+        }
+        if !(self.hardening.is_finite() && self.hardening >= 0.0) {
+            return bad(
+                "hardening",
+                format!("= {} must be a finite number >= 0", self.hardening),
             );
         }
         if !(0.0..=1.0).contains(&self.region_leak) {
@@ -183,20 +195,6 @@ impl OriginalFff {
     /// The config.
     pub fn config(&self) -> &OriginalFffConfig {
         &self.config
-    }
-
-    /// Trainable variables, in the package's order.
-    pub fn vars(&self) -> Vec<Var> {
-        self.params.to_vec()
-    }
-
-    /// Parameters with the package's names, each prefixed by `prefix`.
-    pub fn named_tensors(&self, prefix: &str) -> Vec<(String, Tensor)> {
-        ORIGINAL_NAMES
-            .iter()
-            .zip(&self.params)
-            .map(|(n, v)| (format!("{prefix}{n}"), v.as_tensor().clone()))
-            .collect()
     }
 
     /// The training forward (differentiable): all leaves mixed by their path weights. With
@@ -303,12 +301,12 @@ impl OriginalFff {
     /// The leaf input `x` reaches by hard descent (right when `w·x + b ≥ 0`), and the node
     /// logits on its path.
     pub fn route(&self, x: &[f32]) -> Result<(usize, Vec<f32>)> {
-        let mut r = self.route_batch(x, 1)?;
+        let mut r = self.route_leaves(x, 1)?;
         Ok(r.pop().expect("one input"))
     }
 
     /// [`OriginalFff::route`] for each row of `x` `[batch, in]`, reading the weights once.
-    pub fn route_batch(&self, x: &[f32], batch: usize) -> Result<Vec<(usize, Vec<f32>)>> {
+    pub fn route_leaves(&self, x: &[f32], batch: usize) -> Result<Vec<(usize, Vec<f32>)>> {
         let c = &self.config;
         check_rows("input", x.len(), batch, c.input_width)?;
         self.with_params(|[nw, nb, ..]| {
@@ -319,19 +317,7 @@ impl OriginalFff {
         })
     }
 
-    /// Hard inference `y[B, out]` for `x[B, in]`, inputs grouped by leaf.
-    pub fn forward_infer(&self, x: &[f32], batch: usize) -> Result<Vec<f32>> {
-        let c = &self.config;
-        check_rows("input", x.len(), batch, c.input_width)?;
-        self.with_params(|p| self.infer_with(p, x, batch))
-    }
-
-    fn infer_with(
-        &self,
-        [nw, nb, w1s, b1s, w2s, b2s]: [&[f32]; 6],
-        x: &[f32],
-        batch: usize,
-    ) -> Vec<f32> {
+    fn infer_with(&self, [nw, nb, w1s, b1s, w2s, b2s]: [&[f32]; 6], x: &[f32], out: &mut [f32]) {
         let c = &self.config;
         let (cin, lw, cout) = (c.input_width, c.leaf_width, c.output_width);
         let leaves: Vec<usize> = x
@@ -372,13 +358,11 @@ impl OriginalFff {
                 (inputs, block)
             })
             .collect();
-        let mut out = vec![0f32; batch * cout];
         for (inputs, block) in blocks {
             for (&i, y) in inputs.iter().zip(block.chunks(cout.max(1))) {
                 out[i * cout..(i + 1) * cout].copy_from_slice(y);
             }
         }
-        out
     }
 
     /// Plain f64 reference of hard inference, one input at a time (for tests).
@@ -399,15 +383,20 @@ impl OriginalFff {
         let mut out = vec![0f64; batch * cout];
         for i in 0..batch {
             let xi = &x[i * cin..(i + 1) * cin];
-            let mut node = 0usize;
-            for _ in 0..c.depth {
+            let logit = |node: usize| {
                 let z: f64 = (0..cin)
                     .map(|k| nw[node * cin + k] as f64 * xi[k] as f64)
-                    .sum::<f64>()
-                    + nb[node] as f64;
-                node = 2 * node + 1 + usize::from(z >= 0.0);
-            }
-            let leaf = node - c.nodes();
+                    .sum::<f64>();
+                // Decided in f64, as the f64 sum gives it.
+                if z + nb[node] as f64 >= 0.0 {
+                    1.0
+                } else {
+                    -1.0
+                }
+            };
+            let mut walk = path_with(c.depth, Tie::Right, logit);
+            walk.by_ref().for_each(drop);
+            let leaf = walk.position() - c.nodes();
             for j in 0..lw {
                 let mut h = b1s[leaf * lw + j] as f64;
                 for k in 0..cin {
@@ -426,17 +415,113 @@ impl OriginalFff {
     }
 }
 
+impl ConditionalLayer for OriginalFff {
+    fn describe(&self) -> String {
+        let c = &self.config;
+        format!(
+            "orig {}-{} d{} l{}",
+            c.input_width, c.output_width, c.depth, c.leaf_width
+        )
+    }
+
+    fn input_width(&self) -> usize {
+        self.config.input_width
+    }
+
+    fn output_width(&self) -> usize {
+        self.config.output_width
+    }
+
+    /// The soft mixture of all leaves (hard decisions with `train_hardened`), no region leak.
+    fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_soft(x, false, None)?.output)
+    }
+
+    /// [`ConditionalLayer::forward_train`] with region leaks drawn from the step's seed; adds
+    /// the hardening loss to the step.
+    fn forward_step(&self, x: &Tensor, step: &mut TrainStep) -> Result<Tensor> {
+        let out = self.forward_soft(x, false, step.layer_seed())?;
+        if self.config.hardening > 0.0 && out.node_entropies.elem_count() > 0 {
+            step.add_loss((out.node_entropies.mean_all()? * self.config.hardening)?)?;
+        }
+        Ok(out.output)
+    }
+
+    /// Hard inference, inputs grouped by leaf.
+    fn forward_infer_into(
+        &self,
+        x: &[f32],
+        batch: usize,
+        y: &mut [f32],
+        _ws: &mut Workspace,
+    ) -> Result<()> {
+        let c = &self.config;
+        check_rows("input", x.len(), batch, c.input_width)?;
+        check_rows("output", y.len(), batch, c.output_width)?;
+        self.with_params(|p| self.infer_with(p, x, y))
+    }
+
+    fn route_batch(&self, x: &[f32], batch: usize) -> Result<Option<Routing>> {
+        let routes = self
+            .route_leaves(x, batch)?
+            .into_iter()
+            .map(|(leaf, z)| {
+                vec![Route {
+                    region: leaf as u32,
+                    z,
+                }]
+            })
+            .collect();
+        Ok(Some(Routing {
+            regions: self.config.leaves(),
+            levels: self.config.depth,
+            routes,
+        }))
+    }
+
+    /// In the package's order.
+    fn vars(&self) -> Vec<Var> {
+        self.params.to_vec()
+    }
+
+    /// The package's names.
+    fn named_tensors(&self, prefix: &str) -> Result<Vec<(String, Tensor)>> {
+        Ok(ORIGINAL_NAMES
+            .iter()
+            .zip(&self.params)
+            .map(|(n, v)| (format!("{prefix}{n}"), v.as_tensor().clone()))
+            .collect())
+    }
+
+    fn load_tensors(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        prefix: &str,
+        source: &Path,
+    ) -> Result<()> {
+        *self = OriginalFff::from_tensors(self.config, tensors, prefix, source)?;
+        Ok(())
+    }
+
+    /// `D` node rows, then one leaf's two layers.
+    fn multiply_adds_per_input(&self) -> usize {
+        let c = &self.config;
+        c.depth * c.input_width + c.leaf_width * (c.input_width + c.output_width)
+    }
+
+    /// `D` nodes, one leaf's hidden and output units.
+    fn neurons_per_input(&self) -> usize {
+        self.config.used_neurons() + self.config.output_width
+    }
+}
+
 /// Hard descent: (leaf index, node logits along the path).
 fn descend(c: &OriginalFffConfig, nw: &[f32], nb: &[f32], x: &[f32]) -> (usize, Vec<f32>) {
     let cin = c.input_width;
-    let mut node = 0usize;
-    let mut zs = Vec::with_capacity(c.depth);
-    for _ in 0..c.depth {
-        let z = dot_f32(&nw[node * cin..(node + 1) * cin], x) + nb[node];
-        zs.push(z);
-        node = 2 * node + 1 + usize::from(z >= 0.0);
-    }
-    (node - c.nodes(), zs)
+    let logit = |node: usize| dot_f32(&nw[node * cin..(node + 1) * cin], x) + nb[node];
+    let mut walk = path_with(c.depth, Tie::Right, logit);
+    let zs = walk.by_ref().map(|s| s.z).collect();
+    (walk.position() - c.nodes(), zs)
 }
 
 /// For each level, the column of `[left | right]` (`[B, 2N]`) that each leaf multiplies by: leaf

@@ -3,7 +3,7 @@
 //! so that autodiff gives its gradients. It is the oracle of the tests, never the fast path.
 
 use crate::config::FffConfig;
-use crate::kernels::child;
+use crate::tree::forest_visits;
 use candle_core::{Result, Tensor};
 
 /// `y = (act(x·w_inᵀ + b_in) ⊙ mask) · w_out_t`, with the mask of visited nodes.
@@ -25,17 +25,10 @@ pub fn forward(
 pub fn path_mask(config: &FffConfig, logits: &Tensor) -> Result<Tensor> {
     let (batch, rows) = logits.dims2()?;
     let values = logits.detach().flatten_all()?.to_vec1::<f32>()?;
-    let m = config.nodes_per_tree();
     let mut mask = vec![0f32; batch * rows];
-    for b in 0..batch {
-        let offset = b * rows;
-        for t in 0..config.trees {
-            let mut n = 0;
-            for _ in 0..=config.depth {
-                let row = t * m + n;
-                mask[offset + row] = 1.0;
-                n = child(n, values[offset + row]);
-            }
+    for (b, logits_b) in values.chunks_exact(rows.max(1)).take(batch).enumerate() {
+        for v in forest_visits(config.trees, config.depth + 1, |row| logits_b[row]) {
+            mask[b * rows + v.row] = 1.0;
         }
     }
     Tensor::from_vec(mask, (batch, rows), logits.device())

@@ -15,8 +15,8 @@
 //! the path takes `z` and re-derives it: nothing else has to be stored between the passes.
 
 use crate::config::FffConfig;
-use crate::kernels::child;
 use crate::kernels::simd::{axpy_f32, dot_f32};
+use crate::tree::{forest_visits, recorded_visits};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -93,15 +93,8 @@ fn check_dims(name: &str, l: &Layout, want: &[usize]) -> candle_core::Result<()>
 /// `row` is the global node row.
 #[inline]
 fn for_each_visited(config: &FffConfig, z_b: &[f32], mut f: impl FnMut(usize, usize)) {
-    let m = config.nodes_per_tree();
-    let levels = config.depth + 1;
-    for t in 0..config.trees {
-        let mut n = 0;
-        for l in 0..levels {
-            let i = t * levels + l;
-            f(i, t * m + n);
-            n = child(n, z_b[i]);
-        }
+    for v in recorded_visits(config.trees, config.depth + 1, z_b) {
+        f(v.index, v.row);
     }
 }
 
@@ -138,19 +131,14 @@ impl CustomOp3 for NodeLogits {
         let w_in = f32_slice(s2, l2, "linear_in.weight")?;
         let b_in = f32_slice(s3, l3, "linear_in.bias")?;
         let mut z = vec![0f32; batch * used];
-        let m = c.nodes_per_tree();
         z.par_chunks_mut(used)
             .zip(x.par_chunks(cin))
             .with_min_len(MIN_ROWS_PER_TASK)
             .for_each(|(z_b, x_b)| {
-                for t in 0..c.trees {
-                    let mut n = 0;
-                    for l in 0..=c.depth {
-                        let row = t * m + n;
-                        let v = dot_f32(&w_in[row * cin..(row + 1) * cin], x_b) + b_in[row];
-                        z_b[t * (c.depth + 1) + l] = v;
-                        n = child(n, v);
-                    }
+                let logit =
+                    |row: usize| dot_f32(&w_in[row * cin..(row + 1) * cin], x_b) + b_in[row];
+                for v in forest_visits(c.trees, c.depth + 1, logit) {
+                    z_b[v.index] = v.z;
                 }
             });
         Ok((

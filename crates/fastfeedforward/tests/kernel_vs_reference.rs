@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use fastfeedforward::kernels::{self, reference};
+use fastfeedforward::ConditionalLayer;
 use fastfeedforward::{Activation, Fff, FffConfig, InferOptions, SimdLevel, Strategy, Workspace};
 
 const STRATEGIES: [Strategy; 4] = Strategy::ALL;
@@ -12,7 +13,7 @@ fn run_kernel(layer: &Fff, x: &[f32], batch: usize, opts: InferOptions) -> Vec<f
     let mut y = vec![f32::NAN; batch * layer.config().output_width];
     let mut ws = Workspace::new();
     layer
-        .forward_infer_into(x, batch, &mut y, &mut ws, opts)
+        .forward_infer_with(x, batch, &mut y, &mut ws, opts)
         .unwrap();
     y
 }
@@ -123,7 +124,7 @@ fn large_outputs_are_chunked_and_streamed() {
                 };
                 let mut ws = Workspace::new();
                 layer
-                    .forward_infer_into(&x, batch, y, &mut ws, opts)
+                    .forward_infer_with(&x, batch, y, &mut ws, opts)
                     .unwrap();
                 let what = format!("out {out} {level:?} y 64-byte boundary + {shift} floats");
                 assert_rows_close(&layer, &x, y, &want, 1e-3, &what);
@@ -388,11 +389,11 @@ fn bad_buffers_are_errors_not_panics() {
     let mut ws = Workspace::new();
     let mut y = vec![0f32; 4];
     let err = layer
-        .forward_infer_into(&[0.0; 7], 1, &mut y, &mut ws, InferOptions::default())
+        .forward_infer_with(&[0.0; 7], 1, &mut y, &mut ws, InferOptions::default())
         .unwrap_err();
     assert!(err.to_string().contains("input"), "{err}");
     let err = layer
-        .forward_infer_into(
+        .forward_infer_with(
             &[0.0; 8],
             1,
             &mut [0.0; 3],

@@ -5,6 +5,7 @@ mod common;
 
 use candle_core::{Tensor, Var};
 use common::*;
+use fastfeedforward::ConditionalLayer;
 use fastfeedforward::{Activation, Fff, FffConfig};
 
 /// Inputs whose paths stay at least `margin` away from every decision boundary, so that the

@@ -8,6 +8,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use fastfeedforward::kernels::reference;
 use fastfeedforward::kernels::simd::vectorized;
 use fastfeedforward::kernels::simd::{axpy_f32, dot_f32};
+use fastfeedforward::tree::forest_visits;
 use fastfeedforward::{Activation, Fff, InferOptions, Strategy, Workspace};
 use rayon::prelude::*;
 
@@ -291,19 +292,13 @@ impl LayerImpl for FffLevel1<'_> {
     fn run(&mut self, x: &[f32], _batch: usize, y: &mut [f32]) -> Result<()> {
         let c = *self.layer.config();
         self.layer.with_view(|w| {
-            let m = c.nodes_per_tree();
             y.par_chunks_mut(c.output_width)
                 .zip(x.par_chunks(c.input_width))
                 .for_each(|(yb, xb)| {
                     yb.fill(0.0);
-                    for t in 0..c.trees {
-                        let mut n = 0;
-                        for _ in 0..=c.depth {
-                            let row = t * m + n;
-                            let z = dot_f32(w.w_in_row(row), xb) + w.b_in[row];
-                            axpy_f32(c.activation.apply(z), w.w_out_row(row), yb);
-                            n = fastfeedforward::kernels::child(n, z);
-                        }
+                    let logit = |row: usize| dot_f32(w.w_in_row(row), xb) + w.b_in[row];
+                    for v in forest_visits(c.trees, c.depth + 1, logit) {
+                        axpy_f32(c.activation.apply(v.z), w.w_out_row(v.row), yb);
                     }
                 });
         })?;
@@ -341,7 +336,7 @@ impl LayerImpl for FffKernel<'_> {
             ..Default::default()
         };
         self.layer
-            .forward_infer_into(x, batch, y, &mut self.workspace, opts)?;
+            .forward_infer_with(x, batch, y, &mut self.workspace, opts)?;
         Ok(())
     }
 }

@@ -80,7 +80,7 @@ fn main() -> anyhow::Result<()> {
         (
             "FFF 1x11 (kernel)",
             median_ms(|| {
-                fff.forward_infer_into(&x, n, &mut y, &mut ws, InferOptions::default())
+                fff.forward_infer_with(&x, n, &mut y, &mut ws, InferOptions::default())
                     .unwrap()
             }),
         ),

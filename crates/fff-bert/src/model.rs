@@ -12,6 +12,7 @@ use crate::error::{BertError, Result};
 use crate::ops::{self, AttentionShape, Dense, LayerNorm};
 use crate::weights::Weights;
 use candle_core::{Device, Tensor};
+use fastfeedforward::tree::forest_visits;
 use fastfeedforward::{Fff, FffConfig, InferOptions, Workspace};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -264,18 +265,14 @@ impl MaskedFff {
 
     fn forward(&self, layer: &Fff, x: &[f32], n: usize, mid: &mut Buffer, out: &mut [f32]) {
         let c = layer.config();
-        let (m, km) = (c.nodes_per_tree(), c.total_nodes());
+        let km = c.total_nodes();
         let act = c.activation;
         let z = mid.sized(n * km);
         self.linear_in.forward(x, n, z);
         z.par_chunks_mut(km).for_each(|row| {
             let mut on_path = vec![false; km];
-            for t in 0..c.trees {
-                let mut node = 0usize;
-                for _ in 0..=c.depth {
-                    on_path[t * m + node] = true;
-                    node = 2 * node + 1 + usize::from(row[t * m + node] > 0.0);
-                }
+            for v in forest_visits(c.trees, c.depth + 1, |r| row[r]) {
+                on_path[v.row] = true;
             }
             for (v, keep) in row.iter_mut().zip(on_path) {
                 *v = if keep { act.apply(*v) } else { 0.0 };
@@ -364,7 +361,7 @@ impl Ffn {
                         // A poisoned lock only means another thread panicked mid-call; the
                         // workspace holds scratch space, not state, so it is still usable.
                         let mut ws = block.workspace.lock().unwrap_or_else(|e| e.into_inner());
-                        layer.forward_infer_into(x, n, out, &mut ws, InferOptions::default())?;
+                        layer.forward_infer_with(x, n, out, &mut ws, InferOptions::default())?;
                         Ok(())
                     }
                 }

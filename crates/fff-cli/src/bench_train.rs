@@ -4,6 +4,7 @@
 use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
+use fastfeedforward::ConditionalLayer;
 use fastfeedforward::{Activation, Fff, FffConfig, Init};
 use fff_bench::report::human_seconds;
 use fff_train::optim::{Optimizer, ParamsAdamW};

@@ -7,6 +7,7 @@ use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
 use fastfeedforward::kernels::reference;
+use fastfeedforward::ConditionalLayer;
 use fastfeedforward::{
     Activation, DenseFf, Fff, FffConfig, InferOptions, Init, SimdLevel, Strategy, Workspace,
 };
@@ -100,7 +101,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         };
         let fff_time = median_time(3, args.reps, || {
             layer
-                .forward_infer_into(&x, batch, &mut y, &mut ws, opts)
+                .forward_infer_with(&x, batch, &mut y, &mut ws, opts)
                 .expect("shapes checked above");
         });
         let dense_reps = if batch >= 1024 {
@@ -183,7 +184,7 @@ fn check(layer: &Fff, rng: &mut StdRng) -> Result<()> {
         .to_vec1::<f32>()?;
     let train = layer.forward_train(&xt)?.flatten_all()?.to_vec1::<f32>()?;
     let mut fast = vec![0f32; batch * c.output_width];
-    layer.forward_infer_into(
+    layer.forward_infer_with(
         &x,
         batch,
         &mut fast,

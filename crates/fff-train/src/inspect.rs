@@ -3,19 +3,12 @@
 //! how close decisions are to their boundaries, and how routing differs between two
 //! checkpoints or two epochs.
 
-use crate::model::{Layer, Model};
+use crate::model::Model;
 use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-/// Routing of one input through one tree.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Route {
-    /// Region (leaf) index in `0..regions`.
-    pub region: u32,
-    /// Decision value at each level (`z` of the visited node; `λ_d` for flat FFF).
-    pub z: Vec<f32>,
-}
+pub use fastfeedforward::Route;
 
 /// Routing of a batch through every tree of one layer.
 #[derive(Clone, Debug)]
@@ -48,84 +41,17 @@ pub fn routing(model: &Model, x: &Tensor) -> Result<Vec<LayerRouting>> {
     let inputs = layer_inputs(model, x)?;
     let mut out = Vec::new();
     for (i, (layer, input)) in model.layers.iter().zip(&inputs).enumerate() {
-        let (b, w) = input.dims2()?;
+        let (b, _) = input.dims2()?;
         let rows = input.flatten_all()?.to_vec1::<f32>()?;
-        let row = |r: usize| &rows[r * w..(r + 1) * w];
-        let lr = match layer {
-            Layer::Fff(f) => {
-                let c = f.config();
-                let depth = c.depth;
-                let routes = (0..b)
-                    .map(|r| {
-                        let (nodes, z) = f.route_with_logits(row(r))?;
-                        Ok((0..c.trees)
-                            .map(|t| {
-                                let path = &nodes[t * (depth + 1)..(t + 1) * (depth + 1)];
-                                Route {
-                                    region: path[depth] + 1 - (1u32 << depth),
-                                    // The leaf's own z decides nothing; keep the D decisions.
-                                    z: z[t * (depth + 1)..t * (depth + 1) + depth].to_vec(),
-                                }
-                            })
-                            .collect())
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                LayerRouting {
-                    layer: i,
-                    name: format!(
-                        "fff {}-{} d{} k{}",
-                        c.input_width, c.output_width, depth, c.trees
-                    ),
-                    regions: 1 << depth,
-                    levels: depth,
-                    routes,
-                }
-            }
-            Layer::Original { layer, .. } => {
-                let c = layer.config();
-                let routes = layer
-                    .route_batch(&rows, b)?
-                    .into_iter()
-                    .map(|(leaf, z)| {
-                        vec![Route {
-                            region: leaf as u32,
-                            z,
-                        }]
-                    })
-                    .collect();
-                LayerRouting {
-                    layer: i,
-                    name: format!(
-                        "orig {}-{} d{} l{}",
-                        c.input_width, c.output_width, c.depth, c.leaf_width
-                    ),
-                    regions: c.leaves(),
-                    levels: c.depth,
-                    routes,
-                }
-            }
-            Layer::Flat(f) => {
-                let c = f.config();
-                let routes = f
-                    .route_batch(&rows, b)?
-                    .into_iter()
-                    .map(|(_, lambdas)| {
-                        // The region is the whole sign pattern, first level most significant.
-                        let region = lambdas
-                            .iter()
-                            .fold(0u32, |acc, &l| (acc << 1) | u32::from(l > 0.0));
-                        vec![Route { region, z: lambdas }]
-                    })
-                    .collect();
-                LayerRouting {
-                    layer: i,
-                    name: format!("flat {}-{} d{}", c.input_width, c.output_width, c.depth),
-                    regions: 1 << c.depth,
-                    levels: c.depth,
-                    routes,
-                }
-            }
-            Layer::Linear { .. } | Layer::Act(_) => continue,
+        let Some(r) = layer.route_batch(&rows, b)? else {
+            continue;
+        };
+        let lr = LayerRouting {
+            layer: i,
+            name: layer.describe(),
+            regions: r.regions,
+            levels: r.levels,
+            routes: r.routes,
         };
         out.push(lr);
     }

@@ -1,7 +1,8 @@
 //! Training of models built from FFF and dense layers on the O(depth) training op.
 //!
-//! - [`model`]: a small model description language
-//!   (`fff:784-500:d8:identity, relu, linear:500-10`) and the model it builds;
+//! - [`spec`]: the model description language
+//!   (`fff:784-500:d8:identity, relu, linear:500-10`);
+//! - [`model`]: the model a description builds, a list of conditional layers;
 //! - [`trainer`]: mini-batch training with AdamW and cross-entropy, per-epoch evaluation;
 //! - [`inspect`]: routing statistics of conditional layers (region usage, |z|, path changes).
 
@@ -9,8 +10,10 @@ pub mod checkpoint;
 pub mod inspect;
 pub mod model;
 pub mod optim;
+pub mod spec;
 pub mod study;
 pub mod trainer;
 
 pub use model::Model;
+pub use spec::{LayerSpec, ModelSpec};
 pub use trainer::{train, EpochMetrics, TrainConfig};

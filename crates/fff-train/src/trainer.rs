@@ -200,18 +200,18 @@ pub fn train_from(
         "learning rate must be a positive number"
     );
     ensure!(
-        data.train.dim == model.input_width,
+        data.train.dim == model.input_width(),
         "dataset {} has {} features per input, the model takes {}",
         data.train.name,
         data.train.dim,
-        model.input_width
+        model.input_width()
     );
     ensure!(
-        data.train.classes <= model.output_width,
+        data.train.classes <= model.output_width(),
         "dataset {} has {} classes, the model outputs {}",
         data.train.name,
         data.train.classes,
-        model.output_width
+        model.output_width()
     );
     ensure!(
         !data.train.is_empty(),
@@ -295,7 +295,7 @@ pub fn train_from(
         history.push(m);
         if let Some((dir, model_seed)) = checkpoint {
             let state = crate::checkpoint::TrainState {
-                model: model.spec.clone(),
+                model: model.spec.to_string(),
                 model_seed,
                 dataset: data.train.name.clone(),
                 config: cfg.clone(),

@@ -78,10 +78,9 @@ fn routing_covers_every_conditional_layer_kind_and_matches_their_routes() {
     assert_eq!((r[1].layer, r[1].regions, r[1].levels), (2, 4, 2));
     assert_eq!((r[2].layer, r[2].regions, r[2].levels), (4, 8, 3));
     // The first layer's regions are the leaves its own router reaches.
-    let fastfeedforward_layer = match &model.layers[0] {
-        fff_train::model::Layer::Fff(f) => f,
-        _ => unreachable!(),
-    };
+    let fastfeedforward_layer = model
+        .layer_as::<fastfeedforward::Fff>(0)
+        .expect("first layer is an FFF");
     let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     for i in 0..50 {
         let nodes = fastfeedforward_layer

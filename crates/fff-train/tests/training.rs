@@ -1,18 +1,17 @@
 //! Model descriptions, and training that really learns, deterministically.
 
+use fastfeedforward::{Fff, OriginalFff};
 use fff_data::synthetic::spirals;
-use fff_train::model::Layer;
+use fff_train::LayerSpec;
 use fff_train::{train, Model, TrainConfig};
 
 #[test]
 fn descriptions_build_the_described_layers() {
     let m = Model::new("fff:784-500:d8:identity, relu, fff:500-10:d8:identity", 0).unwrap();
-    assert_eq!((m.input_width, m.output_width), (784, 10));
+    assert_eq!((m.input_width(), m.output_width()), (784, 10));
     assert_eq!(m.layers.len(), 3);
     assert_eq!(m.neurons_per_input(), 18);
-    let Layer::Fff(f) = &m.layers[0] else {
-        panic!("first layer is not an FFF")
-    };
+    let f = m.layer_as::<Fff>(0).expect("first layer is an FFF");
     assert_eq!((f.config().depth, f.config().trees), (8, 1));
     assert_eq!(f.config().activation, fastfeedforward::Activation::Identity);
     // 511 nodes: w_in 511·784 + b_in 511 + w_out 511·500, then 511·500 + 511 + 511·10.
@@ -26,9 +25,7 @@ fn descriptions_build_the_described_layers() {
     assert_eq!(d.neurons_per_input(), 510);
 
     let k = Model::new("fff:8-4:d2:k3:tanh:init=hyperspherical", 0).unwrap();
-    let Layer::Fff(f) = &k.layers[0] else {
-        panic!()
-    };
+    let f = k.layer_as::<Fff>(0).expect("first layer is an FFF");
     assert_eq!(f.config().trees, 3);
 }
 
@@ -41,7 +38,7 @@ fn bad_descriptions_name_the_layer_and_the_problem() {
         ("conv:3-3", "unknown layer"),
         ("linear:784", "IN-OUT"),
         ("linear:0-3", "at least 1"),
-        ("relu", "no linear or fff layer"),
+        ("relu", "no linear, fff, orig or flat layer"),
         ("linear:2-3,,relu", "empty item"),
         ("fff:4-4:d30", "depth"),
     ] {
@@ -317,11 +314,12 @@ fn original_and_flat_fff_layers_build_train_and_round_trip() {
         3,
     )
     .unwrap();
-    let Layer::Original { layer, harden } = &m.layers[0] else {
-        panic!("first layer is not an original FFF")
-    };
+    let layer = m
+        .layer_as::<OriginalFff>(0)
+        .expect("first layer is an original FFF");
+    assert!(matches!(m.spec.layers()[0], LayerSpec::Original(c) if c.hardening == 0.5));
     assert_eq!((layer.config().depth, layer.config().leaf_width), (3, 8));
-    assert_eq!(*harden, 0.5);
+    assert_eq!(layer.config().hardening, 0.5);
     assert_eq!(layer.config().region_leak, 0.05);
     // 7 nodes · (2 + 1), 8 leaves · (2·8 + 8 + 8·16 + 16); flat: 16·4 + 15·3.
     assert_eq!(
@@ -342,7 +340,7 @@ fn original_and_flat_fff_layers_build_train_and_round_trip() {
     // Save and load through the named tensors; the reloaded model predicts the same.
     let named: std::collections::HashMap<_, _> = m.named_tensors().unwrap().into_iter().collect();
     assert!(named.contains_key("layers.0.node_weights") && named.contains_key("layers.2.Y"));
-    let mut other = Model::new(&m.spec, 99).unwrap();
+    let mut other = Model::from_spec(m.spec.clone(), 99).unwrap();
     other
         .load_tensors(&named, std::path::Path::new("mem"))
         .unwrap();
@@ -378,6 +376,6 @@ fn the_variants_study_builds_and_its_original_fff_matches_dense_in_size() {
     }
     for v in &vs {
         let m = Model::new(&v.spec, 0).unwrap();
-        assert_eq!((m.input_width, m.output_width), (784, 10), "{}", v.name);
+        assert_eq!((m.input_width(), m.output_width()), (784, 10), "{}", v.name);
     }
 }

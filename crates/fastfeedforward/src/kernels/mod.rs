@@ -75,11 +75,7 @@ impl<'a> FffWeightsView<'a> {
     }
 }
 
-/// The child a node's pre-activation sends an input to: right iff `z > 0` (ties and NaN go left).
-#[inline(always)]
-pub fn child(node: usize, z: f32) -> usize {
-    2 * node + 1 + usize::from(z > 0.0)
-}
+pub(crate) use crate::tree::child;
 
 /// Checks that `x` holds `batch` rows of `width` and `y` the matching output rows.
 pub(crate) fn check_io(config: &FffConfig, x: &[f32], y: &[f32], batch: usize) -> Result<()> {

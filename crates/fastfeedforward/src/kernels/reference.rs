@@ -1,8 +1,9 @@
 //! The plain reference descent: one input at a time, one node at a time, f64 accumulation.
 //! It is slow on purpose and is what the fast kernel is tested against.
 
-use super::{check_io, child, FffWeightsView};
+use super::{check_io, FffWeightsView};
 use crate::error::Result;
+use crate::tree::forest_visits;
 
 /// Pre-activation of global node `row` for input `x`, accumulated in f64.
 pub fn node_logit(w: &FffWeightsView<'_>, row: usize, x: &[f32]) -> f32 {
@@ -20,35 +21,22 @@ pub fn node_logit(w: &FffWeightsView<'_>, row: usize, x: &[f32]) -> f32 {
 pub fn route(w: &FffWeightsView<'_>, x: &[f32]) -> Vec<u32> {
     let c = &w.config;
     let m = c.nodes_per_tree();
-    let mut path = Vec::with_capacity(c.used_nodes());
-    for t in 0..c.trees {
-        let mut n = 0;
-        for _ in 0..=c.depth {
-            path.push(n as u32);
-            n = child(n, node_logit(w, t * m + n, x));
-        }
-    }
-    path
+    forest_visits(c.trees, c.depth + 1, |row| node_logit(w, row, x))
+        .map(|v| (v.row - v.tree * m) as u32)
+        .collect()
 }
 
 /// The layer's output for `batch` inputs, by plain per-input descent.
 pub fn forward(w: &FffWeightsView<'_>, x: &[f32], batch: usize, y: &mut [f32]) -> Result<()> {
     let c = &w.config;
     check_io(c, x, y, batch)?;
-    let m = c.nodes_per_tree();
     for b in 0..batch {
         let xb = &x[b * c.input_width..(b + 1) * c.input_width];
         let mut acc = vec![0f64; c.output_width];
-        for t in 0..c.trees {
-            let mut n = 0;
-            for _ in 0..=c.depth {
-                let row = t * m + n;
-                let z = node_logit(w, row, xb);
-                let a = c.activation.apply(z) as f64;
-                for (o, wo) in acc.iter_mut().zip(w.w_out_row(row)) {
-                    *o += a * *wo as f64;
-                }
-                n = child(n, z);
+        for v in forest_visits(c.trees, c.depth + 1, |row| node_logit(w, row, xb)) {
+            let a = c.activation.apply(v.z) as f64;
+            for (o, wo) in acc.iter_mut().zip(w.w_out_row(v.row)) {
+                *o += a * *wo as f64;
             }
         }
         for (o, v) in y[b * c.output_width..(b + 1) * c.output_width]
