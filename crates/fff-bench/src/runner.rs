@@ -7,7 +7,6 @@ use crate::impls::{
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use fastfeedforward::kernels::descent::resolve_strategy;
 use fastfeedforward::{Activation, Fff, FffConfig, Init, Strategy};
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
@@ -106,8 +105,6 @@ pub struct BenchOptions {
     pub loops_max_batch: usize,
     /// Weights and inputs seed.
     pub seed: u64,
-    /// Show a progress bar.
-    pub progress: bool,
 }
 
 impl Default for BenchOptions {
@@ -132,7 +129,6 @@ impl Default for BenchOptions {
             activation: Activation::Gelu,
             loops_max_batch: 128,
             seed: 0,
-            progress: true,
         }
     }
 }
@@ -265,7 +261,18 @@ fn near_ties(layer: &Fff, x: &[f32], rows: usize, margin: f32) -> Result<Vec<boo
 }
 
 /// Runs every measurement and returns one record per (config, implementation, batch, threads).
-pub fn run(opts: &BenchOptions) -> Result<Vec<Record>> {
+/// Where a benchmark run stands: measurements done of the total, and what runs next.
+pub trait BenchObserver {
+    /// The measurement `message` begins; `done` of `total` are finished.
+    fn measuring(&mut self, done: usize, total: usize, message: &str);
+}
+
+impl BenchObserver for () {
+    fn measuring(&mut self, _done: usize, _total: usize, _message: &str) {}
+}
+
+/// Runs every measurement `opts` asks for, reporting each to `observer` as it starts.
+pub fn run(opts: &BenchOptions, observer: &mut dyn BenchObserver) -> Result<Vec<Record>> {
     ensure!(opts.width > 0, "--width must be at least 1");
     ensure!(
         !opts.batches.is_empty() && !opts.threads.is_empty(),
@@ -329,18 +336,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Record>> {
         })
         .sum();
     let measurements = opts.threads.len() * per_thread;
-    let bar = if opts.progress {
-        let b = ProgressBar::new(measurements as u64);
-        b.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    };
-
+    let mut done = 0;
     let mut records = Vec::new();
     for &threads in &opts.threads {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -366,10 +362,11 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Record>> {
                 }
                 for mut imp in impls {
                     let name = imp.name();
-                    bar.set_message(format!(
-                        "{} {name} batch {batch} threads {threads}",
-                        spec.name()
-                    ));
+                    observer.measuring(
+                        done,
+                        measurements,
+                        &format!("{} {name} batch {batch} threads {threads}", spec.name()),
+                    );
                     let bench = Bench {
                         pool: &pool,
                         inputs: &inputs,
@@ -386,7 +383,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Record>> {
                         }
                     }
                     pending.push((spec, name, t, runs));
-                    bar.inc(1);
+                    done += 1;
                 }
             }
             for (spec, name, t, runs) in pending {
@@ -409,10 +406,11 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Record>> {
                 ];
                 for mut imp in impls {
                     let name = imp.name();
-                    bar.set_message(format!(
-                        "{} {name} batch {batch} threads {threads}",
-                        spec.name()
-                    ));
+                    observer.measuring(
+                        done,
+                        measurements,
+                        &format!("{} {name} batch {batch} threads {threads}", spec.name()),
+                    );
                     let bench = Bench {
                         pool: &pool,
                         inputs: &inputs,
@@ -423,12 +421,12 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Record>> {
                     let (t, runs) =
                         bench.check_and_time(imp.as_mut(), spec, check_x, &want, &skip, &mut y)?;
                     records.push(record(spec, &name, batch, threads, t, runs, w, &best));
-                    bar.inc(1);
+                    done += 1;
                 }
             }
         }
     }
-    bar.finish_and_clear();
+    observer.measuring(done, measurements, "done");
     Ok(records)
 }
 

@@ -38,10 +38,9 @@ fn tiny_run_produces_checked_records_json_and_plot() {
         threads: vec![1, 2],
         reps: 3,
         budget: Duration::ZERO,
-        progress: false,
         ..BenchOptions::default()
     };
-    let records = run(&opts).unwrap();
+    let records = run(&opts, &mut ()).unwrap();
     // Per (threads, batch): dense30 with gemm, faer, level2, level1 = 4 rows (dense31 for 1x4
     // is measured as a baseline only), and 3 FFF rows per FFF config.
     assert_eq!(records.len(), 2 * 2 * (4 + 2 * 3), "{records:#?}");
@@ -101,14 +100,15 @@ fn tiny_run_produces_checked_records_json_and_plot() {
 fn nothing_to_measure_is_an_error() {
     let opts = BenchOptions {
         batches: vec![],
-        progress: false,
         ..BenchOptions::default()
     };
-    assert!(run(&opts).is_err());
+    assert!(run(&opts, &mut ()).is_err());
     let opts = BenchOptions {
         threads: vec![0],
-        progress: false,
         ..BenchOptions::default()
     };
-    assert!(run(&opts).unwrap_err().to_string().contains("thread"));
+    assert!(run(&opts, &mut ())
+        .unwrap_err()
+        .to_string()
+        .contains("thread"));
 }

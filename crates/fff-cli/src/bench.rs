@@ -92,7 +92,6 @@ fn layer(args: LayerArgs) -> Result<()> {
         activation: args.activation,
         loops_max_batch: args.loops_max_batch,
         seed: args.seed,
-        progress: true,
     };
     println!(
         "fff bench layer: width {}, {} activation, SIMD {}, threads {:?}, median of up to {} runs",
@@ -102,7 +101,7 @@ fn layer(args: LayerArgs) -> Result<()> {
         opts.threads,
         opts.reps
     );
-    let records = fff_bench::run(&opts)?;
+    let records = fff_bench::run(&opts, &mut crate::progress::MeasurementProgress::new())?;
     print!("{}", markdown_table(&records));
     println!(
         "\nspeedup vs dense = median of the fastest dense FF (two SGEMMs + bias + activation) with \

@@ -138,7 +138,6 @@ fn train_spirals(epochs: usize, seed: u64) -> Result<()> {
         batch_size: 32,
         lr: 1e-2,
         seed,
-        progress: false,
         ..fff_train::TrainConfig::default()
     };
     println!();
@@ -149,16 +148,21 @@ fn train_spirals(epochs: usize, seed: u64) -> Result<()> {
         data.test.len()
     );
     let start = std::time::Instant::now();
-    let history = fff_train::train(&model, &data, &cfg, |m| {
-        if m.epoch == 1 || m.epoch % 10 == 0 || m.epoch == epochs {
-            println!(
-                "  epoch {:>3}: train loss {:.4}, test accuracy {:.2}%",
-                m.epoch,
-                m.train_loss,
-                100.0 * m.test_accuracy
-            );
-        }
-    })?;
+    let history = fff_train::train(
+        &model,
+        &data,
+        &cfg,
+        fff_train::OnEpoch(|m: &fff_train::EpochMetrics| {
+            if m.epoch == 1 || m.epoch.is_multiple_of(10) || m.epoch == epochs {
+                println!(
+                    "  epoch {:>3}: train loss {:.4}, test accuracy {:.2}%",
+                    m.epoch,
+                    m.train_loss,
+                    100.0 * m.test_accuracy
+                );
+            }
+        }),
+    )?;
     let last = history.last().expect("at least one epoch");
     println!(
         "trained in {}: test accuracy {:.2}% (chance: 33.3%)",

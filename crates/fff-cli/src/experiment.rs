@@ -1,6 +1,7 @@
 //! `fff experiment`: studies that answer a question with real figures.
 
-use crate::train::{load_data, DataArgs};
+use crate::data::{load_data, DataArgs};
+use crate::progress::EpochProgress;
 use anyhow::{ensure, Result};
 use clap::{Args, Subcommand};
 use fff_train::study::{curves, markdown, run as run_study, summarize, variants, variants_study};
@@ -80,7 +81,6 @@ pub fn run(cmd: ExperimentCommand) -> Result<()> {
         epochs: args.epochs,
         batch_size: args.batch_size,
         lr: args.lr,
-        progress: true,
         ..TrainConfig::default()
     };
     let mut runs = Vec::new();
@@ -90,7 +90,8 @@ pub fn run(cmd: ExperimentCommand) -> Result<()> {
             data_dir: args.data_dir.clone(),
         };
         let (data, _) = load_data(&data_args, 0)?;
-        runs.extend(run_study(name, &data, &chosen, &seeds, &cfg, |r| {
+        let bars = || EpochProgress::new(|_: &fff_train::EpochMetrics| {});
+        runs.extend(run_study(name, &data, &chosen, &seeds, &cfg, bars, |r| {
             let last = r.history.last().expect("at least one epoch");
             println!(
                 "{} {} seed {}: test accuracy {:.2}% after {} epochs ({:.2} s/epoch)",

@@ -1,17 +1,13 @@
-//! `fff inspect`: how a trained model's conditional layers route a dataset; and the routing
-//! tracker behind `fff train --track-routing`.
+//! `fff inspect`: how a trained model's conditional layers route a dataset.
 
-use crate::train::{load_data, DataArgs};
+use crate::data::{load_data, DataArgs};
 use anyhow::{Context, Result};
-use candle_core::Tensor;
 use clap::Args;
 use fff_bench::report::line_chart;
-use fff_data::Split;
 use fff_train::checkpoint::{load_model, load_state};
-use fff_train::inspect::{compare, probe, report, routing, summarize_layer, LayerRouting};
-use fff_train::Model;
+use fff_train::inspect::{compare, probe, report, routing, summarize_layer};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Options of `fff inspect`.
 #[derive(Args, Debug)]
@@ -132,67 +128,4 @@ pub fn run(args: InspectArgs) -> Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
-}
-
-/// Per-epoch routing statistics on a fixed probe batch (`fff train --track-routing`).
-pub struct RoutingTracker {
-    probe: Tensor,
-    previous: Option<Vec<LayerRouting>>,
-    log: Vec<serde_json::Value>,
-}
-
-impl RoutingTracker {
-    /// Probes the first 512 test inputs.
-    pub fn new(data: &Split) -> Result<Self> {
-        Ok(RoutingTracker {
-            probe: probe(&data.test.features, data.test.dim, 512)?,
-            previous: None,
-            log: Vec::new(),
-        })
-    }
-
-    /// Routes the probe batch, prints region entropy and the change since the last epoch.
-    pub fn record(&mut self, model: &Model, epoch: usize) -> Result<()> {
-        let now = routing(model, &self.probe)?;
-        let changes = match &self.previous {
-            Some(prev) => Some(compare(prev, &now)?),
-            None => None,
-        };
-        for (i, r) in now.iter().enumerate() {
-            let s = summarize_layer(r);
-            let change = changes.as_ref().map(|c| &c[i]);
-            println!(
-                "          routing layer {}: region entropy {:.2}/{:.2} bits, {:.1}% regions used{}",
-                s.layer,
-                s.entropy_bits,
-                s.max_entropy_bits,
-                100.0 * s.regions_used,
-                change.map_or(String::new(), |c| format!(
-                    ", since last epoch {:.2}% of paths changed, {:.2}% of decisions flipped sign",
-                    100.0 * c.path_changed,
-                    100.0 * c.decision_flips
-                ))
-            );
-            self.log.push(json!({
-                "epoch": epoch,
-                "layer": s.layer,
-                "entropy_bits": s.entropy_bits,
-                "max_entropy_bits": s.max_entropy_bits,
-                "regions_used": s.regions_used,
-                "path_changed": change.map(|c| c.path_changed),
-                "decision_flips": change.map(|c| c.decision_flips),
-            }));
-        }
-        self.previous = Some(now);
-        Ok(())
-    }
-
-    /// Writes the log as `routing.json` into `dir`.
-    pub fn save(&self, dir: &Path) -> Result<()> {
-        let path = dir.join("routing.json");
-        fff_train::checkpoint::write_atomic(
-            &path,
-            serde_json::to_string_pretty(&self.log)?.as_bytes(),
-        )
-    }
 }

@@ -1,30 +1,16 @@
 //! `fff train` and `fff eval`: train a model on a dataset, resume it, evaluate a checkpoint.
 
-use crate::inspect::RoutingTracker;
+use crate::data::{load_data, DataArgs};
+use crate::progress::EpochProgress;
 use crate::train_config::TrainSettings;
 use anyhow::{ensure, Result};
 use clap::Args;
-use fff_data::download::{self, DownloadOptions};
-use fff_data::mnist::{load_dir, ImageSet, PixelRange};
-use fff_data::synthetic::spirals;
 use fff_data::Split;
 use fff_train::checkpoint::{load_model, load_optimizer, load_state};
-use fff_train::trainer::{evaluate, optimizer_for, train_from, EpochMetrics};
-use fff_train::Model;
+use fff_train::inspect::RoutingTracker;
+use fff_train::trainer::{evaluate, optimizer_for, train_from};
+use fff_train::{EpochMetrics, Model};
 use std::path::{Path, PathBuf};
-
-/// Where the data comes from.
-#[derive(Args, Debug, Clone)]
-pub struct DataArgs {
-    /// Dataset: spirals (built in), mnist or fashion-mnist (downloaded once into a cache folder,
-    /// or read from --data-dir).
-    #[arg(long, default_value = "spirals")]
-    pub dataset: String,
-    /// Folder holding the dataset's IDX files (gzip or raw), directly or in a subfolder named
-    /// after the dataset [default: the download cache].
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-}
 
 /// Options of `fff train`.
 #[derive(Args, Debug)]
@@ -65,28 +51,6 @@ pub struct EvalArgs {
     data: DataArgs,
 }
 
-pub fn load_data(args: &DataArgs, seed: u64) -> Result<(Split, &'static str)> {
-    Ok(match args.dataset.as_str() {
-        "spirals" => (
-            spirals(3, 1000, 0.03, seed),
-            "fff:2-32:d4:k4:identity, relu, linear:32-3",
-        ),
-        name => {
-            let set: ImageSet = name.parse().map_err(anyhow::Error::msg)?;
-            let range = PixelRange::MinusOneOne;
-            let split = match &args.data_dir {
-                Some(dir) => load_dir(set, dir, range, true)?,
-                // The cache folder, filled from the mirrors the first time.
-                None => download::load(set, range, &DownloadOptions::from_env(set)?)?,
-            };
-            (
-                split,
-                "fff:784-500:d8:identity, relu, fff:500-10:d8:identity",
-            )
-        }
-    })
-}
-
 fn print_epoch(m: &EpochMetrics) {
     println!(
         "epoch {:>3}: train loss {:.4} acc {:6.2}% | test loss {:.4} acc {:6.2}% | {:.2} s train, {:.2} s eval",
@@ -112,7 +76,7 @@ fn describe(model: &Model, data: &Split) {
     );
 }
 
-fn tracker_for(on: bool, data: &fff_data::Split) -> Result<Option<RoutingTracker>> {
+fn tracker_for(on: bool, data: &Split) -> Result<Option<RoutingTracker>> {
     on.then(|| RoutingTracker::new(data)).transpose()
 }
 
@@ -120,8 +84,9 @@ fn on_epoch(m: &EpochMetrics, model: &fff_train::Model, tracker: Option<&mut Rou
     print_epoch(m);
     if let Some(t) = tracker {
         // Statistics are a report, not part of training: a failure is printed, not fatal.
-        if let Err(e) = t.record(model, m.epoch) {
-            eprintln!("routing statistics: {e:#}");
+        match t.record(model, m.epoch) {
+            Ok(lines) => lines.iter().for_each(|l| println!("          {l}")),
+            Err(e) => eprintln!("routing statistics: {e:#}"),
         }
     }
 }
@@ -167,7 +132,6 @@ fn run_with(s: &TrainSettings, resume: Option<&Path>, track_routing: bool) -> Re
         let mut opt = optimizer_for(&model, &state.config);
         load_optimizer(dir, &state, &mut opt, model.vars().len())?;
         let mut cfg = state.config.clone();
-        cfg.progress = true;
         if let Some(e) = s.epochs {
             cfg.epochs = e;
         }
@@ -184,7 +148,7 @@ fn run_with(s: &TrainSettings, resume: Option<&Path>, track_routing: bool) -> Re
             &cfg,
             state.history,
             Some((dir, state.model_seed)),
-            |m| on_epoch(m, &model, tracker.as_mut()),
+            EpochProgress::new(|m| on_epoch(m, &model, tracker.as_mut())),
         )?;
         save_tracker(tracker.as_ref(), Some(dir))?;
         history
@@ -198,9 +162,15 @@ fn run_with(s: &TrainSettings, resume: Option<&Path>, track_routing: bool) -> Re
         let mut opt = optimizer_for(&model, &cfg);
         let out = s.out.as_deref().map(|d| (d, cfg.seed));
         let mut tracker = tracker_for(track_routing, &data)?;
-        let history = train_from(&model, &mut opt, &data, &cfg, Vec::new(), out, |m| {
-            on_epoch(m, &model, tracker.as_mut())
-        })?;
+        let history = train_from(
+            &model,
+            &mut opt,
+            &data,
+            &cfg,
+            Vec::new(),
+            out,
+            EpochProgress::new(|m| on_epoch(m, &model, tracker.as_mut())),
+        )?;
         save_tracker(tracker.as_ref(), s.out.as_deref())?;
         history
     };

@@ -8,8 +8,7 @@
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::Args;
 use fff_train::optim::OptimizerKind;
-use fff_train::trainer::Schedule;
-use fff_train::TrainConfig;
+use fff_train::{Schedule, TrainConfig};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -176,7 +175,6 @@ impl TrainSettings {
             warmup_steps: self.warmup_steps.unwrap_or(d.warmup_steps),
             clip_norm: self.clip_norm,
             seed: self.seed.unwrap_or(d.seed),
-            progress: true,
         })
     }
 }

@@ -5,31 +5,11 @@
 
 use crate::model::Model;
 use crate::optim::Optimizer;
-use crate::trainer::{EpochMetrics, TrainConfig};
+use crate::state::TrainState;
 use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
-
-/// What `state.json` holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrainState {
-    /// The model description.
-    pub model: String,
-    /// Seed the model was initialised with.
-    pub model_seed: u64,
-    /// Training set name (e.g. `mnist/train`).
-    pub dataset: String,
-    /// Training settings.
-    pub config: TrainConfig,
-    /// Epochs completed.
-    pub epoch: usize,
-    /// Optimizer steps taken.
-    pub optimizer_step: u64,
-    /// Figures of every completed epoch.
-    pub history: Vec<EpochMetrics>,
-}
 
 /// Writes `bytes` to `path` through a temporary file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -7,6 +7,7 @@ use crate::model::Model;
 use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
+use std::path::Path;
 
 pub use fastfeedforward::Route;
 
@@ -281,4 +282,66 @@ pub fn report(summaries: &[LayerSummary], changes: Option<&[RoutingChange]>) -> 
         }
     }
     s
+}
+
+/// Per-epoch routing statistics on a fixed probe batch (`fff train --track-routing`).
+pub struct RoutingTracker {
+    probe: Tensor,
+    previous: Option<Vec<LayerRouting>>,
+    log: Vec<serde_json::Value>,
+}
+
+impl RoutingTracker {
+    /// Probes the first 512 test inputs.
+    pub fn new(data: &fff_data::Split) -> Result<Self> {
+        Ok(RoutingTracker {
+            probe: probe(&data.test.features, data.test.dim, 512)?,
+            previous: None,
+            log: Vec::new(),
+        })
+    }
+
+    /// Routes the probe batch and records it; returns a line per conditional layer with its
+    /// region entropy and the change since the last epoch.
+    pub fn record(&mut self, model: &Model, epoch: usize) -> Result<Vec<String>> {
+        let mut lines = Vec::new();
+        let now = routing(model, &self.probe)?;
+        let changes = match &self.previous {
+            Some(prev) => Some(compare(prev, &now)?),
+            None => None,
+        };
+        for (i, r) in now.iter().enumerate() {
+            let s = summarize_layer(r);
+            let change = changes.as_ref().map(|c| &c[i]);
+            lines.push(format!(
+                "routing layer {}: region entropy {:.2}/{:.2} bits, {:.1}% regions used{}",
+                s.layer,
+                s.entropy_bits,
+                s.max_entropy_bits,
+                100.0 * s.regions_used,
+                change.map_or(String::new(), |c| format!(
+                    ", since last epoch {:.2}% of paths changed, {:.2}% of decisions flipped sign",
+                    100.0 * c.path_changed,
+                    100.0 * c.decision_flips
+                ))
+            ));
+            self.log.push(serde_json::json!({
+                "epoch": epoch,
+                "layer": s.layer,
+                "entropy_bits": s.entropy_bits,
+                "max_entropy_bits": s.max_entropy_bits,
+                "regions_used": s.regions_used,
+                "path_changed": change.map(|c| c.path_changed),
+                "decision_flips": change.map(|c| c.decision_flips),
+            }));
+        }
+        self.previous = Some(now);
+        Ok(lines)
+    }
+
+    /// Writes the log as `routing.json` into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let path = dir.join("routing.json");
+        crate::checkpoint::write_atomic(&path, serde_json::to_string_pretty(&self.log)?.as_bytes())
+    }
 }

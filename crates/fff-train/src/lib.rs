@@ -11,9 +11,11 @@ pub mod inspect;
 pub mod model;
 pub mod optim;
 pub mod spec;
+pub mod state;
 pub mod study;
 pub mod trainer;
 
 pub use model::Model;
 pub use spec::{LayerSpec, ModelSpec};
-pub use trainer::{train, EpochMetrics, TrainConfig};
+pub use state::{EpochMetrics, Schedule, TrainConfig};
+pub use trainer::{train, OnEpoch, TrainObserver};

@@ -8,7 +8,8 @@
 //! over several seeds, and reports the figures. The variants study ([`variants_study`]) puts
 //! the FFF forms side by side on the same shape.
 
-use crate::trainer::{train, EpochMetrics, TrainConfig};
+use crate::state::{EpochMetrics, TrainConfig};
+use crate::trainer::{train, TrainObserver};
 use crate::Model;
 use anyhow::Result;
 use fff_data::Split;
@@ -113,13 +114,15 @@ pub struct StudySummary {
     pub infer_seconds_per_1024: f64,
 }
 
-/// Trains every variant on `data` with each seed; `log` sees a line per finished run.
-pub fn run(
+/// Trains every variant on `data` with each seed; `observer()` gives each run's observer, and
+/// `log` sees each finished run.
+pub fn run<O: TrainObserver>(
     dataset: &str,
     data: &Split,
     variants: &[Variant],
     seeds: &[u64],
     cfg: &TrainConfig,
+    mut observer: impl FnMut() -> O,
     mut log: impl FnMut(&StudyRun),
 ) -> Result<Vec<StudyRun>> {
     let mut runs = Vec::new();
@@ -130,7 +133,7 @@ pub fn run(
                 seed,
                 ..cfg.clone()
             };
-            let history = train(&model, data, &cfg, |_| {})?;
+            let history = train(&model, data, &cfg, observer())?;
             let infer_seconds_per_1024 = time_inference(&model, data)?;
             let r = StudyRun {
                 dataset: dataset.into(),

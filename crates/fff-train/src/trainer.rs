@@ -2,85 +2,15 @@
 //! gradient clipping, evaluated after every epoch.
 
 use crate::model::Model;
-use crate::optim::{Optimizer, OptimizerKind};
+use crate::optim::Optimizer;
+use crate::state::{EpochMetrics, Schedule, TrainConfig, TrainState};
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor, D};
 use fff_data::{Dataset, Split};
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
-
-/// Training settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrainConfig {
-    /// Passes over the training set.
-    pub epochs: usize,
-    /// Inputs per step.
-    pub batch_size: usize,
-    /// Peak learning rate.
-    pub lr: f64,
-    /// Weight decay (decoupled for AdamW, L2 for SGD).
-    pub weight_decay: f64,
-    /// Update rule.
-    pub optimizer: OptimizerKind,
-    /// Learning-rate schedule after warm-up.
-    pub schedule: Schedule,
-    /// Steps of linear warm-up from 0 to `lr`.
-    pub warmup_steps: usize,
-    /// Clip the global gradient norm to this value.
-    pub clip_norm: Option<f64>,
-    /// Seed of the shuffling.
-    pub seed: u64,
-    /// Show progress bars.
-    #[serde(skip)]
-    pub progress: bool,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            epochs: 10,
-            batch_size: 64,
-            lr: 1e-3,
-            weight_decay: 0.0,
-            optimizer: OptimizerKind::default(),
-            schedule: Schedule::Constant,
-            warmup_steps: 0,
-            clip_norm: None,
-            seed: 0,
-            progress: true,
-        }
-    }
-}
-
-/// How the learning rate moves after warm-up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Schedule {
-    /// Constant at `lr`.
-    Constant,
-    /// Half a cosine from `lr` down to 0 over the remaining steps.
-    Cosine,
-    /// Straight line from `lr` down to 0 over the remaining steps.
-    Linear,
-}
-
-impl std::str::FromStr for Schedule {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "constant" => Ok(Schedule::Constant),
-            "cosine" => Ok(Schedule::Cosine),
-            "linear" => Ok(Schedule::Linear),
-            _ => Err(format!(
-                "unknown schedule `{s}`; expected constant, cosine or linear"
-            )),
-        }
-    }
-}
 
 /// The learning rate at 0-based `step` of `total` steps.
 pub fn learning_rate(cfg: &TrainConfig, step: usize, total: usize) -> f64 {
@@ -96,25 +26,6 @@ pub fn learning_rate(cfg: &TrainConfig, step: usize, total: usize) -> f64 {
             Schedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
             Schedule::Linear => 1.0 - p,
         }
-}
-
-/// Figures of one epoch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochMetrics {
-    /// 1-based epoch number.
-    pub epoch: usize,
-    /// Mean training loss over the epoch's steps.
-    pub train_loss: f64,
-    /// Training accuracy measured during the epoch.
-    pub train_accuracy: f64,
-    /// Test loss after the epoch.
-    pub test_loss: f64,
-    /// Test accuracy after the epoch.
-    pub test_accuracy: f64,
-    /// Seconds spent training (without evaluation).
-    pub train_seconds: f64,
-    /// Seconds spent evaluating the test set.
-    pub eval_seconds: f64,
 }
 
 fn gather(data: &Dataset, idx: &[usize]) -> Result<(Tensor, Tensor)> {
@@ -158,16 +69,64 @@ pub fn optimizer_for(model: &Model, cfg: &TrainConfig) -> Optimizer {
     Optimizer::new(model.vars(), cfg.optimizer, cfg.lr, cfg.weight_decay)
 }
 
+/// Where a step of an epoch stands.
+#[derive(Clone, Copy, Debug)]
+pub struct StepProgress {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Steps done in this epoch.
+    pub step: usize,
+    /// Steps in this epoch.
+    pub steps: usize,
+    /// Mean training loss of the epoch so far.
+    pub mean_loss: f64,
+    /// Training accuracy of the epoch so far.
+    pub accuracy: f64,
+    /// Training inputs per second in this epoch.
+    pub inputs_per_second: f64,
+}
+
+/// What a training run reports as it goes (a progress display, routing trackers); every method
+/// does nothing by default. `()` observes nothing; [`OnEpoch`] wraps a closure over finished
+/// epochs.
+pub trait TrainObserver {
+    /// Epoch `epoch` of `epochs`, with `steps` steps, begins.
+    fn epoch_started(&mut self, epoch: usize, epochs: usize, steps: usize) {
+        let _ = (epoch, epochs, steps);
+    }
+
+    /// A step finished.
+    fn step_finished(&mut self, progress: &StepProgress) {
+        let _ = progress;
+    }
+
+    /// An epoch finished and was evaluated.
+    fn epoch_finished(&mut self, metrics: &EpochMetrics) {
+        let _ = metrics;
+    }
+}
+
+impl TrainObserver for () {}
+
+/// An observer that calls its closure with each finished epoch.
+pub struct OnEpoch<F>(pub F);
+
+impl<F: FnMut(&EpochMetrics)> TrainObserver for OnEpoch<F> {
+    fn epoch_finished(&mut self, metrics: &EpochMetrics) {
+        (self.0)(metrics)
+    }
+}
+
 /// Trains a fresh `model` on `data.train`, evaluating on `data.test` after each epoch;
-/// `on_epoch` sees each epoch's figures as they come.
+/// `observer` sees the run as it goes.
 pub fn train(
     model: &Model,
     data: &Split,
     cfg: &TrainConfig,
-    on_epoch: impl FnMut(&EpochMetrics),
+    observer: impl TrainObserver,
 ) -> Result<Vec<EpochMetrics>> {
     let mut opt = optimizer_for(model, cfg);
-    train_from(model, &mut opt, data, cfg, Vec::new(), None, on_epoch)
+    train_from(model, &mut opt, data, cfg, Vec::new(), None, observer)
 }
 
 /// The order of the training rows in `epoch`: a permutation drawn from `(seed, epoch)` alone,
@@ -192,7 +151,7 @@ pub fn train_from(
     cfg: &TrainConfig,
     mut history: Vec<EpochMetrics>,
     checkpoint: Option<(&Path, u64)>,
-    mut on_epoch: impl FnMut(&EpochMetrics),
+    mut observer: impl TrainObserver,
 ) -> Result<Vec<EpochMetrics>> {
     ensure!(cfg.batch_size > 0, "batch size must be at least 1");
     ensure!(
@@ -221,18 +180,7 @@ pub fn train_from(
     for epoch in history.len() + 1..=cfg.epochs {
         let order = epoch_order(data.train.len(), cfg.seed, epoch);
         let steps = order.len().div_ceil(cfg.batch_size);
-        let bar = if cfg.progress {
-            let b = ProgressBar::new(steps as u64);
-            b.set_style(
-                ProgressStyle::with_template("epoch {prefix} [{bar:25}] {pos}/{len} {msg}")
-                    .expect("valid template")
-                    .progress_chars("=> "),
-            );
-            b.set_prefix(format!("{epoch}/{}", cfg.epochs));
-            b
-        } else {
-            ProgressBar::hidden()
-        };
+        observer.epoch_started(epoch, cfg.epochs, steps);
         let start = Instant::now();
         let (mut loss_sum, mut right, mut seen) = (0.0, 0usize, 0usize);
         for (step, batch) in order.chunks(cfg.batch_size).enumerate() {
@@ -268,17 +216,15 @@ pub fn train_from(
             loss_sum += l * batch.len() as f64;
             right += correct(&logits, &y)?;
             seen += batch.len();
-            if step % 20 == 0 {
-                let rate = seen as f64 / start.elapsed().as_secs_f64();
-                bar.set_message(format!(
-                    "loss {:.4} acc {:.2}% {rate:.0} inputs/s",
-                    loss_sum / seen as f64,
-                    100.0 * right as f64 / seen as f64
-                ));
-            }
-            bar.inc(1);
+            observer.step_finished(&StepProgress {
+                epoch,
+                step: step + 1,
+                steps,
+                mean_loss: loss_sum / seen as f64,
+                accuracy: right as f64 / seen as f64,
+                inputs_per_second: seen as f64 / start.elapsed().as_secs_f64(),
+            });
         }
-        bar.finish_and_clear();
         let train_seconds = start.elapsed().as_secs_f64();
         let eval_start = Instant::now();
         let (test_loss, test_accuracy) = evaluate(model, &data.test)?;
@@ -291,10 +237,10 @@ pub fn train_from(
             train_seconds,
             eval_seconds: eval_start.elapsed().as_secs_f64(),
         };
-        on_epoch(&m);
+        observer.epoch_finished(&m);
         history.push(m);
         if let Some((dir, model_seed)) = checkpoint {
-            let state = crate::checkpoint::TrainState {
+            let state = TrainState {
                 model: model.spec.to_string(),
                 model_seed,
                 dataset: data.train.name.clone(),

@@ -53,7 +53,6 @@ fn quiet(epochs: usize, lr: f64, seed: u64) -> TrainConfig {
         batch_size: 32,
         lr,
         seed,
-        progress: false,
         ..TrainConfig::default()
     }
 }
@@ -62,7 +61,7 @@ fn quiet(epochs: usize, lr: f64, seed: u64) -> TrainConfig {
 fn an_fff_net_learns_spirals() {
     let data = spirals(3, 400, 0.03, 1);
     let model = Model::new("fff:2-32:d4:k4:identity, relu, linear:32-3", 1).unwrap();
-    let history = train(&model, &data, &quiet(40, 1e-2, 1), |_| {}).unwrap();
+    let history = train(&model, &data, &quiet(40, 1e-2, 1), ()).unwrap();
     let first = &history[0];
     let last = history.last().unwrap();
     assert!(
@@ -78,7 +77,7 @@ fn same_seed_same_metrics_and_different_seed_differs() {
     let data = spirals(3, 200, 0.05, 2);
     let run = |seed| {
         let model = Model::new("fff:2-16:d3:k2:gelu, relu, linear:16-3", seed).unwrap();
-        train(&model, &data, &quiet(3, 5e-3, seed), |_| {}).unwrap()
+        train(&model, &data, &quiet(3, 5e-3, seed), ()).unwrap()
     };
     let (a, b, c) = (run(5), run(5), run(6));
     let strip = |h: &[fff_train::EpochMetrics]| {
@@ -94,7 +93,7 @@ fn same_seed_same_metrics_and_different_seed_differs() {
 fn mismatched_data_and_settings_are_errors() {
     let data = spirals(3, 50, 0.05, 2);
     let model = Model::new("linear:3-3", 0).unwrap();
-    let err = train(&model, &data, &quiet(1, 1e-3, 0), |_| {})
+    let err = train(&model, &data, &quiet(1, 1e-3, 0), ())
         .unwrap_err()
         .to_string();
     assert!(
@@ -102,7 +101,7 @@ fn mismatched_data_and_settings_are_errors() {
         "{err}"
     );
     let model = Model::new("linear:2-3", 0).unwrap();
-    let err = train(&model, &data, &quiet(1, f64::NAN, 0), |_| {})
+    let err = train(&model, &data, &quiet(1, f64::NAN, 0), ())
         .unwrap_err()
         .to_string();
     assert!(err.contains("learning rate"), "{err}");
@@ -174,7 +173,7 @@ fn resume_matches_an_uninterrupted_run() {
             &cfg(epochs),
             vec![],
             Some((dir, 3)),
-            |_| {},
+            (),
         )
         .unwrap();
         (model, h)
@@ -193,7 +192,7 @@ fn resume_matches_an_uninterrupted_run() {
         &cfg(4),
         state.history,
         Some((&dir_b, 3)),
-        |_| {},
+        (),
     )
     .unwrap();
     let figures = |h: &[fff_train::EpochMetrics]| {
@@ -289,7 +288,8 @@ fn sgd_without_momentum_matches_candle_nn_and_momentum_accumulates() {
 
 #[test]
 fn schedules_warm_up_and_decay() {
-    use fff_train::trainer::{learning_rate, Schedule};
+    use fff_train::trainer::learning_rate;
+    use fff_train::Schedule;
     let mut cfg = TrainConfig {
         lr: 1.0,
         warmup_steps: 10,
@@ -329,7 +329,7 @@ fn original_and_flat_fff_layers_build_train_and_round_trip() {
     assert_eq!(m.neurons_per_input(), 3 + 8 + 16 + 4);
 
     let data = spirals(3, 400, 0.03, 1);
-    let history = train(&m, &data, &quiet(30, 1e-2, 1), |_| {}).unwrap();
+    let history = train(&m, &data, &quiet(30, 1e-2, 1), ()).unwrap();
     let (first, last) = (&history[0], history.last().unwrap());
     assert!(
         last.train_loss < 0.7 * first.train_loss,

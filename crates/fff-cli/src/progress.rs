@@ -1,0 +1,89 @@
+//! Progress bars for long runs: the CLI's observer of a training run.
+
+use fff_train::trainer::{StepProgress, TrainObserver};
+use fff_train::EpochMetrics;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Draws a bar per epoch (hidden when stderr is not a terminal) and hands each finished epoch to
+/// `on_epoch`.
+pub struct EpochProgress<F> {
+    bar: Option<ProgressBar>,
+    on_epoch: F,
+}
+
+impl<F: FnMut(&EpochMetrics)> EpochProgress<F> {
+    /// Bars, with `on_epoch` called after each epoch.
+    pub fn new(on_epoch: F) -> Self {
+        EpochProgress {
+            bar: None,
+            on_epoch,
+        }
+    }
+}
+
+impl<F: FnMut(&EpochMetrics)> TrainObserver for EpochProgress<F> {
+    fn epoch_started(&mut self, epoch: usize, epochs: usize, steps: usize) {
+        let bar = ProgressBar::new(steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:25}] {pos}/{len} {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{epoch}/{epochs}"));
+        self.bar = Some(bar);
+    }
+
+    fn step_finished(&mut self, p: &StepProgress) {
+        let Some(bar) = &self.bar else { return };
+        // A message every 20 steps: redrawing costs more than the small steps themselves.
+        if p.step % 20 == 1 {
+            bar.set_message(format!(
+                "loss {:.4} acc {:.2}% {:.0} inputs/s",
+                p.mean_loss,
+                100.0 * p.accuracy,
+                p.inputs_per_second
+            ));
+        }
+        bar.inc(1);
+    }
+
+    fn epoch_finished(&mut self, metrics: &EpochMetrics) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        (self.on_epoch)(metrics);
+    }
+}
+
+/// One bar over all measurements of `fff bench layer`.
+#[derive(Default)]
+pub struct MeasurementProgress {
+    bar: Option<ProgressBar>,
+}
+
+impl MeasurementProgress {
+    /// A bar, drawn once the total is known.
+    pub fn new() -> Self {
+        MeasurementProgress { bar: None }
+    }
+}
+
+impl fff_bench::runner::BenchObserver for MeasurementProgress {
+    fn measuring(&mut self, done: usize, total: usize, message: &str) {
+        let bar = self.bar.get_or_insert_with(|| {
+            let b = ProgressBar::new(total as u64);
+            b.set_style(
+                ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            b
+        });
+        bar.set_position(done as u64);
+        if done == total {
+            bar.finish_and_clear();
+        } else {
+            bar.set_message(message.to_string());
+        }
+    }
+}
