@@ -4,7 +4,7 @@ use crate::config::{Activation, FffConfig};
 use crate::error::{FffError, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Metadata key prefix for FFF layer configuration.
 const KEY: &str = "fff.";
@@ -16,21 +16,16 @@ pub fn save(
     tensors: &[(String, Tensor)],
     metadata: HashMap<String, String>,
 ) -> Result<()> {
-    let tmp = temporary_path(path);
-    let io_err = |e: &dyn std::fmt::Display| FffError::Checkpoint {
-        path: path.to_path_buf(),
-        message: format!("cannot write: {e}"),
-    };
     let entries: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut metadata = metadata;
     metadata.insert("format".into(), "pt".into());
-    if let Err(e) = safetensors::serialize_to_file(entries, Some(metadata), &tmp) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_err(&e));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io_err(&e)
+    fff_util::fs::write_with(path, |tmp| {
+        safetensors::serialize_to_file(entries, Some(metadata), tmp)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    })
+    .map_err(|e| FffError::Checkpoint {
+        path: path.to_path_buf(),
+        message: format!("cannot write: {e}"),
     })
 }
 
@@ -107,12 +102,6 @@ pub fn list_names(tensors: &HashMap<String, Tensor>) -> String {
     } else {
         names.join(", ")
     }
-}
-
-fn temporary_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp-{}", std::process::id()));
-    path.with_file_name(name)
 }
 
 /// Tensor `{prefix}{name}` of `tensors` as f32 values, checked to have `shape` and finite

@@ -5,6 +5,7 @@
 
 use anyhow::{ensure, Result};
 use fff_bert::{Batch, BertConfig, CrammedBert, FfnMode, IntermedType};
+use fff_util::timing::{human_seconds, median};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -141,11 +142,6 @@ fn timed_encode(m: &CrammedBert, batch: &Batch) -> Result<(f64, f64)> {
     Ok((start.elapsed().as_secs_f64(), ffn))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// Runs the benchmark; `progress` is called with a line per finished measurement.
 pub fn run_bert(
     opts: &BertBenchOptions,
@@ -242,11 +238,11 @@ pub fn bert_table(records: &[BertRecord]) -> String {
             r.variant.name(),
             r.batch,
             r.seq,
-            crate::report::human_seconds(r.seconds),
+            human_seconds(r.seconds),
             r.tokens_per_s,
-            crate::report::human_seconds(r.ffn_seconds),
+            human_seconds(r.ffn_seconds),
             100.0 * r.ffn_seconds / r.seconds,
-            crate::report::human_seconds(r.seconds - r.ffn_seconds),
+            human_seconds(r.seconds - r.ffn_seconds),
             r.speedup_vs_dense
                 .map_or("-".into(), |x| format!("{x:.2}x")),
             r.speedup_range

@@ -5,23 +5,13 @@
 use candle_core::{Device, Tensor};
 use fastfeedforward::{Fff, FffConfig, InferOptions, Init, Workspace};
 use fff_bert::ops::{self, AttentionShape, Dense, LayerNorm};
-use std::time::Instant;
 
 // Large blocks on 64-byte boundaries, as in the `fff` binary (see `AlignedAlloc`).
 #[global_allocator]
 static ALLOC: fastfeedforward::AlignedAlloc = fastfeedforward::AlignedAlloc(std::alloc::System);
 
-fn median_ms(mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..20)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
+fn median_ms(f: impl FnMut()) -> f64 {
+    fff_util::timing::median_time(1, 20, f).as_secs_f64() * 1e3
 }
 
 fn main() -> anyhow::Result<()> {

@@ -1,7 +1,7 @@
 //! `fff bench bert`: end-to-end encoder throughput of UltraFastBERT (FFF kernel and dense
 //! masked) against a dense crammedBERT of the same shape.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use clap::Args;
 use fff_bench::bert::{bert_table, run_bert, BertBenchOptions, BertVariant};
 use std::path::PathBuf;
@@ -92,7 +92,7 @@ pub fn run(args: BertBenchArgs) -> Result<()> {
     );
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&records)?;
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        fff_util::fs::write_atomic(path, text.as_bytes())?;
         println!("wrote {}", path.display());
     }
     Ok(())

@@ -6,8 +6,8 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use fastfeedforward::ConditionalLayer;
 use fastfeedforward::{Activation, Fff, FffConfig, Init};
-use fff_bench::report::human_seconds;
 use fff_train::optim::{Optimizer, ParamsAdamW};
+use fff_util::timing::{human_seconds, median};
 use std::time::Instant;
 
 /// Options of `fff bench train`.
@@ -28,11 +28,6 @@ pub struct TrainBenchArgs {
     /// Timed steps per implementation (after one warm-up step); the median is reported.
     #[arg(long, default_value_t = 5)]
     reps: usize,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 pub fn run(args: TrainBenchArgs) -> Result<()> {

@@ -2,7 +2,6 @@
 //! the training op against the dense masked reference, time the kernel against a dense layer,
 //! and train a small FFF net on the built-in spirals.
 
-use crate::timing::{human, median_time};
 use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
@@ -11,6 +10,7 @@ use fastfeedforward::ConditionalLayer;
 use fastfeedforward::{
     Activation, DenseFf, Fff, FffConfig, InferOptions, Init, SimdLevel, Strategy, Workspace,
 };
+use fff_util::timing::{human, median_time};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};

@@ -109,16 +109,16 @@ pub fn run(cmd: ExperimentCommand) -> Result<()> {
     print!("{}", markdown(&summaries));
     if let Some(path) = &args.json {
         let doc = serde_json::json!({ "summary": summaries, "runs": runs });
-        fff_train::checkpoint::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+        fff_util::fs::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
         println!("wrote {}", path.display());
     }
     if let Some(path) = &args.plot {
-        fff_bench::report::line_chart(
+        fff_util::chart::line_chart(
             path,
             &format!("{title}: test accuracy per epoch (mean over seeds)"),
             "epoch",
             "test accuracy (%)",
-            &curves(&runs),
+            curves(&runs),
         )?;
         println!("wrote {}", path.display());
     }

@@ -3,9 +3,10 @@
 use crate::data::{load_data, DataArgs};
 use anyhow::{Context, Result};
 use clap::Args;
-use fff_bench::report::line_chart;
 use fff_train::checkpoint::{load_model, load_state};
 use fff_train::inspect::{compare, probe, report, routing, summarize_layer};
+use fff_util::chart::line_chart;
+use fff_util::fs::write_atomic;
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -94,7 +95,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
                 ),
                 "region rank",
                 "inputs",
-                &[("tree 0".to_string(), usage)],
+                [("tree 0".to_string(), usage)],
             )?;
             let series = |name: &str, f: fn(&fff_train::inspect::AbsZ) -> f32| {
                 (
@@ -112,7 +113,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
                     &format!("layer {} ({}): |z| of decisions per level", s.layer, s.name),
                     "level",
                     "|z|",
-                    &[
+                    [
                         series("p90", |z| z.p90),
                         series("median", |z| z.median),
                         series("p10", |z| z.p10),
@@ -124,7 +125,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
     }
     if let Some(path) = &args.json {
         let v = json!({ "layers": summaries, "changes": changes });
-        fff_train::checkpoint::write_atomic(path, serde_json::to_string_pretty(&v)?.as_bytes())?;
+        write_atomic(path, serde_json::to_string_pretty(&v)?.as_bytes())?;
         println!("wrote {}", path.display());
     }
     Ok(())

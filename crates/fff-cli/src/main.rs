@@ -9,7 +9,6 @@ mod demo;
 mod experiment;
 mod inspect;
 mod progress;
-mod timing;
 mod train;
 mod train_config;
 

@@ -16,7 +16,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// MNIST mirrors, tried in order; a file's URL is the mirror followed by `<stem>.gz`.
@@ -160,9 +159,7 @@ pub fn fetch(set: ImageSet, opts: &DownloadOptions) -> Result<PathBuf> {
         });
         let target = dir.join(&name);
         // Unique to this process and call, so concurrent downloads never share a temporary file.
-        static CALLS: AtomicU64 = AtomicU64::new(0);
-        let call = CALLS.fetch_add(1, Ordering::Relaxed);
-        let temp = dir.join(format!(".{name}.{}-{call}.part", std::process::id()));
+        let temp = fff_util::fs::temporary_path(&target);
         let mut done = false;
         for mirror in &opts.mirrors {
             let url = url(mirror, &name);

@@ -8,15 +8,9 @@ use crate::optim::Optimizer;
 use crate::state::TrainState;
 use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
+use fff_util::fs::write_atomic;
 use std::collections::HashMap;
 use std::path::Path;
-
-/// Writes `bytes` to `path` through a temporary file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}
 
 /// Saves model, optimizer and state into `dir`.
 pub fn save(dir: &Path, model: &Model, opt: &Optimizer, state: &TrainState) -> Result<()> {
@@ -43,10 +37,10 @@ pub fn save(dir: &Path, model: &Model, opt: &Optimizer, state: &TrainState) -> R
         &tensors,
         HashMap::new(),
     )?;
-    write_atomic(
+    Ok(write_atomic(
         &dir.join("state.json"),
         serde_json::to_string_pretty(state)?.as_bytes(),
-    )
+    )?)
 }
 
 /// Reads `state.json` of a checkpoint folder.

@@ -342,6 +342,9 @@ impl RoutingTracker {
     /// Writes the log as `routing.json` into `dir`.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let path = dir.join("routing.json");
-        crate::checkpoint::write_atomic(&path, serde_json::to_string_pretty(&self.log)?.as_bytes())
+        Ok(fff_util::fs::write_atomic(
+            &path,
+            serde_json::to_string_pretty(&self.log)?.as_bytes(),
+        )?)
     }
 }

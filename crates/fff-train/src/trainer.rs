@@ -250,7 +250,7 @@ pub fn train_from(
                 history: history.clone(),
             };
             crate::checkpoint::save(dir, model, opt, &state)?;
-            crate::checkpoint::write_atomic(
+            fff_util::fs::write_atomic(
                 &dir.join("metrics.json"),
                 serde_json::to_string_pretty(&history)?.as_bytes(),
             )?;

@@ -1,0 +1,223 @@
+//! Line charts as PNG files, drawn with plotters and an embedded font (no system fonts needed),
+//! written atomically.
+
+use plotters::prelude::*;
+use std::path::Path;
+
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+/// An error while drawing or writing a chart; the message names the file.
+#[derive(Debug)]
+pub struct ChartError(String);
+
+impl std::fmt::Display for ChartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ChartError {}
+
+impl From<std::io::Error> for ChartError {
+    fn from(e: std::io::Error) -> Self {
+        ChartError(e.to_string())
+    }
+}
+
+/// One named line of points.
+#[derive(Clone, Debug)]
+pub struct Series {
+    /// Legend label.
+    pub label: String,
+    /// `(x, y)` points, drawn in order.
+    pub points: Vec<(f64, f64)>,
+    /// Drawn dashed in black, without markers (a reference line).
+    pub dashed: bool,
+}
+
+impl Series {
+    /// A solid line with markers.
+    pub fn line(label: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
+        Series {
+            label: label.into(),
+            points,
+            dashed: false,
+        }
+    }
+}
+
+/// Where the legend goes.
+#[derive(Clone, Copy, Debug)]
+pub enum Legend {
+    /// Top left.
+    UpperLeft,
+    /// Bottom right.
+    LowerRight,
+}
+
+/// Titles and axes of a chart.
+#[derive(Clone, Debug)]
+pub struct Chart<'a> {
+    /// Caption.
+    pub title: &'a str,
+    /// X axis description.
+    pub x_desc: &'a str,
+    /// Y axis description.
+    pub y_desc: &'a str,
+    /// Logarithmic y axis (positive values only).
+    pub log_y: bool,
+    /// Where the legend goes.
+    pub legend: Legend,
+}
+
+/// Draws `series` on `chart`'s axes into the PNG file `path`.
+pub fn draw(path: &Path, chart: &Chart<'_>, series: &[Series]) -> Result<(), ChartError> {
+    let named = |e: &dyn std::fmt::Display| ChartError(format!("{}: {e}", path.display()));
+    // Registering twice is harmless.
+    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    let pts = || series.iter().flat_map(|s| s.points.iter().copied());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for (x, y) in pts() {
+        if chart.log_y && y <= 0.0 {
+            continue;
+        }
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    }
+    if x0 > x1 {
+        return Err(named(&"nothing to plot"));
+    }
+    crate::fs::write_with(path, |tmp| {
+        let root = BitMapBackend::new(tmp, (900, 600)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| named(&e))?;
+        let mut builder = ChartBuilder::on(&root);
+        builder
+            .caption(chart.title, ("sans-serif", 22))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(60);
+        if chart.log_y {
+            let mut c = builder
+                .build_cartesian_2d((x0 - 0.5)..(x1 + 0.5), (y0 / 2.0..y1 * 2.0).log_scale())
+                .map_err(|e| named(&e))?;
+            c.configure_mesh()
+                .x_desc(chart.x_desc)
+                .y_desc(chart.y_desc)
+                .label_style(("sans-serif", 14))
+                .draw()
+                .map_err(|e| named(&e))?;
+            draw_series(&mut c, chart.legend, series).map_err(|e| named(&e))?;
+        } else {
+            let pad = ((y1 - y0) * 0.05).max(1e-3);
+            let mut c = builder
+                .build_cartesian_2d((x0 - 0.2)..(x1 + 0.2), (y0 - pad)..(y1 + pad))
+                .map_err(|e| named(&e))?;
+            c.configure_mesh()
+                .x_desc(chart.x_desc)
+                .y_desc(chart.y_desc)
+                .label_style(("sans-serif", 14))
+                .draw()
+                .map_err(|e| named(&e))?;
+            draw_series(&mut c, chart.legend, series).map_err(|e| named(&e))?;
+        }
+        root.present().map_err(|e| named(&e))
+    })
+}
+
+/// Named lines on linear axes, legend bottom right.
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: impl IntoIterator<Item = (String, Vec<(f64, f64)>)>,
+) -> Result<(), ChartError> {
+    let chart = Chart {
+        title,
+        x_desc,
+        y_desc,
+        log_y: false,
+        legend: Legend::LowerRight,
+    };
+    let series: Vec<Series> = series
+        .into_iter()
+        .map(|(label, points)| Series::line(label, points))
+        .collect();
+    draw(path, &chart, &series)
+}
+
+type DrawResult =
+    Result<(), DrawingAreaErrorKind<<BitMapBackend<'static> as DrawingBackend>::ErrorType>>;
+
+fn draw_series<'a, X, Y>(
+    c: &mut ChartContext<'a, BitMapBackend<'a>, Cartesian2d<X, Y>>,
+    legend: Legend,
+    series: &[Series],
+) -> DrawResult
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    for (i, s) in series.iter().enumerate() {
+        if s.dashed {
+            c.draw_series(DashedLineSeries::new(
+                s.points.clone(),
+                6,
+                4,
+                BLACK.stroke_width(2),
+            ))?
+            .label(s.label.clone())
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+            continue;
+        }
+        let color = Palette99::pick(i).to_rgba();
+        c.draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))?
+            .label(s.label.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        c.draw_series(s.points.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
+    }
+    c.configure_series_labels()
+        .position(match legend {
+            Legend::UpperLeft => SeriesLabelPosition::UpperLeft,
+            Legend::LowerRight => SeriesLabelPosition::LowerRight,
+        })
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_a_png_and_names_the_file_on_failure() {
+        let dir = std::env::temp_dir().join(format!("fff-util-chart-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.png");
+        let chart = Chart {
+            title: "t",
+            x_desc: "x",
+            y_desc: "y",
+            log_y: true,
+            legend: Legend::UpperLeft,
+        };
+        let series = [
+            Series::line("a", vec![(0.0, 1.0), (1.0, 10.0)]),
+            Series {
+                label: "limit".into(),
+                points: vec![(0.0, 2.0), (1.0, 20.0)],
+                dashed: true,
+            },
+        ];
+        draw(&path, &chart, &series).unwrap();
+        assert_eq!(&std::fs::read(&path).unwrap()[1..4], b"PNG");
+        let bad = dir.join("no-such-folder").join("c.png");
+        let err = draw(&bad, &chart, &series).unwrap_err();
+        assert!(err.to_string().contains("no-such-folder"), "{err}");
+        assert!(draw(&path, &chart, &[]).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
