@@ -85,7 +85,7 @@ fn bench_dot_alignment(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 rows.chunks_exact(WIDTH)
-                    .map(|row| fastfeedforward::kernels::simd::dot_f32(row, x))
+                    .map(|row| fastfeedforward::internal::simd::dot_f32(row, x))
                     .sum::<f32>()
             })
         });

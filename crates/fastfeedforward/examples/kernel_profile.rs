@@ -63,7 +63,7 @@ fn main() -> fastfeedforward::Result<()> {
         #[cfg(feature = "phase-timing")]
         for (sum, d) in phase_sums
             .iter_mut()
-            .zip(fastfeedforward::kernels::phases::take())
+            .zip(fastfeedforward::internal::phases::take())
         {
             *sum += d;
         }
@@ -77,7 +77,7 @@ fn main() -> fastfeedforward::Result<()> {
     );
     #[cfg(feature = "phase-timing")]
     {
-        use fastfeedforward::kernels::phases::Phase;
+        use fastfeedforward::internal::phases::Phase;
         println!("mean per call (walk and output summed over threads):");
         for (phase, sum) in Phase::ALL.iter().zip(phase_sums) {
             let ms = sum.as_secs_f64() * 1e3 / iterations as f64;

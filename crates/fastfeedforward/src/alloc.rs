@@ -16,7 +16,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
-/// Wraps a global allocator so that blocks of [`ALIGNED_MIN_SIZE`] bytes or more start on a
+/// Wraps a global allocator so that blocks of 1 KiB or more start on a
 /// 64-byte boundary (a cache line, and a whole AVX-512 vector).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AlignedAlloc<A = System>(pub A);

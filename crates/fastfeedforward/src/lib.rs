@@ -4,14 +4,20 @@
 //! ("Exponentially Faster Language Modelling", Belcak & Wattenhofer, 2023): `K` binary trees of
 //! depth `D`, each input visiting one root-to-leaf path of `D+1` neurons per tree.
 //!
-//! - [`config`]: the layer's shape and node activation;
-//! - [`reference`]: the dense masked formulation (UltraFastBERT's training), the test oracle;
-//! - [`train_op`]: the O(K·(D+1))-per-input training op with exact gradients (candle custom ops);
-//! - [`kernels`]: the plain reference descent and the fast batched SIMD inference kernel;
-//! - [`dense`]: a dense feedforward layer on candle's SGEMM, the speed baseline;
-//! - [`layer`]: the [`Fff`] layer type, with PyTorch-compatible safetensors save/load;
-//! - [`alloc`]: [`AlignedAlloc`], the global allocator wrapper that lets the kernels load
-//!   aligned vectors.
+//! The layers, all behind one interface, [`ConditionalLayer`]:
+//!
+//! - [`Fff`] ([`FffConfig`], [`Activation`], [`Init`]): the UltraFastBERT FFF. Training runs
+//!   an O(K·(D+1))-per-input op whose gradients are exactly those of the dense masked
+//!   formulation ([`mod@reference`]); inference runs a batched, multithreaded SIMD kernel
+//!   ([`kernels`], tuned by [`InferOptions`]); parameters save and load as safetensors under
+//!   UltraFastBERT's PyTorch names ([`checkpoint`]).
+//! - [`OriginalFff`]: the original FFF (a routing tree over leaf MLPs); [`FlatFff`]: one
+//!   hyperplane per level.
+//! - [`Linear`] and [`Elementwise`]: the dense and activation layers a model mixes in.
+//! - [`DenseFf`]: a dense feedforward layer on SGEMM, the speed baseline.
+//! - [`tree`]: the descent rule (ties and NaN go left) and the path iterators.
+//! - [`AlignedAlloc`]: a global allocator wrapper that starts large blocks on 64-byte
+//!   boundaries, where the kernels' vector loads are fastest.
 //!
 //! ```
 //! use fastfeedforward::{ConditionalLayer, Fff, FffConfig, Init};
@@ -27,27 +33,30 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod alloc;
+#![warn(missing_docs)]
+
+mod alloc;
 pub mod checkpoint;
-pub mod conditional;
-pub mod config;
-pub mod dense;
-pub mod error;
-pub mod flat;
+mod conditional;
+mod config;
+mod dense;
+mod error;
+mod flat;
+pub mod internal;
 pub mod kernels;
-pub mod layer;
-pub mod math;
-pub mod original;
+mod layer;
+mod math;
+mod original;
 pub mod reference;
-pub mod train_op;
+mod train_op;
 pub mod tree;
 
 pub use alloc::AlignedAlloc;
 pub use conditional::{ConditionalLayer, Elementwise, Linear, Route, Routing, TrainStep};
-pub use config::{Activation, FffConfig, Init};
+pub use config::{Activation, FffConfig, Init, MAX_DEPTH};
 pub use dense::DenseFf;
 pub use error::{FffError, Result};
-pub use flat::{FlatFff, FlatFffConfig};
+pub use flat::{FlatFff, FlatFffConfig, FLAT_NAMES};
 pub use kernels::{InferOptions, SimdLevel, Strategy, Workspace};
-pub use layer::Fff;
-pub use original::{OriginalFff, OriginalFffConfig};
+pub use layer::{Fff, B_IN, W_IN, W_OUT};
+pub use original::{OriginalFff, OriginalFffConfig, SoftForward, ORIGINAL_NAMES};

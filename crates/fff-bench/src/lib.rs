@@ -5,6 +5,8 @@
 //! before it is timed; a mismatch aborts the run. Timings are medians after warm-up, and every
 //! speedup is a ratio of two timings taken in the same run.
 
+#![warn(missing_docs)]
+
 pub mod bert;
 pub mod impls;
 pub mod report;

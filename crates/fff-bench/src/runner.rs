@@ -5,7 +5,7 @@ use crate::impls::{
     FffLevel1, LayerImpl,
 };
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use fastfeedforward::kernels::descent::resolve_strategy;
+use fastfeedforward::internal::resolve_strategy;
 use fastfeedforward::{Activation, Fff, FffConfig, Init, Strategy};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};

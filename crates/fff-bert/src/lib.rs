@@ -14,6 +14,8 @@
 //! # Ok::<(), fff_bert::BertError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod error;
 pub mod hub;

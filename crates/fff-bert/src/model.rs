@@ -301,9 +301,9 @@ impl Ffn {
                 config.validate()?;
                 let rows = config.total_nodes();
                 let names = [
-                    (fastfeedforward::layer::W_IN, vec![rows, h]),
-                    (fastfeedforward::layer::B_IN, vec![rows]),
-                    (fastfeedforward::layer::W_OUT, vec![h, rows]),
+                    (fastfeedforward::W_IN, vec![rows, h]),
+                    (fastfeedforward::B_IN, vec![rows]),
+                    (fastfeedforward::W_OUT, vec![h, rows]),
                 ];
                 let mut tensors = HashMap::new();
                 for (name, shape) in names {

@@ -8,8 +8,8 @@ use crate::error::Result;
 use candle_core::Tensor;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
-use fastfeedforward::kernels::simd::vectorized;
-use fastfeedforward::math::exp as fast_exp;
+use fastfeedforward::internal::math::exp as fast_exp;
+use fastfeedforward::internal::simd::vectorized;
 use rayon::prelude::*;
 
 /// Rows per rayon task for elementwise and per-row work.

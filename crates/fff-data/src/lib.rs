@@ -9,6 +9,8 @@
 //! - [`synthetic`]: small sets generated in memory (interleaved spirals), so that examples run
 //!   with no network and no files.
 
+#![warn(missing_docs)]
+
 pub mod download;
 pub mod idx;
 pub mod mnist;

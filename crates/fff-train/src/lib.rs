@@ -6,6 +6,8 @@
 //! - [`trainer`]: mini-batch training with AdamW and cross-entropy, per-epoch evaluation;
 //! - [`inspect`]: routing statistics of conditional layers (region usage, |z|, path changes).
 
+#![warn(missing_docs)]
+
 pub mod checkpoint;
 pub mod inspect;
 pub mod model;

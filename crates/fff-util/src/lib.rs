@@ -4,6 +4,8 @@
 //! - [`timing`]: medians of repeated runs and durations in a readable unit;
 //! - [`chart`] (feature `chart`): line charts as PNG, with an embedded font.
 
+#![warn(missing_docs)]
+
 #[cfg(feature = "chart")]
 pub mod chart;
 pub mod fs;

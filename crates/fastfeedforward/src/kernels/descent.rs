@@ -7,11 +7,11 @@
 //! - [`Strategy::Bucketed`] ([`super::bucketed`]): top half of each tree per input, then inputs
 //!   bucketed by bottom subtree so each subtree's rows are fetched once per bucket. Best for
 //!   large batches, where weight traffic would otherwise dominate.
-//! - [`Strategy::Grouped`] ([`super::grouped`]): depth-first walk with the inputs on each node
+//! - [`Strategy::Grouped`] (in `dev/`, kept for comparison): depth-first walk with the inputs on each node
 //!   grouped (the "level-2" formulation), kept for comparison.
 
 use super::bucketed::{bucketed, split_level};
-use super::grouped::grouped;
+use super::dev::grouped::grouped;
 use super::tile::per_token;
 use super::{check_io, FffWeightsView, SimdLevel};
 use crate::error::Result;

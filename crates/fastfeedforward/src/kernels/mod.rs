@@ -6,11 +6,11 @@
 //! PyTorch's `linear_out.weight` transposed) so that a visited node's output row is contiguous.
 
 mod bucketed;
-pub mod descent;
-mod grouped;
-pub mod phases;
+pub(crate) mod descent;
+mod dev;
+pub(crate) mod phases;
 pub mod reference;
-pub mod simd;
+pub(crate) mod simd;
 mod tile;
 
 use crate::config::FffConfig;

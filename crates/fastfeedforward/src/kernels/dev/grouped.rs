@@ -5,9 +5,9 @@
 //! output rows do not fit in L1, moving them once per level costs more than the shared weight
 //! loads save, and the bucketed walk is faster.
 
-use super::simd::{axpy, dispatch, Simd, SimdLevel, SimdTask};
-use super::tile::{group_logits, stable_partition, RowsPtr, SharedMut};
-use super::{FffWeightsView, Workspace};
+use crate::kernels::simd::{axpy, dispatch, Simd, SimdLevel, SimdTask};
+use crate::kernels::tile::{group_logits, stable_partition, RowsPtr, SharedMut};
+use crate::kernels::{FffWeightsView, Workspace};
 use rayon::prelude::*;
 
 /// Inputs per parallel chunk when one node's group is split across threads.
@@ -23,7 +23,7 @@ struct GroupCtx<'w, 'a> {
     level: SimdLevel,
 }
 
-pub(super) fn grouped(
+pub(in crate::kernels) fn grouped(
     w: &FffWeightsView<'_>,
     x: &[f32],
     batch: usize,
