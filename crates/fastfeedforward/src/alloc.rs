@@ -3,9 +3,9 @@
 //! The kernels sum in an order fixed by the row length, never by address, so their results do
 //! not depend on where weights and inputs live; their speed does. A vector load that straddles
 //! two cache lines costs two loads, and the system allocator starts large blocks 16 bytes past
-//! a page, so every AVX-512 load of a weight row straddles a line: a 768-wide dot product against
-//! rows in L2 took 74 ns there against 39 ns on a 64-byte boundary on this project's test
-//! machine (`cargo bench -p fastfeedforward --bench kernel -- dot_alignment`).
+//! a page, so every AVX-512 load of a weight row straddles a line and a dot product against rows
+//! in L2 runs near half speed (measure it with
+//! `cargo bench -p fastfeedforward --bench kernel -- dot_alignment`).
 //! Binaries opt in, wrapping the allocator they already use:
 //!
 //! ```

@@ -356,6 +356,8 @@ mod openblas {
     use super::{bias_act, DenseWeights, LayerImpl};
     use anyhow::Result;
 
+    // SAFETY: the declaration matches OpenBLAS's `cblas_sgemm`; the call below passes
+    // dimensions and leading dimensions that fit the slices it points into.
     #[link(name = "openblas")]
     unsafe extern "C" {
         fn cblas_sgemm(

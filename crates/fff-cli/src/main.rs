@@ -15,7 +15,7 @@ mod train_config;
 use clap::{Parser, Subcommand};
 
 // candle allocates a fresh buffer for every tensor op; glibc's malloc hands large ones back to
-// the kernel each time (page faults and TLB shootdowns cost 3x the training step here).
+// the kernel each time, and the page faults and TLB shootdowns dominate a training step.
 // `AlignedAlloc` starts large blocks on 64-byte boundaries, where the kernels' vector loads
 // never straddle cache lines.
 #[global_allocator]

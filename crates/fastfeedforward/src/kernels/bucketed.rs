@@ -37,11 +37,10 @@ const GROUPED_BUCKET_MIN: usize = 12;
 const STREAM_MIN_BYTES: usize = 16 << 20;
 /// Inputs per chunk. Each chunk reads the bottom subtrees' rows once (nearly all of the
 /// weights: 25 MB for 1x11 at width 768), and reads its inputs twice, in the top and the bottom
-/// walks. Chunks small enough for the second read to come from L3 (4096 inputs, 12.6 MB) would
-/// need the weights to stay there, but on a shared host the L3 a process actually gets is far
-/// smaller than the die's (here about 12 MB of 48: `tools/bandwidth.c` reads a 12 MB buffer at
-/// 22 GB/s and a 16 MB one at 12, near DRAM's 10), so every chunk fetched the weights from DRAM
-/// again: 16384 ran batch 16384 1.2x faster than 4096 (alternated runs of `kernel_profile`).
+/// walks. Chunks small enough for the second read to come from L3 would need the weights to stay
+/// there as well, but on a shared host the L3 a process gets is far smaller than the die's
+/// (`tools/bandwidth.c` measures it), so every chunk would fetch the weights from DRAM again;
+/// large chunks read the weights once at the price of a second DRAM read of the inputs.
 const CHUNK_TOKENS: usize = 16384;
 /// Smallest token count worth splitting into two parallel tasks.
 const JOIN_MIN_TOKENS: usize = 64;
@@ -64,8 +63,7 @@ pub(super) fn bucketed(
         let batch = x.len() / c.input_width;
         for t in 0..c.trees {
             // Every tree streams, though the next tree reads the outputs back: outputs this
-            // large do not stay in cache anyway, and a cached store first reads each line (2x10
-            // at batch 16384: 1.06x faster than streaming the last tree only).
+            // large do not stay in cache anyway, and a cached store first reads each line.
             bucketed_tree(w, t, x, batch, y, ws, level, large);
         }
     }

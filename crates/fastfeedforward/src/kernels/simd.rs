@@ -1,6 +1,8 @@
 //! Runtime SIMD dispatch in the style of `pulp`/faer: kernels are written once, generic over a
 //! [`Simd`] backend, and [`dispatch`] runs them inside a function compiled for the detected CPU
-//! features. All `unsafe` of the crate's kernels lives in this file.
+//! features. The intrinsics' `unsafe` lives in this file; the walks' shared output rows
+//! (`tile::SharedMut`, used by the bucketed and grouped walks) and the aligned allocator have
+//! their own, each block with a `SAFETY` comment.
 
 use std::sync::OnceLock;
 
@@ -333,11 +335,15 @@ mod x86 {
         }
     }
 
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn run_avx2<T: super::SimdTask>(task: T) -> T::Output {
         task.run(Avx2::new_unchecked())
     }
 
+    /// # Safety
+    /// The CPU must support AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn run_avx512<T: super::SimdTask>(task: T) -> T::Output {
         task.run(Avx512::new_unchecked())
@@ -375,8 +381,7 @@ pub(crate) fn dispatch<T: SimdTask>(level: SimdLevel, task: T) -> T::Output {
 /// calls) are auto-vectorized at that width instead of the build target's baseline SSE2.
 ///
 /// The body must be inlined into that function to benefit: mark the closure
-/// `#[inline(always)]` (an out-of-line closure keeps the baseline SSE2 code). In the encoder,
-/// this took a softmax `exp` loop from about 10 ms to 1.5 ms per layer.
+/// `#[inline(always)]` (an out-of-line closure keeps the baseline SSE2 code).
 #[inline]
 pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     struct Closure<F>(F);

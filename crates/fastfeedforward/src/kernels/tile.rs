@@ -89,11 +89,10 @@ pub(super) fn route_tile<S: Simd>(
     let steps = (levels.len() * xs.len()).max(1);
     let per_step = ahead.len().div_ceil(LINE).div_ceil(steps) * LINE;
     let mut ahead = ahead.chunks(per_step.max(LINE));
-    // Only the chosen child is prefetched. Fetching both children ahead for small tiles (to
-    // have something in flight while a lone input computes its dot) made batch-1 latency 2x
-    // worse: three rows of prefetches per level swamp the line-fill buffers. The prefetches
-    // target L2, which has more misses in flight than L1's fill buffers (batch 1: about 2.2 µs
-    // into L1, 1.8 µs into L2).
+    // Only the chosen child is prefetched: fetching both children ahead for small tiles puts
+    // three rows of prefetches in flight per level and swamps the line-fill buffers, which
+    // slows a lone input down. The prefetches target L2, which keeps more misses in flight than
+    // L1's fill buffers.
     for l in levels {
         for (j, x) in xs.iter().enumerate() {
             let n = rec.nodes[j];
