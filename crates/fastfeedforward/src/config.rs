@@ -10,11 +10,13 @@ pub const MAX_DEPTH: usize = 20;
 /// The activation applied to each visited node's pre-activation `z`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Activation {
     /// GELU, exact erf form (UltraFastBERT's default).
     #[default]
     Gelu,
     /// Identity: a left turn still carries its `z` (the community's "basis pair" form).
+    #[cfg_attr(feature = "clap", value(alias = "linear", alias = "none"))]
     Identity,
     /// max(z, 0).
     Relu,

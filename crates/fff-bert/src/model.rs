@@ -17,31 +17,19 @@ use fastfeedforward::{Fff, FffConfig, InferOptions, Workspace};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::{Mutex, OnceLock};
 
 /// How FFF blocks are computed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum FfnMode {
     /// The conditional kernel: `K·(D+1)` neurons per token.
     #[default]
+    #[cfg_attr(feature = "clap", value(alias = "fff"))]
     Kernel,
     /// The dense masked formulation: all `K·M` neurons computed (on the same faer projections as
     /// the dense FF), all but the path masked, as the original PyTorch code does.
     Masked,
-}
-
-impl FromStr for FfnMode {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "kernel" | "fff" => Ok(FfnMode::Kernel),
-            "masked" => Ok(FfnMode::Masked),
-            other => Err(format!(
-                "unknown FFN mode `{other}` (expected kernel or masked)"
-            )),
-        }
-    }
 }
 
 /// A batch of token ids with its attention mask, both `[batch, seq]` row-major.

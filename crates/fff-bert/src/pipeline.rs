@@ -5,32 +5,19 @@ use crate::model::{Batch, CrammedBert, Encoded};
 use crate::tokenizer::{BertTokenizer, Encoding};
 use candle_core::{Tensor, D};
 use std::path::Path;
-use std::str::FromStr;
 
 /// How token states become one vector per text.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Pooling {
     /// Mean over the text's tokens (padding excluded).
     #[default]
     Mean,
     /// The first token's state.
+    #[cfg_attr(feature = "clap", value(alias = "cls"))]
     First,
     /// Elementwise max over the text's tokens (padding excluded).
     Max,
-}
-
-impl FromStr for Pooling {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "mean" => Ok(Pooling::Mean),
-            "first" | "cls" => Ok(Pooling::First),
-            "max" => Ok(Pooling::Max),
-            other => Err(format!(
-                "unknown pooling `{other}` (expected mean, first or max)"
-            )),
-        }
-    }
 }
 
 /// The top predictions for one `<mask>`.

@@ -1,6 +1,6 @@
 //! `fff experiment`: studies that answer a question with real figures.
 
-use crate::data::{load_data, DataArgs};
+use crate::data::{load_data, DataArgs, Dataset};
 use crate::progress::EpochProgress;
 use anyhow::{ensure, Result};
 use clap::{Args, Subcommand};
@@ -25,7 +25,7 @@ pub enum ExperimentCommand {
 pub struct NodeActivationArgs {
     /// Datasets to run on.
     #[arg(long, value_delimiter = ',', default_value = "mnist,fashion-mnist")]
-    datasets: Vec<String>,
+    datasets: Vec<Dataset>,
     /// Folder holding the datasets (each directly or in a subfolder named after it).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -86,23 +86,31 @@ pub fn run(cmd: ExperimentCommand) -> Result<()> {
     let mut runs = Vec::new();
     for name in &args.datasets {
         let data_args = DataArgs {
-            dataset: name.clone(),
+            dataset: *name,
             data_dir: args.data_dir.clone(),
         };
         let (data, _) = load_data(&data_args, 0)?;
         let bars = || EpochProgress::new(|_: &fff_train::EpochMetrics| {});
-        runs.extend(run_study(name, &data, &chosen, &seeds, &cfg, bars, |r| {
-            let last = r.history.last().expect("at least one epoch");
-            println!(
-                "{} {} seed {}: test accuracy {:.2}% after {} epochs ({:.2} s/epoch)",
-                r.dataset,
-                r.variant,
-                r.seed,
-                100.0 * last.test_accuracy,
-                r.history.len(),
-                r.history.iter().map(|m| m.train_seconds).sum::<f64>() / r.history.len() as f64
-            )
-        })?);
+        runs.extend(run_study(
+            &name.to_string(),
+            &data,
+            &chosen,
+            &seeds,
+            &cfg,
+            bars,
+            |r| {
+                let last = r.history.last().expect("at least one epoch");
+                println!(
+                    "{} {} seed {}: test accuracy {:.2}% after {} epochs ({:.2} s/epoch)",
+                    r.dataset,
+                    r.variant,
+                    r.seed,
+                    100.0 * last.test_accuracy,
+                    r.history.len(),
+                    r.history.iter().map(|m| m.train_seconds).sum::<f64>() / r.history.len() as f64
+                )
+            },
+        )?);
     }
     let summaries = summarize(&runs);
     println!();

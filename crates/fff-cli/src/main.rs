@@ -12,7 +12,7 @@ mod progress;
 mod train;
 mod train_config;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 // candle allocates a fresh buffer for every tensor op; glibc's malloc hands large ones back to
 // the kernel each time, and the page faults and TLB shootdowns dominate a training step.
@@ -53,8 +53,13 @@ enum Command {
     Bert(bert::BertCommand),
 }
 
+/// The command line, with the training defaults in `fff train --help`.
+fn command() -> clap::Command {
+    Cli::command().mut_subcommand("train", train_config::TrainSettings::with_defaults)
+}
+
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
@@ -63,5 +68,21 @@ fn main() -> anyhow::Result<()> {
         Command::Inspect(args) => inspect::run(args),
         Command::Experiment(cmd) => experiment::run(cmd),
         Command::Bert(cmd) => bert::run(cmd),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        command().debug_assert();
+        let mut train = command().find_subcommand("train").cloned().expect("train");
+        let help = train.render_help().to_string();
+        let d = fff_train::TrainConfig::default();
+        assert!(help.contains(&format!("[default: {}]", d.epochs)), "{help}");
+        assert!(help.contains("[default: 0.9,0.999]"), "{help}");
+        assert!(help.contains("[default: constant]"), "{help}");
     }
 }

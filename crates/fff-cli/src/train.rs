@@ -114,7 +114,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 /// `fff train` with merged settings, on the current thread pool.
 fn run_with(s: &TrainSettings, resume: Option<&Path>, track_routing: bool) -> Result<()> {
     let data_args = DataArgs {
-        dataset: s.dataset().to_string(),
+        dataset: s.dataset(),
         data_dir: s.data_dir.clone(),
     };
     let history = if let Some(dir) = resume {

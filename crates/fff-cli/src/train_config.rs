@@ -5,15 +5,23 @@
 //! setting is optional; a flag given on the command line overrides the file, and what neither
 //! gives takes the default shown in `fff train --help`.
 
+use crate::data::Dataset;
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use clap::Args;
-use fff_train::optim::OptimizerKind;
+use clap::{Args, ValueEnum};
+use fff_train::optim::{OptimizerKind, DEFAULT_SGD_MOMENTUM};
 use fff_train::{Schedule, TrainConfig};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-/// Dataset when none is given.
-pub const DEFAULT_DATASET: &str = "spirals";
+/// The update rule, by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerChoice {
+    /// AdamW.
+    Adamw,
+    /// SGD with momentum.
+    Sgd,
+}
 
 /// Settings of a training run; as flags, or as the keys of a `--config` file.
 #[derive(Args, Deserialize, Debug, Default, Clone, PartialEq)]
@@ -21,8 +29,8 @@ pub const DEFAULT_DATASET: &str = "spirals";
 pub struct TrainSettings {
     /// Dataset: spirals (built in), mnist or fashion-mnist (downloaded once into a cache folder,
     /// or read from --data-dir) [default: spirals].
-    #[arg(long)]
-    pub dataset: Option<String>,
+    #[arg(long, value_enum)]
+    pub dataset: Option<Dataset>,
     /// Folder holding the dataset's IDX files (gzip or raw), directly or in a subfolder named
     /// after the dataset [default: the download cache].
     #[arg(long)]
@@ -31,37 +39,37 @@ pub struct TrainSettings {
     /// [default: a small FFF net for spirals, the study's FFF net for the image sets].
     #[arg(long)]
     pub model: Option<String>,
-    /// Passes over the training set (with --resume: the total to reach) [default: 10].
+    /// Passes over the training set (with --resume: the total to reach).
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Inputs per step [default: 64].
+    /// Inputs per step.
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Optimizer: adamw or sgd [default: adamw].
-    #[arg(long)]
-    pub optimizer: Option<String>,
-    /// Peak learning rate [default: 0.001].
+    /// Optimizer.
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerChoice>,
+    /// Peak learning rate.
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Weight decay (decoupled for AdamW, L2 for SGD) [default: 0].
+    /// Weight decay (decoupled for AdamW, L2 for SGD).
     #[arg(long)]
     pub weight_decay: Option<f64>,
-    /// AdamW betas, "beta1,beta2" (in a file: [beta1, beta2]) [default: 0.9,0.999].
+    /// AdamW betas, "beta1,beta2" (in a file: [beta1, beta2]).
     #[arg(long, value_delimiter = ',')]
     pub betas: Option<Vec<f64>>,
-    /// SGD momentum [default: 0.9].
+    /// SGD momentum.
     #[arg(long)]
     pub momentum: Option<f64>,
-    /// Learning-rate schedule after warm-up: constant, cosine or linear [default: constant].
-    #[arg(long)]
+    /// Learning-rate schedule after warm-up.
+    #[arg(long, value_enum)]
     pub schedule: Option<Schedule>,
-    /// Steps of linear warm-up [default: 0].
+    /// Steps of linear warm-up.
     #[arg(long)]
     pub warmup_steps: Option<usize>,
     /// Clip the global gradient norm to this value [default: no clipping].
     #[arg(long)]
     pub clip_norm: Option<f64>,
-    /// Seed of the initialisation and the shuffling [default: 0].
+    /// Seed of the initialisation and the shuffling.
     #[arg(long)]
     pub seed: Option<u64>,
     /// Worker threads of the training run; results are deterministic for a given count
@@ -73,7 +81,47 @@ pub struct TrainSettings {
     pub out: Option<PathBuf>,
 }
 
+/// AdamW's betas in the default optimizer.
+fn default_betas() -> (f64, f64) {
+    match OptimizerKind::default() {
+        OptimizerKind::AdamW { beta1, beta2, .. } => (beta1, beta2),
+        OptimizerKind::Sgd { .. } => (0.9, 0.999),
+    }
+}
+
 impl TrainSettings {
+    /// `cmd` (a command holding these flags) with the defaults, read from
+    /// `TrainConfig::default()`, shown in each flag's help: one source for both.
+    pub fn with_defaults(cmd: clap::Command) -> clap::Command {
+        let d = TrainConfig::default();
+        let (beta1, beta2) = default_betas();
+        let optimizer = match d.optimizer {
+            OptimizerKind::AdamW { .. } => OptimizerChoice::Adamw,
+            OptimizerKind::Sgd { .. } => OptimizerChoice::Sgd,
+        };
+        let name = |v: Option<clap::builder::PossibleValue>| {
+            v.map_or(String::new(), |v| v.get_name().to_string())
+        };
+        let defaults = [
+            ("epochs", d.epochs.to_string()),
+            ("batch_size", d.batch_size.to_string()),
+            ("optimizer", name(optimizer.to_possible_value())),
+            ("lr", d.lr.to_string()),
+            ("weight_decay", d.weight_decay.to_string()),
+            ("betas", format!("{beta1},{beta2}")),
+            ("momentum", DEFAULT_SGD_MOMENTUM.to_string()),
+            ("schedule", name(d.schedule.to_possible_value())),
+            ("warmup_steps", d.warmup_steps.to_string()),
+            ("seed", d.seed.to_string()),
+        ];
+        defaults.into_iter().fold(cmd, |cmd, (id, value)| {
+            cmd.mut_arg(id, |a| {
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                a.help(format!("{help} [default: {value}]"))
+            })
+        })
+    }
+
     /// Reads a TOML file of settings; errors name the file (and, from toml, the line and key).
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -127,18 +175,18 @@ impl TrainSettings {
         }
     }
 
-    /// The dataset's name, or the default.
-    pub fn dataset(&self) -> &str {
-        self.dataset.as_deref().unwrap_or(DEFAULT_DATASET)
+    /// The dataset, or the default.
+    pub fn dataset(&self) -> Dataset {
+        self.dataset.unwrap_or_default()
     }
 
     /// The training configuration, with defaults for what is not given; checks the values.
     pub fn train_config(&self) -> Result<TrainConfig> {
         let d = TrainConfig::default();
-        let optimizer = match self.optimizer.as_deref().unwrap_or("adamw") {
-            "adamw" => {
+        let optimizer = match self.optimizer.unwrap_or(OptimizerChoice::Adamw) {
+            OptimizerChoice::Adamw => {
                 let (beta1, beta2) = match self.betas.as_deref() {
-                    None => (0.9, 0.999),
+                    None => default_betas(),
                     Some(&[b1, b2]) => (b1, b2),
                     Some(_) => bail!("betas takes two numbers, e.g. --betas 0.9,0.999"),
                 };
@@ -151,10 +199,9 @@ impl TrainSettings {
                     eps: 1e-8,
                 }
             }
-            "sgd" => OptimizerKind::Sgd {
-                momentum: self.momentum.unwrap_or(0.9),
+            OptimizerChoice::Sgd => OptimizerKind::Sgd {
+                momentum: self.momentum.unwrap_or(DEFAULT_SGD_MOMENTUM),
             },
-            other => bail!("unknown optimizer `{other}`; expected adamw or sgd"),
         };
         if let Some(c) = self.clip_norm {
             ensure!(
@@ -227,12 +274,12 @@ out = "runs/a"
         assert_eq!(
             s,
             TrainSettings {
-                dataset: Some("fashion-mnist".into()),
+                dataset: Some(Dataset::FashionMnist),
                 data_dir: Some("data".into()),
                 model: Some("fff:784-500:d8:identity, relu, fff:500-10:d8:identity".into()),
                 epochs: Some(3),
                 batch_size: Some(128),
-                optimizer: Some("adamw".into()),
+                optimizer: Some(OptimizerChoice::Adamw),
                 lr: Some(2e-3),
                 weight_decay: Some(0.01),
                 betas: Some(vec![0.8, 0.99]),
@@ -269,7 +316,7 @@ out = "runs/a"
         // An empty file sets nothing: the defaults of the flags.
         let empty = parse("").unwrap();
         assert_eq!(empty, TrainSettings::default());
-        assert_eq!(empty.dataset(), "spirals");
+        assert_eq!(empty.dataset(), Dataset::Spirals);
         let c = empty.train_config().unwrap();
         let d = TrainConfig::default();
         assert_eq!(
@@ -289,7 +336,7 @@ out = "runs/a"
     fn the_example_config_is_the_study_net() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/train_mnist.toml");
         let s = TrainSettings::read(&path).unwrap();
-        assert_eq!(s.dataset(), "mnist");
+        assert_eq!(s.dataset(), Dataset::Mnist);
         assert_eq!(
             s.model.as_deref(),
             Some("fff:784-500:d8:identity, relu, fff:500-10:d8:identity")
@@ -361,7 +408,7 @@ out = "runs/a"
         assert_eq!(s.seed, Some(0));
         // Not given as flags: from the file.
         assert_eq!((s.epochs, s.batch_size), (Some(3), Some(128)));
-        assert_eq!(s.dataset(), "fashion-mnist");
+        assert_eq!(s.dataset(), Dataset::FashionMnist);
         // No file: flags alone, the rest default.
         let s = args(&["--epochs", "2"]).settings().unwrap();
         assert_eq!((s.epochs, s.lr), (Some(2), None));
@@ -381,12 +428,17 @@ out = "runs/a"
         for (text, want) in [
             ("betas = [0.9]", "two numbers"),
             ("betas = [0.9, 1.5]", "[0, 1)"),
-            ("optimizer = \"lion\"", "unknown optimizer `lion`"),
             ("clip-norm = -1.0", "clip norm"),
             ("threads = 0", "threads"),
         ] {
             let err = parse(text).unwrap().train_config().unwrap_err().to_string();
             assert!(err.contains(want), "{text}: {err}");
         }
+        // A name the file cannot hold is refused when the file is read, naming the key.
+        let err = parse("optimizer = \"lion\"").unwrap_err().to_string();
+        assert!(
+            err.contains("key `optimizer`") && err.contains("`lion`") && err.contains("adamw"),
+            "{err}"
+        );
     }
 }

@@ -35,6 +35,9 @@ pub enum OptimizerKind {
     },
 }
 
+/// SGD's momentum when none is given.
+pub const DEFAULT_SGD_MOMENTUM: f64 = 0.9;
+
 impl Default for OptimizerKind {
     fn default() -> Self {
         OptimizerKind::AdamW {

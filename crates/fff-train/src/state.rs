@@ -47,6 +47,7 @@ impl Default for TrainConfig {
 /// How the learning rate moves after warm-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Schedule {
     /// Constant at `lr`.
     Constant,
@@ -54,20 +55,6 @@ pub enum Schedule {
     Cosine,
     /// Straight line from `lr` down to 0 over the remaining steps.
     Linear,
-}
-
-impl std::str::FromStr for Schedule {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "constant" => Ok(Schedule::Constant),
-            "cosine" => Ok(Schedule::Cosine),
-            "linear" => Ok(Schedule::Linear),
-            _ => Err(format!(
-                "unknown schedule `{s}`; expected constant, cosine or linear"
-            )),
-        }
-    }
 }
 
 /// Figures of one epoch.

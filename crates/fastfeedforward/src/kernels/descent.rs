@@ -18,6 +18,7 @@ use crate::error::Result;
 
 /// How the kernel walks the trees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Strategy {
     /// Pick per call from the batch size and depth.
     #[default]
