@@ -205,8 +205,8 @@ fn measure(
             break;
         }
     }
-    times.sort_by(|a, b| a.total_cmp(b));
-    Ok((times[times.len() / 2], times.len()))
+    let runs = times.len();
+    Ok((fff_util::timing::median(times), runs))
 }
 
 /// Largest |difference| relative to the reference's scale, over rows not near a routing tie.

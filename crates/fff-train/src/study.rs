@@ -156,7 +156,7 @@ pub fn run<O: TrainObserver>(
 fn time_inference(model: &Model, data: &Split) -> Result<f64> {
     let x = crate::inspect::probe(&data.test.features, data.test.dim, 1024)?;
     model.forward_infer(&x)?;
-    let mut t: Vec<f64> = (0..7)
+    let t: Vec<f64> = (0..7)
         .map(|_| {
             let start = std::time::Instant::now();
             model
@@ -164,8 +164,7 @@ fn time_inference(model: &Model, data: &Split) -> Result<f64> {
                 .map(|_| start.elapsed().as_secs_f64())
         })
         .collect::<Result<_>>()?;
-    t.sort_by(f64::total_cmp);
-    Ok(t[t.len() / 2])
+    Ok(fff_util::timing::median(t))
 }
 
 /// Mean ± std of the final test accuracy per (dataset, variant), in first-seen order.
