@@ -79,6 +79,28 @@ impl TrainStep {
 
 /// A layer of a model: trained through candle's autodiff, run for inference on its own
 /// kernel, saved under PyTorch-style names.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use fastfeedforward::{
+///     Activation, ConditionalLayer, Elementwise, Fff, FffConfig, Init, Linear,
+/// };
+///
+/// let layers: Vec<Box<dyn ConditionalLayer>> = vec![
+///     Box::new(Fff::new(FffConfig::new(16, 8, 3, 1), Init::Uniform, 0)?),
+///     Box::new(Elementwise { activation: Activation::Relu, width: 8 }),
+///     Box::new(Linear::new(8, 3, 1)?),
+/// ];
+/// let mut h = Tensor::randn(0f32, 1.0, (4, 16), &Device::Cpu)?;
+/// for layer in &layers {
+///     h = layer.forward_infer(&h)?;
+/// }
+/// assert_eq!(h.dims(), &[4, 3]);
+/// // 4 visited nodes of 16 + 8 weights, then 8·3.
+/// let macs: usize = layers.iter().map(|l| l.multiply_adds_per_input()).sum();
+/// assert_eq!(macs, 4 * (16 + 8) + 8 * 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait ConditionalLayer: Any + Debug + Send + Sync {
     /// Kind and shape, e.g. `fff 784-500 d8 k1`.
     fn describe(&self) -> String;

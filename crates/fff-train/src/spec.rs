@@ -129,6 +129,17 @@ impl fmt::Display for LayerSpec {
 }
 
 /// A whole model description: its layers in order, the widths checked to chain.
+///
+/// ```
+/// use fff_train::{Model, ModelSpec};
+///
+/// let spec: ModelSpec = "fff:784-500:d8:k1:identity, relu, linear:500-10".parse()?;
+/// assert_eq!(spec.to_string(), "fff:784-500:d8:identity, relu, linear:500-10");
+/// let model = Model::from_spec(spec, 0)?;
+/// assert_eq!(model.neurons_per_input(), 9 + 10);
+/// assert_eq!(model.multiply_adds_per_input(), 9 * (784 + 500) + 500 * 10);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelSpec {
     layers: Vec<LayerSpec>,

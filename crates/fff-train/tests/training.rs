@@ -30,6 +30,26 @@ fn descriptions_build_the_described_layers() {
 }
 
 #[test]
+fn multiply_adds_per_input_match_a_hand_count() {
+    for (spec, want) in [
+        ("linear:784-500, relu, linear:500-10", 784 * 500 + 500 * 10),
+        // 9 visited nodes per tree, each a 784-wide input row and a 500-wide output row.
+        (
+            "fff:784-500:d8:identity, relu, linear:500-10",
+            9 * (784 + 500) + 500 * 10,
+        ),
+        ("fff:784-500:d8:k4", 4 * 9 * (784 + 500)),
+        // 3 routing nodes, then one leaf: 784 -> 36 -> 500.
+        ("orig:784-500:d3:l36", 3 * 784 + 36 * 784 + 36 * 500),
+        // 4 hyperplanes and 4 output rows.
+        ("flat:784-10:d4", 4 * 784 + 4 * 10),
+    ] {
+        let m = Model::new(spec, 0).unwrap();
+        assert_eq!(m.multiply_adds_per_input(), want, "{spec}");
+    }
+}
+
+#[test]
 fn bad_descriptions_name_the_layer_and_the_problem() {
     for (spec, want) in [
         ("linear:784-500, relu, linear:400-10", "layer 2"),
