@@ -1,5 +1,6 @@
 //! Model + tokenizer: fill-mask, sentence embeddings and classification on text.
 
+use crate::config::{BertConfig, IntermedType};
 use crate::error::{BertError, Result};
 use crate::model::{Batch, CrammedBert, Encoded};
 use crate::tokenizer::{BertTokenizer, Encoding};
@@ -65,51 +66,98 @@ impl Pipeline {
         Ok(Pipeline { model, tokenizer })
     }
 
+    /// A full-size model (16 layers, hidden 768, sequence 128) with random weights and the
+    /// built-in character tokenizer, for benchmarks: `intermed` chooses UltraFastBERT's FFF or
+    /// crammedBERT's dense FF.
+    pub fn random(intermed: IntermedType, seed: u64) -> Result<Pipeline> {
+        let tokenizer = BertTokenizer::char_level(128)?;
+        let config = BertConfig::base(intermed, tokenizer.vocab_size());
+        let model = CrammedBert::random(config, seed)?;
+        Ok(Pipeline { model, tokenizer })
+    }
+
     /// The `top_k` most likely tokens at each `<mask>` of `text`.
     pub fn fill_mask(&self, text: &str, top_k: usize) -> Result<Output<Vec<MaskPrediction>>> {
         let enc = self.tokenizer.encode_mlm(text)?;
-        let positions: Vec<usize> = (0..enc.ids.len())
-            .filter(|&i| enc.ids[i] == self.tokenizer.mask)
-            .collect();
-        if positions.is_empty() {
-            return Err(BertError::Input(format!(
-                "no `<mask>` token in {text:?}{}",
-                if enc.truncated > 0 {
-                    " (after truncation to max_seq_length)"
-                } else {
-                    ""
-                }
-            )));
+        let value = self
+            .fill_mask_encodings(std::slice::from_ref(&enc), top_k)?
+            .pop()
+            .expect("one input");
+        if value.is_empty() {
+            return Err(self.no_mask(text, &enc));
         }
-        let batch = self.tokenizer.batch(std::slice::from_ref(&enc));
-        let encoded = self.model.encode(&batch)?;
-        let rows = Tensor::from_vec(
-            positions.iter().map(|&p| p as u32).collect::<Vec<_>>(),
-            positions.len(),
-            encoded.hidden.device(),
-        )?;
-        let logits = self
-            .model
-            .mlm_logits(&encoded.hidden.index_select(&rows, 0)?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
-        let value = positions
-            .iter()
-            .zip(probs)
-            .map(|(&position, p)| {
-                let mut order: Vec<usize> = (0..p.len()).collect();
-                order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
-                let top = order
-                    .into_iter()
-                    .take(top_k)
-                    .map(|i| (i as u32, self.tokenizer.token(i as u32), p[i]))
-                    .collect();
-                MaskPrediction { position, top }
-            })
-            .collect();
         Ok(Output {
             value,
             truncated: enc.truncated,
         })
+    }
+
+    /// The error for an input without a `<mask>`, saying when truncation removed it.
+    pub fn no_mask(&self, text: &str, enc: &Encoding) -> BertError {
+        const SHOWN: usize = 200;
+        let shown: String = text.chars().take(SHOWN).collect();
+        let more = if text.chars().count() > SHOWN { "..." } else { "" };
+        BertError::Input(if enc.truncated > 0 && text.contains("<mask>") {
+            format!(
+                "the `<mask>` in {shown:?}{more} lies beyond max_seq_length ({} tokens); \
+                 {} tokens were cut",
+                self.tokenizer.max_len, enc.truncated
+            )
+        } else {
+            format!("no `<mask>` token in {shown:?}{more}")
+        })
+    }
+
+    /// For each MLM-layout encoding (one batch), the `top_k` tokens at each of its `<mask>`
+    /// positions (an empty list for an encoding without one).
+    pub fn fill_mask_encodings(
+        &self,
+        encodings: &[Encoding],
+        top_k: usize,
+    ) -> Result<Vec<Vec<MaskPrediction>>> {
+        if encodings.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = self.tokenizer.batch(encodings);
+        let positions: Vec<Vec<usize>> = encodings
+            .iter()
+            .map(|e| (0..e.ids.len()).filter(|&i| e.ids[i] == self.tokenizer.mask).collect())
+            .collect();
+        let rows: Vec<u32> = positions
+            .iter()
+            .enumerate()
+            .flat_map(|(b, ps)| ps.iter().map(move |&p| (b * batch.seq + p) as u32))
+            .collect();
+        if rows.is_empty() {
+            return Ok(vec![Vec::new(); encodings.len()]);
+        }
+        let encoded = self.model.encode(&batch)?;
+        let n = rows.len();
+        let rows = Tensor::from_vec(rows, n, encoded.hidden.device())?;
+        let logits = self
+            .model
+            .mlm_logits(&encoded.hidden.index_select(&rows, 0)?)?;
+        let mut probs = candle_nn::ops::softmax_last_dim(&logits)?
+            .to_vec2::<f32>()?
+            .into_iter();
+        Ok(positions
+            .into_iter()
+            .map(|ps| {
+                ps.into_iter()
+                    .zip(probs.by_ref())
+                    .map(|(position, p)| {
+                        let mut order: Vec<usize> = (0..p.len()).collect();
+                        order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+                        let top = order
+                            .into_iter()
+                            .take(top_k)
+                            .map(|i| (i as u32, self.tokenizer.token(i as u32), p[i]))
+                            .collect();
+                        MaskPrediction { position, top }
+                    })
+                    .collect()
+            })
+            .collect())
     }
 
     /// One pooled vector per text (MLM layout `A <sep>`), in batches of `batch_size`.
@@ -125,15 +173,23 @@ impl Pipeline {
                 .iter()
                 .map(|t| self.tokenizer.encode_mlm(t))
                 .collect::<Result<Vec<_>>>()?;
-            let batch = self.tokenizer.batch(&encs);
-            let encoded = self.model.encode(&batch)?;
-            let pooled = pool(&encoded, &batch, pooling)?;
+            let pooled = self.embed_encodings(&encs, pooling)?;
             out.extend(pooled.into_iter().zip(&encs).map(|(value, e)| Output {
                 value,
                 truncated: e.truncated,
             }));
         }
         Ok(out)
+    }
+
+    /// One pooled vector per MLM-layout encoding, all in one batch.
+    pub fn embed_encodings(&self, encodings: &[Encoding], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
+        if encodings.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = self.tokenizer.batch(encodings);
+        let encoded = self.model.encode(&batch)?;
+        pool(&encoded, &batch, pooling)
     }
 
     /// Label probabilities for each `(A, optional B)` input, in batches of `batch_size`. With
@@ -144,25 +200,36 @@ impl Pipeline {
         inputs: &[(String, Option<String>)],
         batch_size: usize,
     ) -> Result<Vec<Output<Vec<f32>>>> {
+        let mut out = Vec::with_capacity(inputs.len());
+        for chunk in inputs.chunks(batch_size.max(1)) {
+            let encs: Vec<Encoding> = chunk
+                .iter()
+                .map(|(a, b)| self.tokenizer.encode_classify(a, b.as_deref()))
+                .collect::<Result<_>>()?;
+            let probs = self.classify_encodings(&encs)?;
+            out.extend(probs.into_iter().zip(&encs).map(|(value, e)| Output {
+                value,
+                truncated: e.truncated,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// Label probabilities for each classification-layout encoding. With `avg` or `max`
+    /// pooling (which pool padding too, as the original does) each runs alone, so that no
+    /// result depends on its batch.
+    pub fn classify_encodings(&self, encodings: &[Encoding]) -> Result<Vec<Vec<f32>>> {
         let pools_padding = self
             .model
             .config()
             .classification_head
             .is_some_and(|h| h.pooler != crate::config::Pooler::ZeroIndex);
-        let batch_size = if pools_padding { 1 } else { batch_size.max(1) };
-        let mut out = Vec::with_capacity(inputs.len());
-        for chunk in inputs.chunks(batch_size) {
-            let encs: Vec<Encoding> = chunk
-                .iter()
-                .map(|(a, b)| self.tokenizer.encode_classify(a, b.as_deref()))
-                .collect::<Result<_>>()?;
-            let batch = self.tokenizer.batch(&encs);
+        let per_batch = if pools_padding { 1 } else { encodings.len().max(1) };
+        let mut out = Vec::with_capacity(encodings.len());
+        for chunk in encodings.chunks(per_batch) {
+            let batch = self.tokenizer.batch(chunk);
             let logits = self.model.classify(&self.model.encode(&batch)?)?;
-            let probs = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
-            out.extend(probs.into_iter().zip(&encs).map(|(value, e)| Output {
-                value,
-                truncated: e.truncated,
-            }));
+            out.extend(candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f32>()?);
         }
         Ok(out)
     }

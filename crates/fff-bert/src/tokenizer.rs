@@ -44,8 +44,59 @@ impl BertTokenizer {
         if !path.is_file() {
             return Err(err("tokenizer file not found".into()));
         }
-        let mut inner = tokenizers::Tokenizer::from_file(path)
+        let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| err(format!("cannot parse the tokenizer: {e}")))?;
+        Self::from_tokenizer(inner, path, max_len)
+    }
+
+    /// A character-level WordPiece tokenizer built in (lower-cased printable ASCII, every
+    /// character one token, the crammedBERT specials first), for models with random weights
+    /// that come without a `tokenizer.json`.
+    pub fn char_level(max_len: usize) -> Result<BertTokenizer> {
+        let mut vocab = serde_json::Map::new();
+        let mut add = |t: String| {
+            let id = vocab.len();
+            vocab.insert(t, id.into());
+        };
+        SPECIAL_TOKENS.iter().for_each(|t| add(t.to_string()));
+        let chars: Vec<char> = (' '..='~').filter(|c| !c.is_ascii_uppercase() && *c != ' ').collect();
+        chars.iter().for_each(|c| add(c.to_string()));
+        chars.iter().for_each(|c| add(format!("##{c}")));
+        let added: Vec<serde_json::Value> = SPECIAL_TOKENS
+            .iter()
+            .enumerate()
+            .map(|(id, t)| {
+                serde_json::json!({"id": id, "content": t, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": true})
+            })
+            .collect();
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+            "normalizer": {"type": "Lowercase"}, "pre_tokenizer": {"type": "BertPreTokenizer"},
+            "post_processor": null, "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
+            "model": {"type": "WordPiece", "unk_token": "<unk>", "continuing_subword_prefix": "##",
+                "max_input_chars_per_word": 1000, "vocab": vocab},
+        });
+        let path = Path::new("<built-in character tokenizer>");
+        let inner: tokenizers::Tokenizer =
+            json.to_string().parse().map_err(|e| BertError::Tokenizer {
+                path: path.to_path_buf(),
+                message: format!("cannot build: {e}"),
+            })?;
+        Self::from_tokenizer(inner, path, max_len)
+    }
+
+    /// Wraps a loaded tokenizer (`path` names it in errors): looks up the specials, turns off
+    /// the file's own truncation and padding.
+    fn from_tokenizer(
+        mut inner: tokenizers::Tokenizer,
+        path: &Path,
+        max_len: usize,
+    ) -> Result<BertTokenizer> {
+        let err = |message: String| BertError::Tokenizer {
+            path: path.to_path_buf(),
+            message,
+        };
         // The layouts and truncation are ours; settings saved in the file must not add padding
         // inside a text or cut it silently.
         inner
