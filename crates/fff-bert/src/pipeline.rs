@@ -96,7 +96,11 @@ impl Pipeline {
     pub fn no_mask(&self, text: &str, enc: &Encoding) -> BertError {
         const SHOWN: usize = 200;
         let shown: String = text.chars().take(SHOWN).collect();
-        let more = if text.chars().count() > SHOWN { "..." } else { "" };
+        let more = if text.chars().count() > SHOWN {
+            "..."
+        } else {
+            ""
+        };
         BertError::Input(if enc.truncated > 0 && text.contains("<mask>") {
             format!(
                 "the `<mask>` in {shown:?}{more} lies beyond max_seq_length ({} tokens); \
@@ -121,7 +125,11 @@ impl Pipeline {
         let batch = self.tokenizer.batch(encodings);
         let positions: Vec<Vec<usize>> = encodings
             .iter()
-            .map(|e| (0..e.ids.len()).filter(|&i| e.ids[i] == self.tokenizer.mask).collect())
+            .map(|e| {
+                (0..e.ids.len())
+                    .filter(|&i| e.ids[i] == self.tokenizer.mask)
+                    .collect()
+            })
             .collect();
         let rows: Vec<u32> = positions
             .iter()
@@ -183,7 +191,11 @@ impl Pipeline {
     }
 
     /// One pooled vector per MLM-layout encoding, all in one batch.
-    pub fn embed_encodings(&self, encodings: &[Encoding], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
+    pub fn embed_encodings(
+        &self,
+        encodings: &[Encoding],
+        pooling: Pooling,
+    ) -> Result<Vec<Vec<f32>>> {
         if encodings.is_empty() {
             return Ok(Vec::new());
         }
@@ -224,7 +236,11 @@ impl Pipeline {
             .config()
             .classification_head
             .is_some_and(|h| h.pooler != crate::config::Pooler::ZeroIndex);
-        let per_batch = if pools_padding { 1 } else { encodings.len().max(1) };
+        let per_batch = if pools_padding {
+            1
+        } else {
+            encodings.len().max(1)
+        };
         let mut out = Vec::with_capacity(encodings.len());
         for chunk in encodings.chunks(per_batch) {
             let batch = self.tokenizer.batch(chunk);

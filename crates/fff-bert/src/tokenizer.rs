@@ -59,7 +59,9 @@ impl BertTokenizer {
             vocab.insert(t, id.into());
         };
         SPECIAL_TOKENS.iter().for_each(|t| add(t.to_string()));
-        let chars: Vec<char> = (' '..='~').filter(|c| !c.is_ascii_uppercase() && *c != ' ').collect();
+        let chars: Vec<char> = (' '..='~')
+            .filter(|c| !c.is_ascii_uppercase() && *c != ' ')
+            .collect();
         chars.iter().for_each(|c| add(c.to_string()));
         chars.iter().for_each(|c| add(format!("##{c}")));
         let added: Vec<serde_json::Value> = SPECIAL_TOKENS

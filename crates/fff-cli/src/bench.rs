@@ -20,6 +20,9 @@ pub enum BenchCommand {
     /// End-to-end encoder throughput: UltraFastBERT-1x11 (FFF kernel, and dense masked as the
     /// original runs it) against a dense crammedBERT of the same shape.
     Bert(crate::bench_bert::BertBenchArgs),
+    /// Load test of `fff serve`: concurrent clients on loopback, throughput and latency of
+    /// UltraFastBERT batched, unbatched and dense crammedBERT side by side (or of --url).
+    Serve(crate::serve::ServeBenchArgs),
 }
 
 /// Options of `fff bench layer`.
@@ -68,6 +71,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Layer(args) => layer(args),
         BenchCommand::Train(args) => crate::bench_train::run(args),
+        BenchCommand::Serve(args) => crate::serve::bench(args),
         BenchCommand::Bert(args) => crate::bench_bert::run(args),
     }
 }

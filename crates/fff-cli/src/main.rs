@@ -9,6 +9,7 @@ mod demo;
 mod experiment;
 mod inspect;
 mod progress;
+mod serve;
 mod train;
 mod train_config;
 
@@ -48,6 +49,9 @@ enum Command {
     /// Speed benchmarks with correctness checks, as tables, JSON and plots.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Serve a crammedBERT / UltraFastBERT model over HTTP (OpenAI-compatible embeddings,
+    /// fill-mask, classification, health, metrics) with dynamic batching.
+    Serve(serve::ServeArgs),
     /// Run a crammedBERT / UltraFastBERT checkpoint: fill-mask, embeddings, classification.
     #[command(subcommand)]
     Bert(bert::BertCommand),
@@ -68,6 +72,7 @@ fn main() -> anyhow::Result<()> {
         Command::Inspect(args) => inspect::run(args),
         Command::Experiment(cmd) => experiment::run(cmd),
         Command::Bert(cmd) => bert::run(cmd),
+        Command::Serve(args) => serve::run(args),
     }
 }
 
