@@ -89,5 +89,20 @@ mod tests {
         assert!(help.contains(&format!("[default: {}]", d.epochs)), "{help}");
         assert!(help.contains("[default: 0.9,0.999]"), "{help}");
         assert!(help.contains("[default: constant]"), "{help}");
+        let bench = [
+            "fff",
+            "bench",
+            "serve",
+            "--servers",
+            "ufb-1x11,ufb-1x11-unbatched,crammed-dense",
+        ];
+        assert!(command().try_get_matches_from(bench).is_ok());
+        let serve = ["fff", "serve", "--random-model", "ufb-1x11", "--port", "0"];
+        assert!(command().try_get_matches_from(serve).is_ok());
+        let neither = ["fff", "serve"];
+        assert!(
+            command().try_get_matches_from(neither).is_err(),
+            "a model is required"
+        );
     }
 }

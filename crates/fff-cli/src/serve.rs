@@ -14,6 +14,7 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RandomModel {
     /// UltraFastBERT-1x11: 16 layers, hidden 768, FFF of 1 tree of depth 11.
+    #[value(name = "ufb-1x11")]
     Ufb1x11,
     /// crammedBERT: the same shape with a dense 3072-wide FF.
     CrammedDense,
@@ -247,8 +248,10 @@ pub struct ServeBenchArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BenchServer {
     /// Random UltraFastBERT-1x11, batching on.
+    #[value(name = "ufb-1x11")]
     Ufb1x11,
     /// Random UltraFastBERT-1x11, each request alone.
+    #[value(name = "ufb-1x11-unbatched")]
     Ufb1x11Unbatched,
     /// Random dense crammedBERT, batching on.
     CrammedDense,

@@ -268,3 +268,55 @@ fn run_op(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn job() -> Job {
+        let (reply, _) = oneshot::channel();
+        Job {
+            op: Op::Classify,
+            encodings: Vec::new(),
+            inject_panic: false,
+            reply,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_refuses_jobs_and_a_failed_load_is_reported() {
+        let config = ServeConfig {
+            queue_capacity: 1,
+            ..ServeConfig::default()
+        };
+        // Nothing takes jobs while the model loads.
+        let load = || {
+            std::thread::sleep(Duration::from_millis(300));
+            anyhow::bail!("no model here")
+        };
+        let metrics = Arc::new(Metrics::new());
+        let ready = Arc::new(OnceLock::new());
+        let (batcher, thread) =
+            Batcher::start(load, &config, metrics.clone(), ready.clone()).unwrap();
+        assert!(batcher.submit(job()).is_ok());
+        assert!(
+            batcher.submit(job()).is_err(),
+            "a second job fits a queue of one"
+        );
+        assert_eq!(metrics.queue_depth.get(), 1);
+        let err = thread.join().unwrap().unwrap_err();
+        assert!(err.to_string().contains("no model here"), "{err}");
+        assert!(ready.get().is_none());
+    }
+
+    #[test]
+    fn padded_tokens_count_the_longest_input_for_each() {
+        let e = |n: usize| Encoding {
+            ids: vec![0; n],
+            truncated: 0,
+        };
+        assert_eq!(padded_tokens([e(3), e(10), e(1)].iter()), 30);
+        assert_eq!(padded_tokens([].iter()), 0);
+    }
+}
