@@ -130,12 +130,6 @@ impl Batcher {
     }
 }
 
-/// Padded tokens of a batch of these encodings: the longest times the count.
-fn padded_tokens<'a>(encodings: impl Iterator<Item = &'a Encoding>) -> usize {
-    let (n, longest) = encodings.fold((0, 0), |(n, l), e| (n + 1, l.max(e.ids.len())));
-    n * longest
-}
-
 fn serve_jobs(
     pipeline: &Pipeline,
     pool: &rayon::ThreadPool,
@@ -144,13 +138,28 @@ fn serve_jobs(
     metrics: &Metrics,
 ) {
     while let Ok(first) = rx.recv() {
+        // The padded size grows with the inputs and the longest of them.
+        let (mut inputs, mut longest) = (0, 0);
+        let mut add = |job: &Job| {
+            inputs += job.encodings.len();
+            longest = job
+                .encodings
+                .iter()
+                .map(|e| e.ids.len())
+                .fold(longest, usize::max);
+            inputs * longest
+        };
+        let mut padded = add(&first);
         let mut jobs = vec![first];
         if cfg.batching {
             let deadline = Instant::now() + cfg.max_wait;
-            while padded_tokens(jobs.iter().flat_map(|j| &j.encodings)) < cfg.max_batch_tokens {
+            while padded < cfg.max_batch_tokens {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match rx.recv_timeout(left) {
-                    Ok(job) => jobs.push(job),
+                    Ok(job) => {
+                        padded = add(&job);
+                        jobs.push(job);
+                    }
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                 }
             }
@@ -182,8 +191,12 @@ fn serve_jobs(
 }
 
 /// Runs jobs of one operation as one batch and answers each.
-fn run_group(pipeline: &Pipeline, pool: &rayon::ThreadPool, jobs: Vec<Job>, metrics: &Metrics) {
-    let encodings: Vec<Encoding> = jobs.iter().flat_map(|j| j.encodings.clone()).collect();
+fn run_group(pipeline: &Pipeline, pool: &rayon::ThreadPool, mut jobs: Vec<Job>, metrics: &Metrics) {
+    let counts: Vec<usize> = jobs.iter().map(|j| j.encodings.len()).collect();
+    let encodings: Vec<Encoding> = jobs
+        .iter_mut()
+        .flat_map(|j| std::mem::take(&mut j.encodings))
+        .collect();
     let op = jobs[0].op;
     let panic = jobs.iter().any(|j| j.inject_panic);
     let result = catch_unwind(AssertUnwindSafe(|| {
@@ -191,7 +204,7 @@ fn run_group(pipeline: &Pipeline, pool: &rayon::ThreadPool, jobs: Vec<Job>, metr
             if panic {
                 panic!("injected panic");
             }
-            run_op(pipeline, op, &jobs, &encodings)
+            run_op(pipeline, op, &jobs, &counts, &encodings)
         })
     }));
     match result {
@@ -225,20 +238,22 @@ fn run_op(
     pipeline: &Pipeline,
     op: Op,
     jobs: &[Job],
+    counts: &[usize],
     encodings: &[Encoding],
 ) -> fff_bert::Result<Vec<Output>> {
-    let counts = jobs.iter().map(|j| j.encodings.len());
     Ok(match op {
         Op::Embed(pooling) => {
             let mut all = pipeline.embed_encodings(encodings, pooling)?.into_iter();
             counts
-                .map(|n| Output::Vectors(all.by_ref().take(n).collect()))
+                .iter()
+                .map(|&n| Output::Vectors(all.by_ref().take(n).collect()))
                 .collect()
         }
         Op::Classify => {
             let mut all = pipeline.classify_encodings(encodings)?.into_iter();
             counts
-                .map(|n| Output::Vectors(all.by_ref().take(n).collect()))
+                .iter()
+                .map(|&n| Output::Vectors(all.by_ref().take(n).collect()))
                 .collect()
         }
         Op::FillMask { .. } => {
@@ -252,13 +267,13 @@ fn run_op(
                 .unwrap_or(0);
             let mut all = pipeline.fill_mask_encodings(encodings, top)?.into_iter();
             jobs.iter()
-                .map(|j| {
+                .zip(counts)
+                .map(|(j, &n)| {
                     let k = match j.op {
                         Op::FillMask { top_k } => top_k,
                         _ => 0,
                     };
-                    let mut masks: Vec<Vec<MaskPrediction>> =
-                        all.by_ref().take(j.encodings.len()).collect();
+                    let mut masks: Vec<Vec<MaskPrediction>> = all.by_ref().take(n).collect();
                     for p in masks.iter_mut().flatten() {
                         p.top.truncate(k);
                     }
@@ -308,15 +323,5 @@ mod tests {
         let err = thread.join().unwrap().unwrap_err();
         assert!(err.to_string().contains("no model here"), "{err}");
         assert!(ready.get().is_none());
-    }
-
-    #[test]
-    fn padded_tokens_count_the_longest_input_for_each() {
-        let e = |n: usize| Encoding {
-            ids: vec![0; n],
-            truncated: 0,
-        };
-        assert_eq!(padded_tokens([e(3), e(10), e(1)].iter()), 30);
-        assert_eq!(padded_tokens([].iter()), 0);
     }
 }
