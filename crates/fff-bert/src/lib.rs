@@ -28,7 +28,7 @@ pub mod weights;
 pub use config::{BertConfig, IntermedType};
 pub use error::{BertError, Result};
 pub use hub::resolve_model;
-pub use model::{Batch, CrammedBert, Encoded, FfnMode};
+pub use model::{Batch, CrammedBert, Encoded, FfnMode, Packed, PackedEncoded};
 pub use pipeline::{Pipeline, Pooling};
 pub use tokenizer::BertTokenizer;
 pub use weights::Weights;

@@ -9,13 +9,14 @@
 
 use crate::config::{BertConfig, ClassificationHead, IntermedType, Nonlin, Pooler, PosEmbedding};
 use crate::error::{BertError, Result};
-use crate::ops::{self, AttentionShape, Dense, LayerNorm};
+use crate::ops::{self, Dense, LayerNorm, SegmentAttention};
 use crate::weights::Weights;
 use candle_core::{Device, Tensor};
 use fastfeedforward::tree::forest_visits;
 use fastfeedforward::{Fff, FffConfig, InferOptions, Workspace};
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
@@ -72,6 +73,59 @@ impl Batch {
             .filter(|&&m| m != 0)
             .count()
     }
+}
+
+/// Token sequences laid end to end without padding: sequence `b` is
+/// `ids[offsets[b]..offsets[b + 1]]`. Each row attends to its own sequence only, so nothing is
+/// spent on padding and a sequence's result does not depend on what it is batched with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packed {
+    /// Token ids of every sequence, one after the other.
+    pub ids: Vec<u32>,
+    /// `batch + 1` row offsets, from 0 to `ids.len()`.
+    pub offsets: Vec<usize>,
+}
+
+impl Packed {
+    /// Lays `sequences` end to end.
+    pub fn new<S: AsRef<[u32]>>(sequences: &[S]) -> Packed {
+        let mut ids = Vec::with_capacity(sequences.iter().map(|s| s.as_ref().len()).sum());
+        let mut offsets = Vec::with_capacity(sequences.len() + 1);
+        offsets.push(0);
+        for s in sequences {
+            ids.extend_from_slice(s.as_ref());
+            offsets.push(ids.len());
+        }
+        Packed { ids, offsets }
+    }
+
+    /// Number of sequences.
+    pub fn len(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+
+    /// Whether there are no sequences.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The rows of sequence `b`.
+    pub fn rows(&self, b: usize) -> Range<usize> {
+        self.offsets[b]..self.offsets[b + 1]
+    }
+
+    fn segments(&self) -> Vec<Range<usize>> {
+        self.offsets.windows(2).map(|w| w[0]..w[1]).collect()
+    }
+}
+
+/// Where each sequence's rows lie in one encoder call, and which of its keys are real.
+struct Layout<'a> {
+    ids: &'a [u32],
+    /// Row ranges, one per sequence, tiling `0..ids.len()`.
+    segments: Vec<Range<usize>>,
+    /// One byte per row for padded batches (0 = padding); `None` when every row is a token.
+    mask: Option<&'a [u8]>,
 }
 
 fn layer_norm(w: &Weights, prefix: &str, hidden: usize, eps: f64) -> Result<LayerNorm> {
@@ -162,17 +216,20 @@ impl Embedding {
         Ok((emb, word))
     }
 
-    /// `[batch·seq, hidden]` embeddings of the batch's ids.
-    fn forward(&self, batch: &Batch) -> Vec<f32> {
+    /// `[rows, hidden]` embeddings of the layout's ids, positions counted within each segment.
+    fn forward(&self, layout: &Layout) -> Vec<f32> {
         let h = self.hidden;
-        let mut x = vec![0f32; batch.ids.len() * h];
-        for (i, (row, &id)) in x.chunks_mut(h).zip(&batch.ids).enumerate() {
-            row.copy_from_slice(&self.word[id as usize * h..][..h]);
-            if let Some(pos) = &self.positions {
-                let t = i % batch.seq;
-                row.iter_mut()
-                    .zip(&pos[t * h..(t + 1) * h])
-                    .for_each(|(v, p)| *v += p);
+        let mut x = vec![0f32; layout.ids.len() * h];
+        for segment in &layout.segments {
+            let rows = &mut x[segment.start * h..segment.end * h];
+            let ids = &layout.ids[segment.clone()];
+            for (t, (row, &id)) in rows.chunks_mut(h).zip(ids).enumerate() {
+                row.copy_from_slice(&self.word[id as usize * h..][..h]);
+                if let Some(pos) = &self.positions {
+                    row.iter_mut()
+                        .zip(&pos[t * h..(t + 1) * h])
+                        .for_each(|(v, p)| *v += p);
+                }
             }
         }
         match &self.norm {
@@ -185,9 +242,7 @@ impl Embedding {
 struct Attention {
     qkv: Dense,
     dense: Dense,
-    norm_factor: f32,
-    heads: usize,
-    head_dim: usize,
+    core: SegmentAttention,
 }
 
 impl Attention {
@@ -197,34 +252,31 @@ impl Attention {
         Ok(Attention {
             qkv: linear(w, &format!("{sa}.query_key_value"), 3 * h, h, c.qkv_bias)?,
             dense: linear(w, &format!("{prefix}.dense"), h, h, c.use_bias)?,
-            // A buffer, so checkpoints saved without buffers lack it; it is always 1/√head_dim.
-            norm_factor: {
-                let name = format!("{sa}.norm_factor");
-                let default = 1.0 / (c.head_dim() as f64).sqrt();
-                if w.contains(&name) {
-                    w.scalar(&name, default)? as f32
-                } else {
-                    default as f32
-                }
+            core: SegmentAttention {
+                heads: c.heads,
+                head_dim: c.head_dim(),
+                // A buffer, so checkpoints saved without buffers lack it; it is always
+                // 1/√head_dim.
+                norm_factor: {
+                    let name = format!("{sa}.norm_factor");
+                    let default = 1.0 / (c.head_dim() as f64).sqrt();
+                    if w.contains(&name) {
+                        w.scalar(&name, default)? as f32
+                    } else {
+                        default as f32
+                    }
+                },
             },
-            heads: c.heads,
-            head_dim: c.head_dim(),
         })
     }
 
-    /// `x` and `out` are `[batch·seq, hidden]`; writes the projected context into `out`.
-    fn forward(&self, x: &[f32], batch: &Batch, scratch: &mut Scratch, out: &mut [f32]) {
-        let n = batch.batch * batch.seq;
+    /// `x` and `out` are `[rows, hidden]`; writes the projected context into `out`.
+    fn forward(&self, x: &[f32], layout: &Layout, scratch: &mut Scratch, out: &mut [f32]) {
+        let n = layout.ids.len();
         let qkv = scratch.qkv.sized(n * self.qkv.out);
         self.qkv.forward(x, n, qkv);
-        let shape = AttentionShape {
-            batch: batch.batch,
-            seq: batch.seq,
-            heads: self.heads,
-            head_dim: self.head_dim,
-        };
         let context = scratch.context.sized(n * self.dense.inp);
-        ops::attention_into(qkv, &batch.mask, shape, self.norm_factor, context);
+        self.core.forward(qkv, &layout.segments, layout.mask, context);
         self.dense.forward(context, n, out);
     }
 }
@@ -438,6 +490,15 @@ pub struct Encoded {
     pub seq: usize,
 }
 
+/// Hidden states of a [`Packed`] batch, `[tokens, hidden]`: sequence `b` is rows
+/// `offsets[b]..offsets[b + 1]`.
+pub struct PackedEncoded {
+    /// Final hidden states (after the final LayerNorm when the model has one).
+    pub hidden: Tensor,
+    /// `batch + 1` row offsets, as in the [`Packed`] batch.
+    pub offsets: Vec<usize>,
+}
+
 /// A crammedBERT / UltraFastBERT model ready for inference.
 pub struct CrammedBert {
     config: BertConfig,
@@ -570,9 +631,8 @@ impl CrammedBert {
     pub fn encode_with(
         &self,
         batch: &Batch,
-        mut tap: impl FnMut(&str, &[f32]) -> Result<()>,
+        tap: impl FnMut(&str, &[f32]) -> Result<()>,
     ) -> Result<Encoded> {
-        let c = &self.config;
         if batch.ids.len() != batch.batch * batch.seq || batch.mask.len() != batch.ids.len() {
             return Err(BertError::Input(format!(
                 "batch of {}x{} has {} ids and {} mask entries",
@@ -582,25 +642,96 @@ impl CrammedBert {
                 batch.mask.len()
             )));
         }
-        if batch.seq > c.max_seq_length {
-            return Err(BertError::Input(format!(
-                "sequence of {} tokens is longer than the model's max_seq_length {}",
-                batch.seq, c.max_seq_length
-            )));
-        }
-        if let Some(&bad) = batch.ids.iter().find(|&&t| t as usize >= c.vocab_size) {
-            return Err(BertError::Input(format!(
-                "token id {bad} is outside the vocabulary of {} tokens",
-                c.vocab_size
-            )));
-        }
         if batch.seq == 0 && batch.batch > 0 {
             return Err(BertError::Input(
                 "empty sequences: every input needs at least one token".into(),
             ));
         }
-        let n = batch.batch * batch.seq;
-        let mut h = self.embedding.forward(batch);
+        self.check_sequences(&batch.ids, batch.seq)?;
+        let layout = Layout {
+            ids: &batch.ids,
+            segments: (0..batch.batch)
+                .map(|b| b * batch.seq..(b + 1) * batch.seq)
+                .collect(),
+            mask: Some(&batch.mask),
+        };
+        Ok(Encoded {
+            hidden: self.run(&layout, tap)?,
+            batch: batch.batch,
+            seq: batch.seq,
+        })
+    }
+
+    /// Runs the encoder on sequences laid end to end: the same per-token results as a padded
+    /// batch (within float rounding), without computing any padding.
+    pub fn encode_packed(&self, packed: &Packed) -> Result<PackedEncoded> {
+        self.encode_packed_with(packed, |_, _| Ok(()))
+    }
+
+    /// [`encode_packed`](Self::encode_packed) with `tap` as in [`encode_with`](Self::encode_with),
+    /// on `[tokens, hidden]` states.
+    pub fn encode_packed_with(
+        &self,
+        packed: &Packed,
+        tap: impl FnMut(&str, &[f32]) -> Result<()>,
+    ) -> Result<PackedEncoded> {
+        let o = &packed.offsets;
+        if o.first() != Some(&0)
+            || o.last() != Some(&packed.ids.len())
+            || o.windows(2).any(|w| w[0] > w[1])
+        {
+            return Err(BertError::Input(format!(
+                "packed batch: offsets must rise from 0 to the {} ids, got {} offsets",
+                packed.ids.len(),
+                o.len()
+            )));
+        }
+        let segments = packed.segments();
+        if segments.iter().any(Range::is_empty) {
+            return Err(BertError::Input(
+                "empty sequences: every input needs at least one token".into(),
+            ));
+        }
+        let longest = segments.iter().map(Range::len).max().unwrap_or(0);
+        self.check_sequences(&packed.ids, longest)?;
+        let layout = Layout {
+            ids: &packed.ids,
+            segments,
+            mask: None,
+        };
+        Ok(PackedEncoded {
+            hidden: self.run(&layout, tap)?,
+            offsets: packed.offsets.clone(),
+        })
+    }
+
+    /// Checks the longest sequence against `max_seq_length` and every id against the vocabulary.
+    fn check_sequences(&self, ids: &[u32], longest: usize) -> Result<()> {
+        let c = &self.config;
+        if longest > c.max_seq_length {
+            return Err(BertError::Input(format!(
+                "sequence of {longest} tokens is longer than the model's max_seq_length {}",
+                c.max_seq_length
+            )));
+        }
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(BertError::Input(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                c.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// The encoder on a checked layout: `[rows, hidden]` final states.
+    fn run(
+        &self,
+        layout: &Layout,
+        mut tap: impl FnMut(&str, &[f32]) -> Result<()>,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let n = layout.ids.len();
+        let mut h = self.embedding.forward(layout);
         if n > 0 {
             tap("embedding", &h)?;
             // Buffers live for the whole call: fresh multi-megabyte vectors per layer cost
@@ -612,7 +743,7 @@ impl CrammedBert {
                 first.norm1.forward(&h, &mut x);
             }
             for (i, block) in self.blocks.iter().enumerate() {
-                block.attn.forward(&x, batch, &mut scratch, &mut branch);
+                block.attn.forward(&x, layout, &mut scratch, &mut branch);
                 block.norm2.add_forward(&mut h, &branch, &mut x);
                 tap(&format!("ffn_input{i}"), &x)?;
                 let mid = &mut scratch.mid;
@@ -628,11 +759,7 @@ impl CrammedBert {
                 h = x;
             }
         }
-        Ok(Encoded {
-            hidden: Tensor::from_vec(h, (n, c.hidden), &Device::Cpu)?,
-            batch: batch.batch,
-            seq: batch.seq,
-        })
+        Ok(Tensor::from_vec(h, (n, c.hidden), &Device::Cpu)?)
     }
 
     /// MLM logits `[rows, vocab]` of hidden-state rows `[rows, hidden]`.
@@ -655,8 +782,23 @@ impl CrammedBert {
         )?)
     }
 
-    /// Classification logits `[batch, num_labels]`.
+    /// Classification logits `[batch, num_labels]`. Like the original, `avg` and `max` pool
+    /// over all positions of the padded batch, padding included.
     pub fn classify(&self, encoded: &Encoded) -> Result<Tensor> {
+        let seq = encoded.seq;
+        let rows: Vec<Range<usize>> = (0..encoded.batch).map(|b| b * seq..(b + 1) * seq).collect();
+        self.classify_rows(&encoded.hidden, &rows)
+    }
+
+    /// Classification logits `[batch, num_labels]` of a packed batch, each sequence pooled over
+    /// its own tokens: what [`classify`](Self::classify) gives for the sequence alone.
+    pub fn classify_packed(&self, encoded: &PackedEncoded) -> Result<Tensor> {
+        let rows: Vec<Range<usize>> = encoded.offsets.windows(2).map(|w| w[0]..w[1]).collect();
+        self.classify_rows(&encoded.hidden, &rows)
+    }
+
+    /// The head on each sequence's rows of `hidden` (`[rows, hidden]`).
+    fn classify_rows(&self, hidden: &Tensor, rows: &[Range<usize>]) -> Result<Tensor> {
         let head = self.cls.as_ref().ok_or_else(|| {
             BertError::Input(
                 "this checkpoint has no classification head (num_labels and \
@@ -664,17 +806,32 @@ impl CrammedBert {
                     .into(),
             )
         })?;
-        let h3 = encoded
-            .hidden
-            .reshape((encoded.batch, encoded.seq, self.config.hidden))?;
-        // Like the original, `avg` and `max` pool over all positions, padding included.
-        let pooled = match head.config.pooler {
-            Pooler::ZeroIndex => h3.narrow(1, 0, 1)?.squeeze(1)?,
-            Pooler::Avg => h3.mean(1)?,
-            Pooler::Max => h3.max(1)?,
-        };
-        let b = encoded.batch;
-        let mut pooled = pooled.flatten_all()?.to_vec1::<f32>()?;
+        let width = self.config.hidden;
+        let states = hidden.flatten_all()?.to_vec1::<f32>()?;
+        let b = rows.len();
+        let mut pooled = vec![0f32; b * width];
+        for (out, r) in pooled.chunks_mut(width).zip(rows) {
+            if r.is_empty() {
+                continue;
+            }
+            let row = |t: usize| &states[t * width..(t + 1) * width];
+            match head.config.pooler {
+                Pooler::ZeroIndex => out.copy_from_slice(row(r.start)),
+                Pooler::Avg => {
+                    for t in r.clone() {
+                        out.iter_mut().zip(row(t)).for_each(|(a, v)| *a += v);
+                    }
+                    let n = r.len() as f32;
+                    out.iter_mut().for_each(|a| *a /= n);
+                }
+                Pooler::Max => {
+                    out.copy_from_slice(row(r.start));
+                    for t in r.start + 1..r.end {
+                        out.iter_mut().zip(row(t)).for_each(|(a, v)| *a = a.max(*v));
+                    }
+                }
+            }
+        }
         if let Some(dense) = &head.pooler {
             pooled = dense.apply(&pooled, b);
         }

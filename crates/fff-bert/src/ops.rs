@@ -11,6 +11,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use fastfeedforward::internal::math::exp as fast_exp;
 use fastfeedforward::internal::simd::vectorized;
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// Rows per rayon task for elementwise and per-row work.
 const ROWS_PER_TASK: usize = 16;
@@ -211,8 +212,7 @@ pub struct AttentionShape {
 /// Self-attention on crammedBERT's fused projection: `qkv` is `[batch·seq, heads·3·d]` with
 /// each head's `[q | k | v]` side by side. Scores are scaled by `norm_factor`, get −10000 on
 /// padded keys (`mask[b·seq + j] == 0`), and are softmaxed over keys. Writes the context into
-/// `out` (`[batch·seq, heads·d]`, heads in order). Each (sequence, head) pair is one task; its
-/// q, k and v are strided views into `qkv`, so nothing is gathered.
+/// `out` (`[batch·seq, heads·d]`, heads in order).
 pub fn attention_into(
     qkv: &[f32],
     mask: &[u8],
@@ -224,38 +224,88 @@ pub fn attention_into(
         batch,
         seq,
         heads,
-        head_dim: d,
+        head_dim,
     } = shape;
-    let hidden = heads * d;
-    let width = 3 * hidden;
-    assert_eq!(
-        qkv.len(),
-        batch * seq * width,
-        "qkv is [batch·seq, 3·hidden]"
-    );
     assert_eq!(mask.len(), batch * seq, "mask is [batch, seq]");
-    assert_eq!(
-        out.len(),
-        batch * seq * hidden,
-        "out is [batch·seq, hidden]"
-    );
-    if batch * seq == 0 || d == 0 {
-        return;
-    }
-    // Sequences, then heads within a sequence: each head's context is a column block of the
-    // sequence's output rows, written in place by the second matmul.
-    out.par_chunks_mut(seq * hidden)
-        .enumerate()
-        .for_each(|(b, rows)| {
-            let key_mask = &mask[b * seq..(b + 1) * seq];
+    let segments: Vec<Range<usize>> = (0..batch).map(|b| b * seq..(b + 1) * seq).collect();
+    let attention = SegmentAttention {
+        heads,
+        head_dim,
+        norm_factor,
+    };
+    attention.forward(qkv, &segments, Some(mask), out);
+}
+
+/// Self-attention over sequences laid end to end in one row-major buffer (a packed batch, or a
+/// padded one whose segments are all `seq` rows long): each row attends to the rows of its own
+/// segment only.
+#[derive(Clone, Copy, Debug)]
+pub struct SegmentAttention {
+    /// Heads.
+    pub heads: usize,
+    /// Width per head.
+    pub head_dim: usize,
+    /// Score scale, 1/√head_dim in crammedBERT.
+    pub norm_factor: f32,
+}
+
+impl SegmentAttention {
+    /// `qkv` is `[rows, heads·3·d]` (each head's `[q | k | v]` side by side) and `out` is
+    /// `[rows, heads·d]`; `segments` tile `0..rows` in order. Where `mask` is given (one byte per
+    /// row), keys with a 0 get −10000 before the softmax, as in the original; without it every
+    /// key of the segment is real. Each (segment, head) pair is one task; its q, k and v are
+    /// strided views into `qkv`, so nothing is gathered.
+    pub fn forward(
+        &self,
+        qkv: &[f32],
+        segments: &[Range<usize>],
+        mask: Option<&[u8]>,
+        out: &mut [f32],
+    ) {
+        let d = self.head_dim;
+        let hidden = self.heads * d;
+        let width = 3 * hidden;
+        let rows = segments.last().map_or(0, |s| s.end);
+        assert!(
+            segments.first().is_none_or(|s| s.start == 0)
+                && segments.windows(2).all(|w| w[0].end == w[1].start),
+            "segments tile the rows in order"
+        );
+        assert_eq!(qkv.len(), rows * width, "qkv is [rows, 3·hidden]");
+        assert_eq!(out.len(), rows * hidden, "out is [rows, hidden]");
+        if let Some(mask) = mask {
+            assert_eq!(mask.len(), rows, "mask is one byte per row");
+        }
+        if rows == 0 || d == 0 {
+            return;
+        }
+        // Each segment's output rows, split off in order so that segments run in parallel.
+        let mut parts = Vec::with_capacity(segments.len());
+        let mut rest = out;
+        for s in segments {
+            let (part, tail) = std::mem::take(&mut rest).split_at_mut(s.len() * hidden);
+            parts.push((s.clone(), part));
+            rest = tail;
+        }
+        let longest = segments.iter().map(|s| s.len()).max().unwrap_or(0);
+        let norm_factor = self.norm_factor;
+        // Segments, then heads within a segment: each head's context is a column block of the
+        // segment's output rows, written in place by the second matmul.
+        parts.into_par_iter().for_each(|(segment, rows)| {
+            let seq = segment.len();
+            if seq == 0 {
+                return;
+            }
+            let key_mask = mask.map(|m| &m[segment.clone()]);
             MatMut::from_row_major_slice_mut(rows, seq, hidden)
                 .par_col_chunks_mut(d)
                 .enumerate()
-                // One score buffer per rayon split, not per (sequence, head).
+                // One score buffer per rayon split, not per (segment, head).
                 .for_each_init(
-                    || vec![0f32; seq * seq],
+                    || vec![0f32; longest * longest],
                     |scores, (h, context)| {
-                        let base = &qkv[b * seq * width + h * 3 * d..];
+                        let scores = &mut scores[..seq * seq];
+                        let base = &qkv[segment.start * width + h * 3 * d..];
                         let part = |offset: usize| {
                             MatRef::from_row_major_slice_with_stride(&base[offset..], seq, d, width)
                         };
@@ -282,13 +332,14 @@ pub fn attention_into(
                     },
                 );
         });
+    }
 }
 
 /// [`masked_softmax`] on each row of `scores` (`[rows, seq]`). `#[inline(always)]`, like every
 /// body passed to [`vectorized`], so that it is compiled inside the wide-SIMD function rather
 /// than called out of line at the baseline width.
 #[inline(always)]
-fn masked_softmax_rows(scores: &mut [f32], seq: usize, key_mask: &[u8]) {
+fn masked_softmax_rows(scores: &mut [f32], seq: usize, key_mask: Option<&[u8]>) {
     for row in scores.chunks_mut(seq) {
         masked_softmax(row, key_mask);
     }
@@ -297,9 +348,11 @@ fn masked_softmax_rows(scores: &mut [f32], seq: usize, key_mask: &[u8]) {
 /// Softmax of one score row in place, after adding −10000 where `key_mask` is 0 (as the
 /// original does, rather than excluding those keys).
 #[inline(always)]
-fn masked_softmax(row: &mut [f32], key_mask: &[u8]) {
-    for (s, &m) in row.iter_mut().zip(key_mask) {
-        *s += if m == 0 { -10000.0 } else { 0.0 };
+fn masked_softmax(row: &mut [f32], key_mask: Option<&[u8]>) {
+    if let Some(key_mask) = key_mask {
+        for (s, &m) in row.iter_mut().zip(key_mask) {
+            *s += if m == 0 { -10000.0 } else { 0.0 };
+        }
     }
     let max = lane_max(row);
     row.iter_mut().for_each(|s| *s = fast_exp(*s - max));
@@ -450,6 +503,47 @@ mod tests {
             assert_eq!(got.len(), want.len());
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!((g - w).abs() < 1e-5, "{shape:?} element {i}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn packed_attention_matches_each_sequence_alone() {
+        let (heads, d) = (3, 7);
+        let width = 3 * heads * d;
+        let lengths = [5usize, 1, 0, 12, 3];
+        let rows: usize = lengths.iter().sum();
+        let qkv = random(rows * width, 11, 2.0);
+        let mut segments = Vec::new();
+        let mut start = 0;
+        for &len in &lengths {
+            segments.push(start..start + len);
+            start += len;
+        }
+        let norm = 1.0 / (d as f32).sqrt();
+        let attention = SegmentAttention {
+            heads,
+            head_dim: d,
+            norm_factor: norm,
+        };
+        let mut got = vec![f32::NAN; rows * heads * d];
+        attention.forward(&qkv, &segments, None, &mut got);
+        for s in segments.iter().filter(|s| !s.is_empty()) {
+            let shape = AttentionShape {
+                batch: 1,
+                seq: s.len(),
+                heads,
+                head_dim: d,
+            };
+            let want = attention_reference(
+                &qkv[s.start * width..s.end * width],
+                &vec![1; s.len()],
+                shape,
+                norm,
+            );
+            let got = &got[s.start * heads * d..s.end * heads * d];
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() < 1e-5, "segment {s:?} element {i}: {g} vs {w}");
             }
         }
     }

@@ -2,9 +2,10 @@
 
 use crate::config::{BertConfig, IntermedType};
 use crate::error::{BertError, Result};
-use crate::model::{Batch, CrammedBert, Encoded};
+use crate::model::{Batch, CrammedBert, Encoded, PackedEncoded};
 use crate::tokenizer::{BertTokenizer, Encoding};
 use candle_core::{Tensor, D};
+use std::ops::Range;
 use std::path::Path;
 
 /// How token states become one vector per text.
@@ -122,7 +123,7 @@ impl Pipeline {
         if encodings.is_empty() {
             return Ok(Vec::new());
         }
-        let batch = self.tokenizer.batch(encodings);
+        let packed = BertTokenizer::pack(encodings);
         let positions: Vec<Vec<usize>> = encodings
             .iter()
             .map(|e| {
@@ -134,12 +135,15 @@ impl Pipeline {
         let rows: Vec<u32> = positions
             .iter()
             .enumerate()
-            .flat_map(|(b, ps)| ps.iter().map(move |&p| (b * batch.seq + p) as u32))
+            .flat_map(|(b, ps)| {
+                let start = packed.offsets[b];
+                ps.iter().map(move |&p| (start + p) as u32)
+            })
             .collect();
         if rows.is_empty() {
             return Ok(vec![Vec::new(); encodings.len()]);
         }
-        let encoded = self.model.encode(&batch)?;
+        let encoded = self.model.encode_packed(&packed)?;
         let n = rows.len();
         let rows = Tensor::from_vec(rows, n, encoded.hidden.device())?;
         let logits = self
@@ -199,14 +203,12 @@ impl Pipeline {
         if encodings.is_empty() {
             return Ok(Vec::new());
         }
-        let batch = self.tokenizer.batch(encodings);
-        let encoded = self.model.encode(&batch)?;
-        pool(&encoded, &batch, pooling)
+        let encoded = self.model.encode_packed(&BertTokenizer::pack(encodings))?;
+        pool_packed(&encoded, pooling)
     }
 
-    /// Label probabilities for each `(A, optional B)` input, in batches of `batch_size`. With
-    /// `avg` or `max` pooling, which (as in the original) pool over every position, padding
-    /// included, each input runs alone so that its result does not depend on its batch.
+    /// Label probabilities for each `(A, optional B)` input, in batches of `batch_size` (packed,
+    /// so each input's result is what it gets alone).
     pub fn classify(
         &self,
         inputs: &[(String, Option<String>)],
@@ -227,27 +229,15 @@ impl Pipeline {
         Ok(out)
     }
 
-    /// Label probabilities for each classification-layout encoding. With `avg` or `max`
-    /// pooling (which pool padding too, as the original does) each runs alone, so that no
-    /// result depends on its batch.
+    /// Label probabilities for each classification-layout encoding, all in one packed batch:
+    /// each input is pooled over its own tokens, so no result depends on its batch.
     pub fn classify_encodings(&self, encodings: &[Encoding]) -> Result<Vec<Vec<f32>>> {
-        let pools_padding = self
-            .model
-            .config()
-            .classification_head
-            .is_some_and(|h| h.pooler != crate::config::Pooler::ZeroIndex);
-        let per_batch = if pools_padding {
-            1
-        } else {
-            encodings.len().max(1)
-        };
-        let mut out = Vec::with_capacity(encodings.len());
-        for chunk in encodings.chunks(per_batch) {
-            let batch = self.tokenizer.batch(chunk);
-            let logits = self.model.classify(&self.model.encode(&batch)?)?;
-            out.extend(candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f32>()?);
+        if encodings.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        let encoded = self.model.encode_packed(&BertTokenizer::pack(encodings))?;
+        let logits = self.model.classify_packed(&encoded)?;
+        Ok(candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f32>()?)
     }
 }
 
@@ -257,29 +247,43 @@ pub fn pool(encoded: &Encoded, batch: &Batch, pooling: Pooling) -> Result<Vec<Ve
     let states = encoded.hidden.flatten_all()?.to_vec1::<f32>()?;
     Ok((0..batch.batch)
         .map(|b| {
-            let n = batch.length(b).max(1);
-            let row = |t: usize| {
-                let start = (b * batch.seq + t) * hidden;
-                &states[start..start + hidden]
-            };
-            match pooling {
-                Pooling::First => row(0).to_vec(),
-                Pooling::Mean => {
-                    let mut acc = vec![0f32; hidden];
-                    for t in 0..n {
-                        acc.iter_mut().zip(row(t)).for_each(|(a, v)| *a += v);
-                    }
-                    acc.iter_mut().for_each(|a| *a /= n as f32);
-                    acc
-                }
-                Pooling::Max => {
-                    let mut acc = row(0).to_vec();
-                    for t in 1..n {
-                        acc.iter_mut().zip(row(t)).for_each(|(a, v)| *a = a.max(*v));
-                    }
-                    acc
-                }
-            }
+            let start = b * batch.seq;
+            pool_rows(&states, hidden, start..start + batch.length(b).max(1), pooling)
         })
         .collect())
+}
+
+/// Pools each sequence of a packed batch into one vector.
+pub fn pool_packed(encoded: &PackedEncoded, pooling: Pooling) -> Result<Vec<Vec<f32>>> {
+    let hidden = encoded.hidden.dim(D::Minus1)?;
+    let states = encoded.hidden.flatten_all()?.to_vec1::<f32>()?;
+    Ok(encoded
+        .offsets
+        .windows(2)
+        .map(|w| pool_rows(&states, hidden, w[0]..w[1], pooling))
+        .collect())
+}
+
+/// One vector from rows `rows` (non-empty) of `[_, hidden]` states.
+fn pool_rows(states: &[f32], hidden: usize, rows: Range<usize>, pooling: Pooling) -> Vec<f32> {
+    let row = |t: usize| &states[t * hidden..(t + 1) * hidden];
+    match pooling {
+        Pooling::First => row(rows.start).to_vec(),
+        Pooling::Mean => {
+            let n = rows.len() as f32;
+            let mut acc = vec![0f32; hidden];
+            for t in rows {
+                acc.iter_mut().zip(row(t)).for_each(|(a, v)| *a += v);
+            }
+            acc.iter_mut().for_each(|a| *a /= n);
+            acc
+        }
+        Pooling::Max => {
+            let mut acc = row(rows.start).to_vec();
+            for t in rows.start + 1..rows.end {
+                acc.iter_mut().zip(row(t)).for_each(|(a, v)| *a = a.max(*v));
+            }
+            acc
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! for classification. Special tokens are looked up in the file by their text.
 
 use crate::error::{BertError, Result};
-use crate::model::Batch;
+use crate::model::{Batch, Packed};
 use std::path::{Path, PathBuf};
 
 /// The special tokens crammedBERT uses, looked up by these texts.
@@ -197,5 +197,11 @@ impl BertTokenizer {
     pub fn batch(&self, encodings: &[Encoding]) -> Batch {
         let seqs: Vec<Vec<u32>> = encodings.iter().map(|e| e.ids.clone()).collect();
         Batch::pad(&seqs, self.pad)
+    }
+
+    /// Lays encodings end to end, without padding.
+    pub fn pack(encodings: &[Encoding]) -> Packed {
+        let seqs: Vec<&[u32]> = encodings.iter().map(|e| e.ids.as_slice()).collect();
+        Packed::new(&seqs)
     }
 }

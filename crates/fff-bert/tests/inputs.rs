@@ -4,7 +4,7 @@
 
 use candle_core::{Device, Tensor};
 use fff_bert::model::sinusoid_table;
-use fff_bert::{Batch, BertError, Pipeline};
+use fff_bert::{Batch, BertError, FfnMode, Packed, Pipeline};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -298,5 +298,61 @@ fn empty_sequences_are_errors_and_avg_pooling_does_not_depend_on_the_batch() {
     ];
     let together = p.classify(&inputs, 8).unwrap();
     let alone = p.classify(&inputs[..1], 8).unwrap();
-    assert_eq!(together[0].value, alone[0].value);
+    for (a, b) in together[0].value.iter().zip(&alone[0].value) {
+        assert!((a - b).abs() < 1e-6, "batched {a} vs alone {b}");
+    }
+    // And alone it is the padded path's figure: the original's pooling over a batch of one.
+    let enc = p.tokenizer.encode_classify("a cat", None).unwrap();
+    let padded = p
+        .model
+        .classify(&p.model.encode(&p.tokenizer.batch(&[enc])).unwrap())
+        .unwrap();
+    let padded = candle_nn::ops::softmax(&padded, 1).unwrap().to_vec2::<f32>().unwrap();
+    for (a, b) in alone[0].value.iter().zip(&padded[0]) {
+        assert!((a - b).abs() < 1e-6, "packed {a} vs padded {b}");
+    }
+}
+
+#[test]
+fn a_packed_batch_gives_the_padded_batchs_real_token_states() {
+    for name in ["tiny-fff", "tiny-ff", "tiny-fff-forest"] {
+        for mode in [FfnMode::Kernel, FfnMode::Masked] {
+            let mut p = Pipeline::load(&fixture(name)).unwrap();
+            p.model.set_ffn_mode(mode);
+            let texts = ["the cat sat", "a", "the dog walked along the river bank", "cat"];
+            let seqs: Vec<Vec<u32>> = texts
+                .iter()
+                .map(|t| p.tokenizer.encode_mlm(t).unwrap().ids)
+                .collect();
+            let padded_batch = Batch::pad(&seqs, 0);
+            let padded = p.model.encode(&padded_batch).unwrap();
+            let packed = Packed::new(&seqs);
+            let got = p.model.encode_packed(&packed).unwrap();
+            assert_eq!(got.offsets, packed.offsets);
+            assert_eq!(got.hidden.dim(0).unwrap(), packed.ids.len());
+            for (b, s) in seqs.iter().enumerate() {
+                let want = padded.hidden.narrow(0, b * padded_batch.seq, s.len()).unwrap();
+                let have = got.hidden.narrow(0, packed.offsets[b], s.len()).unwrap();
+                let d = max_abs_diff(&want, &have);
+                assert!(d < 1e-5, "{name} {mode:?} sequence {b}: packed differs by {d}");
+            }
+        }
+    }
+}
+
+#[test]
+fn malformed_packed_batches_are_errors() {
+    let p = Pipeline::load(&fixture("tiny-fff")).unwrap();
+    let bad = |packed: Packed| p.model.encode_packed(&packed).err().unwrap().to_string();
+    let mut gap = Packed::new(&[vec![1u32, 2], vec![3]]);
+    gap.offsets[1] = 5;
+    assert!(bad(gap).contains("offsets"));
+    let empty = Packed::new(&[vec![1u32, 2], vec![]]);
+    assert!(bad(empty).contains("empty"));
+    let long = Packed::new(&[vec![1u32; p.model.config().max_seq_length + 1]]);
+    assert!(bad(long).contains("max_seq_length"));
+    let oov = Packed::new(&[vec![1u32, 999_999]]);
+    assert!(bad(oov).contains("vocabulary"));
+    let none = p.model.encode_packed(&Packed::new::<Vec<u32>>(&[])).unwrap();
+    assert_eq!(none.hidden.dim(0).unwrap(), 0);
 }

@@ -5,7 +5,7 @@ use anyhow::{bail, ensure, Result};
 use clap::{Args, ValueEnum};
 use fff_bert::{FfnMode, IntermedType, Pipeline};
 use fff_serve::api::ModelInfo;
-use fff_serve::loadtest::{self, LoadOptions, LoadReport};
+use fff_serve::loadtest::{self, BatchingCeiling, LoadOptions, LoadReport};
 use fff_serve::ServeConfig;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -97,7 +97,7 @@ pub struct Limits {
     /// Run each request alone instead of batching concurrent requests.
     #[arg(long)]
     no_batching: bool,
-    /// Most padded tokens in one model batch.
+    /// Most tokens in one model batch (batches are packed: no padding).
     #[arg(long, default_value_t = ServeConfig::default().max_batch_tokens)]
     max_batch_tokens: usize,
     /// Milliseconds the first request of a batch waits for others.
@@ -345,11 +345,36 @@ pub fn bench(args: ServeBenchArgs) -> Result<()> {
     if let (Some(f), Some(u)) = (rps("ufb-1x11 batched"), rps("ufb-1x11 batch size 1")) {
         println!("throughput ufb-1x11 batched / batch size 1: {:.2}x", f / u);
     }
+    // What batching could buy at most here: the model alone, one input at a time against one
+    // packed batch of `clients` inputs.
+    let ceiling = if args.url.is_none() && args.servers.contains(&BenchServer::Ufb1x11) {
+        eprintln!("ufb-1x11 without HTTP: one input at a time vs one packed batch");
+        let threads = args.threads.unwrap_or(ServeConfig::default().threads);
+        let c = BatchingCeiling::measure(
+            &RandomModel::Ufb1x11.load()?,
+            threads,
+            args.clients,
+            (args.min_chars, args.max_chars),
+            5,
+        )?;
+        println!(
+            "ufb-1x11 model alone ({} inputs, median of 5): {:.0} tokens/s one at a time, {:.0} tokens/s \
+             in one packed batch: batching can buy at most {:.2}x on this machine",
+            c.batch,
+            c.alone_tokens_per_second,
+            c.batched_tokens_per_second,
+            c.batched_tokens_per_second / c.alone_tokens_per_second
+        );
+        Some(c)
+    } else {
+        None
+    };
     if let Some(path) = &args.json {
-        let doc: Vec<_> = rows
+        let servers: Vec<_> = rows
             .iter()
             .map(|(n, r)| serde_json::json!({"server": n, "report": r}))
             .collect();
+        let doc = serde_json::json!({"servers": servers, "model_alone": ceiling});
         fff_util::fs::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
         println!("wrote {}", path.display());
     }

@@ -1,6 +1,6 @@
 //! Dynamic batching. Handlers tokenize a request and queue it as a [`Job`] (a bounded queue: a
 //! full one is `503`); one model thread takes the first waiting job, lets others join it until
-//! the batch holds `max_batch_tokens` (padded) or `max_wait` has passed, groups the jobs by
+//! the batch holds `max_batch_tokens` tokens or `max_wait` has passed, groups the jobs by
 //! operation, runs each group as one batch on the model's own thread pool, and answers every
 //! job through its channel. A panic inside a batch fails that batch's jobs and is counted; the
 //! thread goes on with the next batch.
@@ -138,26 +138,17 @@ fn serve_jobs(
     metrics: &Metrics,
 ) {
     while let Ok(first) = rx.recv() {
-        // The padded size grows with the inputs and the longest of them.
-        let (mut inputs, mut longest) = (0, 0);
-        let mut add = |job: &Job| {
-            inputs += job.encodings.len();
-            longest = job
-                .encodings
-                .iter()
-                .map(|e| e.ids.len())
-                .fold(longest, usize::max);
-            inputs * longest
-        };
-        let mut padded = add(&first);
+        // Batches are packed (no padding), so their cost is their token count.
+        let tokens_of = |job: &Job| job.encodings.iter().map(|e| e.ids.len()).sum::<usize>();
+        let mut tokens = tokens_of(&first);
         let mut jobs = vec![first];
         if cfg.batching {
             let deadline = Instant::now() + cfg.max_wait;
-            while padded < cfg.max_batch_tokens {
+            while tokens < cfg.max_batch_tokens {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match rx.recv_timeout(left) {
                     Ok(job) => {
-                        padded = add(&job);
+                        tokens += tokens_of(&job);
                         jobs.push(job);
                     }
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
@@ -168,11 +159,6 @@ fn serve_jobs(
         metrics.batch_requests.observe(jobs.len() as f64);
         let inputs: usize = jobs.iter().map(|j| j.encodings.len()).sum();
         metrics.batch_inputs.observe(inputs as f64);
-        let tokens: usize = jobs
-            .iter()
-            .flat_map(|j| &j.encodings)
-            .map(|e| e.ids.len())
-            .sum();
         metrics.tokens.inc_by(tokens as u64);
         // One model call per operation.
         jobs.sort_by_key(|j| j.op.group());

@@ -38,7 +38,7 @@ pub struct ServeConfig {
     pub max_chars: usize,
     /// Most requests waiting for the model; beyond it, `503` with `Retry-After`.
     pub queue_capacity: usize,
-    /// Most tokens (padded) in one model batch.
+    /// Most tokens in one model batch (batches are packed: no padding).
     pub max_batch_tokens: usize,
     /// How long the first request of a batch waits for others to join it.
     #[serde(serialize_with = "as_millis")]

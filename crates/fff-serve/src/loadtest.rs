@@ -71,6 +71,69 @@ pub fn client() -> Result<reqwest::Client> {
         .build()?)
 }
 
+/// The model alone, without HTTP: how many tokens per second it embeds one input at a time and
+/// in one packed batch of many, on inputs like the load test's. Their ratio bounds what any
+/// batching can buy on this machine.
+#[derive(Clone, Debug, Serialize)]
+pub struct BatchingCeiling {
+    /// Inputs in the packed batch.
+    pub batch: usize,
+    /// Tokens per second, inputs embedded one at a time (median of the repetitions).
+    pub alone_tokens_per_second: f64,
+    /// Tokens per second, all inputs in one packed call (median of the repetitions).
+    pub batched_tokens_per_second: f64,
+}
+
+impl BatchingCeiling {
+    /// Times `pipeline.embed_encodings` on `batch` random inputs of `min..=max` characters,
+    /// alone and together, `reps` times each on `threads` threads.
+    pub fn measure(
+        pipeline: &fff_bert::Pipeline,
+        threads: usize,
+        batch: usize,
+        (min, max): (usize, usize),
+        reps: usize,
+    ) -> Result<BatchingCeiling> {
+        ensure!(batch > 0 && reps > 0, "batch and reps must be positive");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?;
+        let mut rng = StdRng::seed_from_u64(1);
+        let encodings = (0..batch)
+            .map(|_| pipeline.tokenizer.encode_mlm(&text(&mut rng, min, max)))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let tokens: usize = encodings.iter().map(|e| e.ids.len()).sum();
+        let pooling = fff_bert::Pooling::Mean;
+        let mut failed = None;
+        let mut time = |f: &mut (dyn FnMut() -> fff_bert::Result<Vec<Vec<f32>>> + Send)| {
+            let d = pool.install(|| {
+                fff_util::timing::median_time(1, reps, || {
+                    if let Err(e) = f() {
+                        failed = Some(e);
+                    }
+                })
+            });
+            tokens as f64 / d.as_secs_f64()
+        };
+        let alone = time(&mut || {
+            let mut out = Vec::new();
+            for e in &encodings {
+                out.extend(pipeline.embed_encodings(std::slice::from_ref(e), pooling)?);
+            }
+            Ok(out)
+        });
+        let batched = time(&mut || pipeline.embed_encodings(&encodings, pooling));
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        Ok(BatchingCeiling {
+            batch,
+            alone_tokens_per_second: alone,
+            batched_tokens_per_second: batched,
+        })
+    }
+}
+
 /// Refuses any host but a loopback one.
 pub fn check_loopback(url: &str) -> Result<()> {
     let u = reqwest::Url::parse(url).with_context(|| format!("`{url}` is not a URL"))?;
