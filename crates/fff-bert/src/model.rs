@@ -276,7 +276,8 @@ impl Attention {
         let qkv = scratch.qkv.sized(n * self.qkv.out);
         self.qkv.forward(x, n, qkv);
         let context = scratch.context.sized(n * self.dense.inp);
-        self.core.forward(qkv, &layout.segments, layout.mask, context);
+        self.core
+            .forward(qkv, &layout.segments, layout.mask, context);
         self.dense.forward(context, n, out);
     }
 }

@@ -543,7 +543,10 @@ mod tests {
             );
             let got = &got[s.start * heads * d..s.end * heads * d];
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!((g - w).abs() < 1e-5, "segment {s:?} element {i}: {g} vs {w}");
+                assert!(
+                    (g - w).abs() < 1e-5,
+                    "segment {s:?} element {i}: {g} vs {w}"
+                );
             }
         }
     }

@@ -248,7 +248,12 @@ pub fn pool(encoded: &Encoded, batch: &Batch, pooling: Pooling) -> Result<Vec<Ve
     Ok((0..batch.batch)
         .map(|b| {
             let start = b * batch.seq;
-            pool_rows(&states, hidden, start..start + batch.length(b).max(1), pooling)
+            pool_rows(
+                &states,
+                hidden,
+                start..start + batch.length(b).max(1),
+                pooling,
+            )
         })
         .collect())
 }

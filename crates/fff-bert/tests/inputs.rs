@@ -307,7 +307,10 @@ fn empty_sequences_are_errors_and_avg_pooling_does_not_depend_on_the_batch() {
         .model
         .classify(&p.model.encode(&p.tokenizer.batch(&[enc])).unwrap())
         .unwrap();
-    let padded = candle_nn::ops::softmax(&padded, 1).unwrap().to_vec2::<f32>().unwrap();
+    let padded = candle_nn::ops::softmax(&padded, 1)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     for (a, b) in alone[0].value.iter().zip(&padded[0]) {
         assert!((a - b).abs() < 1e-6, "packed {a} vs padded {b}");
     }
@@ -319,7 +322,12 @@ fn a_packed_batch_gives_the_padded_batchs_real_token_states() {
         for mode in [FfnMode::Kernel, FfnMode::Masked] {
             let mut p = Pipeline::load(&fixture(name)).unwrap();
             p.model.set_ffn_mode(mode);
-            let texts = ["the cat sat", "a", "the dog walked along the river bank", "cat"];
+            let texts = [
+                "the cat sat",
+                "a",
+                "the dog walked along the river bank",
+                "cat",
+            ];
             let seqs: Vec<Vec<u32>> = texts
                 .iter()
                 .map(|t| p.tokenizer.encode_mlm(t).unwrap().ids)
@@ -331,10 +339,16 @@ fn a_packed_batch_gives_the_padded_batchs_real_token_states() {
             assert_eq!(got.offsets, packed.offsets);
             assert_eq!(got.hidden.dim(0).unwrap(), packed.ids.len());
             for (b, s) in seqs.iter().enumerate() {
-                let want = padded.hidden.narrow(0, b * padded_batch.seq, s.len()).unwrap();
+                let want = padded
+                    .hidden
+                    .narrow(0, b * padded_batch.seq, s.len())
+                    .unwrap();
                 let have = got.hidden.narrow(0, packed.offsets[b], s.len()).unwrap();
                 let d = max_abs_diff(&want, &have);
-                assert!(d < 1e-5, "{name} {mode:?} sequence {b}: packed differs by {d}");
+                assert!(
+                    d < 1e-5,
+                    "{name} {mode:?} sequence {b}: packed differs by {d}"
+                );
             }
         }
     }
@@ -353,6 +367,9 @@ fn malformed_packed_batches_are_errors() {
     assert!(bad(long).contains("max_seq_length"));
     let oov = Packed::new(&[vec![1u32, 999_999]]);
     assert!(bad(oov).contains("vocabulary"));
-    let none = p.model.encode_packed(&Packed::new::<Vec<u32>>(&[])).unwrap();
+    let none = p
+        .model
+        .encode_packed(&Packed::new::<Vec<u32>>(&[]))
+        .unwrap();
     assert_eq!(none.hidden.dim(0).unwrap(), 0);
 }

@@ -97,7 +97,7 @@ fn layer(args: LayerArgs) -> Result<()> {
         loops_max_batch: args.loops_max_batch,
         seed: args.seed,
     };
-    println!(
+    outln!(
         "fff bench layer: width {}, {} activation, SIMD {}, threads {:?}, median of up to {} runs",
         opts.width,
         opts.activation,
@@ -106,19 +106,19 @@ fn layer(args: LayerArgs) -> Result<()> {
         opts.reps
     );
     let records = fff_bench::run(&opts, &mut crate::progress::MeasurementProgress::new())?;
-    print!("{}", markdown_table(&records));
-    println!(
+    out!("{}", markdown_table(&records));
+    outln!(
         "\nspeedup vs dense = median of the fastest dense FF (two SGEMMs + bias + activation) with \
          the same number of neurons / this row's median, measured in the same run; limit = \
          neurons total / used; GFLOP/s counts only the neurons each input uses."
     );
     if let Some(path) = &args.json {
         write_json(path, &records)?;
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display());
     }
     if let Some(path) = &args.plot {
         plot(path, &records)?;
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display());
     }
     Ok(())
 }

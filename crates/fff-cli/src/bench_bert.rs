@@ -73,7 +73,7 @@ pub fn run(args: BertBenchArgs) -> Result<()> {
         vocab: args.vocab,
         seed: args.seed,
     };
-    println!(
+    outln!(
         "fff bench bert: {} layers, hidden 768, 12 heads; FFF {}x{} vs dense FF {}; seq {}; {} threads; random weights",
         opts.layers,
         opts.trees,
@@ -82,9 +82,9 @@ pub fn run(args: BertBenchArgs) -> Result<()> {
         opts.seq,
         rayon::current_num_threads()
     );
-    let records = run_bert(&opts, |line| eprintln!("  {line}"))?;
-    print!("{}", bert_table(&records));
-    println!(
+    let records = run_bert(&opts, |line| errln!("  {line}"))?;
+    out!("{}", bert_table(&records));
+    outln!(
         "\nencoder only (embedding, blocks, final norm; no MLM head); time per batch is the median \
          of up to {} rounds, each running every model once, interleaved; speedup = median dense \
          crammedBERT time / median time of the row; the range is over the rounds' own ratios.",
@@ -93,7 +93,7 @@ pub fn run(args: BertBenchArgs) -> Result<()> {
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&records)?;
         fff_util::fs::write_atomic(path, text.as_bytes())?;
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -39,7 +39,7 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
         .with_activation(Activation::Gelu);
     let x = Tensor::randn(0f32, 1.0, (args.batch, args.width), &Device::Cpu)?;
     let target = Tensor::randn(0f32, 1.0, (args.batch, args.width), &Device::Cpu)?;
-    println!(
+    outln!(
         "training step (forward, MSE loss, backward, AdamW) of an FFF {} layer, width {}, batch {}, {} threads",
         config.name(),
         args.width,
@@ -67,10 +67,10 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
         step()?;
         let times = (0..args.reps).map(|_| step()).collect::<Result<Vec<_>>>()?;
         let t = median(times);
-        println!("  {name:<30} {:>12} per step", human_seconds(t));
+        outln!("  {name:<30} {:>12} per step", human_seconds(t));
         results.push(t);
     }
-    println!(
+    outln!(
         "speedup of the O(depth) op over the dense masked formulation: {:.1}x (same run, medians)",
         results[1] / results[0]
     );

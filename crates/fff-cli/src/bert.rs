@@ -115,7 +115,7 @@ fn texts_or_stdin(texts: Vec<String>) -> Result<Vec<String>> {
 
 fn note_truncation(index: usize, dropped: usize, max_len: usize) {
     if dropped > 0 {
-        eprintln!(
+        errln!(
             "note: input {index} was truncated to max_seq_length {max_len}: \
              {dropped} tokens dropped"
         );
@@ -137,14 +137,14 @@ fn fill_mask(args: FillMaskArgs) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", json!({ "text": args.text, "masks": masks }));
+        outln!("{}", json!({ "text": args.text, "masks": masks }));
         return Ok(());
     }
     for (i, m) in out.value.iter().enumerate() {
-        println!("<mask> {} (token position {}):", i + 1, m.position);
-        println!("| rank | token | id | score |\n|---|---|---|---|");
+        outln!("<mask> {} (token position {}):", i + 1, m.position);
+        outln!("| rank | token | id | score |\n|---|---|---|---|");
         for (rank, (id, tok, pr)) in m.top.iter().enumerate() {
-            println!("| {} | {tok} | {id} | {pr:.4} |", rank + 1);
+            outln!("| {} | {tok} | {id} | {pr:.4} |", rank + 1);
         }
     }
     Ok(())
@@ -156,7 +156,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
     let out = p.embed(&texts, args.pooling, args.batch_size)?;
     for (i, (text, e)) in texts.iter().zip(out).enumerate() {
         note_truncation(i, e.truncated, p.tokenizer.max_len);
-        println!("{}", json!({ "text": text, "embedding": e.value }));
+        outln!("{}", json!({ "text": text, "embedding": e.value }));
     }
     Ok(())
 }
@@ -183,7 +183,7 @@ fn classify(args: ClassifyArgs) -> Result<()> {
             .zip(&o.value)
             .map(|(l, p)| (l.clone(), json!(p)))
             .collect();
-        println!(
+        outln!(
             "{}",
             json!({ "text": text, "label": labels.get(best), "probabilities": probs })
         );

@@ -64,7 +64,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         args.activation,
         args.seed,
     )?;
-    println!(
+    outln!(
         "FFF {} ({} activation): width {}, {} neurons, {} used per input ({:.1}x fewer)",
         config.name(),
         config.activation,
@@ -73,7 +73,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         config.used_nodes(),
         config.total_nodes() as f64 / config.used_nodes() as f64
     );
-    println!(
+    outln!(
         "kernel: {} SIMD, {} threads",
         SimdLevel::detect().name(),
         rayon::current_num_threads()
@@ -82,8 +82,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(args.seed ^ 0x5eed);
     check(&layer, &mut rng)?;
 
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{:>7}  {:>14}  {:>14}  {:>9}",
         "batch",
         "FFF kernel",
@@ -112,15 +112,15 @@ pub fn run(args: DemoArgs) -> Result<()> {
         let dense_time = median_time(1, dense_reps, || {
             dense.forward(&xt).expect("dense forward");
         });
-        println!(
+        outln!(
             "{batch:>7}  {:>14}  {:>14}  {:>8.1}x",
             human(fff_time),
             human(dense_time),
             dense_time.as_secs_f64() / fff_time.as_secs_f64()
         );
     }
-    println!();
-    println!("(medians; speedup = dense time / FFF kernel time, measured side by side)");
+    outln!();
+    outln!("(medians; speedup = dense time / FFF kernel time, measured side by side)");
     if args.train_epochs > 0 {
         train_spirals(args.train_epochs, args.seed)?;
     }
@@ -140,8 +140,8 @@ fn train_spirals(epochs: usize, seed: u64) -> Result<()> {
         seed,
         ..fff_train::TrainConfig::default()
     };
-    println!();
-    println!(
+    outln!();
+    outln!(
         "training `{spec}` ({} parameters) on built-in spirals ({} train / {} test points), AdamW lr 1e-2:",
         model.parameter_count(),
         data.train.len(),
@@ -154,7 +154,7 @@ fn train_spirals(epochs: usize, seed: u64) -> Result<()> {
         &cfg,
         fff_train::OnEpoch(|m: &fff_train::EpochMetrics| {
             if m.epoch == 1 || m.epoch.is_multiple_of(10) || m.epoch == epochs {
-                println!(
+                outln!(
                     "  epoch {:>3}: train loss {:.4}, test accuracy {:.2}%",
                     m.epoch,
                     m.train_loss,
@@ -164,7 +164,7 @@ fn train_spirals(epochs: usize, seed: u64) -> Result<()> {
         }),
     )?;
     let last = history.last().expect("at least one epoch");
-    println!(
+    outln!(
         "trained in {}: test accuracy {:.2}% (chance: 33.3%)",
         human(start.elapsed()),
         100.0 * last.test_accuracy
@@ -228,7 +228,7 @@ fn check(layer: &Fff, rng: &mut StdRng) -> Result<()> {
         }
     }
     let tol = 1e-4 * scale.max(1.0);
-    println!(
+    outln!(
         "check vs dense masked reference ({batch} inputs): kernel max |err| {err_fast:.2e}, \
          training op max |err| {err_train:.2e} (output scale {scale:.2}), {near_tie} near-tie rows"
     );
@@ -236,6 +236,6 @@ fn check(layer: &Fff, rng: &mut StdRng) -> Result<()> {
         err_fast <= tol && err_train <= tol,
         "kernel or training op disagrees with the reference beyond {tol:.1e}"
     );
-    println!("check: PASS");
+    outln!("check: PASS");
     Ok(())
 }

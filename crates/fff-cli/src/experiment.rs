@@ -100,7 +100,7 @@ pub fn run(cmd: ExperimentCommand) -> Result<()> {
             bars,
             |r| {
                 let last = r.history.last().expect("at least one epoch");
-                println!(
+                outln!(
                     "{} {} seed {}: test accuracy {:.2}% after {} epochs ({:.2} s/epoch)",
                     r.dataset,
                     r.variant,
@@ -113,12 +113,12 @@ pub fn run(cmd: ExperimentCommand) -> Result<()> {
         )?);
     }
     let summaries = summarize(&runs);
-    println!();
-    print!("{}", markdown(&summaries));
+    outln!();
+    out!("{}", markdown(&summaries));
     if let Some(path) = &args.json {
         let doc = serde_json::json!({ "summary": summaries, "runs": runs });
         fff_util::fs::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display());
     }
     if let Some(path) = &args.plot {
         fff_util::chart::line_chart(
@@ -128,7 +128,7 @@ pub fn run(cmd: ExperimentCommand) -> Result<()> {
             "test accuracy (%)",
             curves(&runs),
         )?;
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -68,7 +68,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
         }
         None => None,
     };
-    println!(
+    outln!(
         "{} (epoch {}, `{}`) on {} test inputs of {}:",
         args.checkpoint.display(),
         state.epoch,
@@ -76,7 +76,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
         x.dim(0)?,
         data.test.name
     );
-    print!("{}", report(&summaries, changes.as_deref()));
+    out!("{}", report(&summaries, changes.as_deref()));
     if let Some(dir) = &args.plot {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for s in &summaries {
@@ -121,12 +121,12 @@ pub fn run(args: InspectArgs) -> Result<()> {
                 )?;
             }
         }
-        println!("charts in {}", dir.display());
+        outln!("charts in {}", dir.display());
     }
     if let Some(path) = &args.json {
         let v = json!({ "layers": summaries, "changes": changes });
         write_atomic(path, serde_json::to_string_pretty(&v)?.as_bytes())?;
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -1,5 +1,8 @@
 //! `fff`: the command-line tool of fastfeedforward. Each command is a thin layer over the library.
 
+#[macro_use]
+mod output;
+
 mod bench;
 mod bench_bert;
 mod bench_train;

@@ -3,12 +3,15 @@
 use fff_train::trainer::{StepProgress, TrainObserver};
 use fff_train::EpochMetrics;
 use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Draws a bar per epoch (hidden when stderr is not a terminal) and hands each finished epoch to
 /// `on_epoch`.
 pub struct EpochProgress<F> {
     bar: Option<ProgressBar>,
     on_epoch: F,
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl<F: FnMut(&EpochMetrics)> EpochProgress<F> {
@@ -17,6 +20,15 @@ impl<F: FnMut(&EpochMetrics)> EpochProgress<F> {
         EpochProgress {
             bar: None,
             on_epoch,
+            stop: None,
+        }
+    }
+
+    /// Asks the run to stop once `flag` is set (by a signal handler).
+    pub fn with_stop(self, flag: Arc<AtomicBool>) -> Self {
+        EpochProgress {
+            stop: Some(flag),
+            ..self
         }
     }
 }
@@ -45,6 +57,19 @@ impl<F: FnMut(&EpochMetrics)> TrainObserver for EpochProgress<F> {
             ));
         }
         bar.inc(1);
+    }
+
+    fn stop_requested(&mut self) -> bool {
+        let stop = self
+            .stop
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed));
+        if stop {
+            if let Some(bar) = self.bar.take() {
+                bar.finish_and_clear();
+            }
+        }
+        stop
     }
 
     fn epoch_finished(&mut self, metrics: &EpochMetrics) {

@@ -183,7 +183,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let (pipeline, info) = args.model.load()?;
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
-        eprintln!(
+        errln!(
             "serving {}{} on http://{} ({} model threads, batching {})",
             info.name,
             if info.random { " (random weights)" } else { "" },
@@ -199,7 +199,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             fff_serve::shutdown_signal(),
         )
         .await?;
-        eprintln!("stopped: every request in flight was answered");
+        errln!("stopped: every request in flight was answered");
         Ok(())
     })
 }
@@ -296,9 +296,10 @@ pub fn bench(args: ServeBenchArgs) -> Result<()> {
                 queue_capacity: d.queue_capacity.max(args.clients * 2),
                 ..d
             };
-            eprintln!(
+            errln!(
                 "{name}: loading, then {} requests from {} clients",
-                args.requests, args.clients
+                args.requests,
+                args.clients
             );
             let report = rt.block_on(async {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -328,8 +329,8 @@ pub fn bench(args: ServeBenchArgs) -> Result<()> {
             rows.push((name.to_string(), report));
         }
     }
-    print!("{}", loadtest::table(&rows));
-    println!(
+    out!("{}", loadtest::table(&rows));
+    outln!(
         "\n{} concurrent clients, inputs of {}-{} characters (one token each with the built-in tokenizer), \
          POST /v1/embeddings; latency of the valid requests; mean batch = requests per model call (server metrics).",
         args.clients, args.min_chars, args.max_chars
@@ -340,15 +341,15 @@ pub fn bench(args: ServeBenchArgs) -> Result<()> {
             .map(|(_, r)| r.requests_per_second)
     };
     if let (Some(f), Some(d)) = (rps("ufb-1x11 batched"), rps("crammed-dense batched")) {
-        println!("throughput ufb-1x11 / crammed-dense: {:.2}x", f / d);
+        outln!("throughput ufb-1x11 / crammed-dense: {:.2}x", f / d);
     }
     if let (Some(f), Some(u)) = (rps("ufb-1x11 batched"), rps("ufb-1x11 batch size 1")) {
-        println!("throughput ufb-1x11 batched / batch size 1: {:.2}x", f / u);
+        outln!("throughput ufb-1x11 batched / batch size 1: {:.2}x", f / u);
     }
     // What batching could buy at most here: the model alone, one input at a time against one
     // packed batch of `clients` inputs.
     let ceiling = if args.url.is_none() && args.servers.contains(&BenchServer::Ufb1x11) {
-        eprintln!("ufb-1x11 without HTTP: one input at a time vs one packed batch");
+        errln!("ufb-1x11 without HTTP: one input at a time vs one packed batch");
         let threads = args.threads.unwrap_or(ServeConfig::default().threads);
         let c = BatchingCeiling::measure(
             &RandomModel::Ufb1x11.load()?,
@@ -357,7 +358,7 @@ pub fn bench(args: ServeBenchArgs) -> Result<()> {
             (args.min_chars, args.max_chars),
             5,
         )?;
-        println!(
+        outln!(
             "ufb-1x11 model alone ({} inputs, median of 5): {:.0} tokens/s one at a time, {:.0} tokens/s \
              in one packed batch: batching can buy at most {:.2}x on this machine",
             c.batch,
@@ -376,7 +377,7 @@ pub fn bench(args: ServeBenchArgs) -> Result<()> {
             .collect();
         let doc = serde_json::json!({"servers": servers, "model_alone": ceiling});
         fff_util::fs::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display());
     }
     Ok(())
 }

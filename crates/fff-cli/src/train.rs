@@ -3,14 +3,17 @@
 use crate::data::{load_data, DataArgs};
 use crate::progress::EpochProgress;
 use crate::train_config::TrainSettings;
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use clap::Args;
 use fff_data::Split;
 use fff_train::checkpoint::{load_model, load_optimizer, load_state};
 use fff_train::inspect::RoutingTracker;
-use fff_train::trainer::{evaluate, optimizer_for, train_from};
+use fff_train::trainer::{evaluate, optimizer_for, train_from, Interrupted};
 use fff_train::{EpochMetrics, Model};
+use signal_hook::consts::{SIGINT, SIGTERM};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// Options of `fff train`.
 #[derive(Args, Debug)]
@@ -29,6 +32,9 @@ pub struct TrainArgs {
     /// routing.json in the output folder).
     #[arg(long)]
     track_routing: bool,
+    /// Replace the checkpoint already in `--out` with this new run.
+    #[arg(long)]
+    force: bool,
 }
 
 impl TrainArgs {
@@ -52,7 +58,7 @@ pub struct EvalArgs {
 }
 
 fn print_epoch(m: &EpochMetrics) {
-    println!(
+    outln!(
         "epoch {:>3}: train loss {:.4} acc {:6.2}% | test loss {:.4} acc {:6.2}% | {:.2} s train, {:.2} s eval",
         m.epoch,
         m.train_loss,
@@ -65,7 +71,7 @@ fn print_epoch(m: &EpochMetrics) {
 }
 
 fn describe(model: &Model, data: &Split) {
-    println!(
+    outln!(
         "model `{}`: {} parameters, {} neurons per input; data {} ({} train, {} test)",
         model.spec,
         model.parameter_count(),
@@ -85,8 +91,8 @@ fn on_epoch(m: &EpochMetrics, model: &fff_train::Model, tracker: Option<&mut Rou
     if let Some(t) = tracker {
         // Statistics are a report, not part of training: a failure is printed, not fatal.
         match t.record(model, m.epoch) {
-            Ok(lines) => lines.iter().for_each(|l| println!("          {l}")),
-            Err(e) => eprintln!("routing statistics: {e:#}"),
+            Ok(lines) => lines.iter().for_each(|l| outln!("          {l}")),
+            Err(e) => errln!("routing statistics: {e:#}"),
         }
     }
 }
@@ -101,18 +107,82 @@ fn save_tracker(tracker: Option<&RoutingTracker>, dir: Option<&Path>) -> Result<
 pub fn run(args: TrainArgs) -> Result<()> {
     let settings = args.settings()?;
     let resume = args.resume.as_deref();
-    match settings.threads {
+    // The first SIGINT/SIGTERM asks the run to stop after its step (and checkpoint); a second
+    // one, with the flag already set, ends the process at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    let run = |stop| run_with(&settings, resume, args.track_routing, args.force, stop);
+    let result = match settings.threads {
         Some(n) => {
-            ensure!(n > 0, "--threads must be at least 1");
+            ensure!(
+                (1..=MAX_THREADS).contains(&n),
+                "--threads must lie in 1..={MAX_THREADS}, got {n}"
+            );
             let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build()?;
-            pool.install(|| run_with(&settings, resume, args.track_routing))
+            pool.install(|| run(stop))
         }
-        None => run_with(&settings, resume, args.track_routing),
+        None => run(stop),
+    };
+    match result {
+        Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
+            let i = e.downcast_ref::<Interrupted>().expect("checked");
+            match settings.out.as_deref().or(resume) {
+                Some(dir) if i.checkpointed => errln!(
+                    "stopped: {i}; checkpoint in {}; continue with `fff train --resume {}`",
+                    dir.display(),
+                    dir.display()
+                ),
+                _ => errln!("stopped: {i}; nothing saved (train with --out DIR to checkpoint)"),
+            }
+            std::process::exit(130);
+        }
+        other => other,
     }
 }
 
+/// Most threads `--threads` may ask for.
+pub const MAX_THREADS: usize = 1024;
+
+/// Checks that `out` can take this run's checkpoints before training starts.
+fn check_out(out: &Path, force: bool) -> Result<()> {
+    if out.join("state.json").is_file() {
+        ensure!(
+            force,
+            "{} already holds a checkpoint; continue it with --resume {}, or pass --force to \
+             replace it with this run",
+            out.display(),
+            out.display()
+        );
+    }
+    fff_train::checkpoint::check_target(out)?;
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| {
+            format!(
+                "--out {}: cannot create {}",
+                out.display(),
+                parent.display()
+            )
+        })?;
+    }
+    // Checkpoints are written to a fresh folder beside `out`: make sure one can be made.
+    let probe = fff_util::fs::temporary_path(out);
+    std::fs::create_dir(&probe)
+        .with_context(|| format!("--out {}: cannot write beside it", out.display()))?;
+    let _ = std::fs::remove_dir(&probe);
+    Ok(())
+}
+
 /// `fff train` with merged settings, on the current thread pool.
-fn run_with(s: &TrainSettings, resume: Option<&Path>, track_routing: bool) -> Result<()> {
+fn run_with(
+    s: &TrainSettings,
+    resume: Option<&Path>,
+    track_routing: bool,
+    force: bool,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
     let data_args = DataArgs {
         dataset: s.dataset(),
         data_dir: s.data_dir.clone(),
@@ -136,7 +206,7 @@ fn run_with(s: &TrainSettings, resume: Option<&Path>, track_routing: bool) -> Re
             cfg.epochs = e;
         }
         describe(&model, &data);
-        println!("resuming after epoch {} of {}", state.epoch, cfg.epochs);
+        outln!("resuming after epoch {} of {}", state.epoch, cfg.epochs);
         for m in &state.history {
             print_epoch(m);
         }
@@ -146,15 +216,19 @@ fn run_with(s: &TrainSettings, resume: Option<&Path>, track_routing: bool) -> Re
             &mut opt,
             &data,
             &cfg,
-            state.history,
+            state.progress(),
             Some((dir, state.model_seed)),
-            EpochProgress::new(|m| on_epoch(m, &model, tracker.as_mut())),
+            EpochProgress::new(|m| on_epoch(m, &model, tracker.as_mut())).with_stop(stop),
         )?;
         save_tracker(tracker.as_ref(), Some(dir))?;
         history
     } else {
         // Checked before loading, which may download.
         let cfg = s.train_config()?;
+        cfg.validate()?;
+        if let Some(out) = s.out.as_deref() {
+            check_out(out, force)?;
+        }
         let (data, default_model) = load_data(&data_args, cfg.seed)?;
         let spec = s.model.as_deref().unwrap_or(default_model);
         let model = Model::new(spec, cfg.seed)?;
@@ -167,16 +241,16 @@ fn run_with(s: &TrainSettings, resume: Option<&Path>, track_routing: bool) -> Re
             &mut opt,
             &data,
             &cfg,
-            Vec::new(),
+            Vec::new().into(),
             out,
-            EpochProgress::new(|m| on_epoch(m, &model, tracker.as_mut())),
+            EpochProgress::new(|m| on_epoch(m, &model, tracker.as_mut())).with_stop(stop),
         )?;
         save_tracker(tracker.as_ref(), s.out.as_deref())?;
         history
     };
     if let Some(last) = history.last() {
         let best = history.iter().map(|m| m.test_accuracy).fold(0.0, f64::max);
-        println!(
+        outln!(
             "done: final test accuracy {:.2}% (best {:.2}%), {:.2} s per epoch",
             100.0 * last.test_accuracy,
             100.0 * best,
@@ -184,19 +258,33 @@ fn run_with(s: &TrainSettings, resume: Option<&Path>, track_routing: bool) -> Re
         );
     }
     if let Some(dir) = s.out.as_deref().or(resume) {
-        println!("checkpoint and metrics.json in {}", dir.display());
+        outln!("checkpoint and metrics.json in {}", dir.display());
     }
     Ok(())
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
-    let state = load_state(&args.checkpoint)?;
-    let model = load_model(&args.checkpoint, &state)?;
+    let dir = &args.checkpoint;
+    let state = load_state(dir)?;
+    let model = load_model(dir, &state)?;
     let (data, _) = load_data(&args.data, state.config.seed)?;
+    ensure!(
+        data.train.name == state.dataset,
+        "{} was trained on {}, not {}; pass --dataset accordingly",
+        dir.display(),
+        state.dataset,
+        data.train.name
+    );
     let (loss, accuracy) = evaluate(&model, &data.test)?;
-    println!(
+    ensure!(
+        loss.is_finite(),
+        "{}: the model's loss on {} is {loss}: its outputs are not finite",
+        dir.display(),
+        data.test.name
+    );
+    outln!(
         "{} (epoch {}) on {}: loss {loss:.4}, accuracy {:.2}% ({} inputs)",
-        args.checkpoint.display(),
+        dir.display(),
         state.epoch,
         data.test.name,
         100.0 * accuracy,

@@ -176,7 +176,8 @@ pub fn fetch(set: ImageSet, opts: &DownloadOptions) -> Result<PathBuf> {
                 }
                 Err(reason) => {
                     let _ = std::fs::remove_file(&temp);
-                    eprintln!("  failed: {reason}");
+                    // A closed stderr must not end the download.
+                    let _ = writeln!(std::io::stderr(), "  failed: {reason}");
                     attempts.push(format!("{url}: {reason}"));
                 }
             }
@@ -227,7 +228,7 @@ fn download(
     temp: &Path,
     progress: bool,
 ) -> std::result::Result<(), String> {
-    eprintln!("downloading {url}");
+    let _ = writeln!(std::io::stderr(), "downloading {url}");
     let response = match agent.get(url).call() {
         Ok(r) => r,
         Err(ureq::Error::Status(code, r)) => {

@@ -4,6 +4,7 @@
 
 use crate::optim::OptimizerKind;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Training settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,6 +42,58 @@ impl Default for TrainConfig {
             clip_norm: None,
             seed: 0,
         }
+    }
+}
+
+/// Most epochs a run may ask for: far beyond any real run, small enough that a corrupt or
+/// careless value is caught before it plans a run of years.
+pub const MAX_EPOCHS: usize = 100_000;
+
+impl TrainConfig {
+    /// Checks every value's range; the error names the setting and what it expects.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use anyhow::ensure;
+        ensure!(
+            (1..=MAX_EPOCHS).contains(&self.epochs),
+            "epochs must lie in 1..={MAX_EPOCHS}, got {}",
+            self.epochs
+        );
+        ensure!(self.batch_size > 0, "batch_size must be at least 1, got 0");
+        ensure!(
+            self.lr.is_finite() && self.lr > 0.0,
+            "lr (learning rate) must be a positive number, got {}",
+            self.lr
+        );
+        ensure!(
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            "weight_decay must be a number >= 0, got {}",
+            self.weight_decay
+        );
+        match self.optimizer {
+            OptimizerKind::AdamW { beta1, beta2, eps } => {
+                for (name, b) in [("beta1", beta1), ("beta2", beta2)] {
+                    ensure!(
+                        (0.0..1.0).contains(&b),
+                        "{name} must lie in [0, 1), got {b}"
+                    );
+                }
+                ensure!(
+                    eps.is_finite() && eps > 0.0,
+                    "eps must be a positive number, got {eps}"
+                );
+            }
+            OptimizerKind::Sgd { momentum } => ensure!(
+                (0.0..1.0).contains(&momentum),
+                "momentum must lie in [0, 1), got {momentum}"
+            ),
+        }
+        if let Some(c) = self.clip_norm {
+            ensure!(
+                c.is_finite() && c > 0.0,
+                "clip_norm must be a positive number, got {c}"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -93,4 +146,105 @@ pub struct TrainState {
     pub optimizer_step: u64,
     /// Figures of every completed epoch.
     pub history: Vec<EpochMetrics>,
+    /// Where an interrupted epoch stopped (`None` at an epoch boundary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<PartialEpoch>,
+    /// Size and SHA-256 of each file of the checkpoint set, so that loading can tell that the
+    /// files belong together (empty in checkpoints written before this was recorded).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, FileDigest>,
+}
+
+impl TrainState {
+    /// Checks that the recorded figures agree with each other and the settings are in range.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use anyhow::{ensure, Context};
+        self.config.validate().context("config")?;
+        ensure!(
+            self.epoch <= self.config.epochs,
+            "epoch is {}, past config.epochs {}",
+            self.epoch,
+            self.config.epochs
+        );
+        ensure!(
+            self.history.len() == self.epoch
+                && self
+                    .history
+                    .iter()
+                    .enumerate()
+                    .all(|(i, m)| m.epoch == i + 1),
+            "epoch is {} but history holds {} epochs (numbered {:?})",
+            self.epoch,
+            self.history.len(),
+            self.history.iter().map(|m| m.epoch).collect::<Vec<_>>()
+        );
+        if let Some(p) = &self.partial {
+            ensure!(
+                self.epoch < self.config.epochs,
+                "partial: an interrupted epoch after the last one ({})",
+                self.config.epochs
+            );
+            ensure!(
+                p.steps_done > 0
+                    && p.seen >= p.steps_done
+                    && p.right <= p.seen
+                    && p.loss_sum.is_finite()
+                    && p.loss_sum >= 0.0
+                    && p.train_seconds.is_finite(),
+                "partial: inconsistent figures {p:?}"
+            );
+        }
+        Ok(())
+    }
+
+    /// Where this state's run stands.
+    pub fn progress(&self) -> TrainProgress {
+        TrainProgress {
+            history: self.history.clone(),
+            partial: self.partial.clone(),
+        }
+    }
+}
+
+/// How far an interrupted epoch got: enough to resume it at the next step and report the same
+/// epoch figures as an uninterrupted run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartialEpoch {
+    /// Steps of the epoch already taken.
+    pub steps_done: usize,
+    /// Sum of the per-input losses so far.
+    pub loss_sum: f64,
+    /// Inputs classified right so far.
+    pub right: usize,
+    /// Inputs seen so far.
+    pub seen: usize,
+    /// Training seconds spent on the epoch so far.
+    pub train_seconds: f64,
+}
+
+/// Size and SHA-256 (lowercase hex) of one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    /// Length in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the contents.
+    pub sha256: String,
+}
+
+/// Where a run starts: the epochs done, and the interrupted one if any.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TrainProgress {
+    /// Figures of every completed epoch.
+    pub history: Vec<EpochMetrics>,
+    /// The interrupted epoch after them.
+    pub partial: Option<PartialEpoch>,
+}
+
+impl From<Vec<EpochMetrics>> for TrainProgress {
+    fn from(history: Vec<EpochMetrics>) -> Self {
+        TrainProgress {
+            history,
+            partial: None,
+        }
+    }
 }

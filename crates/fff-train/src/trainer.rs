@@ -3,7 +3,7 @@
 
 use crate::model::Model;
 use crate::optim::Optimizer;
-use crate::state::{EpochMetrics, Schedule, TrainConfig, TrainState};
+use crate::state::{EpochMetrics, PartialEpoch, Schedule, TrainConfig, TrainProgress, TrainState};
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor, D};
 use fff_data::{Dataset, Split};
@@ -100,11 +100,43 @@ pub trait TrainObserver {
         let _ = progress;
     }
 
-    /// An epoch finished and was evaluated.
+    /// An epoch finished and was evaluated (and, with a checkpoint folder, saved).
     fn epoch_finished(&mut self, metrics: &EpochMetrics) {
         let _ = metrics;
     }
+
+    /// Asked after every step: `true` stops the run there (after checkpointing it, where the
+    /// run has a checkpoint folder) with an [`Interrupted`] error.
+    fn stop_requested(&mut self) -> bool {
+        false
+    }
 }
+
+/// The error of a run stopped by [`TrainObserver::stop_requested`]: where it stopped, and
+/// whether a checkpoint of that point was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interrupted {
+    /// The epoch it stopped in.
+    pub epoch: usize,
+    /// Steps of that epoch done.
+    pub step: usize,
+    /// Steps in the epoch.
+    pub steps: usize,
+    /// Whether the point was checkpointed.
+    pub checkpointed: bool,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "interrupted after step {} of {} in epoch {}",
+            self.step, self.steps, self.epoch
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 impl TrainObserver for () {}
 
@@ -126,7 +158,15 @@ pub fn train(
     observer: impl TrainObserver,
 ) -> Result<Vec<EpochMetrics>> {
     let mut opt = optimizer_for(model, cfg);
-    train_from(model, &mut opt, data, cfg, Vec::new(), None, observer)
+    train_from(
+        model,
+        &mut opt,
+        data,
+        cfg,
+        TrainProgress::default(),
+        None,
+        observer,
+    )
 }
 
 /// The order of the training rows in `epoch`: a permutation drawn from `(seed, epoch)` alone,
@@ -141,23 +181,21 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
-/// Continues training after the epochs in `history` (empty for a fresh run) with optimizer
-/// `opt`, up to `cfg.epochs`. With `checkpoint = Some((dir, model_seed))`, writes a checkpoint
-/// and `metrics.json` into `dir` after every epoch.
+/// Continues training from `progress` (the epochs done and an interrupted one; empty for a
+/// fresh run) with optimizer `opt`, up to `cfg.epochs`. With `checkpoint = Some((dir,
+/// model_seed))`, saves a checkpoint set (with `metrics.json`) into `dir` after every epoch,
+/// before the observer hears of it, and when the observer asks to stop. A resumed run takes the
+/// same steps, with the same data order and noise, as an uninterrupted one.
 pub fn train_from(
     model: &Model,
     opt: &mut Optimizer,
     data: &Split,
     cfg: &TrainConfig,
-    mut history: Vec<EpochMetrics>,
+    progress: TrainProgress,
     checkpoint: Option<(&Path, u64)>,
     mut observer: impl TrainObserver,
 ) -> Result<Vec<EpochMetrics>> {
-    ensure!(cfg.batch_size > 0, "batch size must be at least 1");
-    ensure!(
-        cfg.lr.is_finite() && cfg.lr > 0.0,
-        "learning rate must be a positive number"
-    );
+    cfg.validate()?;
     ensure!(
         data.train.dim == model.input_width(),
         "dataset {} has {} features per input, the model takes {}",
@@ -166,24 +204,68 @@ pub fn train_from(
         model.input_width()
     );
     ensure!(
-        data.train.classes <= model.output_width(),
-        "dataset {} has {} classes, the model outputs {}",
+        data.train.classes == model.output_width(),
+        "dataset {} has {} classes, the model outputs {}; end the model with {} outputs",
         data.train.name,
         data.train.classes,
-        model.output_width()
+        model.output_width(),
+        data.train.classes
     );
     ensure!(
         !data.train.is_empty(),
         "dataset {} is empty",
         data.train.name
     );
+    let TrainProgress {
+        mut history,
+        mut partial,
+    } = progress;
+    let steps = data.train.len().div_ceil(cfg.batch_size);
+    let done = history.len() * steps + partial.as_ref().map_or(0, |p| p.steps_done);
+    ensure!(
+        opt.step_count() == done as u64,
+        "optimizer_step is {}, but {} epochs and {} steps of {} per epoch make {done}; the \
+         state does not belong to this data and batch size",
+        opt.step_count(),
+        history.len(),
+        partial.as_ref().map_or(0, |p| p.steps_done),
+        steps
+    );
+    if let Some(p) = &partial {
+        ensure!(
+            p.steps_done < steps,
+            "partial: {} steps done of an epoch of {steps}",
+            p.steps_done
+        );
+    }
+    let save = |history: &[EpochMetrics], opt: &Optimizer, partial: Option<PartialEpoch>| {
+        let Some((dir, model_seed)) = checkpoint else {
+            return Ok(false);
+        };
+        let state = TrainState {
+            model: model.spec.to_string(),
+            model_seed,
+            dataset: data.train.name.clone(),
+            config: cfg.clone(),
+            epoch: history.len(),
+            optimizer_step: opt.step_count(),
+            history: history.to_vec(),
+            partial,
+            files: Default::default(),
+        };
+        crate::checkpoint::save(dir, model, opt, &state).map(|()| true)
+    };
     for epoch in history.len() + 1..=cfg.epochs {
         let order = epoch_order(data.train.len(), cfg.seed, epoch);
-        let steps = order.len().div_ceil(cfg.batch_size);
         observer.epoch_started(epoch, cfg.epochs, steps);
         let start = Instant::now();
-        let (mut loss_sum, mut right, mut seen) = (0.0, 0usize, 0usize);
-        for (step, batch) in order.chunks(cfg.batch_size).enumerate() {
+        let resumed = partial.take();
+        let first_step = resumed.as_ref().map_or(0, |p| p.steps_done);
+        let (mut loss_sum, mut right, mut seen, earlier_seconds) = resumed
+            .map_or((0.0, 0, 0, 0.0), |p| {
+                (p.loss_sum, p.right, p.seen, p.train_seconds)
+            });
+        for (step, batch) in order.chunks(cfg.batch_size).enumerate().skip(first_step) {
             let (x, y) = gather(&data.train, batch)?;
             let global = (epoch - 1) * steps + step;
             // Region leaks are drawn per step from the seed, so a resumed run repeats them.
@@ -194,11 +276,20 @@ pub fn train_from(
                 Some(a) => (ce + a)?,
                 None => ce,
             };
+            let l = loss.to_scalar::<f32>()? as f64;
+            ensure!(
+                l.is_finite(),
+                "training diverged: loss is {l} at epoch {epoch}, step {step}"
+            );
             let grads = loss.backward()?;
             opt.set_learning_rate(learning_rate(cfg, global, cfg.epochs * steps));
             let scale = match cfg.clip_norm {
                 Some(max) => {
                     let norm = opt.grad_norm(&grads)?;
+                    ensure!(
+                        norm.is_finite(),
+                        "training diverged: gradient norm is {norm} at epoch {epoch}, step {step}"
+                    );
                     if norm > max {
                         (max / norm) as f32
                     } else {
@@ -208,26 +299,46 @@ pub fn train_from(
                 None => 1.0,
             };
             opt.step(&grads, scale)?;
-            let l = loss.to_scalar::<f32>()? as f64;
-            ensure!(
-                l.is_finite(),
-                "training diverged: loss is {l} at epoch {epoch}, step {step}"
-            );
             loss_sum += l * batch.len() as f64;
             right += correct(&logits, &y)?;
             seen += batch.len();
+            let train_seconds = earlier_seconds + start.elapsed().as_secs_f64();
             observer.step_finished(&StepProgress {
                 epoch,
                 step: step + 1,
                 steps,
                 mean_loss: loss_sum / seen as f64,
                 accuracy: right as f64 / seen as f64,
-                inputs_per_second: seen as f64 / start.elapsed().as_secs_f64(),
+                inputs_per_second: seen as f64 / train_seconds,
             });
+            if observer.stop_requested() {
+                let point = (step + 1 < steps).then(|| PartialEpoch {
+                    steps_done: step + 1,
+                    loss_sum,
+                    right,
+                    seen,
+                    train_seconds,
+                });
+                // The last step of an epoch is saved at the epoch's end, after its evaluation.
+                if let Some(point) = point {
+                    let checkpointed = save(&history, opt, Some(point))?;
+                    return Err(Interrupted {
+                        epoch,
+                        step: step + 1,
+                        steps,
+                        checkpointed,
+                    }
+                    .into());
+                }
+            }
         }
-        let train_seconds = start.elapsed().as_secs_f64();
+        let train_seconds = earlier_seconds + start.elapsed().as_secs_f64();
         let eval_start = Instant::now();
         let (test_loss, test_accuracy) = evaluate(model, &data.test)?;
+        ensure!(
+            test_loss.is_finite(),
+            "the model's test loss is {test_loss} after epoch {epoch}: its outputs are not finite"
+        );
         let m = EpochMetrics {
             epoch,
             train_loss: loss_sum / seen as f64,
@@ -237,23 +348,17 @@ pub fn train_from(
             train_seconds,
             eval_seconds: eval_start.elapsed().as_secs_f64(),
         };
+        history.push(m.clone());
+        let checkpointed = save(&history, opt, None)?;
         observer.epoch_finished(&m);
-        history.push(m);
-        if let Some((dir, model_seed)) = checkpoint {
-            let state = TrainState {
-                model: model.spec.to_string(),
-                model_seed,
-                dataset: data.train.name.clone(),
-                config: cfg.clone(),
+        if epoch < cfg.epochs && observer.stop_requested() {
+            return Err(Interrupted {
                 epoch,
-                optimizer_step: opt.step_count(),
-                history: history.clone(),
-            };
-            crate::checkpoint::save(dir, model, opt, &state)?;
-            fff_util::fs::write_atomic(
-                &dir.join("metrics.json"),
-                serde_json::to_string_pretty(&history)?.as_bytes(),
-            )?;
+                step: steps,
+                steps,
+                checkpointed,
+            }
+            .into());
         }
     }
     Ok(history)

@@ -191,7 +191,7 @@ fn resume_matches_an_uninterrupted_run() {
             &mut opt,
             &data,
             &cfg(epochs),
-            vec![],
+            vec![].into(),
             Some((dir, 3)),
             (),
         )
@@ -210,7 +210,7 @@ fn resume_matches_an_uninterrupted_run() {
         &mut opt,
         &data,
         &cfg(4),
-        state.history,
+        state.progress(),
         Some((&dir_b, 3)),
         (),
     )

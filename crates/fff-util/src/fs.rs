@@ -39,6 +39,77 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display())))
 }
 
+/// Puts the folder `new` (complete, on the same file system) in the place of the folder `dst`
+/// in one step: on Linux an atomic exchange (`renameat2` with `RENAME_EXCHANGE`), after which the
+/// old folder, now at `new`, is removed; where `dst` does not exist yet, a plain rename. Readers
+/// of `dst` see the old set of files or the new one, never a mixture. Elsewhere (or where the file
+/// system refuses the exchange) the old folder is first renamed aside, so a crash between the two
+/// renames leaves both sets on disk under their own names.
+pub fn replace_dir(new: &Path, dst: &Path) -> io::Result<()> {
+    let named = |e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "cannot move {} into place at {}: {e}",
+                new.display(),
+                dst.display()
+            ),
+        )
+    };
+    match std::fs::symlink_metadata(dst) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return std::fs::rename(new, dst).map_err(named)
+        }
+        Err(e) => return Err(named(e)),
+        Ok(m) if !m.is_dir() => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a folder", dst.display()),
+            ))
+        }
+        Ok(_) => {}
+    }
+    if exchange(new, dst).is_ok() {
+        return std::fs::remove_dir_all(new);
+    }
+    let aside = temporary_path(dst);
+    std::fs::rename(dst, &aside).map_err(named)?;
+    std::fs::rename(new, dst).map_err(named)?;
+    std::fs::remove_dir_all(&aside)
+}
+
+/// Atomically exchanges two paths (Linux `renameat2(RENAME_EXCHANGE)`).
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))
+    };
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +135,35 @@ mod tests {
         let err = write_atomic(&dir.join("missing").join("x"), b"x").unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_folder_is_replaced_whole() {
+        let root = std::env::temp_dir().join(format!("fff-util-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let dst = root.join("run");
+        let fresh = |content: &str| {
+            let tmp = temporary_path(&dst);
+            std::fs::create_dir_all(&tmp).unwrap();
+            std::fs::write(tmp.join("a"), content).unwrap();
+            std::fs::write(tmp.join(content), "").unwrap();
+            tmp
+        };
+        replace_dir(&fresh("one"), &dst).unwrap();
+        assert_eq!(std::fs::read_to_string(dst.join("a")).unwrap(), "one");
+        replace_dir(&fresh("two"), &dst).unwrap();
+        assert_eq!(std::fs::read_to_string(dst.join("a")).unwrap(), "two");
+        assert!(!dst.join("one").exists(), "a file of the old set survived");
+        let names: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["run"], "temporaries left behind");
+        let file = root.join("file");
+        std::fs::write(&file, "").unwrap();
+        let err = replace_dir(&fresh("three"), &file).unwrap_err();
+        assert!(err.to_string().contains("not a folder"), "{err}");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
