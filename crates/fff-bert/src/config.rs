@@ -385,6 +385,32 @@ fn parse_arch(a: &mut Section<'_>, path: &Path) -> Result<BertConfig> {
     } else {
         None
     };
+    check_sizes(
+        path,
+        &[
+            ("arch.num_transformer_layers", layers, 1),
+            ("arch.hidden_size", hidden, hidden.saturating_mul(3)),
+            ("arch.embedding.vocab_size", vocab_size, hidden),
+            ("arch.embedding.max_seq_length", max_seq_length, hidden),
+            ("arch.num_labels", num_labels.unwrap_or(0), hidden),
+            (
+                "arch.intermed_size",
+                match intermed {
+                    IntermedType::Dense { width, .. } => width,
+                    IntermedType::Fff { trees, depth } => trees
+                        .saturating_mul(1usize.checked_shl(depth as u32 + 1).unwrap_or(usize::MAX)),
+                },
+                hidden,
+            ),
+        ],
+    )?;
+    if !(norm_eps.is_finite() && norm_eps > 0.0) {
+        return Err(BertError::Config {
+            path: path.to_path_buf(),
+            key: "arch.norm_eps".into(),
+            message: format!("= {norm_eps} must be a positive number"),
+        });
+    }
     Ok(BertConfig {
         layers,
         hidden,
@@ -405,6 +431,30 @@ fn parse_arch(a: &mut Section<'_>, path: &Path) -> Result<BertConfig> {
         classification_head,
         labels: Vec::new(),
     })
+}
+
+/// Most elements one size may span, alone or times the row width it multiplies: 2^31 `f32`s
+/// (8 GiB) per matrix, past every released model and small enough to refuse before allocating.
+pub const MAX_ELEMENTS: usize = 1 << 31;
+
+/// Checks each `(key, value, row width)`: `value · row width` must stay within [`MAX_ELEMENTS`].
+fn check_sizes(path: &Path, sizes: &[(&str, usize, usize)]) -> Result<()> {
+    for &(key, value, width) in sizes {
+        if value
+            .checked_mul(width.max(1))
+            .is_none_or(|n| n > MAX_ELEMENTS)
+        {
+            return Err(BertError::Config {
+                path: path.to_path_buf(),
+                key: key.into(),
+                message: format!(
+                    "= {value} is too large: {value} rows of {width} floats exceed the limit of \
+                     {MAX_ELEMENTS} elements per matrix"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn parse_labels(id2label: Option<&Value>, num_labels: Option<usize>) -> Vec<String> {

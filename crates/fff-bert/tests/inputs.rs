@@ -373,3 +373,33 @@ fn malformed_packed_batches_are_errors() {
         .unwrap();
     assert_eq!(none.hidden.dim(0).unwrap(), 0);
 }
+
+#[test]
+fn sizes_past_the_limit_and_bad_norm_eps_are_refused_before_allocating() {
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit); 5] = [
+        ("arch.embedding.max_seq_length", |v| {
+            v["arch"]["embedding"]["max_seq_length"] = 1_000_000_000u64.into()
+        }),
+        ("arch.num_labels", |v| {
+            v["arch"]["num_labels"] = 10_000_000_000u64.into()
+        }),
+        ("arch.hidden_size", |v| {
+            v["arch"]["hidden_size"] = 4_611_686_018_427_387_904u64.into();
+            v["arch"]["embedding"]["embedding_dim"] = 4_611_686_018_427_387_904u64.into();
+        }),
+        ("arch.embedding.vocab_size", |v| {
+            v["arch"]["embedding"]["vocab_size"] = 100_000_000_000u64.into()
+        }),
+        ("arch.norm_eps", |v| v["arch"]["norm_eps"] = (-1.0).into()),
+    ];
+    for (key, edit) in cases {
+        let s = Scratch::of("tiny-fff", "limits");
+        s.edit_config(edit);
+        let err = Pipeline::load(&s.0).err().expect("refused").to_string();
+        assert!(
+            err.contains(key) && err.contains("config.json"),
+            "{key}: {err}"
+        );
+    }
+}

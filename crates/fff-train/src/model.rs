@@ -2,7 +2,7 @@
 //! for the description language).
 
 use crate::spec::ModelSpec;
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Tensor, Var};
 use fastfeedforward::{ConditionalLayer, TrainStep};
 use rand::rngs::StdRng;
@@ -20,6 +20,9 @@ pub struct Model {
     pub layers: Vec<Box<dyn ConditionalLayer>>,
 }
 
+/// Most parameters one layer of a model description may have: 2^31 (8 GiB of `f32`).
+pub const MAX_LAYER_PARAMETERS: usize = 1 << 31;
+
 impl Model {
     /// Builds the model described by `spec`, parameters drawn from `seed`.
     pub fn new(spec: &str, seed: u64) -> Result<Self> {
@@ -32,6 +35,12 @@ impl Model {
         let mut width = spec.input_width();
         let mut layers = Vec::with_capacity(spec.layers().len());
         for (index, l) in spec.layers().iter().enumerate() {
+            // Refused before anything is allocated.
+            ensure!(
+                l.parameter_bound()
+                    .is_some_and(|n| n <= MAX_LAYER_PARAMETERS),
+                "layer {index} `{l}`: too large (more than {MAX_LAYER_PARAMETERS} parameters)"
+            );
             let layer = l
                 .build(width, &mut rng)
                 .with_context(|| format!("layer {index} `{l}`"))?;

@@ -64,6 +64,22 @@ impl LayerSpec {
         }
     }
 
+    /// An upper bound on the layer's parameters, `None` where it overflows `usize`.
+    pub fn parameter_bound(&self) -> Option<usize> {
+        let nodes = |depth: usize| 1usize.checked_shl(u32::try_from(depth).ok()?.checked_add(1)?);
+        let Some((i, o)) = self.widths() else {
+            return Some(0); // an activation
+        };
+        let rows = match self {
+            LayerSpec::Linear { .. } => return i.checked_mul(o)?.checked_add(o),
+            LayerSpec::Fff { config, .. } => nodes(config.depth)?.checked_mul(config.trees)?,
+            LayerSpec::Original(c) => nodes(c.depth)?.checked_mul(c.leaf_width.max(1))?,
+            LayerSpec::Flat(c) => nodes(c.depth)?,
+            LayerSpec::Act(_) => return Some(0),
+        };
+        rows.checked_mul(i.checked_add(o)?.checked_add(1)?)
+    }
+
     /// Builds the layer (`width` is the width an activation runs at), drawing from `rng`.
     pub fn build(&self, width: usize, rng: &mut StdRng) -> Result<Box<dyn ConditionalLayer>> {
         Ok(match *self {

@@ -313,3 +313,21 @@ fn a_model_must_output_one_score_per_class() {
         "{err}"
     );
 }
+
+#[test]
+fn huge_layers_are_refused_before_allocating() {
+    for spec in [
+        "fff:4611686018427387904-4:d1",
+        "linear:2-100000000000",
+        "fff:2-3:d4:k1000000000",
+        "fff:784-10:d40",
+    ] {
+        let err = format!("{:#}", Model::new(spec, 0).err().expect("refused"));
+        assert!(
+            err.contains("too large") || err.contains("depth"),
+            "{spec}: {err}"
+        );
+    }
+    // The ordinary sizes still build.
+    Model::new("fff:784-500:d8:identity, relu, fff:500-10:d8:identity", 0).unwrap();
+}
