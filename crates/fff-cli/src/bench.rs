@@ -29,7 +29,7 @@ pub enum BenchCommand {
 #[derive(Args, Debug)]
 pub struct LayerArgs {
     /// Input and output width.
-    #[arg(long, default_value_t = 768)]
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::WIDTH}>, default_value_t = 768)]
     width: usize,
     /// Configurations: KxD for FFF (K trees of depth D), denseN for a dense layer of N neurons.
     #[arg(
@@ -39,13 +39,13 @@ pub struct LayerArgs {
     )]
     configs: Vec<ConfigSpec>,
     /// Batch sizes (16384 = 128 sequences of 128 tokens, the paper's setting).
-    #[arg(long, value_delimiter = ',', default_value = "1,128,16384")]
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::ROWS}>, value_delimiter = ',', default_value = "1,128,16384")]
     batches: Vec<usize>,
     /// Thread counts [default: 1 and all cores].
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::THREADS}>, value_delimiter = ',')]
     threads: Vec<usize>,
     /// Most timed runs per measurement, after one warm-up run; the median is reported.
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::REPS}>, default_value_t = 7)]
     reps: usize,
     /// Stop repeating a measurement after this many seconds (once it has run 3 times).
     #[arg(long, default_value_t = 4.0)]

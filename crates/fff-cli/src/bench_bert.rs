@@ -23,17 +23,17 @@ pub struct BertBenchArgs {
     #[arg(long, default_value_t = 3072)]
     dense_width: usize,
     /// Tokens per sequence.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::ROWS}>, default_value_t = 128)]
     seq: usize,
     /// Sequences per batch; one measurement each.
-    #[arg(long, value_delimiter = ',', default_value = "8,1")]
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::ROWS}>, value_delimiter = ',', default_value = "8,1")]
     batches: Vec<usize>,
     /// Leave out the dense masked FFF model (it is the slowest).
     #[arg(long)]
     skip_masked: bool,
     /// Most timed rounds per batch size, after one warm-up; a round runs every model once,
     /// interleaved, and medians are reported.
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::REPS}>, default_value_t = 7)]
     reps: usize,
     /// Stop adding rounds after this many seconds per model (once 3 rounds are in).
     #[arg(long, default_value_t = 20.0)]

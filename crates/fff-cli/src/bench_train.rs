@@ -14,7 +14,7 @@ use std::time::Instant;
 #[derive(Args, Debug)]
 pub struct TrainBenchArgs {
     /// Input and output width.
-    #[arg(long, default_value_t = 768)]
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::WIDTH}>, default_value_t = 768)]
     width: usize,
     /// Tree depth.
     #[arg(long, default_value_t = 11)]
@@ -26,7 +26,7 @@ pub struct TrainBenchArgs {
     #[arg(long, default_value_t = 4096)]
     batch: usize,
     /// Timed steps per implementation (after one warm-up step); the median is reported.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::REPS}>, default_value_t = 5)]
     reps: usize,
 }
 

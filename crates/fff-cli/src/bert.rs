@@ -31,7 +31,7 @@ pub struct ModelArgs {
     #[arg(long, default_value = "kernel")]
     ffn: FfnMode,
     /// Worker threads [default: all cores].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::THREADS}>)]
     threads: Option<usize>,
 }
 
@@ -41,7 +41,7 @@ pub struct FillMaskArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// How many candidates per mask.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::ROWS}>, default_value_t = 5)]
     top_k: usize,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -59,7 +59,7 @@ pub struct EmbedArgs {
     #[arg(long, default_value = "mean")]
     pooling: Pooling,
     /// Texts per batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::ROWS}>, default_value_t = 8)]
     batch_size: usize,
     /// Texts; read from stdin, one per line, when none are given.
     texts: Vec<String>,
@@ -71,7 +71,7 @@ pub struct ClassifyArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Texts per batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::ROWS}>, default_value_t = 8)]
     batch_size: usize,
     /// Texts (`A` or `A<TAB>B`); read from stdin, one per line, when none are given.
     texts: Vec<String>,

@@ -19,7 +19,7 @@ use rand_distr::{Distribution, StandardNormal};
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Input and output width.
-    #[arg(long, default_value_t = 768)]
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::WIDTH}>, default_value_t = 768)]
     width: usize,
     /// Tree depth D.
     #[arg(long, default_value_t = 11)]
@@ -31,10 +31,10 @@ pub struct DemoArgs {
     #[arg(long, default_value = "gelu")]
     activation: Activation,
     /// Batch sizes to time.
-    #[arg(long, value_delimiter = ',', default_value = "1,128,2048")]
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::ROWS}>, value_delimiter = ',', default_value = "1,128,2048")]
     batches: Vec<usize>,
     /// Timed repetitions per measurement (the median is reported).
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::REPS}>, default_value_t = 15)]
     reps: usize,
     /// Kernel walk: auto, per-token, bucketed or grouped.
     #[arg(long, default_value = "auto")]

@@ -40,7 +40,7 @@ pub struct NodeActivationArgs {
     #[arg(long, default_value_t = 10)]
     epochs: usize,
     /// Inputs per step.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::ROWS}>, default_value_t = 64)]
     batch_size: usize,
     /// AdamW learning rate.
     #[arg(long, default_value_t = 1e-3)]

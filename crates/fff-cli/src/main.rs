@@ -11,6 +11,7 @@ mod data;
 mod demo;
 mod experiment;
 mod inspect;
+mod limits;
 mod progress;
 mod serve;
 mod train;

@@ -92,7 +92,7 @@ impl ModelChoice {
 #[derive(Args, Debug, Clone)]
 pub struct Limits {
     /// Threads of the model's pool [default: all cores].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::THREADS}>)]
     threads: Option<usize>,
     /// Run each request alone instead of batching concurrent requests.
     #[arg(long)]
@@ -237,7 +237,7 @@ pub struct ServeBenchArgs {
     #[arg(long, default_value_t = 600.0)]
     max_seconds: f64,
     /// Model threads of the in-process servers [default: all cores].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::THREADS}>)]
     threads: Option<usize>,
     /// Write the reports as JSON to this file.
     #[arg(long)]
