@@ -760,6 +760,15 @@ impl CrammedBert {
                 h = x;
             }
         }
+        // Finite ids went in, so a NaN or infinity here comes from the weights or the config;
+        // a score computed from it would look like any other.
+        let non_finite = h.par_iter().filter(|v| !v.is_finite()).count();
+        if non_finite > 0 {
+            return Err(BertError::Input(format!(
+                "the encoder's output holds {non_finite} values that are NaN or infinite: the \
+                 model's weights or config (norm_eps, LayerNorm weights) overflow float32"
+            )));
+        }
         Ok(Tensor::from_vec(h, (n, c.hidden), &Device::Cpu)?)
     }
 

@@ -403,3 +403,33 @@ fn sizes_past_the_limit_and_bad_norm_eps_are_refused_before_allocating() {
         );
     }
 }
+
+#[test]
+fn weights_that_overflow_are_an_error_not_nan_scores() {
+    let s = Scratch::of("tiny-fff", "overflow");
+    s.edit_weights(|t| {
+        let names: Vec<String> = t
+            .keys()
+            .filter(|k| k.contains("norm") && k.ends_with(".weight"))
+            .cloned()
+            .collect();
+        assert!(!names.is_empty(), "no LayerNorm weights in {:?}", t.keys());
+        for name in names {
+            let w = (&t[&name] * 1e38).unwrap();
+            t.insert(name, w);
+        }
+    });
+    let p = Pipeline::load(&s.0).unwrap();
+    let err = p
+        .fill_mask("the cat <mask> down", 3)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("NaN or infinite"), "{err}");
+    let err = p
+        .embed(&["the cat".to_string()], Default::default(), 8)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("NaN or infinite"), "{err}");
+}
