@@ -422,14 +422,12 @@ fn weights_that_overflow_are_an_error_not_nan_scores() {
     let p = Pipeline::load(&s.0).unwrap();
     let err = p
         .fill_mask("the cat <mask> down", 3)
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(err.contains("NaN or infinite"), "{err}");
     let err = p
         .embed(&["the cat".to_string()], Default::default(), 8)
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(err.contains("NaN or infinite"), "{err}");
 }
