@@ -113,10 +113,11 @@ impl Packed {
     pub fn rows(&self, b: usize) -> Range<usize> {
         self.offsets[b]..self.offsets[b + 1]
     }
+}
 
-    fn segments(&self) -> Vec<Range<usize>> {
-        self.offsets.windows(2).map(|w| w[0]..w[1]).collect()
-    }
+/// The row ranges of consecutive `offsets` (`batch + 1` of them): one per sequence.
+pub(crate) fn segments(offsets: &[usize]) -> impl Iterator<Item = Range<usize>> + '_ {
+    offsets.windows(2).map(|w| w[0]..w[1])
 }
 
 /// Where each sequence's rows lie in one encoder call, and which of its keys are real.
@@ -687,7 +688,7 @@ impl CrammedBert {
                 o.len()
             )));
         }
-        let segments = packed.segments();
+        let segments: Vec<Range<usize>> = segments(&packed.offsets).collect();
         if segments.iter().any(Range::is_empty) {
             return Err(BertError::Input(
                 "empty sequences: every input needs at least one token".into(),
@@ -803,7 +804,7 @@ impl CrammedBert {
     /// Classification logits `[batch, num_labels]` of a packed batch, each sequence pooled over
     /// its own tokens: what [`classify`](Self::classify) gives for the sequence alone.
     pub fn classify_packed(&self, encoded: &PackedEncoded) -> Result<Tensor> {
-        let rows: Vec<Range<usize>> = encoded.offsets.windows(2).map(|w| w[0]..w[1]).collect();
+        let rows: Vec<Range<usize>> = segments(&encoded.offsets).collect();
         self.classify_rows(&encoded.hidden, &rows)
     }
 

@@ -2,7 +2,7 @@
 
 use crate::config::{BertConfig, IntermedType};
 use crate::error::{BertError, Result};
-use crate::model::{Batch, CrammedBert, Encoded, PackedEncoded};
+use crate::model::{CrammedBert, PackedEncoded};
 use crate::tokenizer::{BertTokenizer, Encoding};
 use candle_core::{Tensor, D};
 use std::ops::Range;
@@ -241,31 +241,12 @@ impl Pipeline {
     }
 }
 
-/// Pools each sequence's token states into one vector, ignoring padded positions.
-pub fn pool(encoded: &Encoded, batch: &Batch, pooling: Pooling) -> Result<Vec<Vec<f32>>> {
-    let hidden = encoded.hidden.dim(D::Minus1)?;
-    let states = encoded.hidden.flatten_all()?.to_vec1::<f32>()?;
-    Ok((0..batch.batch)
-        .map(|b| {
-            let start = b * batch.seq;
-            pool_rows(
-                &states,
-                hidden,
-                start..start + batch.length(b).max(1),
-                pooling,
-            )
-        })
-        .collect())
-}
-
 /// Pools each sequence of a packed batch into one vector.
 pub fn pool_packed(encoded: &PackedEncoded, pooling: Pooling) -> Result<Vec<Vec<f32>>> {
     let hidden = encoded.hidden.dim(D::Minus1)?;
     let states = encoded.hidden.flatten_all()?.to_vec1::<f32>()?;
-    Ok(encoded
-        .offsets
-        .windows(2)
-        .map(|w| pool_rows(&states, hidden, w[0]..w[1], pooling))
+    Ok(crate::model::segments(&encoded.offsets)
+        .map(|rows| pool_rows(&states, hidden, rows, pooling))
         .collect())
 }
 

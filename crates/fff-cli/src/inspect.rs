@@ -3,7 +3,7 @@
 use crate::data::{load_data, DataArgs};
 use anyhow::{Context, Result};
 use clap::Args;
-use fff_train::checkpoint::{load_model, load_state};
+use fff_train::checkpoint::{check_dataset, load_model, load_state};
 use fff_train::inspect::{compare, probe, report, routing, summarize_layer};
 use fff_util::chart::line_chart;
 use fff_util::fs::write_atomic;
@@ -37,13 +37,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
     let model = load_model(&args.checkpoint, &state)?;
     anyhow::ensure!(args.inputs > 0, "--inputs must be at least 1");
     let (data, _) = load_data(&args.data, state.config.seed)?;
-    anyhow::ensure!(
-        data.train.name == state.dataset,
-        "{} was trained on {}, not {}; pass --dataset accordingly",
-        args.checkpoint.display(),
-        state.dataset,
-        data.train.name
-    );
+    check_dataset(&args.checkpoint, &state, &data.train.name)?;
     let x = probe(&data.test.features, data.test.dim, args.inputs)?;
     let routes = routing(&model, &x)?;
     anyhow::ensure!(

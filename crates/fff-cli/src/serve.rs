@@ -120,11 +120,8 @@ pub struct Limits {
 impl Limits {
     fn config(&self) -> Result<ServeConfig> {
         let d = ServeConfig::default();
+        // `--threads` is range-checked by clap; the default is the machine's core count.
         let threads = self.threads.unwrap_or(d.threads);
-        ensure!(
-            (1..=1024).contains(&threads),
-            "--threads must be in 1..=1024"
-        );
         ensure!(
             self.max_batch_tokens > 0,
             "--max-batch-tokens must be at least 1"

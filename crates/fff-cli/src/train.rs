@@ -1,12 +1,13 @@
 //! `fff train` and `fff eval`: train a model on a dataset, resume it, evaluate a checkpoint.
 
 use crate::data::{load_data, DataArgs};
+use crate::limits::THREADS;
 use crate::progress::EpochProgress;
 use crate::train_config::TrainSettings;
 use anyhow::{ensure, Context, Result};
 use clap::Args;
 use fff_data::Split;
-use fff_train::checkpoint::{load_model, load_optimizer, load_state};
+use fff_train::checkpoint::{check_dataset, load_model, load_optimizer, load_state};
 use fff_train::inspect::RoutingTracker;
 use fff_train::trainer::{evaluate, optimizer_for, train_from, Interrupted};
 use fff_train::{EpochMetrics, Model};
@@ -118,8 +119,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let result = match settings.threads {
         Some(n) => {
             ensure!(
-                (1..=MAX_THREADS).contains(&n),
-                "--threads must lie in 1..={MAX_THREADS}, got {n}"
+                (1..=THREADS).contains(&n),
+                "--threads must lie in 1..={THREADS}, got {n}"
             );
             let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build()?;
             pool.install(|| run(stop))
@@ -142,9 +143,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
         other => other,
     }
 }
-
-/// Most threads `--threads` may ask for.
-pub const MAX_THREADS: usize = 1024;
 
 /// Checks that `out` can take this run's checkpoints before training starts.
 fn check_out(out: &Path, force: bool) -> Result<()> {
@@ -191,13 +189,7 @@ fn run_with(
         let state = load_state(dir)?;
         // The spirals' points come from the seed; image sets ignore it.
         let (data, _) = load_data(&data_args, state.config.seed)?;
-        ensure!(
-            data.train.name == state.dataset,
-            "{} was trained on {}, not {}; pass --dataset accordingly",
-            dir.display(),
-            state.dataset,
-            data.train.name
-        );
+        check_dataset(dir, &state, &data.train.name)?;
         let model = load_model(dir, &state)?;
         let mut opt = optimizer_for(&model, &state.config);
         load_optimizer(dir, &state, &mut opt, model.vars().len())?;
@@ -225,7 +217,6 @@ fn run_with(
     } else {
         // Checked before loading, which may download.
         let cfg = s.train_config()?;
-        cfg.validate()?;
         if let Some(out) = s.out.as_deref() {
             check_out(out, force)?;
         }
@@ -268,13 +259,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let state = load_state(dir)?;
     let model = load_model(dir, &state)?;
     let (data, _) = load_data(&args.data, state.config.seed)?;
-    ensure!(
-        data.train.name == state.dataset,
-        "{} was trained on {}, not {}; pass --dataset accordingly",
-        dir.display(),
-        state.dataset,
-        data.train.name
-    );
+    check_dataset(dir, &state, &data.train.name)?;
     let (loss, accuracy) = evaluate(&model, &data.test)?;
     ensure!(
         loss.is_finite(),

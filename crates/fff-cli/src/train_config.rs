@@ -180,7 +180,8 @@ impl TrainSettings {
         self.dataset.unwrap_or_default()
     }
 
-    /// The training configuration, with defaults for what is not given; checks the values.
+    /// The training configuration, with defaults for what is not given, its values checked by
+    /// [`TrainConfig::validate`].
     pub fn train_config(&self) -> Result<TrainConfig> {
         let d = TrainConfig::default();
         let optimizer = match self.optimizer.unwrap_or(OptimizerChoice::Adamw) {
@@ -190,9 +191,6 @@ impl TrainSettings {
                     Some(&[b1, b2]) => (b1, b2),
                     Some(_) => bail!("betas takes two numbers, e.g. --betas 0.9,0.999"),
                 };
-                for b in [beta1, beta2] {
-                    ensure!((0.0..1.0).contains(&b), "betas must lie in [0, 1), got {b}");
-                }
                 OptimizerKind::AdamW {
                     beta1,
                     beta2,
@@ -203,16 +201,10 @@ impl TrainSettings {
                 momentum: self.momentum.unwrap_or(DEFAULT_SGD_MOMENTUM),
             },
         };
-        if let Some(c) = self.clip_norm {
-            ensure!(
-                c.is_finite() && c > 0.0,
-                "clip norm must be a positive number, got {c}"
-            );
-        }
         if let Some(t) = self.threads {
             ensure!(t > 0, "threads must be at least 1");
         }
-        Ok(TrainConfig {
+        let config = TrainConfig {
             epochs: self.epochs.unwrap_or(d.epochs),
             batch_size: self.batch_size.unwrap_or(d.batch_size),
             lr: self.lr.unwrap_or(d.lr),
@@ -222,7 +214,9 @@ impl TrainSettings {
             warmup_steps: self.warmup_steps.unwrap_or(d.warmup_steps),
             clip_norm: self.clip_norm,
             seed: self.seed.unwrap_or(d.seed),
-        })
+        };
+        config.validate()?;
+        Ok(config)
     }
 }
 

@@ -32,6 +32,14 @@ pub enum Op {
 }
 
 impl Op {
+    /// Tokens per mask asked for (0 for other operations).
+    fn top_k(&self) -> usize {
+        match self {
+            Op::FillMask { top_k } => *top_k,
+            _ => 0,
+        }
+    }
+
     /// Jobs with the same key run in one model call.
     fn group(&self) -> u8 {
         match self {
@@ -227,47 +235,31 @@ fn run_op(
     counts: &[usize],
     encodings: &[Encoding],
 ) -> fff_bert::Result<Vec<Output>> {
-    Ok(match op {
-        Op::Embed(pooling) => {
-            let mut all = pipeline.embed_encodings(encodings, pooling)?.into_iter();
-            counts
-                .iter()
-                .map(|&n| Output::Vectors(all.by_ref().take(n).collect()))
-                .collect()
-        }
-        Op::Classify => {
-            let mut all = pipeline.classify_encodings(encodings)?.into_iter();
-            counts
-                .iter()
-                .map(|&n| Output::Vectors(all.by_ref().take(n).collect()))
-                .collect()
-        }
+    let vectors = match op {
+        Op::Embed(pooling) => pipeline.embed_encodings(encodings, pooling)?,
+        Op::Classify => pipeline.classify_encodings(encodings)?,
         Op::FillMask { .. } => {
-            let top = jobs
-                .iter()
-                .map(|j| match j.op {
-                    Op::FillMask { top_k } => top_k,
-                    _ => 0,
-                })
-                .max()
-                .unwrap_or(0);
+            // One call at the largest `top_k` asked, each job's lists cut to its own.
+            let top = jobs.iter().map(|j| j.op.top_k()).max().unwrap_or(0);
             let mut all = pipeline.fill_mask_encodings(encodings, top)?.into_iter();
-            jobs.iter()
+            return Ok(jobs
+                .iter()
                 .zip(counts)
                 .map(|(j, &n)| {
-                    let k = match j.op {
-                        Op::FillMask { top_k } => top_k,
-                        _ => 0,
-                    };
                     let mut masks: Vec<Vec<MaskPrediction>> = all.by_ref().take(n).collect();
                     for p in masks.iter_mut().flatten() {
-                        p.top.truncate(k);
+                        p.top.truncate(j.op.top_k());
                     }
                     Output::Masks(masks)
                 })
-                .collect()
+                .collect());
         }
-    })
+    };
+    let mut all = vectors.into_iter();
+    Ok(counts
+        .iter()
+        .map(|&n| Output::Vectors(all.by_ref().take(n).collect()))
+        .collect())
 }
 
 #[cfg(test)]

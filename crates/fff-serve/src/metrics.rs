@@ -18,7 +18,7 @@ pub struct Metrics {
     pub batch_requests: Histogram,
     /// Inputs (texts) per model batch.
     pub batch_inputs: Histogram,
-    /// Tokens the model processed (before padding).
+    /// Tokens the model processed.
     pub tokens: IntCounter,
     /// Batches whose model call panicked.
     pub batch_panics: IntCounter,
@@ -57,8 +57,7 @@ impl Metrics {
             HistogramOpts::new("fff_batch_inputs", "Inputs per model batch").buckets(sizes),
         )
         .expect("valid metric");
-        let tokens = IntCounter::new("fff_tokens_total", "Tokens processed (before padding)")
-            .expect("valid");
+        let tokens = IntCounter::new("fff_tokens_total", "Tokens processed").expect("valid");
         let batch_panics = IntCounter::new(
             "fff_batch_panics_total",
             "Model batches that panicked (their requests got 500)",

@@ -151,6 +151,18 @@ pub fn load_state(dir: &Path) -> Result<TrainState> {
     Ok(state)
 }
 
+/// Checks that `dataset` (a training set's name, e.g. `mnist/train`) is the one the checkpoint
+/// in `dir` was trained on: figures on another dataset would look plausible and mean nothing.
+pub fn check_dataset(dir: &Path, state: &TrainState, dataset: &str) -> Result<()> {
+    ensure!(
+        dataset == state.dataset,
+        "{} was trained on {}, not {dataset}; pass --dataset accordingly",
+        dir.display(),
+        state.dataset
+    );
+    Ok(())
+}
+
 /// Checks `dir/name` against the size and hash `state.json` recorded for it.
 fn verify(dir: &Path, name: &str, state: &TrainState) -> Result<()> {
     let Some(want) = state.files.get(name) else {

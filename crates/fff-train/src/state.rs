@@ -90,7 +90,7 @@ impl TrainConfig {
         if let Some(c) = self.clip_norm {
             ensure!(
                 c.is_finite() && c > 0.0,
-                "clip_norm must be a positive number, got {c}"
+                "the clip norm (clip_norm) must be a positive number, got {c}"
             );
         }
         Ok(())
