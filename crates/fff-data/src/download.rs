@@ -121,7 +121,7 @@ pub fn fetch(set: ImageSet, opts: &DownloadOptions) -> Result<PathBuf> {
         let mut attempts = Vec::new();
         // A file already there (gzip or raw, where `load_dir` looks) that verifies: no network.
         if let Ok(path) = locate(set, dir, &file.stem) {
-            match check(&path, &file.sha256) {
+            match check(&path, file) {
                 Ok(()) => continue,
                 Err(reason) => attempts.push(format!("cached {}: {reason}", path.display())),
             }
@@ -164,7 +164,7 @@ pub fn fetch(set: ImageSet, opts: &DownloadOptions) -> Result<PathBuf> {
         for mirror in &opts.mirrors {
             let url = url(mirror, &name);
             let got = download(agent, &url, &temp, opts.progress)
-                .and_then(|()| check(&temp, &file.sha256));
+                .and_then(|()| check(&temp, file));
             match got {
                 Ok(()) => {
                     std::fs::rename(&temp, &target).map_err(|source| DataError::Io {
@@ -204,9 +204,11 @@ fn url(base: &str, name: &str) -> String {
     }
 }
 
-/// Whether the decompressed bytes of `path` have checksum `sha256`; the reason in one line if not.
-fn check(path: &Path, sha256: &str) -> std::result::Result<(), String> {
-    let bytes = read_maybe_gzip(path).map_err(|e| match e {
+/// Whether the decompressed bytes of `path` are `file`'s (size and checksum); the reason in one
+/// line if not.
+fn check(path: &Path, file: &SetFile) -> std::result::Result<(), String> {
+    let sha256 = file.sha256.as_str();
+    let bytes = read_maybe_gzip(path, file.bytes).map_err(|e| match e {
         DataError::Format { message, .. } => message,
         DataError::Io { source, .. } => format!("cannot read: {source}"),
         other => other.to_string(),

@@ -14,24 +14,46 @@ pub struct IdxU8 {
     pub data: Vec<u8>,
 }
 
-/// Reads a file, decompressing it when it starts with the gzip magic bytes.
-pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|source| DataError::Io {
+/// Reads a file, decompressing it when it starts with the gzip magic bytes, and refuses it once
+/// its (decompressed) contents pass `limit` bytes: a small gzip can expand to gigabytes, so the
+/// bound is applied while decompressing, not after.
+pub fn read_maybe_gzip(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let io = |source| DataError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(raw.len() * 4);
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::Format {
-                path: path.to_path_buf(),
-                message: format!("gzip data is corrupt or truncated: {e}"),
-            })?;
-        Ok(out)
-    } else {
-        Ok(raw)
+    };
+    let too_large = |what: &str| DataError::Format {
+        path: path.to_path_buf(),
+        message: format!("{what} more than {limit} bytes, the most this file can hold"),
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let on_disk = file.metadata().map_err(io)?.len();
+    let mut raw = Vec::new();
+    // Incompressible data grows a little under gzip (stored blocks, header, trailer), so the
+    // file on disk may exceed the limit by that much and no more.
+    let raw_limit = limit.saturating_add(limit / 64).saturating_add(1 << 16);
+    if on_disk > raw_limit {
+        return Err(too_large(&format!("file is {on_disk} bytes,")));
     }
+    file.take(raw_limit + 1).read_to_end(&mut raw).map_err(io)?;
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        if raw.len() as u64 > limit {
+            return Err(too_large(&format!("file is {} bytes,", raw.len())));
+        }
+        return Ok(raw);
+    }
+    let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(limit as usize));
+    flate2::read::GzDecoder::new(&raw[..])
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| DataError::Format {
+            path: path.to_path_buf(),
+            message: format!("gzip data is corrupt or truncated: {e}"),
+        })?;
+    if out.len() as u64 > limit {
+        return Err(too_large("gzip data decompresses to"));
+    }
+    Ok(out)
 }
 
 /// Parses IDX bytes of type unsigned byte; `path` names the file in errors.

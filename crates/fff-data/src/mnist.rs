@@ -33,7 +33,13 @@ pub struct SetFile {
     pub stem: String,
     /// SHA-256 of the decompressed bytes, lowercase hex.
     pub sha256: String,
+    /// Size of the decompressed file in bytes; reading stops past it.
+    pub bytes: u64,
 }
+
+/// Decompressed sizes, shared by MNIST and Fashion-MNIST: a 16-byte header and 60,000 or 10,000
+/// images of 28×28 bytes; an 8-byte header and one byte per label.
+const FILE_BYTES: [u64; 4] = [16 + 60_000 * 784, 8 + 60_000, 16 + 10_000 * 784, 8 + 10_000];
 
 /// The published checksums of the decompressed files, in the order train images, train labels,
 /// test images, test labels.
@@ -92,9 +98,11 @@ impl ImageSet {
             ImageSet::Mnist => &MNIST_FILES,
             ImageSet::FashionMnist => &FASHION_MNIST_FILES,
         };
+        let mut sizes = FILE_BYTES.into_iter();
         table.map(|(stem, sha256)| SetFile {
             stem: stem.into(),
             sha256: sha256.into(),
+            bytes: sizes.next().unwrap_or(0),
         })
     }
 }
@@ -142,10 +150,12 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Reads `path` (gzip or raw) and checks the decompressed bytes against `sha256`; returns them.
-pub fn read_verified(path: &Path, sha256: &str) -> Result<Vec<u8>> {
-    let bytes = read_maybe_gzip(path)?;
+/// Reads `path` (gzip or raw), at most `file.bytes` of it, and checks the decompressed bytes
+/// against `file.sha256`; returns them.
+pub fn read_verified(path: &Path, file: &SetFile) -> Result<Vec<u8>> {
+    let bytes = read_maybe_gzip(path, file.bytes)?;
     let found = sha256_hex(&bytes);
+    let sha256 = file.sha256.as_str();
     if found != sha256 {
         return Err(DataError::Checksum {
             path: path.to_path_buf(),
@@ -165,9 +175,9 @@ fn read_file(
 ) -> Result<(PathBuf, crate::idx::IdxU8)> {
     let path = locate(set, dir, &file.stem)?;
     let bytes = if verify {
-        read_verified(&path, &file.sha256)?
+        read_verified(&path, file)?
     } else {
-        read_maybe_gzip(&path)?
+        read_maybe_gzip(&path, file.bytes)?
     };
     let idx = parse_u8(&bytes, &path)?;
     Ok((path, idx))

@@ -77,8 +77,35 @@ fn bad_files_name_the_file_and_the_problem() {
     let mut bytes = gzip(&encode_u8(&[100], &[7; 100]));
     bytes.truncate(bytes.len() / 2);
     std::fs::write(&gz, bytes).unwrap();
-    let err = read_maybe_gzip(&gz).unwrap_err().to_string();
+    let err = read_maybe_gzip(&gz, 1 << 20).unwrap_err().to_string();
     assert!(err.contains("broken.gz") && err.contains("gzip"), "{err}");
+}
+
+#[test]
+fn a_gzip_that_expands_past_the_file_size_is_refused_while_decompressing() {
+    let dir = temp_dir("bomb");
+    write_tiny(&dir, 3, &[0, 1, 2], false);
+    // 64 MiB of zeros compress to ~64 KiB; the bound stops the decoder at 1 MiB + 1 bytes.
+    let gz = dir.join("t10k-labels-idx1-ubyte.gz");
+    std::fs::write(&gz, gzip(&vec![0u8; 64 << 20])).unwrap();
+    let err = read_maybe_gzip(&gz, 1 << 20).unwrap_err().to_string();
+    assert!(
+        err.contains("t10k-labels-idx1-ubyte.gz") && err.contains("more than 1048576 bytes"),
+        "{err}"
+    );
+    // The same through the loader, whose bound is the set's known size.
+    let err = load_dir(ImageSet::Mnist, &dir, PixelRange::ZeroOne, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("more than"), "{err}");
+    // A raw file past the bound is refused from its size alone.
+    let raw = dir.join("raw");
+    std::fs::write(&raw, vec![0u8; 3 << 20]).unwrap();
+    let err = read_maybe_gzip(&raw, 1 << 20).unwrap_err().to_string();
+    assert!(err.contains("file is 3145728 bytes"), "{err}");
+    // At the bound exactly is fine.
+    std::fs::write(&gz, gzip(&vec![0u8; 1 << 20])).unwrap();
+    assert_eq!(read_maybe_gzip(&gz, 1 << 20).unwrap().len(), 1 << 20);
 }
 
 #[test]

@@ -65,6 +65,7 @@ fn tiny_set(salt: u8) -> (HashMap<String, Vec<u8>>, Vec<SetFile>) {
         files.push(SetFile {
             stem: stem.to_string(),
             sha256: sha256_hex(bytes),
+            bytes: bytes.len() as u64,
         });
     }
     (gz, files)
@@ -386,7 +387,7 @@ fn cached_real_mnist_loads_with_no_network() {
 
     // One changed byte in a cached file: the error names it and both checksums.
     let victim = cache.join("t10k-labels-idx1-ubyte.gz");
-    let raw = fff_data::idx::read_maybe_gzip(&victim).unwrap();
+    let raw = fff_data::idx::read_maybe_gzip(&victim, 10_008).unwrap();
     let mut bad = raw.clone();
     bad[100] ^= 1;
     std::fs::write(&victim, gzip(&bad)).unwrap();
@@ -413,10 +414,9 @@ fn corrupt_cached_file_is_detected_and_replaced_from_a_mirror() {
     for (name, bytes) in &gz {
         std::fs::write(cache.join(name), bytes).unwrap();
     }
-    // Right gzip, wrong contents; and a truncated gzip.
-    let (other, _) = tiny_set(1);
+    // Right gzip and size, wrong contents; and a truncated gzip.
     let labels = cache.join("train-labels-idx1-ubyte.gz");
-    std::fs::write(&labels, &other["train-images-idx3-ubyte.gz"]).unwrap();
+    std::fs::write(&labels, gzip(&encode_u8(&[3], &[1, 2, 3]))).unwrap();
     let mut opts = options(&cache, vec![closed_port_url()], files.clone());
     opts.offline = true;
     let text = fetch(ImageSet::Mnist, &opts).unwrap_err().to_string();
