@@ -29,13 +29,19 @@ pub fn save(
     })
 }
 
-/// Reads every tensor of a safetensors file and its metadata.
+/// Reads every tensor of a safetensors file and its metadata. The file is memory-mapped and its
+/// header validated against the file's size before any tensor is copied out, so a corrupt or
+/// huge file is refused without reading it whole.
 pub fn load(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
     let err = |message: String| FffError::Checkpoint {
         path: path.to_path_buf(),
         message,
     };
-    let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let file = std::fs::File::open(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    // SAFETY: a read-only mapping, dropped before this returns; as with every safetensors
+    // loader, the file must not be truncated or rewritten while it is being read.
+    let bytes =
+        unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(format!("cannot read: {e}")))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
     let metadata = header.metadata().clone().unwrap_or_default();

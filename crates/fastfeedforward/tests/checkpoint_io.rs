@@ -140,6 +140,14 @@ fn missing_corrupt_and_truncated_files_are_clear_errors() {
     std::fs::write(&garbage, b"this is not a checkpoint").unwrap();
     let err = Fff::load(&garbage, None).unwrap_err().to_string();
     assert!(err.contains("garbage.safetensors"), "{err}");
+
+    // Empty files and folders are read as files that cannot be mapped or parsed, not panics.
+    let empty = dir.join("empty.safetensors");
+    std::fs::write(&empty, b"").unwrap();
+    let err = Fff::load(&empty, None).unwrap_err().to_string();
+    assert!(err.contains("empty.safetensors"), "{err}");
+    let err = Fff::load(&dir, None).unwrap_err().to_string();
+    assert!(err.contains("cannot read"), "{err}");
 }
 
 #[test]

@@ -1,21 +1,54 @@
 //! Checkpoint tensors by name, from `model.safetensors` or `pytorch_model.bin`, with shape and
 //! finiteness checks that name the file and the tensor.
+//!
+//! A safetensors file is memory-mapped and only its header is read when it is opened; a tensor's
+//! bytes are read when the model asks for it, after its shape has been checked, so a huge or
+//! corrupt file is refused before anything is allocated for it.
 
 use crate::error::{BertError, Result};
+use candle_core::safetensors::{Load, MmapedSafetensors};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Prefixes that wrappers add to every name: `torch.compile` and `DataParallel`.
 const WRAPPER_PREFIXES: [&str; 2] = ["_orig_mod.", "module."];
 
 /// The tensors of one checkpoint file, or random ones made on request (for benchmarks).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Weights {
     path: PathBuf,
-    tensors: HashMap<String, Tensor>,
-    /// When set, `get` draws a tensor of the requested shape instead of looking it up.
-    random_seed: Option<u64>,
+    store: Store,
+}
+
+/// Where tensors come from.
+#[derive(Clone)]
+enum Store {
+    /// Already in memory (a pickle, or tensors handed over).
+    Loaded(HashMap<String, Tensor>),
+    /// A memory-mapped safetensors file whose header has been validated; `names` maps each name
+    /// without wrapper prefixes to the name in the file.
+    Mapped {
+        file: Arc<MmapedSafetensors>,
+        names: HashMap<String, String>,
+    },
+    /// `get` draws a tensor of the requested shape instead of looking it up.
+    Random(u64),
+}
+
+impl std::fmt::Debug for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let store = match &self.store {
+            Store::Loaded(t) => format!("{} tensors in memory", t.len()),
+            Store::Mapped { names, .. } => format!("{} tensors, memory-mapped", names.len()),
+            Store::Random(seed) => format!("random, seed {seed}"),
+        };
+        f.debug_struct("Weights")
+            .field("path", &self.path)
+            .field("store", &store)
+            .finish()
+    }
 }
 
 impl Weights {
@@ -35,20 +68,32 @@ impl Weights {
         }
     }
 
-    /// Loads one file; `.safetensors` by its extension, anything else as a PyTorch pickle.
+    /// Loads one file; `.safetensors` by its extension (memory-mapped, header checked first),
+    /// anything else as a PyTorch pickle.
     pub fn from_file(path: &Path) -> Result<Weights> {
         let io = |e: candle_core::Error| BertError::Io {
             path: path.to_path_buf(),
             message: format!("cannot read the checkpoint: {e}"),
         };
-        let raw: Vec<(String, Tensor)> = if path.extension().is_some_and(|e| e == "safetensors") {
-            candle_core::safetensors::load(path, &Device::Cpu)
-                .map_err(io)?
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            // SAFETY: the mapping is read-only and lives as long as the tensors read from it are
+            // being copied out; as with every safetensors loader, the file must not be truncated
+            // or rewritten while the model loads.
+            let file = unsafe { MmapedSafetensors::new(path) }.map_err(io)?;
+            let names = file
+                .tensors()
                 .into_iter()
-                .collect()
-        } else {
-            candle_core::pickle::read_all(path).map_err(io)?
-        };
+                .map(|(name, _)| (strip_wrappers(&name).to_string(), name))
+                .collect();
+            return Ok(Weights {
+                path: path.to_path_buf(),
+                store: Store::Mapped {
+                    file: Arc::new(file),
+                    names,
+                },
+            });
+        }
+        let raw = candle_core::pickle::read_all(path).map_err(io)?;
         Ok(Weights::from_named(path, raw))
     }
 
@@ -60,8 +105,7 @@ impl Weights {
             .collect();
         Weights {
             path: path.to_path_buf(),
-            tensors,
-            random_seed: None,
+            store: Store::Loaded(tensors),
         }
     }
 
@@ -71,8 +115,7 @@ impl Weights {
     pub fn random(seed: u64) -> Weights {
         Weights {
             path: PathBuf::from("<random weights>"),
-            tensors: HashMap::new(),
-            random_seed: Some(seed),
+            store: Store::Random(seed),
         }
     }
 
@@ -83,42 +126,58 @@ impl Weights {
 
     /// Whether a tensor of that name exists.
     pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        match &self.store {
+            Store::Loaded(t) => t.contains_key(name),
+            Store::Mapped { names, .. } => names.contains_key(name),
+            Store::Random(_) => false,
+        }
     }
 
     /// Number of tensors.
     pub fn len(&self) -> usize {
-        self.tensors.len()
+        match &self.store {
+            Store::Loaded(t) => t.len(),
+            Store::Mapped { names, .. } => names.len(),
+            Store::Random(_) => 0,
+        }
     }
 
     /// Whether the checkpoint holds no tensors.
     pub fn is_empty(&self) -> bool {
-        self.tensors.is_empty()
+        self.len() == 0
+    }
+
+    /// The names of the tensors, without wrapper prefixes.
+    fn names(&self) -> Vec<&str> {
+        match &self.store {
+            Store::Loaded(t) => t.keys().map(String::as_str).collect(),
+            Store::Mapped { names, .. } => names.keys().map(String::as_str).collect(),
+            Store::Random(_) => Vec::new(),
+        }
     }
 
     /// Tensor `name` as f32, checked to have `shape` and finite values.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        if let Some(seed) = self.random_seed {
+        if let Store::Random(seed) = self.store {
             return random_tensor(seed, name, shape);
         }
-        let t = self.tensors.get(name).ok_or_else(|| self.missing(name))?;
-        self.check(name, t, shape)
+        self.get_opt(name, shape)?.ok_or_else(|| self.missing(name))
     }
 
     /// Like [`Weights::get`], but `None` when absent.
     pub fn get_opt(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
-        match self.tensors.get(name) {
+        match self.read(name, Some(shape))? {
             None => Ok(None),
-            Some(t) => self.check(name, t, shape).map(Some),
+            Some(t) => self.check(name, &t, shape).map(Some),
         }
     }
 
     /// A scalar stored as a 0-d or one-element tensor; random weights give `default`.
     pub fn scalar(&self, name: &str, default: f64) -> Result<f64> {
-        if self.random_seed.is_some() {
+        if let Store::Random(_) = self.store {
             return Ok(default);
         }
-        let t = self.tensors.get(name).ok_or_else(|| self.missing(name))?;
+        let t = self.read(name, None)?.ok_or_else(|| self.missing(name))?;
         if t.elem_count() != 1 {
             return Err(BertError::Shape {
                 path: self.path.clone(),
@@ -127,8 +186,42 @@ impl Weights {
                 found: t.dims().to_vec(),
             });
         }
-        let t = self.check(name, t, t.dims())?;
+        let t = self.check(name, &t, t.dims())?;
         Ok(t.flatten_all()?.to_vec1::<f32>()?[0] as f64)
+    }
+
+    /// The stored tensor `name`, `None` when absent. From a mapped file, a tensor whose header
+    /// shape is not `shape` (or, for `None`, holds more than one value) is refused before its
+    /// bytes are read.
+    fn read(&self, name: &str, shape: Option<&[usize]>) -> Result<Option<Tensor>> {
+        match &self.store {
+            Store::Random(_) => Ok(None),
+            Store::Loaded(t) => Ok(t.get(name).cloned()),
+            Store::Mapped { file, names } => {
+                let Some(stored) = names.get(name) else {
+                    return Ok(None);
+                };
+                let view = file.get(stored)?;
+                let found = view.shape();
+                let fits = match shape {
+                    Some(s) => found == s,
+                    None => found.iter().product::<usize>() == 1,
+                };
+                if !fits {
+                    return Err(BertError::Shape {
+                        path: self.path.clone(),
+                        name: name.to_string(),
+                        expected: shape.map_or(vec![1], <[usize]>::to_vec),
+                        found: found.to_vec(),
+                    });
+                }
+                let t = view.load(&Device::Cpu).map_err(|e| BertError::Io {
+                    path: self.path.clone(),
+                    message: format!("cannot read tensor `{name}`: {e}"),
+                })?;
+                Ok(Some(t))
+            }
+        }
     }
 
     fn check(&self, name: &str, t: &Tensor, shape: &[usize]) -> Result<Tensor> {
@@ -158,10 +251,9 @@ impl Weights {
     fn missing(&self, name: &str) -> BertError {
         let stem = name.rsplit_once('.').map_or(name, |(s, _)| s);
         let mut near: Vec<&str> = self
-            .tensors
-            .keys()
+            .names()
+            .into_iter()
             .filter(|k| k.starts_with(stem.rsplit_once('.').map_or(stem, |(s, _)| s)))
-            .map(String::as_str)
             .collect();
         near.sort_unstable();
         near.truncate(8);

@@ -431,3 +431,62 @@ fn weights_that_overflow_are_an_error_not_nan_scores() {
         .to_string();
     assert!(err.contains("NaN or infinite"), "{err}");
 }
+
+/// Peak resident memory of this process in bytes, where Linux reports it.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[test]
+fn a_huge_safetensors_file_is_refused_from_its_header_before_its_data_is_read() {
+    // The fixture's word embeddings renamed aside, and under their name a 4 GB tensor appended
+    // after the data; the file is extended sparsely, so its bytes exist but were never written.
+    let s = Scratch::of("tiny-fff", "huge");
+    let path = s.0.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let name = "encoder.embedding.word_embedding.weight";
+    let old = header.remove(name).unwrap();
+    header.insert("aside".into(), old);
+    let data_len = (bytes.len() - 8 - n) as u64;
+    let huge: u64 = 4 << 30;
+    header.insert(
+        name.into(),
+        serde_json::json!({"dtype": "F32", "shape": [1u64 << 20, 1024], "data_offsets": [data_len, data_len + huge]}),
+    );
+    let mut text = serde_json::to_vec(&header).unwrap();
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(&path, &out).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(out.len() as u64 + huge).unwrap();
+    drop(file);
+
+    let err = s.load_err();
+    assert!(
+        err.contains("model.safetensors") && err.contains(name) && err.contains("1048576"),
+        "{err}"
+    );
+    if let Some(peak) = peak_rss() {
+        assert!(
+            peak < 2 << 30,
+            "peak memory {peak} bytes: the tensor was read"
+        );
+    }
+
+    // Offsets past the end of the file: refused when the file is opened, naming it.
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(out.len() as u64 + 1000).unwrap();
+    drop(file);
+    let err = s.load_err();
+    assert!(err.contains("model.safetensors"), "{err}");
+}
