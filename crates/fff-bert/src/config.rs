@@ -227,6 +227,10 @@ fn parse_arch(a: &mut Section<'_>, path: &Path) -> Result<BertConfig> {
     }
     let layers = a.usize("num_transformer_layers")?;
     let hidden = a.usize("hidden_size")?;
+    // Checked here, before `embedding_dim` is compared with it, so the message names this key.
+    if hidden == 0 {
+        return Err(a.error("hidden_size", "= 0 must be at least 1".into()));
+    }
     let norm_eps = a.opt_f64("norm_eps")?.unwrap_or(1e-12);
     let nonlin_name = a.opt_str("nonlin")?.unwrap_or_else(|| "GELU".into());
     let (nonlin_base, glu) = match nonlin_name.strip_suffix("glu") {
@@ -242,7 +246,22 @@ fn parse_arch(a: &mut Section<'_>, path: &Path) -> Result<BertConfig> {
     })?;
     let intermed_type = a.opt_str("intermed_type")?;
     let intermed_size = a.usize("intermed_size")?;
+    if intermed_size == 0 {
+        return Err(a.error(
+            "intermed_size",
+            "= 0 must be at least 1 (the FF width, or the number of FFF trees)".into(),
+        ));
+    }
     let depth = a.opt_usize("intermed_depth")?;
+    if let Some(d) = depth.filter(|&d| d > fastfeedforward::MAX_DEPTH) {
+        return Err(a.error(
+            "intermed_depth",
+            format!(
+                "= {d} is too deep: expected 0..={}",
+                fastfeedforward::MAX_DEPTH
+            ),
+        ));
+    }
     let intermed = match intermed_type
         .as_deref()
         .map(str::to_ascii_lowercase)
@@ -397,13 +416,30 @@ fn parse_arch(a: &mut Section<'_>, path: &Path) -> Result<BertConfig> {
                 "arch.intermed_size",
                 match intermed {
                     IntermedType::Dense { width, .. } => width,
-                    IntermedType::Fff { trees, depth } => trees
-                        .saturating_mul(1usize.checked_shl(depth as u32 + 1).unwrap_or(usize::MAX)),
+                    IntermedType::Fff { .. } => 0,
                 },
                 hidden,
             ),
         ],
     )?;
+    if let IntermedType::Fff { trees, depth } = intermed {
+        // depth ≤ MAX_DEPTH was checked above, so the shift cannot overflow.
+        let nodes = trees.checked_mul((2usize << depth) - 1);
+        if nodes
+            .and_then(|n| n.checked_mul(hidden))
+            .is_none_or(|n| n > MAX_ELEMENTS)
+        {
+            return Err(BertError::Config {
+                path: path.to_path_buf(),
+                key: "arch.intermed_size".into(),
+                message: format!(
+                    "= {trees} trees of depth {depth} is too large: {} nodes of {hidden} floats \
+                     exceed the limit of {MAX_ELEMENTS} elements per matrix",
+                    nodes.map_or_else(|| "more than 2^64".into(), |n| n.to_string())
+                ),
+            });
+        }
+    }
     if !(norm_eps.is_finite() && norm_eps > 0.0) {
         return Err(BertError::Config {
             path: path.to_path_buf(),

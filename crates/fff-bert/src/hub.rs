@@ -1,5 +1,6 @@
 //! Resolving `--model`: a local folder, or a Hugging Face model id fetched with `hf-hub` into
-//! the usual cache (`~/.cache/huggingface/hub`, or `$HF_HOME`).
+//! the usual cache (`~/.cache/huggingface/hub`, or `$HF_HOME`). With `FFF_OFFLINE` (or the
+//! Hub's own `HF_HUB_OFFLINE`) set, a model id is taken from the cache or refused, never fetched.
 
 use crate::error::{BertError, Result};
 use std::path::{Path, PathBuf};
@@ -30,14 +31,21 @@ pub fn resolve_model(model: &str) -> Result<PathBuf> {
             message: "no such folder, and not a Hugging Face model id (owner/name)".into(),
         });
     }
-    fetch(model)
+    let offline = fff_util::offline(std::env::var_os("FFF_OFFLINE").as_deref())
+        || fff_util::offline(std::env::var_os("HF_HUB_OFFLINE").as_deref());
+    fetch(model, offline)
 }
 
 fn looks_like_model_id(s: &str) -> bool {
     let mut parts = s.split('/');
+    // The Hub's rule: letters, digits, `-`, `_` and `.`, neither starting nor ending with `.`
+    // and without `..`; so `./dir` or `../x` is a path, never an id.
     let ok = |p: Option<&str>| {
         p.is_some_and(|p| {
             !p.is_empty()
+                && !p.starts_with('.')
+                && !p.ends_with('.')
+                && !p.contains("..")
                 && p.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         })
@@ -45,7 +53,7 @@ fn looks_like_model_id(s: &str) -> bool {
     ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
 }
 
-fn fetch(model: &str) -> Result<PathBuf> {
+fn fetch(model: &str, offline: bool) -> Result<PathBuf> {
     let hub_err = |message: String| BertError::Hub {
         model: model.to_string(),
         message,
@@ -70,6 +78,18 @@ fn fetch(model: &str) -> Result<PathBuf> {
         });
     if let Some(files) = cached {
         return parent(&files[0]).ok_or_else(|| hub_err("cache entry has no folder".into()));
+    }
+    if offline {
+        return Err(hub_err(format!(
+            "not in the local Hugging Face cache ({}), and the network is not tried because \
+             FFF_OFFLINE or HF_HUB_OFFLINE is set; download {}, {} and {} (or {}) from \
+             https://huggingface.co/{model} into a folder and pass --model FOLDER",
+            hf_hub::Cache::from_env().path().display(),
+            REQUIRED[0],
+            REQUIRED[1],
+            WEIGHTS[0],
+            WEIGHTS[1]
+        )));
     }
     let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_progress(true)
@@ -117,6 +137,24 @@ mod tests {
         assert!(!looks_like_model_id("just-a-name"));
         assert!(!looks_like_model_id("a/b/c"));
         assert!(!looks_like_model_id("./dir/x y"));
+        assert!(!looks_like_model_id("./nonexistent"));
+        assert!(!looks_like_model_id("../models"));
+        assert!(!looks_like_model_id("owner/name."));
+        assert!(!looks_like_model_id("/abs/path"));
+        assert!(looks_like_model_id("owner/name.v2"));
+    }
+
+    #[test]
+    fn offline_a_model_id_missing_from_the_cache_is_refused_without_the_network() {
+        let err = fetch("no-such-owner/no-such-model-fff-test", true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no-such-owner/no-such-model-fff-test")
+                && err.contains("FFF_OFFLINE")
+                && err.contains("not in the local Hugging Face cache"),
+            "{err}"
+        );
     }
 
     #[test]

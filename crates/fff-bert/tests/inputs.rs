@@ -377,7 +377,7 @@ fn malformed_packed_batches_are_errors() {
 #[test]
 fn sizes_past_the_limit_and_bad_norm_eps_are_refused_before_allocating() {
     type Edit = fn(&mut serde_json::Value);
-    let cases: [(&str, Edit); 5] = [
+    let cases: [(&str, Edit); 9] = [
         ("arch.embedding.max_seq_length", |v| {
             v["arch"]["embedding"]["max_seq_length"] = 1_000_000_000u64.into()
         }),
@@ -392,6 +392,17 @@ fn sizes_past_the_limit_and_bad_norm_eps_are_refused_before_allocating() {
             v["arch"]["embedding"]["vocab_size"] = 100_000_000_000u64.into()
         }),
         ("arch.norm_eps", |v| v["arch"]["norm_eps"] = (-1.0).into()),
+        // Each zero or depth names its own key, not a later one compared with it.
+        ("arch.hidden_size", |v| v["arch"]["hidden_size"] = 0.into()),
+        ("arch.intermed_size", |v| {
+            v["arch"]["intermed_size"] = 0.into()
+        }),
+        ("arch.intermed_depth", |v| {
+            v["arch"]["intermed_depth"] = 99.into()
+        }),
+        ("arch.intermed_size", |v| {
+            v["arch"]["intermed_size"] = 1_000_000_000_000_000u64.into()
+        }),
     ];
     for (key, edit) in cases {
         let s = Scratch::of("tiny-fff", "limits");

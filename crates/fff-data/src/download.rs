@@ -100,12 +100,7 @@ impl DownloadOptions {
                 ),
             });
         };
-        let offline = get("FFF_OFFLINE").is_some_and(|v| {
-            !matches!(
-                v.to_string_lossy().trim().to_ascii_lowercase().as_str(),
-                "0" | "false" | "no" | "off"
-            )
-        });
+        let offline = fff_util::offline(get("FFF_OFFLINE").as_deref());
         let mut opts = Self::new(set, root.join(set.name()));
         opts.offline = offline;
         Ok(opts)
@@ -163,8 +158,7 @@ pub fn fetch(set: ImageSet, opts: &DownloadOptions) -> Result<PathBuf> {
         let mut done = false;
         for mirror in &opts.mirrors {
             let url = url(mirror, &name);
-            let got = download(agent, &url, &temp, opts.progress)
-                .and_then(|()| check(&temp, file));
+            let got = download(agent, &url, &temp, opts.progress).and_then(|()| check(&temp, file));
             match got {
                 Ok(()) => {
                     std::fs::rename(&temp, &target).map_err(|source| DataError::Io {
