@@ -93,6 +93,7 @@ impl Weights {
                 },
             });
         }
+        check_torch_zip(path)?;
         let raw = candle_core::pickle::read_all(path).map_err(io)?;
         Ok(Weights::from_named(path, raw))
     }
@@ -271,6 +272,39 @@ impl Weights {
             hint,
         }
     }
+}
+
+/// The pickle protocol-2 header `torch.save` wrote before PyTorch 1.6: the magic number
+/// 0x1950a86a20f9469cfc6c as a pickled long.
+const LEGACY_TORCH_MAGIC: [u8; 13] = [
+    0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50,
+];
+
+/// Refuses, with what to do instead, files that are not the zip `torch.save` writes since
+/// PyTorch 1.6: the legacy pickle stream, and anything else that is no zip at all.
+fn check_torch_zip(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut head = [0u8; 13];
+    let n = std::fs::File::open(path)
+        .and_then(|f| f.take(13).read(&mut head))
+        .map_err(|e| BertError::Io {
+            path: path.to_path_buf(),
+            message: format!("cannot read the checkpoint: {e}"),
+        })?;
+    let message = if head[..n] == LEGACY_TORCH_MAGIC[..n] && n == 13 {
+        "is in the legacy torch.save format (PyTorch before 1.6), which is not supported; \
+         re-save it with PyTorch 1.6 or later (torch.save(torch.load(path), path)) or convert it \
+         to model.safetensors"
+    } else if !head[..n].starts_with(b"PK") {
+        "is neither a PyTorch zip checkpoint (torch.save since PyTorch 1.6) nor a .safetensors \
+         file"
+    } else {
+        return Ok(());
+    };
+    Err(BertError::Io {
+        path: path.to_path_buf(),
+        message: message.into(),
+    })
 }
 
 fn strip_wrappers(mut name: &str) -> &str {

@@ -4,7 +4,7 @@
 //! `state_dict()._metadata`), and must load and run exactly as tiny-fff's `model.safetensors`.
 
 use candle_core::{Device, Tensor};
-use fff_bert::{FfnMode, Pipeline};
+use fff_bert::{FfnMode, Pipeline, Pooling};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -129,6 +129,80 @@ fn truncated_pytorch_model_bin_is_named_in_the_error() {
             err.contains("pytorch_model.bin") && err.contains("cannot read the checkpoint"),
             "cut to {keep} of {} bytes: {err}",
             bytes.len()
+        );
+    }
+}
+
+/// A scratch model folder holding tiny-fff-bin's config and tokenizer and `weights` as
+/// `pytorch_model.bin`.
+fn folder_with_bin(tag: &str, weights: &[u8]) -> PathBuf {
+    let src = fixture("tiny-fff-bin");
+    let dir = std::env::temp_dir().join(format!("fff-bert-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    std::fs::write(dir.join("pytorch_model.bin"), weights).unwrap();
+    dir
+}
+
+#[test]
+fn a_pytorch_model_bin_rezipped_with_deflate_loads_as_the_stored_one() {
+    use std::io::{Read, Write};
+    let src = fixture("tiny-fff-bin").join("pytorch_model.bin");
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(&src).unwrap()).unwrap();
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let deflated = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).unwrap();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        out.start_file(entry.name().unwrap().to_string(), deflated)
+            .unwrap();
+        out.write_all(&bytes).unwrap();
+    }
+    let bytes = out.finish().unwrap().into_inner();
+    let dir = folder_with_bin("deflated-bin", &bytes);
+    let loaded = Pipeline::load(&dir);
+    let stored = Pipeline::load(&fixture("tiny-fff-bin")).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let loaded = loaded.unwrap();
+    let (texts, _) = fixture_texts();
+    let a = loaded.embed(&texts, Pooling::Mean, 8).unwrap();
+    let b = stored.embed(&texts, Pooling::Mean, 8).unwrap();
+    let values =
+        |o: Vec<fff_bert::pipeline::Output<Vec<f32>>>| o.into_iter().map(|o| o.value).collect();
+    let (a, b): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (values(a), values(b));
+    assert_eq!(a, b);
+}
+
+#[test]
+fn a_legacy_torch_save_file_and_a_non_zip_are_refused_with_what_to_do() {
+    // The start of a pre-1.6 torch.save stream: pickle protocol 2, the magic number as a long.
+    let mut legacy = vec![
+        0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.',
+    ];
+    legacy.extend_from_slice(&[0; 64]);
+    for (tag, bytes, want) in [
+        ("legacy-bin", legacy, "legacy torch.save format"),
+        (
+            "garbage-bin",
+            b"not a checkpoint at all".to_vec(),
+            "neither a PyTorch zip",
+        ),
+    ] {
+        let dir = folder_with_bin(tag, &bytes);
+        let result = Pipeline::load(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        let err = match result {
+            Ok(_) => panic!("{tag} should not load"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("pytorch_model.bin") && err.contains(want) && err.contains("safetensors"),
+            "{tag}: {err}"
         );
     }
 }
