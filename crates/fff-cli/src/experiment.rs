@@ -62,6 +62,13 @@ pub fn run(cmd: ExperimentCommand) -> Result<()> {
         args.seeds > 0 && args.epochs > 0,
         "--seeds and --epochs must be at least 1"
     );
+    // A study runs for hours; a bad output path must not be found at its end.
+    if let Some(path) = &args.json {
+        fff_util::fs::check_output_file(path, "--json")?;
+    }
+    if let Some(path) = &args.plot {
+        fff_util::fs::check_output_file(path, "--plot")?;
+    }
     if !args.variants.is_empty() {
         for v in &args.variants {
             ensure!(

@@ -33,6 +33,9 @@ pub struct InspectArgs {
 
 /// Runs `fff inspect`.
 pub fn run(args: InspectArgs) -> Result<()> {
+    if let Some(path) = &args.json {
+        fff_util::fs::check_output_file(path, "--json")?;
+    }
     let state = load_state(&args.checkpoint)?;
     let model = load_model(&args.checkpoint, &state)?;
     anyhow::ensure!(args.inputs > 0, "--inputs must be at least 1");

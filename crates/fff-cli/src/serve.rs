@@ -261,6 +261,9 @@ pub fn bench(args: ServeBenchArgs) -> Result<()> {
         "--max-seconds must be positive"
     );
     ensure!(args.clients <= 1024, "--clients must be at most 1024");
+    if let Some(path) = &args.json {
+        fff_util::fs::check_output_file(path, "--json")?;
+    }
     let opts = |url: String| LoadOptions {
         url,
         clients: args.clients,

@@ -33,6 +33,29 @@ pub fn write_with<E: From<io::Error>>(
     result
 }
 
+/// Checks, before any work is done, that a file can later be written at `path` (given with
+/// `flag`): its folder exists and `path` is not itself a folder. The error names both.
+pub fn check_output_file(path: &Path, flag: &str) -> io::Result<()> {
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let problem = if path.is_dir() {
+        "is a folder; expected a file name".to_string()
+    } else if !folder.is_dir() {
+        format!(
+            "cannot be written: its folder {} does not exist",
+            folder.display()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{flag} {}: {problem}", path.display()),
+    ))
+}
+
 /// Writes `bytes` to `path` atomically. The error names the path.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_with(path, |tmp| std::fs::write(tmp, bytes))
@@ -113,6 +136,24 @@ fn exchange(_: &Path, _: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_files_are_checked_before_the_work() {
+        let dir = std::env::temp_dir().join(format!("fff-util-out-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        check_output_file(&dir.join("x.png"), "--plot").unwrap();
+        check_output_file(Path::new("x.json"), "--json").unwrap();
+        let err = check_output_file(&dir.join("nope").join("x.png"), "--plot")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--plot ") && err.contains("nope") && err.contains("does not exist"),
+            "{err}"
+        );
+        let err = check_output_file(&dir, "--json").unwrap_err().to_string();
+        assert!(err.contains("is a folder"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn writes_replace_whole_files_and_leave_no_temporaries() {
