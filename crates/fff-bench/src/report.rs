@@ -23,30 +23,93 @@ pub fn markdown_table(records: &[Record]) -> String {
         );
         let _ = writeln!(
             out,
-            "| config | neurons total / used | implementation | median | GFLOP/s | speedup vs dense | dense baseline | limit |"
+            "| config | neurons total / used | implementation | median | GFLOP/s | speedup vs dense | dense baseline | limit | check |"
         );
-        let _ = writeln!(out, "|---|---:|---|---:|---:|---:|---|---:|");
+        let _ = writeln!(out, "|---|---:|---|---:|---:|---:|---|---:|---|");
         for r in records
             .iter()
             .filter(|r| r.threads == threads && r.batch == batch)
         {
+            let median = if r.median_s.is_finite() {
+                human_seconds(r.median_s)
+            } else {
+                "not timed".into()
+            };
+            let (gflops, speedup) = if r.passed() {
+                (
+                    format!("{:.1}", r.gflops),
+                    format!("{:.1}x", r.speedup_vs_dense),
+                )
+            } else {
+                ("—".into(), "—".into())
+            };
+            let baseline = if r.dense_median_s.is_finite() {
+                format!("{} ({})", r.dense_baseline, human_seconds(r.dense_median_s))
+            } else {
+                "none correct".into()
+            };
             let _ = writeln!(
                 out,
-                "| {} | {} / {} | {} | {} | {:.1} | {:.1}x | {} ({}) | {:.0}x |",
+                "| {} | {} / {} | {} | {} | {} | {} | {} | {:.0}x | {} |",
                 r.config,
                 r.neurons_total,
                 r.neurons_used,
                 r.implementation,
-                human_seconds(r.median_s),
-                r.gflops,
-                r.speedup_vs_dense,
-                r.dense_baseline,
-                human_seconds(r.dense_median_s),
-                r.limit
+                median,
+                gflops,
+                speedup,
+                baseline,
+                r.limit,
+                check_cell(r)
             );
         }
     }
+    let failed: Vec<&Record> = records.iter().filter(|r| !r.passed()).collect();
+    if !failed.is_empty() {
+        let _ = writeln!(out, "\n**Failed checks:**\n");
+        for r in failed {
+            let _ = writeln!(out, "- {}", failure_line(r));
+        }
+    }
     out
+}
+
+/// The check column: rows compared (and excused), or FAILED.
+fn check_cell(r: &Record) -> String {
+    match (r.passed(), r.check.excused) {
+        (false, _) => "**FAILED**".into(),
+        (true, 0) => format!("ok, {} rows", r.check.rows),
+        (true, e) => format!("ok, {} rows ({e} near ties)", r.check.rows),
+    }
+}
+
+fn failure_line(r: &Record) -> String {
+    format!(
+        "{} {} batch {} threads {}: {}",
+        r.config,
+        r.implementation,
+        r.batch,
+        r.threads,
+        r.check.failure.as_deref().unwrap_or("passed")
+    )
+}
+
+/// An error naming every row whose check failed, or `Ok` when all passed: what makes
+/// `fff bench layer` exit non-zero after printing and writing what it measured.
+pub fn ensure_checked(records: &[Record]) -> Result<()> {
+    let failed: Vec<String> = records
+        .iter()
+        .filter(|r| !r.passed())
+        .map(failure_line)
+        .collect();
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{} of {} implementations failed their check against the reference:\n  {}",
+        failed.len(),
+        records.len(),
+        failed.join("\n  ")
+    );
+    Ok(())
 }
 
 /// Writes the records as JSON, atomically.
@@ -66,7 +129,11 @@ pub fn plot(path: &Path, records: &[Record]) -> Result<()> {
     let fff: Vec<&Record> = records
         .iter()
         .filter(|r| {
-            r.threads == threads && r.depth.is_some() && r.implementation.starts_with("fff (")
+            r.threads == threads
+                && r.depth.is_some()
+                && r.implementation.starts_with("fff (")
+                && r.passed()
+                && r.speedup_vs_dense.is_finite()
         })
         .collect();
     anyhow::ensure!(!fff.is_empty(), "no FFF records to plot");

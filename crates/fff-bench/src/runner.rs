@@ -1,10 +1,10 @@
 //! Runs the measurements.
 
+use crate::check::{CheckReport, Checker, FffReference, DEFAULT_CHECK_ROWS};
 use crate::impls::{
-    fff_reference, DenseCandle, DenseFaer, DenseLevel1, DenseLevel2, DenseWeights, FffKernel,
-    FffLevel1, LayerImpl,
+    DenseCandle, DenseFaer, DenseLevel1, DenseLevel2, DenseWeights, FffKernel, FffLevel1, LayerImpl,
 };
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use fastfeedforward::internal::resolve_strategy;
 use fastfeedforward::{Activation, Fff, FffConfig, Init, Strategy};
 use rand::SeedableRng;
@@ -105,6 +105,8 @@ pub struct BenchOptions {
     pub loops_max_batch: usize,
     /// Weights and inputs seed.
     pub seed: u64,
+    /// Output rows compared with the reference per checked call, at most.
+    pub check_rows: usize,
 }
 
 impl Default for BenchOptions {
@@ -129,6 +131,7 @@ impl Default for BenchOptions {
             activation: Activation::Gelu,
             loops_max_batch: 128,
             seed: 0,
+            check_rows: DEFAULT_CHECK_ROWS,
         }
     }
 }
@@ -159,14 +162,17 @@ pub struct Record {
     pub runs: usize,
     /// Useful work per second: 2·batch·used·(in+out) flops / median.
     pub gflops: f64,
-    /// The fastest dense FF with the same number of neurons, divided by this row's time.
+    /// The fastest correct dense FF with the same number of neurons, divided by this row's
+    /// time (NaN when this row failed its check).
     pub speedup_vs_dense: f64,
-    /// Which dense implementation that was, and its median seconds.
+    /// Which dense implementation that was.
     pub dense_baseline: String,
     /// Dense baseline's median seconds.
     pub dense_median_s: f64,
     /// Neurons total / used: the FLOP ratio limit of the speedup.
     pub limit: f64,
+    /// What the checks of this row's warm-up and last timed outputs found.
+    pub check: CheckReport,
 }
 
 fn random_rows(rows: usize, width: usize, seed: u64) -> Vec<f32> {
@@ -176,91 +182,88 @@ fn random_rows(rows: usize, width: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Median of up to `reps` timed runs after one warm-up; cycles through `pool` so that each run
-/// sees different inputs.
-fn measure(
+/// One implementation's timed runs and what their checks found.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    /// Median seconds per call; NaN when the warm-up output failed its check and nothing was
+    /// timed.
+    pub median_s: f64,
+    /// Timed runs behind the median.
+    pub runs: usize,
+    /// The checks of the warm-up output and of the last timed output.
+    pub check: CheckReport,
+}
+
+/// Times `imp` at `batch` and checks what it computed: the warm-up call's output is checked
+/// first (a wrong implementation is not timed), then the output the last timed call left in
+/// the buffer. Both calls run at the timed batch on the calling thread pool, so the check covers
+/// the strategy and the split across threads that the timing measures. Inputs are cycled
+/// through `pool` so that each run sees different rows.
+pub fn measure_checked(
     imp: &mut dyn LayerImpl,
     pool: &[f32],
-    width: usize,
     batch: usize,
-    y: &mut [f32],
+    checker: &mut Checker<'_>,
     opts: &BenchOptions,
-) -> Result<(f64, usize)> {
-    let pool_rows = pool.len() / width;
+) -> Result<Measured> {
+    let (cin, cout) = (checker.input_width(), checker.output_width());
+    let pool_rows = pool.len() / cin;
+    ensure!(
+        batch > 0 && pool_rows >= batch,
+        "an input pool of {pool_rows} rows cannot feed batch {batch}"
+    );
+    // A fresh buffer per implementation: one that writes nothing cannot pass on what another
+    // implementation left there.
+    let mut y = vec![0f32; batch * cout];
+    let window = |offset: usize| &pool[offset * cin..(offset + batch) * cin];
     let mut offset = 0;
-    let mut next = || {
-        let x = &pool[offset * width..(offset + batch) * width];
-        offset = (offset + batch) % (pool_rows - batch + 1);
-        x
-    };
-    imp.run(next(), batch, y)?;
-    let mut times = Vec::with_capacity(opts.reps);
+    imp.run(window(offset), batch, &mut y)?;
+    let warm = checker.check(pool, offset, batch, &y);
+    if let Some(why) = &warm.failure {
+        return Ok(Measured {
+            median_s: f64::NAN,
+            runs: 0,
+            check: CheckReport {
+                failure: Some(format!("warm-up output: {why}; not timed")),
+                ..warm
+            },
+        });
+    }
+    let mut times = Vec::with_capacity(opts.reps.max(1));
     let start = Instant::now();
     while times.len() < opts.reps.max(1) {
-        let x = next();
+        offset = (offset + batch) % (pool_rows - batch + 1);
+        let x = window(offset);
         let t = Instant::now();
-        imp.run(x, batch, y)?;
+        imp.run(x, batch, &mut y)?;
         times.push(t.elapsed().as_secs_f64());
         if times.len() >= 3 && start.elapsed() > opts.budget {
             break;
         }
     }
-    let runs = times.len();
-    Ok((fff_util::timing::median(times), runs))
-}
-
-/// Largest |difference| relative to the reference's scale, over rows not near a routing tie.
-pub(crate) fn check_outputs(
-    name: &str,
-    config: &str,
-    got: &[f32],
-    want: &[f32],
-    skip: &[bool],
-    width: usize,
-) -> Result<()> {
-    for (r, (g, w)) in got.chunks(width).zip(want.chunks(width)).enumerate() {
-        if skip.get(r).copied().unwrap_or(false) {
-            continue;
-        }
-        let scale = 1.0 + w.iter().fold(0f32, |m, v| m.max(v.abs()));
-        // NaN-aware: a NaN difference counts as infinitely wrong.
-        let err = g.iter().zip(w).fold(0f32, |m, (a, b)| {
-            let d = (a - b).abs();
-            if d.is_nan() {
-                f32::INFINITY
-            } else {
-                m.max(d)
-            }
-        });
-        if err > 1e-3 * scale {
-            bail!(
-                "{name} on {config}: row {r} differs from the reference by {err:e} \
-                 (scale {scale}); refusing to time a wrong implementation"
-            );
-        }
+    let mut last = checker.check(pool, offset, batch, &y);
+    if let Some(why) = last.failure.take() {
+        last.failure = Some(format!("last timed output: {why}"));
     }
-    Ok(())
+    let runs = times.len();
+    Ok(Measured {
+        median_s: fff_util::timing::median(times),
+        runs,
+        check: warm.merge(last),
+    })
 }
 
-/// Rows whose path passes within `margin` of a decision boundary (may route differently).
-fn near_ties(layer: &Fff, x: &[f32], rows: usize, margin: f32) -> Result<Vec<bool>> {
-    use fastfeedforward::kernels::reference::{node_logit, route};
-    let c = *layer.config();
-    let m = c.nodes_per_tree();
-    (0..rows)
-        .map(|r| {
-            let xb = &x[r * c.input_width..(r + 1) * c.input_width];
-            Ok(layer.with_view(|w| {
-                route(&w, xb).iter().enumerate().any(|(i, &n)| {
-                    let row = (i / (c.depth + 1)) * m + n as usize;
-                    node_logit(&w, row, xb).abs() < margin
-                })
-            })?)
-        })
-        .collect()
+/// The fastest run whose checks passed, as (name, median seconds): the baseline a speedup is
+/// computed against. A wrong run is never the baseline, however fast.
+pub fn fastest_correct<'a>(
+    runs: impl IntoIterator<Item = (&'a str, &'a Measured)>,
+) -> Option<(String, f64)> {
+    runs.into_iter()
+        .filter(|(_, m)| m.check.passed() && m.median_s.is_finite())
+        .min_by(|a, b| a.1.median_s.total_cmp(&b.1.median_s))
+        .map(|(name, m)| (name.to_string(), m.median_s))
 }
 
-/// Runs every measurement and returns one record per (config, implementation, batch, threads).
 /// Where a benchmark run stands: measurements done of the total, and what runs next.
 pub trait BenchObserver {
     /// The measurement `message` begins; `done` of `total` are finished.
@@ -271,7 +274,9 @@ impl BenchObserver for () {
     fn measuring(&mut self, _done: usize, _total: usize, _message: &str) {}
 }
 
-/// Runs every measurement `opts` asks for, reporting each to `observer` as it starts.
+/// Runs every measurement `opts` asks for, reporting each to `observer` as it starts, and
+/// returns one record per (config, implementation, batch, threads). An implementation that fails
+/// its check is recorded as failed (see [`crate::report::ensure_checked`]), not left out.
 pub fn run(opts: &BenchOptions, observer: &mut dyn BenchObserver) -> Result<Vec<Record>> {
     ensure!(opts.width > 0, "--width must be at least 1");
     ensure!(
@@ -312,6 +317,11 @@ pub fn run(opts: &BenchOptions, observer: &mut dyn BenchObserver) -> Result<Vec<
             Ok((c, Fff::new(cfg, Init::Uniform, opts.seed)?))
         })
         .collect::<Result<_>>()?;
+    let fff_refs: Vec<FffReference> = fff_layers.iter().map(|(_, l)| FffReference(l)).collect();
+    // Checkers outlive the thread loop: the inputs of a batch are the same at every thread
+    // count, so reference rows computed once serve every check of that batch.
+    let mut dense_checkers: BTreeMap<(usize, usize), Checker> = BTreeMap::new();
+    let mut fff_checkers: BTreeMap<(usize, usize), Checker> = BTreeMap::new();
 
     let dense_impls = |weights| -> Result<Vec<Box<dyn LayerImpl + '_>>> {
         let v: Vec<Box<dyn LayerImpl>> = vec![
@@ -346,20 +356,21 @@ pub fn run(opts: &BenchOptions, observer: &mut dyn BenchObserver) -> Result<Vec<
         for &batch in &opts.batches {
             let pool_rows = (2 * batch).max(1024);
             let inputs = random_rows(pool_rows, w, opts.seed.wrapping_add(batch as u64));
-            let mut y = vec![0f32; batch * w];
-            let check_rows = batch.min(8);
-            let check_x = &inputs[..check_rows * w];
-            // Dense baselines per neuron count: (best name, best time), plus loop records.
+            // The fastest correct dense run per neuron count, over every dense implementation
+            // run at this batch (SGEMMs and loops alike).
             let mut best: BTreeMap<usize, (String, f64)> = BTreeMap::new();
-            let mut pending: Vec<(ConfigSpec, String, f64, usize)> = Vec::new();
+            let mut pending: Vec<(ConfigSpec, String, Measured)> = Vec::new();
             for (&neurons, weights) in &dense {
-                let want = weights.reference(check_x, check_rows);
                 let spec = ConfigSpec::Dense { neurons };
+                let checker = dense_checkers
+                    .entry((batch, neurons))
+                    .or_insert_with(|| Checker::new(weights, w, w, opts.check_rows));
                 let mut impls = dense_impls(weights)?;
                 if batch <= opts.loops_max_batch {
                     impls.push(Box::new(DenseLevel2::new(weights)));
                     impls.push(Box::new(DenseLevel1::new(weights)));
                 }
+                let first = pending.len();
                 for mut imp in impls {
                     let name = imp.name();
                     observer.measuring(
@@ -367,42 +378,37 @@ pub fn run(opts: &BenchOptions, observer: &mut dyn BenchObserver) -> Result<Vec<
                         measurements,
                         &format!("{} {name} batch {batch} threads {threads}", spec.name()),
                     );
-                    let bench = Bench {
-                        pool: &pool,
-                        inputs: &inputs,
-                        width: w,
-                        batch,
-                        opts,
-                    };
-                    let (t, runs) =
-                        bench.check_and_time(imp.as_mut(), &spec, check_x, &want, &[], &mut y)?;
-                    if !name.contains("level") {
-                        let e = best.entry(neurons).or_insert((name.clone(), t));
-                        if t < e.1 {
-                            *e = (name.clone(), t);
-                        }
-                    }
-                    pending.push((spec, name, t, runs));
+                    let m = pool
+                        .install(|| measure_checked(imp.as_mut(), &inputs, batch, checker, opts))?;
+                    pending.push((spec, name, m));
                     done += 1;
                 }
-            }
-            for (spec, name, t, runs) in pending {
-                if opts.configs.contains(&spec) {
-                    records.push(record(&spec, &name, batch, threads, t, runs, w, &best));
+                let runs = pending[first..].iter().map(|(_, n, m)| (n.as_str(), m));
+                if let Some(b) = fastest_correct(runs) {
+                    best.insert(neurons, b);
                 }
             }
-            for (spec, layer) in &fff_layers {
-                let want = fff_reference(layer, check_x, check_rows)?;
-                let skip = near_ties(layer, check_x, check_rows, 1e-4)?;
-                let auto = resolve_strategy(Strategy::Auto, layer.config().depth, batch);
-                let label: &'static str = match auto {
+            for (spec, name, m) in &pending {
+                if opts.configs.contains(spec) {
+                    let base = best.get(&spec.neurons());
+                    records.push(Record::new(spec, name, batch, threads, m, w, base));
+                }
+            }
+            for (i, (spec, layer)) in fff_layers.iter().enumerate() {
+                let checker = fff_checkers
+                    .entry((batch, i))
+                    .or_insert_with(|| Checker::new(&fff_refs[i], w, w, opts.check_rows));
+                // The library's own choice, forced, so that the label names what was run.
+                let chosen = resolve_strategy(Strategy::Auto, layer.config().depth, batch);
+                let label: &'static str = match chosen {
                     Strategy::Bucketed => "fff (bucketed)",
+                    Strategy::Grouped => "fff (grouped)",
                     _ => "fff (per-token)",
                 };
                 let impls: Vec<Box<dyn LayerImpl>> = vec![
                     Box::new(FffLevel1::new(layer)),
                     Box::new(FffKernel::new(layer, Strategy::Grouped, "fff-level2")),
-                    Box::new(FffKernel::new(layer, Strategy::Auto, label)),
+                    Box::new(FffKernel::new(layer, chosen, label)),
                 ];
                 for mut imp in impls {
                     let name = imp.name();
@@ -411,16 +417,10 @@ pub fn run(opts: &BenchOptions, observer: &mut dyn BenchObserver) -> Result<Vec<
                         measurements,
                         &format!("{} {name} batch {batch} threads {threads}", spec.name()),
                     );
-                    let bench = Bench {
-                        pool: &pool,
-                        inputs: &inputs,
-                        width: w,
-                        batch,
-                        opts,
-                    };
-                    let (t, runs) =
-                        bench.check_and_time(imp.as_mut(), spec, check_x, &want, &skip, &mut y)?;
-                    records.push(record(spec, &name, batch, threads, t, runs, w, &best));
+                    let m = pool
+                        .install(|| measure_checked(imp.as_mut(), &inputs, batch, checker, opts))?;
+                    let base = best.get(&spec.neurons());
+                    records.push(Record::new(spec, &name, batch, threads, &m, w, base));
                     done += 1;
                 }
             }
@@ -430,92 +430,53 @@ pub fn run(opts: &BenchOptions, observer: &mut dyn BenchObserver) -> Result<Vec<
     Ok(records)
 }
 
-/// One measurement context: thread pool, input pool and sizes.
-struct Bench<'a> {
-    pool: &'a rayon::ThreadPool,
-    inputs: &'a [f32],
-    width: usize,
-    batch: usize,
-    opts: &'a BenchOptions,
-}
-
-impl Bench<'_> {
-    /// Checks `imp` on `check_x` against `want` (rows in `skip` excepted), then times it.
-    fn check_and_time(
-        &self,
-        imp: &mut dyn LayerImpl,
+impl Record {
+    /// The record of measurement `m` of implementation `name` of `spec`, against `baseline`
+    /// (the fastest correct dense run with as many neurons, if any). A failed check leaves
+    /// the speedup NaN: a wrong output has no speed worth comparing.
+    pub fn new(
         spec: &ConfigSpec,
-        check_x: &[f32],
-        want: &[f32],
-        skip: &[bool],
-        y: &mut [f32],
-    ) -> Result<(f64, usize)> {
-        let rows = check_x.len() / self.width;
-        let mut got = vec![0f32; rows * self.width];
-        self.pool.install(|| imp.run(check_x, rows, &mut got))?;
-        check_outputs(&imp.name(), &spec.name(), &got, want, skip, self.width)?;
-        self.pool
-            .install(|| measure(imp, self.inputs, self.width, self.batch, y, self.opts))
+        name: &str,
+        batch: usize,
+        threads: usize,
+        m: &Measured,
+        width: usize,
+        baseline: Option<&(String, f64)>,
+    ) -> Record {
+        let (depth, trees) = match *spec {
+            ConfigSpec::Fff { trees, depth } => (Some(depth), Some(trees)),
+            ConfigSpec::Dense { .. } => (None, None),
+        };
+        let (dense_name, dense_t) = baseline
+            .cloned()
+            .unwrap_or_else(|| ("none".into(), f64::NAN));
+        let median_s = m.median_s;
+        Record {
+            config: spec.name(),
+            implementation: name.into(),
+            depth,
+            trees,
+            neurons_total: spec.neurons(),
+            neurons_used: spec.used(),
+            batch,
+            threads,
+            median_s,
+            runs: m.runs,
+            gflops: 2.0 * batch as f64 * spec.used() as f64 * (2 * width) as f64 / median_s / 1e9,
+            speedup_vs_dense: if m.check.passed() {
+                dense_t / median_s
+            } else {
+                f64::NAN
+            },
+            dense_baseline: dense_name,
+            dense_median_s: dense_t,
+            limit: spec.neurons() as f64 / spec.used() as f64,
+            check: m.check.clone(),
+        }
     }
-}
 
-#[allow(clippy::too_many_arguments)]
-fn record(
-    spec: &ConfigSpec,
-    name: &str,
-    batch: usize,
-    threads: usize,
-    median_s: f64,
-    runs: usize,
-    width: usize,
-    best: &BTreeMap<usize, (String, f64)>,
-) -> Record {
-    let (depth, trees) = match *spec {
-        ConfigSpec::Fff { trees, depth } => (Some(depth), Some(trees)),
-        ConfigSpec::Dense { .. } => (None, None),
-    };
-    let (dense_name, dense_t) = best
-        .get(&spec.neurons())
-        .cloned()
-        .unwrap_or_else(|| ("none".into(), f64::NAN));
-    Record {
-        config: spec.name(),
-        implementation: name.into(),
-        depth,
-        trees,
-        neurons_total: spec.neurons(),
-        neurons_used: spec.used(),
-        batch,
-        threads,
-        median_s,
-        runs,
-        gflops: 2.0 * batch as f64 * spec.used() as f64 * (2 * width) as f64 / median_s / 1e9,
-        speedup_vs_dense: dense_t / median_s,
-        dense_baseline: dense_name,
-        dense_median_s: dense_t,
-        limit: spec.neurons() as f64 / spec.used() as f64,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::check_outputs;
-
-    #[test]
-    fn a_wrong_output_aborts_and_near_ties_are_skipped() {
-        let want = [1.0f32, 2.0, 3.0, 4.0];
-        assert!(check_outputs("x", "c", &want, &want, &[], 2).is_ok());
-        let wrong = [1.0f32, 2.0, 3.0, 4.5];
-        let err = check_outputs("impl-a", "1x11", &wrong, &want, &[], 2)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("impl-a") && err.contains("1x11") && err.contains("row 1"),
-            "{err}"
-        );
-        // Row 1 is near a tie: skipped.
-        assert!(check_outputs("x", "c", &wrong, &want, &[false, true], 2).is_ok());
-        let nan = [1.0f32, f32::NAN, 3.0, 4.0];
-        assert!(check_outputs("x", "c", &nan, &want, &[], 2).is_err());
+    /// Whether the implementation's checks passed.
+    pub fn passed(&self) -> bool {
+        self.check.passed()
     }
 }

@@ -44,6 +44,7 @@ fn tiny_run_produces_checked_records_json_and_plot() {
     // Per (threads, batch): dense30 with gemm, faer, level2, level1 = 4 rows (dense31 for 1x4
     // is measured as a baseline only), and 3 FFF rows per FFF config.
     assert_eq!(records.len(), 2 * 2 * (4 + 2 * 3), "{records:#?}");
+    fff_bench::report::ensure_checked(&records).unwrap();
     for r in &records {
         assert!(r.median_s > 0.0 && r.median_s.is_finite(), "{r:?}");
         assert!(
@@ -51,20 +52,36 @@ fn tiny_run_produces_checked_records_json_and_plot() {
             "{r:?}"
         );
         assert!(r.runs >= 3);
+        // Every row of the warm-up and of the last timed output is compared at these batches.
+        assert_eq!(r.check.rows, 2 * r.batch, "{r:?}");
     }
+    // At batch 37 the kernel runs (and is checked on) the bucketed walk, not the per-token one.
+    assert!(records
+        .iter()
+        .any(|r| r.config == "1x4" && r.batch == 37 && r.implementation == "fff (bucketed)"));
     let r = records.iter().find(|r| r.config == "2x3").unwrap();
     assert_eq!((r.neurons_total, r.neurons_used), (30, 8));
     assert!((r.limit - 30.0 / 8.0).abs() < 1e-12);
     let r = records.iter().find(|r| r.config == "1x4").unwrap();
     assert_eq!(r.neurons_total, 31);
     assert!(r.dense_baseline.starts_with("dense-"));
-    // The dense baseline of a dense config is its own fastest SGEMM: speedup exactly 1 there.
-    let best = records
-        .iter()
-        .filter(|r| r.config == "dense30" && !r.implementation.contains("level"))
-        .map(|r| r.speedup_vs_dense)
-        .fold(0.0, f64::max);
-    assert!((best - 1.0).abs() < 1e-12, "{best}");
+    // The baseline of a dense config is its own fastest correct run, loops included: speedup
+    // exactly 1 there, at every (threads, batch), and no dense run beats it.
+    for threads in [1, 2] {
+        for batch in [1, 37] {
+            let dense: Vec<_> = records
+                .iter()
+                .filter(|r| r.config == "dense30" && r.threads == threads && r.batch == batch)
+                .collect();
+            let best = dense.iter().map(|r| r.speedup_vs_dense).fold(0.0, f64::max);
+            assert!((best - 1.0).abs() < 1e-12, "{dense:#?}");
+            let fastest = dense
+                .iter()
+                .min_by(|a, b| a.median_s.total_cmp(&b.median_s))
+                .unwrap();
+            assert_eq!(fastest.dense_baseline, fastest.implementation);
+        }
+    }
 
     let table = markdown_table(&records);
     assert!(table.contains("| 2x3 | 30 / 8 |") && table.contains("batch 37, 2 threads"));

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use fastfeedforward::Activation;
-use fff_bench::report::{markdown_table, plot, write_json};
+use fff_bench::report::{ensure_checked, markdown_table, plot, write_json};
 use fff_bench::{BenchOptions, ConfigSpec};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,10 +12,11 @@ use std::time::Duration;
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
     /// FFF layers against dense feedforward layers of the same neuron count (UltraFastBERT's
-    /// CPU table, done right): every implementation is checked against a reference first.
+    /// CPU table, done right): every implementation's timed outputs are checked against a
+    /// reference, and any failure makes the command fail.
     Layer(LayerArgs),
     /// One training step of an FFF layer: the O(depth) training op against the dense masked
-    /// formulation UltraFastBERT trains with.
+    /// formulation UltraFastBERT trains with (on SGEMMs), both checked against each other first.
     Train(crate::bench_train::TrainBenchArgs),
     /// End-to-end encoder throughput: UltraFastBERT-1x11 (FFF kernel, and dense masked as the
     /// original runs it) against a dense crammedBERT of the same shape.
@@ -59,6 +60,10 @@ pub struct LayerArgs {
     /// Random seed for weights and inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Output rows compared with the reference per checked call (the warm-up's and the last
+    /// timed call's), sampled evenly from larger batches.
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::ROWS}>, default_value_t = fff_bench::check::DEFAULT_CHECK_ROWS)]
+    check_rows: usize,
     /// Write one JSON record per row to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -96,6 +101,7 @@ fn layer(args: LayerArgs) -> Result<()> {
         activation: args.activation,
         loops_max_batch: args.loops_max_batch,
         seed: args.seed,
+        check_rows: args.check_rows,
     };
     outln!(
         "fff bench layer: width {}, {} activation, SIMD {}, threads {:?}, median of up to {} runs",
@@ -108,9 +114,11 @@ fn layer(args: LayerArgs) -> Result<()> {
     let records = fff_bench::run(&opts, &mut crate::progress::MeasurementProgress::new())?;
     out!("{}", markdown_table(&records));
     outln!(
-        "\nspeedup vs dense = median of the fastest dense FF (two SGEMMs + bias + activation) with \
-         the same number of neurons / this row's median, measured in the same run; limit = \
-         neurons total / used; GFLOP/s counts only the neurons each input uses."
+        "\nspeedup vs dense = median of the fastest correct dense FF (any of the dense \
+         implementations run at that batch) with the same number of neurons / this row's median, \
+         measured in the same run; limit = neurons total / used; GFLOP/s counts only the neurons \
+         each input uses; check = output rows of the warm-up and the last timed call compared \
+         with a plain f64 reference."
     );
     if let Some(path) = &args.json {
         write_json(path, &records)?;
@@ -120,5 +128,6 @@ fn layer(args: LayerArgs) -> Result<()> {
         plot(path, &records)?;
         outln!("wrote {}", path.display());
     }
-    Ok(())
+    // After the table and the files, so that what failed is on record; then a non-zero exit.
+    ensure_checked(&records)
 }

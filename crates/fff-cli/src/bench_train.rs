@@ -1,13 +1,20 @@
 //! `fff bench train`: one training step of an FFF layer on the O(depth) op against the dense
-//! masked formulation UltraFastBERT trains with.
+//! masked formulation UltraFastBERT trains with, run as a good PyTorch implementation runs it
+//! (SGEMMs, bias, mask and activation fused into one pass). Both sides are first checked against
+//! each other, outputs and every gradient, at the timed shape.
 
 use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
 use fastfeedforward::ConditionalLayer;
 use fastfeedforward::{Activation, Fff, FffConfig, Init};
+use fff_bench::check::TOLERANCE;
+use fff_bench::train::{check_train_sides, masked_dense_forward, TrainSide, COMPARED};
 use fff_train::optim::{Optimizer, ParamsAdamW};
 use fff_util::timing::{human_seconds, median};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
 use std::time::Instant;
 
 /// Options of `fff bench train`.
@@ -28,6 +35,9 @@ pub struct TrainBenchArgs {
     /// Timed steps per implementation (after one warm-up step); the median is reported.
     #[arg(long, value_parser = crate::limits::count::<{crate::limits::REPS}>, default_value_t = 5)]
     reps: usize,
+    /// Random seed for the inputs and targets.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 pub fn run(args: TrainBenchArgs) -> Result<()> {
@@ -37,8 +47,14 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
     );
     let config = FffConfig::new(args.width, args.width, args.depth, args.trees)
         .with_activation(Activation::Gelu);
-    let x = Tensor::randn(0f32, 1.0, (args.batch, args.width), &Device::Cpu)?;
-    let target = Tensor::randn(0f32, 1.0, (args.batch, args.width), &Device::Cpu)?;
+    config.validate()?;
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let mut draw =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| StandardNormal.sample(&mut rng)).collect() };
+    let x_data = draw(args.batch * args.width);
+    let target_data = draw(args.batch * args.width);
+    let x = Tensor::from_slice(&x_data, (args.batch, args.width), &Device::Cpu)?;
+    let target = Tensor::from_slice(&target_data, (args.batch, args.width), &Device::Cpu)?;
     outln!(
         "training step (forward, MSE loss, backward, AdamW) of an FFF {} layer, width {}, batch {}, {} threads",
         config.name(),
@@ -46,20 +62,39 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
         args.batch,
         rayon::current_num_threads()
     );
+    let o_depth: TrainSide = &|layer, x| Ok(layer.forward_train(x)?);
+    let masked: TrainSide = &masked_dense_forward;
+    let sides = [
+        ("O(depth) training op", o_depth),
+        ("dense masked (SGEMMs, fused mask)", masked),
+    ];
+
+    // The check runs at the timed shape: one more forward and backward pass per side.
+    let layer = Fff::new(config, Init::Uniform, 0)?;
+    let check = check_train_sides(&layer, &x_data, &target_data, o_depth, masked, TOLERANCE)?;
+    let errs: Vec<String> = COMPARED
+        .iter()
+        .zip(check.max_err)
+        .map(|(name, e)| format!("{name} {e:.1e}"))
+        .collect();
+    outln!(
+        "check at the timed shape, O(depth) op vs dense masked: {} ({} of {} rows excused as near \
+         ties); allowed {TOLERANCE:e} relative",
+        errs.join(", "),
+        check.excused,
+        check.rows
+    );
+    if let Some(why) = &check.failure {
+        anyhow::bail!("the two sides of `fff bench train` disagree, so neither is timed: {why}");
+    }
+
     let mut results = Vec::new();
-    for (name, dense_masked) in [
-        ("O(depth) training op", false),
-        ("dense masked (UltraFastBERT)", true),
-    ] {
+    for (name, side) in sides {
         let layer = Fff::new(config, Init::Uniform, 0)?;
         let mut opt = Optimizer::adamw(layer.vars(), ParamsAdamW::default());
         let mut step = || -> Result<f64> {
             let start = Instant::now();
-            let y = if dense_masked {
-                layer.forward_reference(&x)?
-            } else {
-                layer.forward_train(&x)?
-            };
+            let y = side(&layer, &x)?;
             let loss = (y - &target)?.sqr()?.mean_all()?;
             opt.step(&loss.backward()?, 1.0)?;
             Ok(start.elapsed().as_secs_f64())
@@ -67,7 +102,7 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
         step()?;
         let times = (0..args.reps).map(|_| step()).collect::<Result<Vec<_>>>()?;
         let t = median(times);
-        outln!("  {name:<30} {:>12} per step", human_seconds(t));
+        outln!("  {name:<34} {:>12} per step", human_seconds(t));
         results.push(t);
     }
     outln!(
