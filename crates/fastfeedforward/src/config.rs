@@ -233,11 +233,13 @@ impl FffConfig {
         if self.trees == 0 {
             return bad("trees", "is 0; expected at least 1".into());
         }
-        if self
-            .total_nodes()
-            .checked_mul(self.input_width.max(self.output_width))
+        // Checked products: `total_nodes` itself may wrap for a huge `trees` (to as little as
+        // 2 nodes for 6148914691236517206 trees of depth 1), so it cannot be trusted here.
+        let nodes = self.trees.checked_mul(self.nodes_per_tree());
+        if nodes
+            .and_then(|n| n.checked_mul(self.input_width.max(self.output_width)))
             .is_none()
-            || self.total_nodes() > u32::MAX as usize
+            || nodes.is_none_or(|n| n > u32::MAX as usize)
         {
             return bad(
                 "trees",

@@ -203,6 +203,15 @@ fn configs_out_of_range_are_rejected() {
     for (bad, field) in [
         (FffConfig { depth: 21, ..ok }, "depth"),
         (FffConfig { trees: 0, ..ok }, "trees"),
+        // 3 × this wraps to 2 in a usize: refused, not taken for a 2-node layer.
+        (
+            FffConfig {
+                trees: 6_148_914_691_236_517_206,
+                depth: 1,
+                ..ok
+            },
+            "trees",
+        ),
         (
             FffConfig {
                 input_width: 0,

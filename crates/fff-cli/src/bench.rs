@@ -86,6 +86,28 @@ fn layer(args: LayerArgs) -> Result<()> {
         args.budget_s.is_finite() && args.budget_s >= 0.0,
         "--budget-s must be a non-negative number of seconds"
     );
+    // The largest configuration at the largest batch, with its dense baseline of as many
+    // neurons: weights, the input pool (twice the batch), one output per implementation, and
+    // the SGEMM's hidden layer.
+    let nodes = args
+        .configs
+        .iter()
+        .map(ConfigSpec::neurons)
+        .max()
+        .unwrap_or(0);
+    let batch = args.batches.iter().copied().max().unwrap_or(0);
+    crate::limits::MemoryEstimate::default()
+        .floats("FFF and dense weights", &[4, nodes, args.width])
+        .floats("input pool", &[2, batch, args.width])
+        .floats("outputs", &[8, batch, args.width])
+        .floats("dense hidden layer", &[batch, nodes])
+        .check(None, "--width, --configs or --batches")?;
+    if let Some(path) = &args.json {
+        fff_util::fs::check_output_file(path, "--json")?;
+    }
+    if let Some(path) = &args.plot {
+        fff_util::fs::check_output_file(path, "--plot")?;
+    }
     let defaults = BenchOptions::default();
     let opts = BenchOptions {
         width: args.width,

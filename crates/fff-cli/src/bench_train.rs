@@ -48,6 +48,21 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
     let config = FffConfig::new(args.width, args.width, args.depth, args.trees)
         .with_activation(Activation::Gelu);
     config.validate()?;
+    let nodes = config.total_nodes();
+    crate::limits::MemoryEstimate::default()
+        .floats(
+            "weights, gradients and AdamW moments",
+            &[8, nodes, args.width],
+        )
+        .floats(
+            "inputs, targets, outputs and their gradients",
+            &[8, args.batch, args.width],
+        )
+        .floats(
+            "dense masked logits, activations and gradients",
+            &[3, args.batch, nodes],
+        )
+        .check(None, "--width, --depth, --trees or --batch")?;
     let mut rng = StdRng::seed_from_u64(args.seed);
     let mut draw =
         |n: usize| -> Vec<f32> { (0..n).map(|_| StandardNormal.sample(&mut rng)).collect() };

@@ -56,6 +56,13 @@ pub fn run(args: DemoArgs) -> Result<()> {
         activation: args.activation,
     };
     config.validate()?;
+    let nodes = config.total_nodes();
+    let batch = args.batches.iter().copied().max().unwrap_or(0);
+    crate::limits::MemoryEstimate::default()
+        .floats("FFF and dense weights", &[4, nodes, args.width])
+        .floats("inputs and outputs", &[8, batch, args.width])
+        .floats("dense hidden layer", &[2, batch, nodes])
+        .check(None, "--width, --depth, --trees or --batches")?;
     let layer = Fff::new(config, Init::Uniform, args.seed)?;
     let dense = DenseFf::new(
         args.width,

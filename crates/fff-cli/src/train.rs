@@ -222,6 +222,7 @@ fn run_with(
         }
         let (data, default_model) = load_data(&data_args, cfg.seed)?;
         let spec = s.model.as_deref().unwrap_or(default_model);
+        check_memory(spec, cfg.batch_size)?;
         let model = Model::new(spec, cfg.seed)?;
         describe(&model, &data);
         let mut opt = optimizer_for(&model, &cfg);
@@ -276,4 +277,27 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         data.test.len()
     );
     Ok(())
+}
+
+/// Refuses a model and batch size whose parameters (with gradients and two optimizer moments)
+/// and a batch's activations would not fit in the memory available, before building it.
+fn check_memory(spec: &str, batch_size: usize) -> Result<()> {
+    let spec: fff_train::ModelSpec = spec.parse()?;
+    let (params, widths) = spec.layers().iter().fold((0usize, 0usize), |(p, w), l| {
+        let out = l.widths().map_or(0, |(_, o)| o);
+        (
+            p.saturating_add(l.parameter_bound().unwrap_or(usize::MAX)),
+            w.saturating_add(out),
+        )
+    });
+    crate::limits::MemoryEstimate::default()
+        .floats("parameters, gradients and optimizer moments", &[4, params])
+        .floats(
+            "a batch's activations and their gradients",
+            &[3, batch_size, widths],
+        )
+        .check(
+            None,
+            "the model's widths, trees or depth (--model), or --batch-size",
+        )
 }

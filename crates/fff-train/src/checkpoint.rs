@@ -143,7 +143,12 @@ pub fn load_state(dir: &Path) -> Result<TrainState> {
             dir.display()
         )
     })?;
-    let state: TrainState = serde_json::from_str(&text)
+    parse_state(&text, &path)
+}
+
+/// Parses and checks the text of a `state.json`; `path` names it in errors.
+pub fn parse_state(text: &str, path: &Path) -> Result<TrainState> {
+    let state: TrainState = serde_json::from_str(text)
         .with_context(|| format!("{}: not a valid training state", path.display()))?;
     state
         .validate()
