@@ -181,6 +181,23 @@ impl Fff {
         self.with_view(|w| kernels::forward(&w, x, batch, y, ws, opts))?
     }
 
+    /// [`Fff::forward_infer_with`], returning the nodes each input visited in the kernel's walk:
+    /// `[batch, K·(D+1)]`, each input's as [`Fff::route`] lays them out. `route` is the plain f64
+    /// reference's descent; these are the kernel's own decisions, which can differ from it where
+    /// a `|z|` is within rounding of 0.
+    pub fn forward_infer_routed(
+        &self,
+        x: &[f32],
+        batch: usize,
+        y: &mut [f32],
+        ws: &mut Workspace,
+        opts: InferOptions,
+    ) -> Result<Vec<u32>> {
+        let mut routes = vec![0; batch * self.config.used_nodes()];
+        self.with_view(|w| kernels::forward_with_routes(&w, x, batch, y, ws, opts, &mut routes))??;
+        Ok(routes)
+    }
+
     /// The nodes input `x` visits: `K·(D+1)` local node indices, tree-major, each path starting
     /// at its tree's root 0.
     pub fn route(&self, x: &[f32]) -> Result<Vec<u32>> {

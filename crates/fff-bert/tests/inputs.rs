@@ -471,7 +471,7 @@ fn a_huge_safetensors_file_is_refused_from_its_header_before_its_data_is_read() 
         serde_json::json!({"dtype": "F32", "shape": [1u64 << 20, 1024], "data_offsets": [data_len, data_len + huge]}),
     );
     let mut text = serde_json::to_vec(&header).unwrap();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();

@@ -20,8 +20,8 @@
 use super::phases::{Clock, Phase};
 use super::simd::{dispatch, dot3, Simd, SimdLevel, SimdTask};
 use super::tile::{
-    accumulate_rows, group_logits, route_tile, stable_partition, RowsPtr, SharedMut, TileRecord,
-    MAX_LEVELS, TOKEN_TILE,
+    accumulate_rows, group_logits, route_tile, stable_partition, RouteSink, RowsPtr, SharedMut,
+    TileRecord, MAX_LEVELS, TOKEN_TILE,
 };
 use super::{child, FffWeightsView, Workspace};
 use rayon::prelude::*;
@@ -52,19 +52,22 @@ pub(super) fn bucketed(
     y: &mut [f32],
     ws: &mut Workspace,
     level: SimdLevel,
+    routes: Option<RouteSink>,
 ) {
     let c = &w.config;
     let large = std::mem::size_of_val(y) >= STREAM_MIN_BYTES;
     let chunk = CHUNK_TOKENS.min(batch).max(1);
-    for (x, y) in x
+    for (i, (x, y)) in x
         .chunks(chunk * c.input_width)
         .zip(y.chunks_mut(chunk * c.output_width))
+        .enumerate()
     {
         let batch = x.len() / c.input_width;
+        let routes = routes.map(|sink| (sink, i * chunk));
         for t in 0..c.trees {
             // Every tree streams, though the next tree reads the outputs back: outputs this
             // large do not stay in cache anyway, and a cached store first reads each line.
-            bucketed_tree(w, t, x, batch, y, ws, level, large);
+            bucketed_tree(w, t, x, batch, y, ws, level, large, routes);
         }
     }
 }
@@ -80,6 +83,7 @@ fn bucketed_tree(
     ws: &mut Workspace,
     level: SimdLevel,
     stream: bool,
+    routes: Option<(RouteSink, usize)>,
 ) {
     let c = &w.config;
     let levels = c.depth + 1;
@@ -158,6 +162,8 @@ fn bucketed_tree(
         overwrite: t == 0,
         stream,
         level,
+        tree: t,
+        routes,
     };
     let scratch = WalkScratch {
         z: &mut ws.z[..batch],
@@ -189,6 +195,19 @@ struct BottomCtx<'w, 'a> {
     /// memory traffic.
     stream: bool,
     level: SimdLevel,
+    tree: usize,
+    /// Where to report each input's nodes, with the chunk's first input in the batch.
+    routes: Option<(RouteSink, usize)>,
+}
+
+impl BottomCtx<'_, '_> {
+    /// Reports the rows input `tk` of the chunk visited, if asked: the rows its output sums.
+    #[inline(always)]
+    fn report(&self, tk: usize, rows: &[usize]) {
+        if let Some((sink, first)) = self.routes {
+            sink.record(first + tk, self.tree, rows);
+        }
+    }
 }
 
 /// Per-input scratch of a bucket walk (one slot per input of its range of buckets).
@@ -344,6 +363,7 @@ fn write_output<S: Simd>(
     // SAFETY: each input is in exactly one bucket and once in it.
     let y = unsafe { ctx.y.row(tk, c.output_width, ctx.y_len) };
     let (rows, acts) = (&rows[..levels], &acts[..levels]);
+    ctx.report(tk, rows);
     accumulate_rows(s, ctx.w, rows, acts, y, ctx.overwrite, ctx.stream);
 }
 
@@ -617,6 +637,7 @@ fn write_outputs4<S: Simd>(
     let (levels, cout) = (c.depth + 1, c.output_width);
     for (j, &tk) in quad.iter().enumerate() {
         top_records(ctx, tk as usize, &mut rows[j], &mut acts[j]);
+        ctx.report(tk as usize, &rows[j][..levels]);
     }
     // Inputs on the same node at a level were on the same nodes above it: shared levels are a
     // prefix.

@@ -12,9 +12,9 @@
 
 use super::bucketed::{bucketed, split_level};
 use super::dev::grouped::grouped;
-use super::tile::per_token;
+use super::tile::{per_token, RouteSink};
 use super::{check_io, FffWeightsView, SimdLevel};
-use crate::error::Result;
+use crate::error::{check_rows, Result};
 
 /// How the kernel walks the trees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -160,13 +160,46 @@ pub fn forward(
     opts: InferOptions,
 ) -> Result<()> {
     check_io(&w.config, x, y, batch)?;
+    run(w, x, batch, y, ws, opts, None);
+    Ok(())
+}
+
+/// [`forward`], also writing into `routes` (`[batch, K·(D+1)]`) the nodes each input visited,
+/// laid out per input as [`super::reference::route`] gives them: local node indices, tree by
+/// tree, root first. They are the nodes whose output rows the walk summed into `y`, so tests can
+/// hold the kernel's own routing to the reference, not only its outputs (a NaN sent right shows
+/// here even when every output it touches is NaN anyway).
+pub fn forward_with_routes(
+    w: &FffWeightsView<'_>,
+    x: &[f32],
+    batch: usize,
+    y: &mut [f32],
+    ws: &mut Workspace,
+    opts: InferOptions,
+    routes: &mut [u32],
+) -> Result<()> {
+    check_io(&w.config, x, y, batch)?;
+    check_rows("routes", routes.len(), batch, w.config.used_nodes())?;
+    let sink = RouteSink::new(routes, &w.config);
+    run(w, x, batch, y, ws, opts, Some(sink));
+    Ok(())
+}
+
+fn run(
+    w: &FffWeightsView<'_>,
+    x: &[f32],
+    batch: usize,
+    y: &mut [f32],
+    ws: &mut Workspace,
+    opts: InferOptions,
+    routes: Option<RouteSink>,
+) {
     if batch == 0 {
-        return Ok(());
+        return;
     }
     match resolve_strategy(opts.strategy, w.config.depth, batch) {
-        Strategy::Grouped => grouped(w, x, batch, y, ws, opts.simd),
-        Strategy::Bucketed => bucketed(w, x, batch, y, ws, opts.simd),
-        _ => per_token(w, x, batch, y, opts.simd),
+        Strategy::Grouped => grouped(w, x, batch, y, ws, opts.simd, routes),
+        Strategy::Bucketed => bucketed(w, x, batch, y, ws, opts.simd, routes),
+        _ => per_token(w, x, batch, y, opts.simd, routes),
     }
-    Ok(())
 }

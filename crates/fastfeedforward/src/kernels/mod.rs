@@ -16,7 +16,7 @@ mod tile;
 use crate::config::FffConfig;
 use crate::error::{check_rows, FffError, Result};
 
-pub use descent::{forward, InferOptions, Strategy, Workspace};
+pub use descent::{forward, forward_with_routes, InferOptions, Strategy, Workspace};
 pub use simd::SimdLevel;
 
 /// Borrowed weights of one FFF layer in the kernels' layout.

@@ -67,6 +67,49 @@ impl<T> SharedMut<T> {
 /// Output rows shared by tasks that write disjoint rows of `y`.
 pub(super) type RowsPtr = SharedMut<f32>;
 
+/// Where a walk reports the nodes each input visited, for [`super::forward_with_routes`]:
+/// `[batch, K·(D+1)]` local node indices, tree-major.
+#[derive(Clone, Copy)]
+pub(super) struct RouteSink {
+    routes: SharedMut<u32>,
+    len: usize,
+    trees: usize,
+    levels: usize,
+    nodes_per_tree: usize,
+}
+
+impl RouteSink {
+    /// A sink writing into `routes`, which the caller has checked holds `[batch, K·(D+1)]`.
+    pub fn new(routes: &mut [u32], config: &crate::config::FffConfig) -> Self {
+        RouteSink {
+            routes: SharedMut(routes.as_mut_ptr()),
+            len: routes.len(),
+            trees: config.trees,
+            levels: config.depth + 1,
+            nodes_per_tree: config.nodes_per_tree(),
+        }
+    }
+
+    /// Input `input` visited global row `rows[l]` at each level `l` of tree `tree`.
+    #[inline(always)]
+    pub fn record(self, input: usize, tree: usize, rows: &[usize]) {
+        assert_eq!(rows.len(), self.levels);
+        for (level, &row) in rows.iter().enumerate() {
+            self.record_level(input, tree, level, row);
+        }
+    }
+
+    /// Input `input` visited global row `row` at `level` of tree `tree`.
+    #[inline(always)]
+    pub fn record_level(self, input: usize, tree: usize, level: usize, row: usize) {
+        let at = (input * self.trees + tree) * self.levels + level;
+        assert!(level < self.levels && at < self.len);
+        // SAFETY: in bounds (checked above); an input's slot for a tree and level is written
+        // only by the one task that walks that input through that node.
+        unsafe { *self.routes.0.add(at) = (row - tree * self.nodes_per_tree) as u32 };
+    }
+}
+
 /// Routes the tile's inputs `xs` through `levels` of the tree whose root row is `base`,
 /// starting from `rec.nodes[j]`; records each visited row and activation by level and leaves
 /// `rec.nodes[j]` at the node below the last level.
@@ -199,20 +242,45 @@ pub(super) fn per_token(
     batch: usize,
     y: &mut [f32],
     level: SimdLevel,
+    routes: Option<RouteSink>,
 ) {
     let (cin, cout) = (w.config.input_width, w.config.output_width);
     if batch <= TOKEN_TILE || rayon::current_num_threads() == 1 {
-        for (x, y) in x
+        for (i, (x, y)) in x
             .chunks(TOKEN_TILE * cin)
             .zip(y.chunks_mut(TOKEN_TILE * cout))
+            .enumerate()
         {
-            dispatch(level, DescendTile { w, x, y });
+            let first = i * TOKEN_TILE;
+            dispatch(
+                level,
+                DescendTile {
+                    w,
+                    x,
+                    y,
+                    first,
+                    routes,
+                },
+            );
         }
         return;
     }
     y.par_chunks_mut(TOKEN_TILE * cout)
         .zip(x.par_chunks(TOKEN_TILE * cin))
-        .for_each(|(y, x)| dispatch(level, DescendTile { w, x, y }));
+        .enumerate()
+        .for_each(|(i, (y, x))| {
+            let first = i * TOKEN_TILE;
+            dispatch(
+                level,
+                DescendTile {
+                    w,
+                    x,
+                    y,
+                    first,
+                    routes,
+                },
+            )
+        });
 }
 
 /// Descends a tile of at most `TOKEN_TILE` contiguous inputs through every tree.
@@ -220,6 +288,9 @@ struct DescendTile<'w, 'a> {
     w: &'w FffWeightsView<'a>,
     x: &'w [f32],
     y: &'w mut [f32],
+    /// Index of the tile's first input in the batch.
+    first: usize,
+    routes: Option<RouteSink>,
 }
 
 impl SimdTask for DescendTile<'_, '_> {
@@ -248,6 +319,9 @@ impl SimdTask for DescendTile<'_, '_> {
                 &[],
             );
             for (j, y) in self.y.chunks_exact_mut(cout).enumerate() {
+                if let Some(r) = self.routes {
+                    r.record(self.first + j, t, &rec.rows[j][..levels]);
+                }
                 accumulate_rows(
                     s,
                     w,

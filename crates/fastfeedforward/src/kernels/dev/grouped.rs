@@ -6,7 +6,7 @@
 //! loads save, and the bucketed walk is faster.
 
 use crate::kernels::simd::{axpy, dispatch, Simd, SimdLevel, SimdTask};
-use crate::kernels::tile::{group_logits, stable_partition, RowsPtr, SharedMut};
+use crate::kernels::tile::{group_logits, stable_partition, RouteSink, RowsPtr, SharedMut};
 use crate::kernels::{FffWeightsView, Workspace};
 use rayon::prelude::*;
 
@@ -21,6 +21,7 @@ struct GroupCtx<'w, 'a> {
     y: RowsPtr,
     y_len: usize,
     level: SimdLevel,
+    routes: Option<RouteSink>,
 }
 
 pub(in crate::kernels) fn grouped(
@@ -30,6 +31,7 @@ pub(in crate::kernels) fn grouped(
     y: &mut [f32],
     ws: &mut Workspace,
     level: SimdLevel,
+    routes: Option<RouteSink>,
 ) {
     ws.ensure_grouped(batch);
     y.par_chunks_mut(GROUP_CHUNK * w.config.output_width)
@@ -40,6 +42,7 @@ pub(in crate::kernels) fn grouped(
         y: SharedMut(y.as_mut_ptr()),
         y_len: y.len(),
         level,
+        routes,
     };
     let tokens = &mut ws.tokens[..batch];
     let z = &mut ws.z[..batch];
@@ -71,9 +74,9 @@ fn visit(
         tokens
             .par_chunks(GROUP_CHUNK)
             .zip(z.par_chunks_mut(GROUP_CHUNK))
-            .for_each(|(tokens, z)| node_group(ctx, row, tokens, z));
+            .for_each(|(tokens, z)| node_group(ctx, row, level, tokens, z));
     } else {
-        node_group(ctx, row, tokens, z);
+        node_group(ctx, row, level, tokens, z);
     }
     if level == c.depth {
         return;
@@ -94,7 +97,13 @@ fn visit(
     }
 }
 
-fn node_group(ctx: &GroupCtx<'_, '_>, row: usize, tokens: &[u32], z: &mut [f32]) {
+fn node_group(ctx: &GroupCtx<'_, '_>, row: usize, level: usize, tokens: &[u32], z: &mut [f32]) {
+    if let Some(sink) = ctx.routes {
+        let tree = row / ctx.w.config.nodes_per_tree();
+        for &tk in tokens {
+            sink.record_level(tk as usize, tree, level, row);
+        }
+    }
     dispatch(
         ctx.level,
         NodeGroup {
