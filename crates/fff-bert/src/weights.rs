@@ -6,6 +6,7 @@
 //! corrupt file is refused before anything is allocated for it.
 
 use crate::error::{BertError, Result};
+use candle_core::pickle::PthTensors;
 use candle_core::safetensors::{Load, MmapedSafetensors};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -33,6 +34,12 @@ enum Store {
         file: Arc<MmapedSafetensors>,
         names: HashMap<String, String>,
     },
+    /// A torch zip whose pickle has been read into tensor descriptions (name, shape, dtype,
+    /// where the bytes are); `names` as for `Mapped`.
+    Torch {
+        file: Arc<PthTensors>,
+        names: HashMap<String, String>,
+    },
     /// `get` draws a tensor of the requested shape instead of looking it up.
     Random(u64),
 }
@@ -42,6 +49,7 @@ impl std::fmt::Debug for Weights {
         let store = match &self.store {
             Store::Loaded(t) => format!("{} tensors in memory", t.len()),
             Store::Mapped { names, .. } => format!("{} tensors, memory-mapped", names.len()),
+            Store::Torch { names, .. } => format!("{} tensors in a torch zip", names.len()),
             Store::Random(seed) => format!("random, seed {seed}"),
         };
         f.debug_struct("Weights")
@@ -94,8 +102,19 @@ impl Weights {
             });
         }
         check_torch_zip(path)?;
-        let raw = candle_core::pickle::read_all(path).map_err(io)?;
-        Ok(Weights::from_named(path, raw))
+        let file = open_torch_zip(path)?;
+        let names = file
+            .tensor_infos()
+            .keys()
+            .map(|name| (strip_wrappers(name).to_string(), name.clone()))
+            .collect();
+        Ok(Weights {
+            path: path.to_path_buf(),
+            store: Store::Torch {
+                file: Arc::new(file),
+                names,
+            },
+        })
     }
 
     /// Wraps tensors already in memory; `path` names them in errors.
@@ -129,7 +148,7 @@ impl Weights {
     pub fn contains(&self, name: &str) -> bool {
         match &self.store {
             Store::Loaded(t) => t.contains_key(name),
-            Store::Mapped { names, .. } => names.contains_key(name),
+            Store::Mapped { names, .. } | Store::Torch { names, .. } => names.contains_key(name),
             Store::Random(_) => false,
         }
     }
@@ -138,7 +157,7 @@ impl Weights {
     pub fn len(&self) -> usize {
         match &self.store {
             Store::Loaded(t) => t.len(),
-            Store::Mapped { names, .. } => names.len(),
+            Store::Mapped { names, .. } | Store::Torch { names, .. } => names.len(),
             Store::Random(_) => 0,
         }
     }
@@ -152,7 +171,9 @@ impl Weights {
     fn names(&self) -> Vec<&str> {
         match &self.store {
             Store::Loaded(t) => t.keys().map(String::as_str).collect(),
-            Store::Mapped { names, .. } => names.keys().map(String::as_str).collect(),
+            Store::Mapped { names, .. } | Store::Torch { names, .. } => {
+                names.keys().map(String::as_str).collect()
+            }
             Store::Random(_) => Vec::new(),
         }
     }
@@ -203,26 +224,88 @@ impl Weights {
                     return Ok(None);
                 };
                 let view = file.get(stored)?;
-                let found = view.shape();
-                let fits = match shape {
-                    Some(s) => found == s,
-                    None => found.iter().product::<usize>() == 1,
-                };
-                if !fits {
-                    return Err(BertError::Shape {
-                        path: self.path.clone(),
-                        name: name.to_string(),
-                        expected: shape.map_or(vec![1], <[usize]>::to_vec),
-                        found: found.to_vec(),
-                    });
-                }
+                self.check_stored_shape(name, view.shape(), shape)?;
                 let t = view.load(&Device::Cpu).map_err(|e| BertError::Io {
                     path: self.path.clone(),
                     message: format!("cannot read tensor `{name}`: {e}"),
                 })?;
                 Ok(Some(t))
             }
+            Store::Torch { file, names } => {
+                let Some(stored) = names.get(name) else {
+                    return Ok(None);
+                };
+                let Some(info) = file.tensor_infos().get(stored) else {
+                    return Ok(None);
+                };
+                self.check_stored_shape(name, info.layout.dims(), shape)?;
+                self.check_torch_entry(name, info)?;
+                let t = file
+                    .get(stored)
+                    .map_err(|e| BertError::Io {
+                        path: self.path.clone(),
+                        message: format!("cannot read tensor `{name}`: {e}"),
+                    })?
+                    .ok_or_else(|| self.missing(name))?;
+                Ok(Some(t))
+            }
         }
+    }
+
+    /// Refuses a stored tensor whose header shape is not `shape` (or, for `None`, holds more
+    /// than one value), before its bytes are read.
+    fn check_stored_shape(
+        &self,
+        name: &str,
+        found: &[usize],
+        shape: Option<&[usize]>,
+    ) -> Result<()> {
+        let fits = match shape {
+            Some(s) => found == s,
+            None => found.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) == Some(1),
+        };
+        if fits {
+            return Ok(());
+        }
+        Err(BertError::Shape {
+            path: self.path.clone(),
+            name: name.to_string(),
+            expected: shape.map_or(vec![1], <[usize]>::to_vec),
+            found: found.to_vec(),
+        })
+    }
+
+    /// Refuses a torch tensor whose storage entry in the zip is too short for it, or whose
+    /// layout candle cannot read, before anything is allocated for it.
+    fn check_torch_entry(&self, name: &str, info: &candle_core::pickle::TensorInfo) -> Result<()> {
+        let bad = |message: String| BertError::Io {
+            path: self.path.clone(),
+            message: format!("tensor `{name}`: {message}"),
+        };
+        // Shapes were checked against the config, so these products are small.
+        let elems: usize = info.layout.dims().iter().product();
+        let needed = elems
+            .checked_mul(info.dtype.size_in_bytes())
+            .and_then(|n| n.checked_add(info.layout.start_offset()))
+            .ok_or_else(|| bad("its offset overflows".into()))?;
+        if !info.layout.is_contiguous() && !info.layout.is_fortran_contiguous() {
+            return Err(bad("its storage is not contiguous".into()));
+        }
+        let file = std::fs::File::open(&self.path)
+            .map_err(|e| bad(format!("cannot read the checkpoint: {e}")))?;
+        let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+            .map_err(|e| bad(format!("not a valid zip: {e}")))?;
+        let entry = zip
+            .by_name(&info.path)
+            .map_err(|e| bad(format!("its storage `{}` is missing: {e}", info.path)))?;
+        if entry.size() < needed as u64 {
+            return Err(bad(format!(
+                "its storage `{}` holds {} bytes; the tensor needs {needed}",
+                info.path,
+                entry.size()
+            )));
+        }
+        Ok(())
     }
 
     fn check(&self, name: &str, t: &Tensor, shape: &[usize]) -> Result<Tensor> {
@@ -305,6 +388,152 @@ fn check_torch_zip(path: &Path) -> Result<()> {
         path: path.to_path_buf(),
         message: message.into(),
     })
+}
+
+/// Most bytes a `data.pkl` may hold: a state dict's pickle describes tensors, not their values,
+/// and is tens of kilobytes for the released models.
+const MAX_PICKLE_BYTES: u64 = 16 << 20;
+
+/// Reads the tensor descriptions of a torch zip through candle's pickle reader, after checking
+/// each `data.pkl` with [`check_pickle`]: candle's reader allocates the length a string claims
+/// before reading it, and indexes the arguments of a tensor without checking their count, so a
+/// hostile file could make it allocate gigabytes or panic. A panic that still escapes it is
+/// caught and reported as a malformed file.
+fn open_torch_zip(path: &Path) -> Result<PthTensors> {
+    use std::io::Read;
+    let bad = |message: String| BertError::Io {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file =
+        std::fs::File::open(path).map_err(|e| bad(format!("cannot read the checkpoint: {e}")))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| bad(format!("cannot read the checkpoint: not a valid zip: {e}")))?;
+    let pickles: Vec<String> = zip
+        .file_names()
+        .filter_map(|n| n.ok())
+        .filter(|n| n.ends_with("data.pkl"))
+        .map(|n| n.into_owned())
+        .collect();
+    if pickles.is_empty() {
+        return Err(bad(
+            "cannot read the checkpoint: the zip holds no data.pkl; is it a torch.save file?"
+                .into(),
+        ));
+    }
+    for name in &pickles {
+        let entry = zip
+            .by_name(name)
+            .map_err(|e| bad(format!("cannot read the checkpoint: {name}: {e}")))?;
+        let mut bytes = Vec::new();
+        entry
+            .take(MAX_PICKLE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(format!("cannot read the checkpoint: {name}: {e}")))?;
+        if bytes.len() as u64 > MAX_PICKLE_BYTES {
+            return Err(bad(format!(
+                "cannot read the checkpoint: {name} is larger than {MAX_PICKLE_BYTES} bytes"
+            )));
+        }
+        check_pickle(&bytes)
+            .map_err(|e| bad(format!("cannot read the checkpoint: {name}: {e}")))?;
+    }
+    let read = || PthTensors::new(path, None);
+    let outcome = {
+        // The default hook would print the escaped panic as if the program had crashed.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let outcome = std::panic::catch_unwind(read);
+        std::panic::set_hook(hook);
+        outcome
+    };
+    match outcome {
+        Ok(Ok(file)) => Ok(file),
+        Ok(Err(e)) => Err(bad(format!("cannot read the checkpoint: {e}"))),
+        Err(_) => Err(bad(
+            "cannot read the checkpoint: its pickle is malformed (a tensor with too few \
+             arguments, or values out of range)"
+                .into(),
+        )),
+    }
+}
+
+/// Walks a pickle's opcodes (the protocol-2 subset candle reads) without running anything:
+/// every argument must lie within the bytes, a string's claimed length included, and a long
+/// must fit in 8 bytes. The first problem, with its byte offset, is the error.
+fn check_pickle(bytes: &[u8]) -> std::result::Result<(), String> {
+    let mut i = 0;
+    while i < bytes.len() {
+        let (op, at) = (bytes[i], i);
+        i += 1;
+        let rest = bytes.len() - i;
+        let arg = match op {
+            0x80 | b'q' | b'K' | b'h' => 1,
+            b'M' => 2,
+            b'J' | b'r' | b'j' => 4,
+            b'G' => 8,
+            b'X' => {
+                let len = bytes
+                    .get(i..i + 4)
+                    .ok_or_else(|| format!("truncated string length at byte {at}"))?;
+                let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                if len > rest - 4 {
+                    return Err(format!(
+                        "a string at byte {at} claims {len} bytes; {} remain",
+                        rest - 4
+                    ));
+                }
+                4 + len
+            }
+            0x8a => {
+                let n = *bytes
+                    .get(i)
+                    .ok_or_else(|| format!("truncated long at byte {at}"))?
+                    as usize;
+                if n > 8 {
+                    return Err(format!("a long at byte {at} has {n} bytes; at most 8 fit"));
+                }
+                1 + n
+            }
+            b'c' => {
+                // Module and name, each ending in a newline.
+                let lines = bytes[i..]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &b)| b == b'\n')
+                    .nth(1)
+                    .ok_or_else(|| format!("unterminated global at byte {at}"))?;
+                lines.0 + 1
+            }
+            b'.' => return Ok(()),
+            b')'
+            | b'R'
+            | b'('
+            | b't'
+            | b'Q'
+            | 0x85..=0x89
+            | b'N'
+            | b's'
+            | b'u'
+            | b'}'
+            | b'd'
+            | b'b'
+            | 0x81
+            | b']'
+            | b'a'
+            | b'e' => 0,
+            other => {
+                return Err(format!(
+                    "opcode 0x{other:02x} at byte {at} is not one a PyTorch state dict uses"
+                ))
+            }
+        };
+        if arg > rest {
+            return Err(format!("truncated opcode 0x{op:02x} at byte {at}"));
+        }
+        i += arg;
+    }
+    Err("the pickle has no STOP opcode".into())
 }
 
 fn strip_wrappers(mut name: &str) -> &str {

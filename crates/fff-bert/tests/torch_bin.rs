@@ -206,3 +206,92 @@ fn a_legacy_torch_save_file_and_a_non_zip_are_refused_with_what_to_do() {
         );
     }
 }
+
+/// A torch zip holding `pickle` as its `archive/data.pkl`, and nothing else.
+fn zip_with_pickle(pickle: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    out.start_file("archive/data.pkl", stored).unwrap();
+    out.write_all(pickle).unwrap();
+    out.finish().unwrap().into_inner()
+}
+
+#[test]
+fn hostile_pickles_are_refused_without_allocating_or_panicking() {
+    // {"w": _rebuild_tensor_v2()}: a tensor with no arguments, which candle's reader indexes
+    // without checking (a panic there is caught and reported).
+    let mut no_args = b"\x80\x02}X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n".to_vec();
+    no_args.extend_from_slice(b")Rs.");
+    // A string claiming 4 GB in a 20-byte pickle: candle would allocate it before reading.
+    let huge_string = b"\x80\x02}X\xfe\xff\xff\xffw".to_vec();
+    // A long of 200 bytes: shifted past 64 bits by candle's reader.
+    let mut long = b"\x80\x02\x8a\xc8".to_vec();
+    long.extend_from_slice(&[1; 200]);
+    long.push(b'.');
+    for (tag, pickle, want) in [
+        ("no-args", no_args, "malformed"),
+        ("huge-string", huge_string, "claims 4294967294 bytes"),
+        ("long-long", long, "at most 8 fit"),
+        ("unknown-op", b"\x80\x02\xff.".to_vec(), "opcode 0xff"),
+        ("no-stop", b"\x80\x02}".to_vec(), "no STOP"),
+    ] {
+        let dir = folder_with_bin(tag, &zip_with_pickle(&pickle));
+        let result = Pipeline::load(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        let err = match result {
+            Ok(_) => panic!("{tag} should not load"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("pytorch_model.bin") && err.contains(want),
+            "{tag}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_torch_tensor_whose_storage_is_short_is_refused_before_reading() {
+    let src = fixture("tiny-fff-bin").join("pytorch_model.bin");
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(&src).unwrap()).unwrap();
+    let mut entries = Vec::new();
+    for i in 0..archive.len() {
+        use std::io::Read;
+        let mut e = archive.by_index(i).unwrap();
+        let mut bytes = Vec::new();
+        e.read_to_end(&mut bytes).unwrap();
+        entries.push((e.name().unwrap().to_string(), bytes));
+    }
+    let rewrite = |edit: &dyn Fn(&str, &mut Vec<u8>)| -> Vec<u8> {
+        use std::io::Write;
+        let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        for (name, bytes) in &entries {
+            let mut bytes = bytes.clone();
+            edit(name, &mut bytes);
+            out.start_file(name.as_str(), stored).unwrap();
+            out.write_all(&bytes).unwrap();
+        }
+        out.finish().unwrap().into_inner()
+    };
+    // Every storage cut to 4 bytes: each tensor's bytes are missing, which is found from the
+    // zip's entry sizes before a tensor is allocated.
+    let short = rewrite(&|name, bytes| {
+        if name.contains("/data/") {
+            bytes.truncate(4);
+        }
+    });
+    let dir = folder_with_bin("short-storage", &short);
+    let result = Pipeline::load(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = match result {
+        Ok(_) => panic!("short storages should not load"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("pytorch_model.bin") && err.contains("holds 4 bytes"),
+        "{err}"
+    );
+}
