@@ -12,6 +12,9 @@ pub mod math {
     pub use crate::math::*;
 }
 
+/// The contiguous f32 contents of a candle custom op's CPU operand, as the training op reads them.
+pub use crate::train_op::f32_slice;
+
 /// Which walk [`crate::Strategy::Auto`] picks for a shape.
 pub use crate::kernels::descent::resolve_strategy;
 

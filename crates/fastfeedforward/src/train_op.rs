@@ -67,7 +67,8 @@ struct PathKernel {
     config: FffConfig,
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> candle_core::Result<&'a [f32]> {
+/// The contiguous f32 contents of a custom op's CPU operand (`name` for errors).
+pub fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> candle_core::Result<&'a [f32]> {
     let data = match s {
         CpuStorage::F32(d) => d.as_slice(),
         other => bail!("fff: `{name}` must be f32, found {:?}", other.dtype()),

@@ -10,10 +10,10 @@
 //! walks them in a scalar loop: it is the tests' oracle, too slow to be a fair baseline.
 
 use anyhow::{ensure, Context, Result};
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Shape, Tensor, Var};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
+use fastfeedforward::internal::f32_slice;
 use fastfeedforward::kernels::reference::{node_logit, route};
 use fastfeedforward::tree::forest_visits;
 use fastfeedforward::{Fff, FffConfig};
@@ -44,20 +44,6 @@ pub fn masked_dense(
         .apply_op2(&w_in.contiguous()?, Gemm::new(false, true))?;
     let h = xw.apply_op2(b_in, MaskAct { config: *config })?;
     Ok(h.apply_op2(&w_out_t.contiguous()?, Gemm::new(false, false))?)
-}
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> candle_core::Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(d) => d.as_slice(),
-        other => candle_core::bail!(
-            "masked dense: `{name}` must be f32, not {:?}",
-            other.dtype()
-        ),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("masked dense: `{name}` must be contiguous"),
-    }
 }
 
 fn dims2(l: &Layout, name: &str) -> candle_core::Result<(usize, usize)> {

@@ -26,8 +26,6 @@ pub struct Weights {
 /// Where tensors come from.
 #[derive(Clone)]
 enum Store {
-    /// Already in memory (a pickle, or tensors handed over).
-    Loaded(HashMap<String, Tensor>),
     /// A memory-mapped safetensors file whose header has been validated; `names` maps each name
     /// without wrapper prefixes to the name in the file.
     Mapped {
@@ -35,10 +33,12 @@ enum Store {
         names: HashMap<String, String>,
     },
     /// A torch zip whose pickle has been read into tensor descriptions (name, shape, dtype,
-    /// where the bytes are); `names` as for `Mapped`.
+    /// where the bytes are); `names` as for `Mapped`; `entry_bytes` the size of each zip entry,
+    /// read once from the zip's directory.
     Torch {
         file: Arc<PthTensors>,
         names: HashMap<String, String>,
+        entry_bytes: HashMap<String, u64>,
     },
     /// `get` draws a tensor of the requested shape instead of looking it up.
     Random(u64),
@@ -47,7 +47,6 @@ enum Store {
 impl std::fmt::Debug for Weights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let store = match &self.store {
-            Store::Loaded(t) => format!("{} tensors in memory", t.len()),
             Store::Mapped { names, .. } => format!("{} tensors, memory-mapped", names.len()),
             Store::Torch { names, .. } => format!("{} tensors in a torch zip", names.len()),
             Store::Random(seed) => format!("random, seed {seed}"),
@@ -101,8 +100,7 @@ impl Weights {
                 },
             });
         }
-        check_torch_zip(path)?;
-        let file = open_torch_zip(path)?;
+        let (file, entry_bytes) = open_torch_zip(path)?;
         let names = file
             .tensor_infos()
             .keys()
@@ -113,20 +111,9 @@ impl Weights {
             store: Store::Torch {
                 file: Arc::new(file),
                 names,
+                entry_bytes,
             },
         })
-    }
-
-    /// Wraps tensors already in memory; `path` names them in errors.
-    pub fn from_named(path: &Path, raw: impl IntoIterator<Item = (String, Tensor)>) -> Weights {
-        let tensors = raw
-            .into_iter()
-            .map(|(name, t)| (strip_wrappers(&name).to_string(), t))
-            .collect();
-        Weights {
-            path: path.to_path_buf(),
-            store: Store::Loaded(tensors),
-        }
     }
 
     /// Random weights in crammedBERT's initialisation (normal, std 0.02; LayerNorm weights one,
@@ -147,7 +134,6 @@ impl Weights {
     /// Whether a tensor of that name exists.
     pub fn contains(&self, name: &str) -> bool {
         match &self.store {
-            Store::Loaded(t) => t.contains_key(name),
             Store::Mapped { names, .. } | Store::Torch { names, .. } => names.contains_key(name),
             Store::Random(_) => false,
         }
@@ -156,7 +142,6 @@ impl Weights {
     /// Number of tensors.
     pub fn len(&self) -> usize {
         match &self.store {
-            Store::Loaded(t) => t.len(),
             Store::Mapped { names, .. } | Store::Torch { names, .. } => names.len(),
             Store::Random(_) => 0,
         }
@@ -170,7 +155,6 @@ impl Weights {
     /// The names of the tensors, without wrapper prefixes.
     fn names(&self) -> Vec<&str> {
         match &self.store {
-            Store::Loaded(t) => t.keys().map(String::as_str).collect(),
             Store::Mapped { names, .. } | Store::Torch { names, .. } => {
                 names.keys().map(String::as_str).collect()
             }
@@ -218,7 +202,6 @@ impl Weights {
     fn read(&self, name: &str, shape: Option<&[usize]>) -> Result<Option<Tensor>> {
         match &self.store {
             Store::Random(_) => Ok(None),
-            Store::Loaded(t) => Ok(t.get(name).cloned()),
             Store::Mapped { file, names } => {
                 let Some(stored) = names.get(name) else {
                     return Ok(None);
@@ -231,7 +214,11 @@ impl Weights {
                 })?;
                 Ok(Some(t))
             }
-            Store::Torch { file, names } => {
+            Store::Torch {
+                file,
+                names,
+                entry_bytes,
+            } => {
                 let Some(stored) = names.get(name) else {
                     return Ok(None);
                 };
@@ -239,7 +226,7 @@ impl Weights {
                     return Ok(None);
                 };
                 self.check_stored_shape(name, info.layout.dims(), shape)?;
-                self.check_torch_entry(name, info)?;
+                self.check_torch_entry(name, info, entry_bytes.get(&info.path).copied())?;
                 let t = file
                     .get(stored)
                     .map_err(|e| BertError::Io {
@@ -275,9 +262,15 @@ impl Weights {
         })
     }
 
-    /// Refuses a torch tensor whose storage entry in the zip is too short for it, or whose
-    /// layout candle cannot read, before anything is allocated for it.
-    fn check_torch_entry(&self, name: &str, info: &candle_core::pickle::TensorInfo) -> Result<()> {
+    /// Refuses a torch tensor whose storage entry in the zip (`stored` bytes, `None` when the
+    /// entry is missing) is too short for it, or whose layout candle cannot read, before
+    /// anything is allocated for it.
+    fn check_torch_entry(
+        &self,
+        name: &str,
+        info: &candle_core::pickle::TensorInfo,
+        stored: Option<u64>,
+    ) -> Result<()> {
         let bad = |message: String| BertError::Io {
             path: self.path.clone(),
             message: format!("tensor `{name}`: {message}"),
@@ -291,18 +284,12 @@ impl Weights {
         if !info.layout.is_contiguous() && !info.layout.is_fortran_contiguous() {
             return Err(bad("its storage is not contiguous".into()));
         }
-        let file = std::fs::File::open(&self.path)
-            .map_err(|e| bad(format!("cannot read the checkpoint: {e}")))?;
-        let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
-            .map_err(|e| bad(format!("not a valid zip: {e}")))?;
-        let entry = zip
-            .by_name(&info.path)
-            .map_err(|e| bad(format!("its storage `{}` is missing: {e}", info.path)))?;
-        if entry.size() < needed as u64 {
+        let stored =
+            stored.ok_or_else(|| bad(format!("its storage `{}` is missing", info.path)))?;
+        if stored < needed as u64 {
             return Err(bad(format!(
-                "its storage `{}` holds {} bytes; the tensor needs {needed}",
-                info.path,
-                entry.size()
+                "its storage `{}` holds {stored} bytes; the tensor needs {needed}",
+                info.path
             )));
         }
         Ok(())
@@ -399,8 +386,11 @@ const MAX_PICKLE_BYTES: u64 = 16 << 20;
 /// before reading it, and indexes the arguments of a tensor without checking their count, so a
 /// hostile file could make it allocate gigabytes or panic. A panic that still escapes it is
 /// caught and reported as a malformed file.
-fn open_torch_zip(path: &Path) -> Result<PthTensors> {
+/// Also returns the size of every zip entry, so tensors can be checked against their storage
+/// without reopening the zip.
+fn open_torch_zip(path: &Path) -> Result<(PthTensors, HashMap<String, u64>)> {
     use std::io::Read;
+    check_torch_zip(path)?;
     let bad = |message: String| BertError::Io {
         path: path.to_path_buf(),
         message,
@@ -420,6 +410,12 @@ fn open_torch_zip(path: &Path) -> Result<PthTensors> {
             "cannot read the checkpoint: the zip holds no data.pkl; is it a torch.save file?"
                 .into(),
         ));
+    }
+    let mut entry_bytes = HashMap::new();
+    for i in 0..zip.len() {
+        if let Ok(entry) = zip.by_index_raw(i) {
+            entry_bytes.insert(entry.name().unwrap_or_default().to_string(), entry.size());
+        }
     }
     for name in &pickles {
         let entry = zip
@@ -448,7 +444,7 @@ fn open_torch_zip(path: &Path) -> Result<PthTensors> {
         outcome
     };
     match outcome {
-        Ok(Ok(file)) => Ok(file),
+        Ok(Ok(file)) => Ok((file, entry_bytes)),
         Ok(Err(e)) => Err(bad(format!("cannot read the checkpoint: {e}"))),
         Err(_) => Err(bad(
             "cannot read the checkpoint: its pickle is malformed (a tensor with too few \

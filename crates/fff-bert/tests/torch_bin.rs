@@ -109,16 +109,7 @@ fn truncated_pytorch_model_bin_is_named_in_the_error() {
     let src = fixture("tiny-fff-bin");
     let bytes = std::fs::read(src.join("pytorch_model.bin")).unwrap();
     for keep in [bytes.len() / 2, bytes.len() - 10] {
-        let dir = std::env::temp_dir().join(format!(
-            "fff-bert-truncated-bin-{keep}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in ["config.json", "tokenizer.json"] {
-            std::fs::copy(src.join(f), dir.join(f)).unwrap();
-        }
-        std::fs::write(dir.join("pytorch_model.bin"), &bytes[..keep]).unwrap();
+        let dir = folder_with_bin(&format!("truncated-bin-{keep}"), &bytes[..keep]);
         let result = Pipeline::load(&dir);
         let _ = std::fs::remove_dir_all(&dir);
         let err = match result {
@@ -147,23 +138,29 @@ fn folder_with_bin(tag: &str, weights: &[u8]) -> PathBuf {
     dir
 }
 
-#[test]
-fn a_pytorch_model_bin_rezipped_with_deflate_loads_as_the_stored_one() {
+/// tiny-fff-bin's `pytorch_model.bin` written again entry by entry with `method`, each entry's
+/// bytes passed through `edit` first.
+fn rezip_fixture(method: zip::CompressionMethod, edit: impl Fn(&str, &mut Vec<u8>)) -> Vec<u8> {
     use std::io::{Read, Write};
     let src = fixture("tiny-fff-bin").join("pytorch_model.bin");
     let mut archive = zip::ZipArchive::new(std::fs::File::open(&src).unwrap()).unwrap();
     let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let deflated = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
+    let options = zip::write::SimpleFileOptions::default().compression_method(method);
     for i in 0..archive.len() {
         let mut entry = archive.by_index(i).unwrap();
+        let name = entry.name().unwrap().to_string();
         let mut bytes = Vec::new();
         entry.read_to_end(&mut bytes).unwrap();
-        out.start_file(entry.name().unwrap().to_string(), deflated)
-            .unwrap();
+        edit(&name, &mut bytes);
+        out.start_file(name, options).unwrap();
         out.write_all(&bytes).unwrap();
     }
-    let bytes = out.finish().unwrap().into_inner();
+    out.finish().unwrap().into_inner()
+}
+
+#[test]
+fn a_pytorch_model_bin_rezipped_with_deflate_loads_as_the_stored_one() {
+    let bytes = rezip_fixture(zip::CompressionMethod::Deflated, |_, _| {});
     let dir = folder_with_bin("deflated-bin", &bytes);
     let loaded = Pipeline::load(&dir);
     let stored = Pipeline::load(&fixture("tiny-fff-bin")).unwrap();
@@ -253,32 +250,9 @@ fn hostile_pickles_are_refused_without_allocating_or_panicking() {
 
 #[test]
 fn a_torch_tensor_whose_storage_is_short_is_refused_before_reading() {
-    let src = fixture("tiny-fff-bin").join("pytorch_model.bin");
-    let mut archive = zip::ZipArchive::new(std::fs::File::open(&src).unwrap()).unwrap();
-    let mut entries = Vec::new();
-    for i in 0..archive.len() {
-        use std::io::Read;
-        let mut e = archive.by_index(i).unwrap();
-        let mut bytes = Vec::new();
-        e.read_to_end(&mut bytes).unwrap();
-        entries.push((e.name().unwrap().to_string(), bytes));
-    }
-    let rewrite = |edit: &dyn Fn(&str, &mut Vec<u8>)| -> Vec<u8> {
-        use std::io::Write;
-        let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-        let stored = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
-        for (name, bytes) in &entries {
-            let mut bytes = bytes.clone();
-            edit(name, &mut bytes);
-            out.start_file(name.as_str(), stored).unwrap();
-            out.write_all(&bytes).unwrap();
-        }
-        out.finish().unwrap().into_inner()
-    };
     // Every storage cut to 4 bytes: each tensor's bytes are missing, which is found from the
     // zip's entry sizes before a tensor is allocated.
-    let short = rewrite(&|name, bytes| {
+    let short = rezip_fixture(zip::CompressionMethod::Stored, |name, bytes| {
         if name.contains("/data/") {
             bytes.truncate(4);
         }

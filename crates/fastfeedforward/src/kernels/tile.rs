@@ -245,42 +245,31 @@ pub(super) fn per_token(
     routes: Option<RouteSink>,
 ) {
     let (cin, cout) = (w.config.input_width, w.config.output_width);
+    // Tile `i` starts at input `i · TOKEN_TILE` of the batch.
+    let tile = |(i, (x, y)): (usize, (&[f32], &mut [f32]))| {
+        let first = i * TOKEN_TILE;
+        dispatch(
+            level,
+            DescendTile {
+                w,
+                x,
+                y,
+                first,
+                routes,
+            },
+        )
+    };
     if batch <= TOKEN_TILE || rayon::current_num_threads() == 1 {
-        for (i, (x, y)) in x
-            .chunks(TOKEN_TILE * cin)
+        x.chunks(TOKEN_TILE * cin)
             .zip(y.chunks_mut(TOKEN_TILE * cout))
             .enumerate()
-        {
-            let first = i * TOKEN_TILE;
-            dispatch(
-                level,
-                DescendTile {
-                    w,
-                    x,
-                    y,
-                    first,
-                    routes,
-                },
-            );
-        }
+            .for_each(tile);
         return;
     }
-    y.par_chunks_mut(TOKEN_TILE * cout)
-        .zip(x.par_chunks(TOKEN_TILE * cin))
+    x.par_chunks(TOKEN_TILE * cin)
+        .zip(y.par_chunks_mut(TOKEN_TILE * cout))
         .enumerate()
-        .for_each(|(i, (y, x))| {
-            let first = i * TOKEN_TILE;
-            dispatch(
-                level,
-                DescendTile {
-                    w,
-                    x,
-                    y,
-                    first,
-                    routes,
-                },
-            )
-        });
+        .for_each(tile);
 }
 
 /// Descends a tile of at most `TOKEN_TILE` contiguous inputs through every tree.
