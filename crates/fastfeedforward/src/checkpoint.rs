@@ -45,6 +45,15 @@ pub fn load(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, Str
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
     let metadata = header.metadata().clone().unwrap_or_default();
+    if let Some(f) = metadata.get(crate::quantized::FORMAT_KEY) {
+        if f != "f32" && f != "bf16" {
+            return Err(err(format!(
+                "holds {f} weights (metadata `{}`), which only an inference layer can use: load \
+                 it with `QuantizedFff::load`",
+                crate::quantized::FORMAT_KEY
+            )));
+        }
+    }
     let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
         .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
     Ok((tensors, metadata))

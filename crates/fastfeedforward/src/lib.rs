@@ -11,6 +11,8 @@
 //!   formulation ([`mod@reference`]); inference runs a batched, multithreaded SIMD kernel
 //!   ([`kernels`], tuned by [`InferOptions`]); parameters save and load as safetensors under
 //!   UltraFastBERT's PyTorch names ([`checkpoint`]).
+//! - [`QuantizedFff`]: an FFF for inference with bf16 or int8 weights ([`WeightFormat`]),
+//!   made by [`Fff::quantize`]; f32 accumulation, one scale per int8 row.
 //! - [`OriginalFff`]: the original FFF (a routing tree over leaf MLPs); [`FlatFff`]: one
 //!   hyperplane per level.
 //! - [`Linear`] and [`Elementwise`]: the dense and activation layers a model mixes in.
@@ -47,6 +49,7 @@ pub mod kernels;
 mod layer;
 mod math;
 mod original;
+mod quantized;
 pub mod reference;
 mod train_op;
 pub mod tree;
@@ -57,6 +60,7 @@ pub use config::{Activation, FffConfig, Init, MAX_DEPTH};
 pub use dense::DenseFf;
 pub use error::{FffError, Result};
 pub use flat::{FlatFff, FlatFffConfig, FLAT_NAMES};
-pub use kernels::{InferOptions, SimdLevel, Strategy, Workspace};
+pub use kernels::{InferOptions, SimdLevel, Strategy, WeightFormat, Workspace};
 pub use layer::{Fff, B_IN, W_IN, W_OUT};
 pub use original::{OriginalFff, OriginalFffConfig, SoftForward, ORIGINAL_NAMES};
+pub use quantized::{QuantizedFff, FORMAT_KEY, W_IN_SCALE, W_OUT_SCALE};

@@ -23,7 +23,7 @@ use super::tile::{
     accumulate_rows, group_logits, route_tile, stable_partition, RouteSink, RowsPtr, SharedMut,
     TileRecord, MAX_LEVELS, TOKEN_TILE,
 };
-use super::{child, FffWeightsView, Workspace};
+use super::{child, FffWeightsView, WeightElem, Workspace};
 use rayon::prelude::*;
 
 /// Number of top levels for a tree of `levels` levels: the two halves hold about as many rows.
@@ -45,8 +45,8 @@ const CHUNK_TOKENS: usize = 16384;
 /// Smallest token count worth splitting into two parallel tasks.
 const JOIN_MIN_TOKENS: usize = 64;
 
-pub(super) fn bucketed(
-    w: &FffWeightsView<'_>,
+pub(super) fn bucketed<E: WeightElem>(
+    w: &FffWeightsView<'_, E>,
     x: &[f32],
     batch: usize,
     y: &mut [f32],
@@ -74,8 +74,8 @@ pub(super) fn bucketed(
 
 /// One tree over one chunk of inputs.
 #[allow(clippy::too_many_arguments)]
-fn bucketed_tree(
-    w: &FffWeightsView<'_>,
+fn bucketed_tree<E: WeightElem>(
+    w: &FffWeightsView<'_, E>,
     t: usize,
     x: &[f32],
     batch: usize,
@@ -176,8 +176,8 @@ fn bucketed_tree(
 }
 
 /// Everything a bucket task reads, and the shared buffers it writes its own inputs' parts of.
-struct BottomCtx<'w, 'a> {
-    w: &'w FffWeightsView<'a>,
+struct BottomCtx<'w, 'a, E: WeightElem> {
+    w: &'w FffWeightsView<'a, E>,
     base: usize,
     split: usize,
     x: &'w [f32],
@@ -200,7 +200,7 @@ struct BottomCtx<'w, 'a> {
     routes: Option<(RouteSink, usize)>,
 }
 
-impl BottomCtx<'_, '_> {
+impl<E: WeightElem> BottomCtx<'_, '_, E> {
     /// Reports the rows input `tk` of the chunk visited, if asked: the rows its output sums.
     #[inline(always)]
     fn report(&self, tk: usize, rows: &[usize]) {
@@ -248,8 +248,8 @@ impl<'s> WalkScratch<'s> {
 
 /// Runs the buckets in `range`, whose inputs are `order` (bucket by bucket), in parallel
 /// halves, with the matching slots of `scratch`.
-fn bucket_range(
-    ctx: &BottomCtx<'_, '_>,
+fn bucket_range<E: WeightElem>(
+    ctx: &BottomCtx<'_, '_, E>,
     range: std::ops::Range<usize>,
     start: &[usize],
     order: &mut [u32],
@@ -289,8 +289,8 @@ fn bucket_range(
 }
 
 /// Top levels of one contiguous tile.
-struct TopTile<'w, 'a> {
-    w: &'w FffWeightsView<'a>,
+struct TopTile<'w, 'a, E: WeightElem> {
+    w: &'w FffWeightsView<'a, E>,
     base: usize,
     split: usize,
     x: &'w [f32],
@@ -301,7 +301,7 @@ struct TopTile<'w, 'a> {
     reached: &'w mut [u32],
 }
 
-impl SimdTask for TopTile<'_, '_> {
+impl<E: WeightElem> SimdTask for TopTile<'_, '_, E> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
@@ -335,8 +335,8 @@ impl SimdTask for TopTile<'_, '_> {
 /// Copies input `tk`'s top records (rows and activations of levels `0..split`) into `rows`,
 /// `acts`.
 #[inline(always)]
-fn top_records(
-    ctx: &BottomCtx<'_, '_>,
+fn top_records<E: WeightElem>(
+    ctx: &BottomCtx<'_, '_, E>,
     tk: usize,
     rows: &mut [usize; MAX_LEVELS],
     acts: &mut [f32; MAX_LEVELS],
@@ -350,9 +350,9 @@ fn top_records(
 
 /// Writes the output of input `tk` from its top records and the bottom levels in `rows`, `acts`.
 #[inline(always)]
-fn write_output<S: Simd>(
+fn write_output<S: Simd, E: WeightElem>(
     s: S,
-    ctx: &BottomCtx<'_, '_>,
+    ctx: &BottomCtx<'_, '_, E>,
     tk: usize,
     rows: &mut [usize; MAX_LEVELS],
     acts: &mut [f32; MAX_LEVELS],
@@ -368,12 +368,12 @@ fn write_output<S: Simd>(
 }
 
 /// A small bucket: interleaved tile descent of its bottom levels.
-struct TiledBucket<'c, 'w, 'a> {
-    ctx: &'c BottomCtx<'w, 'a>,
+struct TiledBucket<'c, 'w, 'a, E: WeightElem> {
+    ctx: &'c BottomCtx<'w, 'a, E>,
     tokens: &'c [u32],
 }
 
-impl SimdTask for TiledBucket<'_, '_, '_> {
+impl<E: WeightElem> SimdTask for TiledBucket<'_, '_, '_, E> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
@@ -407,13 +407,13 @@ impl SimdTask for TiledBucket<'_, '_, '_> {
 }
 
 /// A large bucket: depth-first walk of its subtree with the inputs on each node grouped.
-struct GroupedBucket<'c, 'w, 'a> {
-    ctx: &'c BottomCtx<'w, 'a>,
+struct GroupedBucket<'c, 'w, 'a, E: WeightElem> {
+    ctx: &'c BottomCtx<'w, 'a, E>,
     tokens: &'c mut [u32],
     scratch: WalkScratch<'c>,
 }
 
-impl SimdTask for GroupedBucket<'_, '_, '_> {
+impl<E: WeightElem> SimdTask for GroupedBucket<'_, '_, '_, E> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
@@ -432,7 +432,10 @@ impl SimdTask for GroupedBucket<'_, '_, '_> {
             split..levels,
             tokens,
             self.scratch,
-            |tk, l, row, z| write_record(ctx, tk, l - split, row, c.activation.apply_fast(z)),
+            |tk, l, row, z| {
+                let act = c.activation.apply_fast(z) * ctx.w.w_out_scale(row);
+                write_record(ctx, tk, l - split, row, act)
+            },
         );
         clock.add_to(Phase::Walk);
         let clock = Clock::start();
@@ -464,9 +467,9 @@ impl SimdTask for GroupedBucket<'_, '_, '_> {
 /// left first.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn walk_grouped<S: Simd>(
+fn walk_grouped<S: Simd, E: WeightElem>(
     s: S,
-    w: &FffWeightsView<'_>,
+    w: &FffWeightsView<'_, E>,
     base: usize,
     x: &[f32],
     node: usize,
@@ -536,7 +539,15 @@ fn walk_grouped<S: Simd>(
         // The last level alone.
         let group = &tokens[lo..hi];
         let zg = &mut z[lo..hi];
-        group_logits(s, w.w_in_row(row), w.b_in[row], x, group, zg);
+        group_logits(
+            s,
+            w.w_in_row(row),
+            w.w_in_scale(row),
+            w.b_in[row],
+            x,
+            group,
+            zg,
+        );
         for (&tk, &zv) in group.iter().zip(zg.iter()) {
             record(tk as usize, l, row, zv);
         }
@@ -545,7 +556,13 @@ fn walk_grouped<S: Simd>(
 
 /// Records that input `tk` visited `row` with activation `act` at bottom level `bl`.
 #[inline(always)]
-fn write_record(ctx: &BottomCtx<'_, '_>, tk: usize, bl: usize, row: usize, act: f32) {
+fn write_record<E: WeightElem>(
+    ctx: &BottomCtx<'_, '_, E>,
+    tk: usize,
+    bl: usize,
+    row: usize,
+    act: f32,
+) {
     let c = &ctx.w.config;
     let bottom = c.depth + 1 - ctx.split;
     let at = tk * bottom + bl;
@@ -561,9 +578,9 @@ fn write_record(ctx: &BottomCtx<'_, '_>, tk: usize, bl: usize, row: usize, act: 
 /// For inputs `tokens` on node `rows[0]` whose children are `rows[1]` and `rows[2]`: `z` is the
 /// node's logit and `z_child` the logit of the child each input goes to.
 #[inline(always)]
-fn pair_logits<S: Simd>(
+fn pair_logits<S: Simd, E: WeightElem>(
     s: S,
-    weights: &FffWeightsView<'_>,
+    weights: &FffWeightsView<'_, E>,
     x: &[f32],
     rows: [usize; 3],
     tokens: &[u32],
@@ -573,13 +590,14 @@ fn pair_logits<S: Simd>(
     let cin = weights.config.input_width;
     let w = rows.map(|r| weights.w_in_row(r));
     let b = rows.map(|r| weights.b_in[r]);
+    let k = rows.map(|r| weights.w_in_scale(r));
     let x = |tk: u32| &x[tk as usize * cin..(tk as usize + 1) * cin];
     let mut finish = |i: usize, d: [f32; 3]| {
-        let zn = d[0] + b[0];
+        let zn = d[0] * k[0] + b[0];
         z[i] = zn;
         // Row 1 is the left child, row 2 the right: `child` picks 2n+1 or 2n+2.
         let r = child(0, zn);
-        z_child[i] = d[r] + b[r];
+        z_child[i] = d[r] * k[r] + b[r];
     };
     let mut i = 0;
     while i + 4 <= tokens.len() {
@@ -605,8 +623,8 @@ fn pair_logits<S: Simd>(
 
 /// Copies input `tk`'s bottom records (rows and activations by level) into `rows`, `acts`.
 #[inline(always)]
-fn bottom_records(
-    ctx: &BottomCtx<'_, '_>,
+fn bottom_records<E: WeightElem>(
+    ctx: &BottomCtx<'_, '_, E>,
     tk: usize,
     rows: &mut [usize; MAX_LEVELS],
     acts: &mut [f32; MAX_LEVELS],
@@ -626,9 +644,9 @@ fn bottom_records(
 /// applied to it alone. Every output sums its rows in level order, exactly as
 /// [`accumulate_rows`] would, so the result does not depend on which inputs share a quad.
 #[inline(always)]
-fn write_outputs4<S: Simd>(
+fn write_outputs4<S: Simd, E: WeightElem>(
     s: S,
-    ctx: &BottomCtx<'_, '_>,
+    ctx: &BottomCtx<'_, '_, E>,
     quad: &[u32],
     rows: &mut [[usize; MAX_LEVELS]; 4],
     acts: &mut [[f32; MAX_LEVELS]; 4],
@@ -685,8 +703,8 @@ fn write_outputs4<S: Simd>(
 }
 
 /// The rows and activations of four inputs by level, applied column block by block.
-struct QuadOut<'q, 'a> {
-    w: &'q FffWeightsView<'a>,
+struct QuadOut<'q, 'a, E: WeightElem> {
+    w: &'q FffWeightsView<'a, E>,
     rows: &'q [[usize; MAX_LEVELS]; 4],
     acts: &'q [[f32; MAX_LEVELS]; 4],
     /// Levels `0..shared` are on the same node for all four inputs.
@@ -696,7 +714,7 @@ struct QuadOut<'q, 'a> {
     stream: bool,
 }
 
-impl QuadOut<'_, '_> {
+impl<E: WeightElem> QuadOut<'_, '_, E> {
     /// Columns `i..i + NV·LANES` of the four outputs.
     #[inline(always)]
     fn block<S: Simd, const NV: usize>(&mut self, s: S, ys: &mut [&mut [f32]; 4], i: usize) {
@@ -713,7 +731,7 @@ impl QuadOut<'_, '_> {
             let out = &self.w.w_out_row(self.rows[0][l])[i..];
             let mut wv = [s.zero(); NV];
             for (v, wv) in wv.iter_mut().enumerate() {
-                *wv = s.load(&out[v * lanes..]);
+                *wv = s.load_w(&out[v * lanes..]);
             }
             for (a, act) in acc.iter_mut().zip(self.acts) {
                 let cv = s.splat(act[l]);
@@ -727,7 +745,7 @@ impl QuadOut<'_, '_> {
                 let out = &self.w.w_out_row(rows[l])[i..];
                 let cv = s.splat(acts[l]);
                 for (v, a) in a.iter_mut().enumerate() {
-                    *a = s.mul_add(cv, s.load(&out[v * lanes..]), *a);
+                    *a = s.mul_add(cv, s.load_w(&out[v * lanes..]), *a);
                 }
             }
         }
@@ -751,14 +769,14 @@ impl QuadOut<'_, '_> {
             }
         }
         for l in 0..self.shared {
-            let wv = s.load_partial(&self.w.w_out_row(self.rows[0][l])[at..end]);
+            let wv = s.load_w_partial(&self.w.w_out_row(self.rows[0][l])[at..end]);
             for (a, act) in acc.iter_mut().zip(self.acts) {
                 *a = s.mul_add(s.splat(act[l]), wv, *a);
             }
         }
         for ((a, rows), acts) in acc.iter_mut().zip(self.rows).zip(self.acts) {
             for l in self.shared..self.levels {
-                let wv = s.load_partial(&self.w.w_out_row(rows[l])[at..end]);
+                let wv = s.load_w_partial(&self.w.w_out_row(rows[l])[at..end]);
                 *a = s.mul_add(s.splat(acts[l]), wv, *a);
             }
         }
@@ -770,7 +788,7 @@ impl QuadOut<'_, '_> {
 
 /// Bottom record `at` (written by this bucket's walk above).
 #[inline(always)]
-fn ctx_row(ctx: &BottomCtx<'_, '_>, at: usize) -> usize {
+fn ctx_row<E: WeightElem>(ctx: &BottomCtx<'_, '_, E>, at: usize) -> usize {
     assert!(at < ctx.records_len);
     // SAFETY: in bounds; written by this task before, read by no other task.
     unsafe { *ctx.bottom_rows.0.add(at) as usize }
@@ -778,7 +796,7 @@ fn ctx_row(ctx: &BottomCtx<'_, '_>, at: usize) -> usize {
 
 /// Bottom activation record `at`.
 #[inline(always)]
-fn ctx_act(ctx: &BottomCtx<'_, '_>, at: usize) -> f32 {
+fn ctx_act<E: WeightElem>(ctx: &BottomCtx<'_, '_, E>, at: usize) -> f32 {
     assert!(at < ctx.records_len);
     // SAFETY: as in `ctx_row`.
     unsafe { *ctx.bottom_acts.0.add(at) }

@@ -13,7 +13,7 @@
 use super::bucketed::{bucketed, split_level};
 use super::dev::grouped::grouped;
 use super::tile::{per_token, RouteSink};
-use super::{check_io, FffWeightsView, SimdLevel};
+use super::{check_io, FffWeightsView, SimdLevel, WeightElem};
 use crate::error::{check_rows, Result};
 
 /// How the kernel walks the trees.
@@ -150,9 +150,10 @@ pub fn resolve_strategy(strategy: Strategy, depth: usize, batch: usize) -> Strat
     }
 }
 
-/// Computes `y = FFF(x)` for `batch` rows of `x` (`[batch, in]`) into `y` (`[batch, out]`).
-pub fn forward(
-    w: &FffWeightsView<'_>,
+/// Computes `y = FFF(x)` for `batch` rows of `x` (`[batch, in]`) into `y` (`[batch, out]`),
+/// with the weights stored as `E` (f32, bf16 or int8; accumulation is f32 for all).
+pub fn forward<E: WeightElem>(
+    w: &FffWeightsView<'_, E>,
     x: &[f32],
     batch: usize,
     y: &mut [f32],
@@ -169,8 +170,8 @@ pub fn forward(
 /// tree, root first. They are the nodes whose output rows the walk summed into `y`, so tests can
 /// hold the kernel's own routing to the reference, not only its outputs (a NaN sent right shows
 /// here even when every output it touches is NaN anyway).
-pub fn forward_with_routes(
-    w: &FffWeightsView<'_>,
+pub fn forward_with_routes<E: WeightElem>(
+    w: &FffWeightsView<'_, E>,
     x: &[f32],
     batch: usize,
     y: &mut [f32],
@@ -185,8 +186,8 @@ pub fn forward_with_routes(
     Ok(())
 }
 
-fn run(
-    w: &FffWeightsView<'_>,
+fn run<E: WeightElem>(
+    w: &FffWeightsView<'_, E>,
     x: &[f32],
     batch: usize,
     y: &mut [f32],

@@ -4,6 +4,7 @@
 //! (`tile::SharedMut`, used by the bucketed and grouped walks) and the aligned allocator have
 //! their own, each block with a `SAFETY` comment.
 
+use super::format::{RowElems, WeightElem};
 use std::sync::OnceLock;
 
 /// An instruction-set level a kernel can run at.
@@ -103,6 +104,41 @@ pub(crate) trait Simd: Copy {
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     /// Sum of the lanes.
     fn reduce_sum(self, v: Self::V) -> f32;
+    /// Widens `LANES` bf16 values (bit patterns) from `s[0..LANES]` to f32.
+    fn load_bf16(self, s: &[u16]) -> Self::V;
+    /// Widens `LANES` int8 values from `s[0..LANES]` to f32.
+    fn load_i8(self, s: &[i8]) -> Self::V;
+
+    /// Loads `LANES` weights of any stored format from `r[0..LANES]`, widened to f32.
+    #[inline(always)]
+    fn load_w<E: WeightElem>(self, r: &[E]) -> Self::V {
+        // `E::elems` is a constant variant per type, so the match folds away.
+        match E::elems(r) {
+            RowElems::F32(r) => self.load(r),
+            RowElems::Bf16(r) => self.load_bf16(r),
+            RowElems::Int8(r) => self.load_i8(r),
+        }
+    }
+
+    /// Loads the `r.len() < LANES` weights of `r` into the low lanes, widened; the others are 0.
+    #[inline(always)]
+    fn load_w_partial<E: WeightElem>(self, r: &[E]) -> Self::V {
+        match E::elems(r) {
+            RowElems::F32(r) => self.load_partial(r),
+            // Tails are rare (widths not a multiple of the vector): a zero-padded copy on the
+            // stack keeps the loads in bounds without masked integer loads.
+            RowElems::Bf16(r) => {
+                let mut pad = [0u16; 16];
+                pad[..r.len()].copy_from_slice(r);
+                self.load_bf16(&pad)
+            }
+            RowElems::Int8(r) => {
+                let mut pad = [0i8; 16];
+                pad[..r.len()].copy_from_slice(r);
+                self.load_i8(&pad)
+            }
+        }
+    }
 }
 
 /// `_MM_HINT_T0`: into L1 (and the levels below).
@@ -166,6 +202,16 @@ impl Simd for Portable {
     #[inline(always)]
     fn reduce_sum(self, v: Self::V) -> f32 {
         ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
+    }
+    #[inline(always)]
+    fn load_bf16(self, s: &[u16]) -> Self::V {
+        let s = &s[..8];
+        std::array::from_fn(|i| f32::from_bits((s[i] as u32) << 16))
+    }
+    #[inline(always)]
+    fn load_i8(self, s: &[i8]) -> Self::V {
+        let s = &s[..8];
+        std::array::from_fn(|i| s[i] as f32)
     }
 }
 
@@ -248,6 +294,23 @@ mod x86 {
                 let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
                 let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
                 _mm_cvtss_f32(s)
+            }
+        }
+        #[inline(always)]
+        fn load_bf16(self, s: &[u16]) -> __m256 {
+            assert!(s.len() >= 8);
+            // A bf16 is the high half of an f32: zero-extend to 32 bits and shift up.
+            unsafe {
+                let h = _mm_loadu_si128(s.as_ptr() as *const __m128i);
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+            }
+        }
+        #[inline(always)]
+        fn load_i8(self, s: &[i8]) -> __m256 {
+            assert!(s.len() >= 8);
+            unsafe {
+                let b = _mm_loadl_epi64(s.as_ptr() as *const __m128i);
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b))
             }
         }
     }
@@ -333,6 +396,22 @@ mod x86 {
         fn reduce_sum(self, v: __m512) -> f32 {
             unsafe { _mm512_reduce_add_ps(v) }
         }
+        #[inline(always)]
+        fn load_bf16(self, s: &[u16]) -> __m512 {
+            assert!(s.len() >= 16);
+            unsafe {
+                let h = _mm256_loadu_si256(s.as_ptr() as *const __m256i);
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+            }
+        }
+        #[inline(always)]
+        fn load_i8(self, s: &[i8]) -> __m512 {
+            assert!(s.len() >= 16);
+            unsafe {
+                let b = _mm_loadu_si128(s.as_ptr() as *const __m128i);
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b))
+            }
+        }
     }
 
     /// # Safety
@@ -405,7 +484,7 @@ pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
 /// so the same weights give the same bits wherever they were allocated. Loads are fastest when
 /// the rows are aligned to 64 bytes: see [`crate::AlignedAlloc`].
 #[inline(always)]
-pub(crate) fn dot<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot<S: Simd, E: WeightElem>(s: S, a: &[E], b: &[f32]) -> f32 {
     const ACC: usize = 8;
     let n = a.len().min(b.len());
     let mut acc = [s.zero(); ACC];
@@ -416,18 +495,18 @@ pub(crate) fn dot<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
     let mut cb = b.chunks_exact(ACC * l);
     for (xa, xb) in (&mut ca).zip(&mut cb) {
         for (k, acc_k) in acc.iter_mut().enumerate() {
-            *acc_k = s.mul_add(s.load(&xa[k * l..]), s.load(&xb[k * l..]), *acc_k);
+            *acc_k = s.mul_add(s.load_w(&xa[k * l..]), s.load(&xb[k * l..]), *acc_k);
         }
     }
     let (ra, rb) = (ca.remainder(), cb.remainder());
     let mut ta = ra.chunks_exact(l);
     let mut tb = rb.chunks_exact(l);
     for (xa, xb) in (&mut ta).zip(&mut tb) {
-        acc[1] = s.mul_add(s.load(xa), s.load(xb), acc[1]);
+        acc[1] = s.mul_add(s.load_w(xa), s.load(xb), acc[1]);
     }
     let (ra, rb) = (ta.remainder(), tb.remainder());
     if !ra.is_empty() {
-        acc[2] = s.mul_add(s.load_partial(ra), s.load_partial(rb), acc[2]);
+        acc[2] = s.mul_add(s.load_w_partial(ra), s.load_partial(rb), acc[2]);
     }
     let v = s.add(
         s.add(s.add(acc[0], acc[1]), s.add(acc[2], acc[3])),
@@ -438,15 +517,15 @@ pub(crate) fn dot<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
 
 /// Four dot products sharing the row `w` (loaded once per 4 inputs).
 #[inline(always)]
-pub(crate) fn dot4<S: Simd>(s: S, w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+pub(crate) fn dot4<S: Simd, E: WeightElem>(s: S, w: &[E], x: [&[f32]; 4]) -> [f32; 4] {
     let n = w.len();
     let x = x.map(|x| &x[..n]);
     let l = S::LANES;
     let mut acc = [[s.zero(); 2]; 4];
     let mut i = 0;
     while i + 2 * l <= n {
-        let w0 = s.load(&w[i..]);
-        let w1 = s.load(&w[i + l..]);
+        let w0 = s.load_w(&w[i..]);
+        let w1 = s.load_w(&w[i + l..]);
         for j in 0..4 {
             acc[j][0] = s.mul_add(w0, s.load(&x[j][i..]), acc[j][0]);
             acc[j][1] = s.mul_add(w1, s.load(&x[j][i + l..]), acc[j][1]);
@@ -454,14 +533,14 @@ pub(crate) fn dot4<S: Simd>(s: S, w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
         i += 2 * l;
     }
     if i + l <= n {
-        let w0 = s.load(&w[i..]);
+        let w0 = s.load_w(&w[i..]);
         for j in 0..4 {
             acc[j][0] = s.mul_add(w0, s.load(&x[j][i..]), acc[j][0]);
         }
         i += l;
     }
     if i < n {
-        let w1 = s.load_partial(&w[i..]);
+        let w1 = s.load_w_partial(&w[i..]);
         for j in 0..4 {
             acc[j][1] = s.mul_add(w1, s.load_partial(&x[j][i..]), acc[j][1]);
         }
@@ -477,7 +556,11 @@ pub(crate) fn dot4<S: Simd>(s: S, w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
 /// an input is loaded once for all three rows, so a walk that takes a node and both its
 /// children in one pass reads its inputs from L2 once per two levels.
 #[inline(always)]
-pub(crate) fn dot3<S: Simd, const I: usize>(s: S, w: [&[f32]; 3], x: [&[f32]; I]) -> [[f32; 3]; I] {
+pub(crate) fn dot3<S: Simd, E: WeightElem, const I: usize>(
+    s: S,
+    w: [&[E]; 3],
+    x: [&[f32]; I],
+) -> [[f32; 3]; I] {
     // Plain loops, no closures: a closure does not inherit the caller's target features, so a
     // vector load inside one becomes a call.
     let n = w[0].len();
@@ -487,7 +570,7 @@ pub(crate) fn dot3<S: Simd, const I: usize>(s: S, w: [&[f32]; 3], x: [&[f32]; I]
     let mut acc = [[s.zero(); 3]; I];
     let mut i = 0;
     while i + l <= n {
-        let wv = [s.load(&w0[i..]), s.load(&w1[i..]), s.load(&w2[i..])];
+        let wv = [s.load_w(&w0[i..]), s.load_w(&w1[i..]), s.load_w(&w2[i..])];
         for j in 0..I {
             let xv = s.load(&x[j][i..]);
             for r in 0..3 {
@@ -498,9 +581,9 @@ pub(crate) fn dot3<S: Simd, const I: usize>(s: S, w: [&[f32]; 3], x: [&[f32]; I]
     }
     if i < n {
         let wv = [
-            s.load_partial(&w0[i..]),
-            s.load_partial(&w1[i..]),
-            s.load_partial(&w2[i..]),
+            s.load_w_partial(&w0[i..]),
+            s.load_w_partial(&w1[i..]),
+            s.load_w_partial(&w2[i..]),
         ];
         for j in 0..I {
             let xv = s.load_partial(&x[j][i..]);
@@ -520,7 +603,7 @@ pub(crate) fn dot3<S: Simd, const I: usize>(s: S, w: [&[f32]; 3], x: [&[f32]; I]
 
 /// y += alpha · x.
 #[inline(always)]
-pub(crate) fn axpy<S: Simd>(s: S, alpha: f32, x: &[f32], y: &mut [f32]) {
+pub(crate) fn axpy<S: Simd, E: WeightElem>(s: S, alpha: f32, x: &[E], y: &mut [f32]) {
     let n = x.len().min(y.len());
     let (x, y) = (&x[..n], &mut y[..n]);
     let l = S::LANES;
@@ -528,23 +611,24 @@ pub(crate) fn axpy<S: Simd>(s: S, alpha: f32, x: &[f32], y: &mut [f32]) {
     let mut cx = x.chunks_exact(l);
     let mut cy = y.chunks_exact_mut(l);
     for (xc, yc) in (&mut cx).zip(&mut cy) {
-        let v = s.mul_add(av, s.load(xc), s.load(yc));
+        let v = s.mul_add(av, s.load_w(xc), s.load(yc));
         s.store(yc, v);
     }
     let (rx, ry) = (cx.remainder(), cy.into_remainder());
     if !rx.is_empty() {
-        let v = s.mul_add(av, s.load_partial(rx), s.load_partial(ry));
+        let v = s.mul_add(av, s.load_w_partial(rx), s.load_partial(ry));
         s.store_partial(ry, v);
     }
 }
 
 /// Prefetches every cache line of `row` into the level `HINT` names ([`HINT_L1`], [`HINT_L2`]).
 #[inline(always)]
-pub(crate) fn prefetch_row<const HINT: i32>(row: &[f32]) {
+pub(crate) fn prefetch_row<const HINT: i32, E>(row: &[E]) {
+    let per_line = (64 / std::mem::size_of::<E>().max(1)).max(1);
     let mut i = 0;
     while i < row.len() {
-        prefetch_line::<HINT>(row[i..].as_ptr());
-        i += 16; // 64-byte lines
+        prefetch_line::<HINT>(row[i..].as_ptr() as *const f32);
+        i += per_line;
     }
 }
 

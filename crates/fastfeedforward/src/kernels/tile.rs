@@ -8,7 +8,7 @@
 //! per level.
 
 use super::simd::{dispatch, dot, dot4, prefetch_row, Simd, SimdLevel, SimdTask, HINT_L1, HINT_L2};
-use super::{child, FffWeightsView};
+use super::{child, FffWeightsView, WeightElem};
 use rayon::prelude::*;
 
 /// Inputs whose descents are interleaved in one tile.
@@ -118,9 +118,9 @@ impl RouteSink {
 /// tile's inputs cross several 4 KB pages, and the hardware prefetcher restarts at each page,
 /// so without this the top levels of a large batch waited on DRAM at half its bandwidth.
 #[inline(always)]
-pub(super) fn route_tile<S: Simd>(
+pub(super) fn route_tile<S: Simd, E: WeightElem>(
     s: S,
-    w: &FffWeightsView<'_>,
+    w: &FffWeightsView<'_, E>,
     base: usize,
     xs: &[&[f32]],
     levels: std::ops::Range<usize>,
@@ -141,17 +141,19 @@ pub(super) fn route_tile<S: Simd>(
             let n = rec.nodes[j];
             let row = base + n;
             if let Some(lines) = ahead.next() {
-                prefetch_row::<HINT_L1>(lines);
+                prefetch_row::<HINT_L1, f32>(lines);
             }
-            let z = dot(s, w.w_in_row(row), x) + w.b_in[row];
+            let z = dot(s, w.w_in_row(row), x) * w.w_in_scale(row) + w.b_in[row];
             rec.rows[j][l] = row;
-            rec.acts[j][l] = w.config.activation.apply_fast(z);
+            // The output row's scale rides on the activation: one multiply per row, not per
+            // weight (it is 1 unless the weights are int8, and then folds away).
+            rec.acts[j][l] = w.config.activation.apply_fast(z) * w.w_out_scale(row);
             let next = child(n, z);
             rec.nodes[j] = next;
             if l >= CACHED_LEVELS {
-                prefetch_row::<HINT_L2>(w.w_out_row(row));
+                prefetch_row::<HINT_L2, E>(w.w_out_row(row));
                 if l < depth {
-                    prefetch_row::<HINT_L2>(w.w_in_row(base + next));
+                    prefetch_row::<HINT_L2, E>(w.w_in_row(base + next));
                 }
             }
         }
@@ -162,9 +164,9 @@ pub(super) fn route_tile<S: Simd>(
 /// With `overwrite`, `y`'s old contents are ignored. With `stream`, whole vectors of `y` bypass
 /// the caches (see [`Simd::store_stream`]).
 #[inline(always)]
-pub(super) fn accumulate_rows<S: Simd>(
+pub(super) fn accumulate_rows<S: Simd, E: WeightElem>(
     s: S,
-    w: &FffWeightsView<'_>,
+    w: &FffWeightsView<'_, E>,
     rows: &[usize],
     acts: &[f32],
     y: &mut [f32],
@@ -186,7 +188,7 @@ pub(super) fn accumulate_rows<S: Simd>(
             let out = &w.w_out_row(row)[i..];
             let av = s.splat(act);
             for (k, a) in acc.iter_mut().enumerate() {
-                *a = s.mul_add(av, s.load(&out[k * l..]), *a);
+                *a = s.mul_add(av, s.load_w(&out[k * l..]), *a);
             }
         }
         for (k, a) in acc.iter().enumerate() {
@@ -197,7 +199,7 @@ pub(super) fn accumulate_rows<S: Simd>(
     while i + l <= n {
         let mut acc = if overwrite { s.zero() } else { s.load(&y[i..]) };
         for (&row, &act) in rows.iter().zip(acts) {
-            acc = s.mul_add(s.splat(act), s.load(&w.w_out_row(row)[i..]), acc);
+            acc = s.mul_add(s.splat(act), s.load_w(&w.w_out_row(row)[i..]), acc);
         }
         s.store_maybe_stream(&mut y[i..], acc, stream);
         i += l;
@@ -207,9 +209,9 @@ pub(super) fn accumulate_rows<S: Simd>(
 
 /// [`accumulate_rows`] for a piece of `y` shorter than a vector, starting at column `at`.
 #[inline(always)]
-fn accumulate_partial<S: Simd>(
+fn accumulate_partial<S: Simd, E: WeightElem>(
     s: S,
-    w: &FffWeightsView<'_>,
+    w: &FffWeightsView<'_, E>,
     rows: &[usize],
     acts: &[f32],
     y: &mut [f32],
@@ -228,7 +230,7 @@ fn accumulate_partial<S: Simd>(
     for (&row, &act) in rows.iter().zip(acts) {
         acc = s.mul_add(
             s.splat(act),
-            s.load_partial(&w.w_out_row(row)[at..end]),
+            s.load_w_partial(&w.w_out_row(row)[at..end]),
             acc,
         );
     }
@@ -236,8 +238,8 @@ fn accumulate_partial<S: Simd>(
 }
 
 /// The per-token walk: tiles of inputs in parallel, each tile descending every tree.
-pub(super) fn per_token(
-    w: &FffWeightsView<'_>,
+pub(super) fn per_token<E: WeightElem>(
+    w: &FffWeightsView<'_, E>,
     x: &[f32],
     batch: usize,
     y: &mut [f32],
@@ -273,8 +275,8 @@ pub(super) fn per_token(
 }
 
 /// Descends a tile of at most `TOKEN_TILE` contiguous inputs through every tree.
-struct DescendTile<'w, 'a> {
-    w: &'w FffWeightsView<'a>,
+struct DescendTile<'w, 'a, E: WeightElem> {
+    w: &'w FffWeightsView<'a, E>,
     x: &'w [f32],
     y: &'w mut [f32],
     /// Index of the tile's first input in the batch.
@@ -282,7 +284,7 @@ struct DescendTile<'w, 'a> {
     routes: Option<RouteSink>,
 }
 
-impl SimdTask for DescendTile<'_, '_> {
+impl<E: WeightElem> SimdTask for DescendTile<'_, '_, E> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
@@ -325,12 +327,13 @@ impl SimdTask for DescendTile<'_, '_> {
     }
 }
 
-/// `z[i] = w_in · x[tokens[i]] + bias` for a group of inputs on one node; the row is loaded once
-/// per 4 inputs.
+/// `z[i] = scale · (w_in · x[tokens[i]]) + bias` for a group of inputs on one node; the row is
+/// loaded once per 4 inputs.
 #[inline(always)]
-pub(super) fn group_logits<S: Simd>(
+pub(super) fn group_logits<S: Simd, E: WeightElem>(
     s: S,
-    w_in: &[f32],
+    w_in: &[E],
+    scale: f32,
     bias: f32,
     x: &[f32],
     tokens: &[u32],
@@ -343,11 +346,11 @@ pub(super) fn group_logits<S: Simd>(
     for (tk, zz) in (&mut t4).zip(&mut z4) {
         let d = dot4(s, w_in, [row(tk[0]), row(tk[1]), row(tk[2]), row(tk[3])]);
         for j in 0..4 {
-            zz[j] = d[j] + bias;
+            zz[j] = d[j] * scale + bias;
         }
     }
     for (tk, zz) in t4.remainder().iter().zip(z4.into_remainder()) {
-        *zz = dot(s, w_in, row(*tk)) + bias;
+        *zz = dot(s, w_in, row(*tk)) * scale + bias;
     }
 }
 

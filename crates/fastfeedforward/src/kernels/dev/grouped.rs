@@ -7,7 +7,7 @@
 
 use crate::kernels::simd::{axpy, dispatch, Simd, SimdLevel, SimdTask};
 use crate::kernels::tile::{group_logits, stable_partition, RouteSink, RowsPtr, SharedMut};
-use crate::kernels::{FffWeightsView, Workspace};
+use crate::kernels::{FffWeightsView, WeightElem, Workspace};
 use rayon::prelude::*;
 
 /// Inputs per parallel chunk when one node's group is split across threads.
@@ -15,8 +15,8 @@ const GROUP_CHUNK: usize = 128;
 /// Smallest group whose two subtrees are worth running as separate tasks.
 const JOIN_MIN: usize = 64;
 
-struct GroupCtx<'w, 'a> {
-    w: &'w FffWeightsView<'a>,
+struct GroupCtx<'w, 'a, E: WeightElem> {
+    w: &'w FffWeightsView<'a, E>,
     x: &'w [f32],
     y: RowsPtr,
     y_len: usize,
@@ -24,8 +24,8 @@ struct GroupCtx<'w, 'a> {
     routes: Option<RouteSink>,
 }
 
-pub(in crate::kernels) fn grouped(
-    w: &FffWeightsView<'_>,
+pub(in crate::kernels) fn grouped<E: WeightElem>(
+    w: &FffWeightsView<'_, E>,
     x: &[f32],
     batch: usize,
     y: &mut [f32],
@@ -55,8 +55,8 @@ pub(in crate::kernels) fn grouped(
     }
 }
 
-fn visit(
-    ctx: &GroupCtx<'_, '_>,
+fn visit<E: WeightElem>(
+    ctx: &GroupCtx<'_, '_, E>,
     tree: usize,
     node: usize,
     level: usize,
@@ -97,7 +97,13 @@ fn visit(
     }
 }
 
-fn node_group(ctx: &GroupCtx<'_, '_>, row: usize, level: usize, tokens: &[u32], z: &mut [f32]) {
+fn node_group<E: WeightElem>(
+    ctx: &GroupCtx<'_, '_, E>,
+    row: usize,
+    level: usize,
+    tokens: &[u32],
+    z: &mut [f32],
+) {
     if let Some(sink) = ctx.routes {
         let tree = row / ctx.w.config.nodes_per_tree();
         for &tk in tokens {
@@ -116,14 +122,14 @@ fn node_group(ctx: &GroupCtx<'_, '_>, row: usize, level: usize, tokens: &[u32], 
 }
 
 /// One node applied to a group of inputs: z = w_in[row]·x + b, y += act(z)·w_out[row].
-struct NodeGroup<'c, 'w, 'a> {
-    ctx: &'c GroupCtx<'w, 'a>,
+struct NodeGroup<'c, 'w, 'a, E: WeightElem> {
+    ctx: &'c GroupCtx<'w, 'a, E>,
     row: usize,
     tokens: &'c [u32],
     z: &'c mut [f32],
 }
 
-impl SimdTask for NodeGroup<'_, '_, '_> {
+impl<E: WeightElem> SimdTask for NodeGroup<'_, '_, '_, E> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
@@ -131,9 +137,11 @@ impl SimdTask for NodeGroup<'_, '_, '_> {
         let c = &ctx.w.config;
         let w_in = ctx.w.w_in_row(self.row);
         let w_out = ctx.w.w_out_row(self.row);
-        group_logits(s, w_in, ctx.w.b_in[self.row], ctx.x, self.tokens, self.z);
+        let (scale_in, scale_out) = (ctx.w.w_in_scale(self.row), ctx.w.w_out_scale(self.row));
+        let bias = ctx.w.b_in[self.row];
+        group_logits(s, w_in, scale_in, bias, ctx.x, self.tokens, self.z);
         for (&tk, &z) in self.tokens.iter().zip(self.z.iter()) {
-            add_output(s, ctx, tk, c.activation.apply_fast(z), w_out);
+            add_output(s, ctx, tk, c.activation.apply_fast(z) * scale_out, w_out);
         }
     }
 }
@@ -141,7 +149,13 @@ impl SimdTask for NodeGroup<'_, '_, '_> {
 /// `y[tk] += a · w_out`. A plain function, not a closure: closures are not inlined into the
 /// target-feature context, and the SIMD intrinsics inside them would become calls.
 #[inline(always)]
-fn add_output<S: Simd>(s: S, ctx: &GroupCtx<'_, '_>, tk: u32, a: f32, w_out: &[f32]) {
+fn add_output<S: Simd, E: WeightElem>(
+    s: S,
+    ctx: &GroupCtx<'_, '_, E>,
+    tk: u32,
+    a: f32,
+    w_out: &[E],
+) {
     let cout = w_out.len();
     let start = tk as usize * cout;
     assert!(start + cout <= ctx.y_len);
