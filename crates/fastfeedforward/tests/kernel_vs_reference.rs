@@ -7,7 +7,7 @@ use fastfeedforward::kernels::{self, reference};
 use fastfeedforward::ConditionalLayer;
 use fastfeedforward::{Activation, Fff, FffConfig, InferOptions, SimdLevel, Strategy, Workspace};
 
-const STRATEGIES: [Strategy; 4] = Strategy::ALL;
+const STRATEGIES: [Strategy; 5] = Strategy::ALL;
 
 /// The kernel's outputs and the nodes it visited. Recording the routes must not change a bit of
 /// the outputs, so the plain call is run too and held to the same bits.

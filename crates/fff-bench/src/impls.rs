@@ -9,7 +9,7 @@ use fastfeedforward::internal::simd::vectorized;
 use fastfeedforward::internal::simd::{axpy_f32, dot_f32};
 use fastfeedforward::kernels::reference;
 use fastfeedforward::tree::forest_visits;
-use fastfeedforward::{Activation, Fff, InferOptions, Strategy, Workspace};
+use fastfeedforward::{Activation, Fff, InferOptions, QuantizedFff, Strategy, Workspace};
 use rayon::prelude::*;
 
 /// A dense feedforward layer's weights, `act(x·W1ᵀ + b1)·W2ᵀ`, shared by the dense implementations.
@@ -311,12 +311,17 @@ pub struct FffKernel<'l> {
     layer: &'l Fff,
     strategy: Strategy,
     workspace: Workspace,
-    label: &'static str,
+    label: String,
 }
 
 impl<'l> FffKernel<'l> {
     /// The kernel with `strategy`, reported as `label`.
     pub fn new(layer: &'l Fff, strategy: Strategy, label: &'static str) -> Self {
+        Self::new_named(layer, strategy, label.into())
+    }
+
+    /// [`FffKernel::new`] with a label made at run time.
+    pub fn new_named(layer: &'l Fff, strategy: Strategy, label: String) -> Self {
         FffKernel {
             layer,
             strategy,
@@ -328,7 +333,42 @@ impl<'l> FffKernel<'l> {
 
 impl LayerImpl for FffKernel<'_> {
     fn name(&self) -> String {
-        self.label.into()
+        self.label.clone()
+    }
+    fn run(&mut self, x: &[f32], batch: usize, y: &mut [f32]) -> Result<()> {
+        let opts = InferOptions {
+            strategy: self.strategy,
+            ..Default::default()
+        };
+        self.layer
+            .forward_infer_with(x, batch, y, &mut self.workspace, opts)?;
+        Ok(())
+    }
+}
+
+/// FFF on the library's kernel with weights in bf16 or int8 (or f32 through the same type).
+pub struct FffQuantKernel<'l> {
+    layer: &'l QuantizedFff,
+    strategy: Strategy,
+    workspace: Workspace,
+    label: String,
+}
+
+impl<'l> FffQuantKernel<'l> {
+    /// The kernel with `strategy` on `layer`'s stored weights, reported as `label`.
+    pub fn new(layer: &'l QuantizedFff, strategy: Strategy, label: String) -> Self {
+        FffQuantKernel {
+            layer,
+            strategy,
+            workspace: Workspace::new(),
+            label,
+        }
+    }
+}
+
+impl LayerImpl for FffQuantKernel<'_> {
+    fn name(&self) -> String {
+        self.label.clone()
     }
     fn run(&mut self, x: &[f32], batch: usize, y: &mut [f32]) -> Result<()> {
         let opts = InferOptions {

@@ -23,9 +23,12 @@ pub fn markdown_table(records: &[Record]) -> String {
         );
         let _ = writeln!(
             out,
-            "| config | neurons total / used | implementation | median | GFLOP/s | speedup vs dense | dense baseline | limit | check |"
+            "| config | neurons total / used | implementation | weights | median | GFLOP/s | speedup vs dense | dense baseline | limit | traffic floor | time / floor | check |"
         );
-        let _ = writeln!(out, "|---|---:|---|---:|---:|---:|---|---:|---|");
+        let _ = writeln!(
+            out,
+            "|---|---:|---|---|---:|---:|---:|---|---:|---:|---:|---|"
+        );
         for r in records
             .iter()
             .filter(|r| r.threads == threads && r.batch == batch)
@@ -48,18 +51,28 @@ pub fn markdown_table(records: &[Record]) -> String {
             } else {
                 "none correct".into()
             };
+            let (floor, over) = match &r.floor {
+                Some(f) => (
+                    human_seconds(f.floor_s),
+                    format!("{:.2}", f.time_over_floor),
+                ),
+                None => ("".into(), "".into()),
+            };
             let _ = writeln!(
                 out,
-                "| {} | {} / {} | {} | {} | {} | {} | {} | {:.0}x | {} |",
+                "| {} | {} / {} | {} | {} | {} | {} | {} | {} | {:.0}x | {} | {} | {} |",
                 r.config,
                 r.neurons_total,
                 r.neurons_used,
                 r.implementation,
+                r.weights,
                 median,
                 gflops,
                 speedup,
                 baseline,
                 r.limit,
+                floor,
+                over,
                 check_cell(r)
             );
         }
@@ -118,8 +131,9 @@ pub fn write_json(path: &Path, records: &[Record]) -> Result<()> {
     Ok(write_atomic(path, text.as_bytes())?)
 }
 
-/// Draws speedup against depth for each batch size (fastest FFF implementation, most threads),
-/// with the limit (neurons total / used) as a dashed line.
+/// Draws speedup against depth for each batch size and weight format (the kernel's own walk,
+/// most threads), with the limit (neurons total / used) as a dashed line; and, beside it
+/// (`<name>_floor.png`), each kernel row's time over its traffic floor.
 pub fn plot(path: &Path, records: &[Record]) -> Result<()> {
     let threads = records
         .iter()
@@ -146,19 +160,31 @@ pub fn plot(path: &Path, records: &[Record]) -> Result<()> {
         points: limit,
         dashed: true,
     }];
-    let mut batches: Vec<usize> = fff.iter().map(|r| r.batch).collect();
-    batches.sort();
-    batches.dedup();
-    for batch in batches {
-        let mut pts: Vec<(f64, f64)> = fff
+    let mut floor_series = Vec::new();
+    let mut keys: Vec<(usize, String)> = fff.iter().map(|r| (r.batch, r.weights.clone())).collect();
+    keys.sort();
+    keys.dedup();
+    for (batch, weights) in keys {
+        let rows: Vec<&&Record> = fff
             .iter()
-            .filter(|r| r.batch == batch)
+            .filter(|r| r.batch == batch && r.weights == weights)
+            .collect();
+        let mut pts: Vec<(f64, f64)> = rows
+            .iter()
             .map(|r| (depth(r), r.speedup_vs_dense))
             .collect();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        series.push(Series::line(format!("batch {batch}"), pts));
+        series.push(Series::line(format!("batch {batch}, {weights}"), pts));
+        let mut over: Vec<(f64, f64)> = rows
+            .iter()
+            .filter_map(|r| r.floor.as_ref().map(|f| (depth(r), f.time_over_floor)))
+            .collect();
+        over.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if !over.is_empty() {
+            floor_series.push(Series::line(format!("batch {batch}, {weights}"), over));
+        }
     }
-    let title = format!("FFF speedup over the fastest dense FF ({threads} threads)");
+    let title = format!("FFF speedup over the fastest f32 dense FF ({threads} threads)");
     let chart = Chart {
         title: &title,
         x_desc: "depth D (config KxD)",
@@ -166,5 +192,19 @@ pub fn plot(path: &Path, records: &[Record]) -> Result<()> {
         log_y: true,
         legend: Legend::UpperLeft,
     };
-    Ok(draw(path, &chart, &series)?)
+    draw(path, &chart, &series)?;
+    if !floor_series.is_empty() {
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("bench");
+        let floor_path = path.with_file_name(format!("{stem}_floor.png"));
+        let title = format!("FFF kernel time over its traffic floor ({threads} threads)");
+        let chart = Chart {
+            title: &title,
+            x_desc: "depth D (config KxD)",
+            y_desc: "time / floor (log scale; 1 = at the floor)",
+            log_y: true,
+            legend: Legend::UpperLeft,
+        };
+        draw(&floor_path, &chart, &floor_series)?;
+    }
+    Ok(())
 }

@@ -2,11 +2,15 @@
 
 use crate::check::{CheckReport, Checker, FffReference, DEFAULT_CHECK_ROWS};
 use crate::impls::{
-    DenseCandle, DenseFaer, DenseLevel1, DenseLevel2, DenseWeights, FffKernel, FffLevel1, LayerImpl,
+    DenseCandle, DenseFaer, DenseLevel1, DenseLevel2, DenseWeights, FffKernel, FffLevel1,
+    FffQuantKernel, LayerImpl,
 };
 use anyhow::{anyhow, ensure, Context, Result};
 use fastfeedforward::internal::resolve_strategy;
-use fastfeedforward::{Activation, Fff, FffConfig, Init, Strategy};
+use fastfeedforward::{
+    Activation, Fff, FffConfig, InferOptions, Init, QuantizedFff, Strategy, WeightFormat, Workspace,
+};
+use fff_util::bandwidth;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
@@ -107,6 +111,10 @@ pub struct BenchOptions {
     pub seed: u64,
     /// Output rows compared with the reference per checked call, at most.
     pub check_rows: usize,
+    /// Weight formats the FFF kernel runs with (each against the f32 dense baseline).
+    pub formats: Vec<WeightFormat>,
+    /// Measure memory rates and report each FFF kernel row's traffic floor.
+    pub floors: bool,
 }
 
 impl Default for BenchOptions {
@@ -132,6 +140,8 @@ impl Default for BenchOptions {
             loops_max_batch: 128,
             seed: 0,
             check_rows: DEFAULT_CHECK_ROWS,
+            formats: vec![WeightFormat::F32],
+            floors: true,
         }
     }
 }
@@ -173,6 +183,75 @@ pub struct Record {
     pub limit: f64,
     /// What the checks of this row's warm-up and last timed outputs found.
     pub check: CheckReport,
+    /// How the weights were stored (`f32` for every dense row).
+    pub weights: String,
+    /// The traffic floor of this call, if computed (FFF kernel rows).
+    pub floor: Option<Floor>,
+}
+
+/// The least time a call can take for the bytes it must move, at the rates measured on this
+/// machine for a working set of its size.
+#[derive(Debug, Clone, Serialize)]
+pub struct Floor {
+    /// Bytes read: the batch's inputs, and each distinct visited node's input row, output row
+    /// (in the weight format, scales included) and bias, once.
+    pub bytes_read: f64,
+    /// Bytes written: the batch's outputs.
+    pub bytes_written: f64,
+    /// Distinct nodes the batch visits.
+    pub distinct_nodes: usize,
+    /// Read rate measured for this working set and thread count, bytes per second.
+    pub read_bytes_per_s: f64,
+    /// Write rate measured likewise.
+    pub write_bytes_per_s: f64,
+    /// `bytes_read / read rate + bytes_written / write rate`.
+    pub floor_s: f64,
+    /// This row's median over the floor (1.0 = at the floor).
+    pub time_over_floor: f64,
+}
+
+/// The floor of a call of `layer` on the rows `x` (`batch` of them) with weights in `format`,
+/// on `threads` threads; `median_s` is the call's measured time. The distinct nodes come from
+/// the kernel's own routes (f32; another format may route a few near ties elsewhere, which
+/// does not change the count materially).
+pub fn traffic_floor(
+    layer: &Fff,
+    x: &[f32],
+    batch: usize,
+    format: WeightFormat,
+    threads: usize,
+    median_s: f64,
+) -> Result<Floor> {
+    let c = *layer.config();
+    let mut y = vec![0f32; batch * c.output_width];
+    let routes = layer.forward_infer_routed(
+        x,
+        batch,
+        &mut y,
+        &mut Workspace::new(),
+        InferOptions::default(),
+    )?;
+    let (m, levels) = (c.nodes_per_tree(), c.depth + 1);
+    let mut seen = vec![false; c.total_nodes()];
+    for (i, &n) in routes.iter().enumerate() {
+        let tree = (i / levels) % c.trees;
+        seen[tree * m + n as usize] = true;
+    }
+    let distinct = seen.iter().filter(|&&s| s).count();
+    let per_node = format.row_bytes(c.input_width) + format.row_bytes(c.output_width) + 4;
+    let bytes_read = (batch * c.input_width * 4 + distinct * per_node) as f64;
+    let bytes_written = (batch * c.output_width * 4) as f64;
+    let rates = bandwidth::measure((bytes_read + bytes_written) as usize, threads);
+    let floor_s = bandwidth::floor_seconds(bytes_read, bytes_written, &rates);
+    Ok(Floor {
+        bytes_read,
+        bytes_written,
+        distinct_nodes: distinct,
+        read_bytes_per_s: rates.read_bytes_per_s,
+        write_bytes_per_s: rates.write_bytes_per_s,
+        floor_s,
+        time_over_floor: median_s / floor_s,
+    })
 }
 
 fn random_rows(rows: usize, width: usize, seed: u64) -> Vec<f32> {
@@ -318,6 +397,29 @@ pub fn run(opts: &BenchOptions, observer: &mut dyn BenchObserver) -> Result<Vec<
         })
         .collect::<Result<_>>()?;
     let fff_refs: Vec<FffReference> = fff_layers.iter().map(|(_, l)| FffReference(l)).collect();
+    // Each narrower format of each layer, with the f32 layer of its stored weights widened
+    // exactly: the reference that format's kernel is held to.
+    let quantized: Vec<Vec<(WeightFormat, QuantizedFff, Fff)>> = fff_layers
+        .iter()
+        .map(|(_, l)| {
+            opts.formats
+                .iter()
+                .filter(|&&f| f != WeightFormat::F32)
+                .map(|&f| {
+                    let q = l.quantize(f)?;
+                    let (w_in, b_in, w_out_t) = q.dequantized();
+                    let widened = Fff::from_node_major(*l.config(), w_in, b_in, w_out_t)?;
+                    Ok((f, q, widened))
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<_>>()?;
+    let quantized_refs: Vec<Vec<FffReference>> = quantized
+        .iter()
+        .map(|v| v.iter().map(|(_, _, w)| FffReference(w)).collect())
+        .collect();
+    let mut quantized_checkers: BTreeMap<(usize, usize, usize), Checker> = BTreeMap::new();
+    let with_f32 = opts.formats.is_empty() || opts.formats.contains(&WeightFormat::F32);
     // Checkers outlive the thread loop: the inputs of a batch are the same at every thread
     // count, so reference rows computed once serve every check of that batch.
     let mut dense_checkers: BTreeMap<(usize, usize), Checker> = BTreeMap::new();
@@ -342,7 +444,9 @@ pub fn run(opts: &BenchOptions, observer: &mut dyn BenchObserver) -> Result<Vec<
         .iter()
         .map(|&b| {
             let loops = if b <= opts.loops_max_batch { 2 } else { 0 };
-            dense.len() * (backends + loops) + fff_layers.len() * 3
+            let f32_rows = if with_f32 { 3 } else { 0 };
+            dense.len() * (backends + loops)
+                + fff_layers.len() * (f32_rows + quantized.first().map_or(0, Vec::len))
         })
         .sum();
     let measurements = opts.threads.len() * per_thread;
@@ -399,28 +503,59 @@ pub fn run(opts: &BenchOptions, observer: &mut dyn BenchObserver) -> Result<Vec<
                     .entry((batch, i))
                     .or_insert_with(|| Checker::new(&fff_refs[i], w, w, opts.check_rows));
                 // The library's own choice, forced, so that the label names what was run.
-                let chosen = resolve_strategy(Strategy::Auto, layer.config().depth, batch);
-                let label: &'static str = match chosen {
-                    Strategy::Bucketed => "fff (bucketed)",
-                    Strategy::Grouped => "fff (grouped)",
-                    _ => "fff (per-token)",
+                let label = |format: WeightFormat| {
+                    let chosen = resolve_strategy(Strategy::Auto, layer.config(), batch, format);
+                    (chosen, format!("fff ({})", chosen.name()))
                 };
-                let impls: Vec<Box<dyn LayerImpl>> = vec![
-                    Box::new(FffLevel1::new(layer)),
-                    Box::new(FffKernel::new(layer, Strategy::Grouped, "fff-level2")),
-                    Box::new(FffKernel::new(layer, chosen, label)),
-                ];
-                for mut imp in impls {
+                let (chosen, name) = label(WeightFormat::F32);
+                let mut impls: Vec<(Box<dyn LayerImpl>, WeightFormat, bool)> = Vec::new();
+                if with_f32 {
+                    impls.push((Box::new(FffLevel1::new(layer)), WeightFormat::F32, false));
+                    impls.push((
+                        Box::new(FffKernel::new(layer, Strategy::Grouped, "fff-level2")),
+                        WeightFormat::F32,
+                        false,
+                    ));
+                    impls.push((
+                        Box::new(FffKernel::new_named(layer, chosen, name)),
+                        WeightFormat::F32,
+                        true,
+                    ));
+                }
+                for (q, (format, layer_q, _)) in quantized[i].iter().enumerate() {
+                    let (chosen, name) = label(*format);
+                    let imp = FffQuantKernel::new(layer_q, chosen, format!("{name} {format}"));
+                    impls.push((Box::new(imp), *format, true));
+                    quantized_checkers.entry((batch, i, q)).or_insert_with(|| {
+                        Checker::new(&quantized_refs[i][q], w, w, opts.check_rows)
+                    });
+                }
+                for (mut imp, format, kernel) in impls {
                     let name = imp.name();
                     observer.measuring(
                         done,
                         measurements,
                         &format!("{} {name} batch {batch} threads {threads}", spec.name()),
                     );
+                    let checker = match quantized[i].iter().position(|(f, _, _)| *f == format) {
+                        Some(q) => quantized_checkers
+                            .get_mut(&(batch, i, q))
+                            .expect("made above"),
+                        None => &mut *checker,
+                    };
                     let m = pool
                         .install(|| measure_checked(imp.as_mut(), &inputs, batch, checker, opts))?;
                     let base = best.get(&spec.neurons());
-                    records.push(Record::new(spec, &name, batch, threads, &m, w, base));
+                    let mut record = Record::new(spec, &name, batch, threads, &m, w, base);
+                    record.weights = format.name().into();
+                    if kernel && opts.floors && m.median_s.is_finite() {
+                        let window = &inputs[..batch * w];
+                        let floor = pool.install(|| {
+                            traffic_floor(layer, window, batch, format, threads, m.median_s)
+                        })?;
+                        record.floor = Some(floor);
+                    }
+                    records.push(record);
                     done += 1;
                 }
             }
@@ -472,6 +607,8 @@ impl Record {
             dense_median_s: dense_t,
             limit: spec.neurons() as f64 / spec.used() as f64,
             check: m.check.clone(),
+            weights: "f32".into(),
+            floor: None,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use fastfeedforward::internal::resolve_strategy;
-use fastfeedforward::{Fff, FffConfig, Init, Strategy};
+use fastfeedforward::{Fff, FffConfig, Init, Strategy, WeightFormat};
 use fff_bench::check::{Checker, FffReference, Reference};
 use fff_bench::impls::{DenseFaer, DenseLevel1, DenseWeights, FffKernel, LayerImpl};
 use fff_bench::report::{ensure_checked, markdown_table};
@@ -77,12 +77,20 @@ fn every_walk_is_checked_at_the_batch_it_is_timed_with() {
     let x = pool(1200, WIDTH);
     let batch = 600;
     assert_eq!(
-        resolve_strategy(Strategy::Auto, 6, batch),
+        resolve_strategy(Strategy::Auto, layer.config(), batch, WeightFormat::F32),
         Strategy::Bucketed
     );
-    assert_eq!(resolve_strategy(Strategy::Auto, 6, 8), Strategy::PerToken);
+    assert_eq!(
+        resolve_strategy(Strategy::Auto, layer.config(), 8, WeightFormat::F32),
+        Strategy::PerToken
+    );
     let mut checker = Checker::new(&reference, WIDTH, WIDTH, 100);
-    for strategy in [Strategy::PerToken, Strategy::Bucketed, Strategy::Grouped] {
+    for strategy in [
+        Strategy::PerToken,
+        Strategy::Bucketed,
+        Strategy::Grouped,
+        Strategy::Gemm,
+    ] {
         let mut imp = FffKernel::new(&layer, strategy, "fff");
         let m = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
@@ -276,4 +284,48 @@ fn the_baseline_is_the_fastest_correct_dense_run() {
     assert_eq!(t, measured[2].1.median_s);
     // No correct run: no baseline, so no speedup is claimed against one.
     assert!(fastest_correct(measured[..1].iter().map(|(n, m)| (n.as_str(), m))).is_none());
+}
+
+/// Narrow formats get rows of their own, each held to the reference of its own stored weights
+/// (against the f32 reference an int8 row would fail: its weights differ by ~1%), and every
+/// kernel row carries a traffic floor that the measured time cannot beat by much.
+#[test]
+fn weight_formats_are_checked_against_their_own_weights_and_floored() {
+    let opts = BenchOptions {
+        configs: vec!["2x4".parse().unwrap(), "dense62".parse().unwrap()],
+        batches: vec![64],
+        threads: vec![1],
+        formats: vec![WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8],
+        ..opts()
+    };
+    let records = fff_bench::run(&opts, &mut ()).unwrap();
+    ensure_checked(&records).unwrap();
+    for format in ["f32", "bf16", "int8"] {
+        let kernel: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.weights == format && r.implementation.starts_with("fff ("))
+            .collect();
+        assert_eq!(kernel.len(), 1, "{format}");
+        let floor = kernel[0].floor.as_ref().expect("a floor");
+        assert!(floor.floor_s > 0.0 && floor.distinct_nodes > 0, "{format}");
+        // A floor is a lower bound: a call 3x faster than it would mean the bytes are wrong.
+        assert!(floor.time_over_floor > 0.3, "{format}: {floor:?}");
+    }
+    // The int8 layer's output is not the f32 layer's within the check's tolerance: checking it
+    // against the f32 reference would fail, so the right reference is what passed above.
+    let layer = layer(2, 4);
+    let q = layer.quantize(WeightFormat::Int8).unwrap();
+    let x = pool(64, WIDTH);
+    let mut y = vec![0f32; 64 * WIDTH];
+    q.forward_infer_with(
+        &x,
+        64,
+        &mut y,
+        &mut fastfeedforward::Workspace::new(),
+        Default::default(),
+    )
+    .unwrap();
+    let reference = FffReference(&layer);
+    let mut checker = Checker::new(&reference, WIDTH, WIDTH, 64);
+    assert!(!checker.check(&x, 0, 64, &y).passed());
 }

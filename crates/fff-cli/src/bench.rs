@@ -64,10 +64,18 @@ pub struct LayerArgs {
     /// timed call's), sampled evenly from larger batches.
     #[arg(long, value_parser = crate::limits::count::<{crate::limits::ROWS}>, default_value_t = fff_bench::check::DEFAULT_CHECK_ROWS)]
     check_rows: usize,
+    /// Weight formats of the FFF kernel rows (each timed against the f32 dense baseline and
+    /// checked against the reference of its own stored weights).
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    weights: Vec<fastfeedforward::WeightFormat>,
+    /// Skip the memory-rate measurements behind the traffic-floor column.
+    #[arg(long)]
+    no_floors: bool,
     /// Write one JSON record per row to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Draw speedup against depth per batch size, with the limit, to this PNG file.
+    /// Draw speedup against depth per batch size and format, with the limit, to this PNG file,
+    /// and time over traffic floor to `<name>_floor.png` beside it.
     #[arg(long)]
     plot: Option<PathBuf>,
 }
@@ -124,6 +132,8 @@ fn layer(args: LayerArgs) -> Result<()> {
         loops_max_batch: args.loops_max_batch,
         seed: args.seed,
         check_rows: args.check_rows,
+        formats: args.weights,
+        floors: !args.no_floors,
     };
     outln!(
         "fff bench layer: width {}, {} activation, SIMD {}, threads {:?}, median of up to {} runs",
@@ -139,8 +149,11 @@ fn layer(args: LayerArgs) -> Result<()> {
         "\nspeedup vs dense = median of the fastest correct dense FF (any of the dense \
          implementations run at that batch) with the same number of neurons / this row's median, \
          measured in the same run; limit = neurons total / used; GFLOP/s counts only the neurons \
-         each input uses; check = output rows of the warm-up and the last timed call compared \
-         with a plain f64 reference."
+         each input uses; traffic floor = the bytes the call must move (inputs, each distinct \
+         visited node's rows in the weight format, outputs) at the read and write rates measured \
+         on this machine for a working set of that size, on as many threads; check = output rows \
+         of the warm-up and the last timed call compared with a plain f64 reference (of the \
+         stored bf16/int8 weights, widened exactly, for those rows)."
     );
     if let Some(path) = &args.json {
         write_json(path, &records)?;

@@ -1,5 +1,6 @@
 //! Small pieces the fastfeedforward crates share, each written once:
 //!
+//! - [`bandwidth`]: this machine's read and write rates for a working set, for traffic floors;
 //! - [`fs`]: files written to a unique temporary name and renamed into place;
 //! - [`timing`]: medians of repeated runs and durations in a readable unit;
 //! - [`chart`] (feature `chart`): line charts as PNG, with an embedded font;
@@ -7,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bandwidth;
 #[cfg(feature = "chart")]
 pub mod chart;
 pub mod fs;

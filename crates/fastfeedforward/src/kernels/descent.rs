@@ -7,13 +7,19 @@
 //! - [`Strategy::Bucketed`] ([`super::bucketed`]): top half of each tree per input, then inputs
 //!   bucketed by bottom subtree so each subtree's rows are fetched once per bucket. Best for
 //!   large batches, where weight traffic would otherwise dominate.
+//! - [`Strategy::Gemm`] ([`super::shallow`]): the top levels of every tree for a whole chunk of
+//!   inputs on two SGEMMs, the rest per input. Best for shallow, wide trees (depth 0 is a
+//!   dense layer), where computing every node of a level costs little more than the visited
+//!   one.
 //! - [`Strategy::Grouped`] (in `dev/`, kept for comparison): depth-first walk with the inputs on each node
 //!   grouped (the "level-2" formulation), kept for comparison.
 
 use super::bucketed::{bucketed, split_level};
 use super::dev::grouped::grouped;
+use super::shallow::{gemm_levels, gemm_plan, gemm_walk, GEMM_MIN_BATCH};
 use super::tile::{per_token, RouteSink};
-use super::{check_io, FffWeightsView, SimdLevel, WeightElem};
+use super::{check_io, FffWeightsView, SimdLevel, WeightElem, WeightFormat};
+use crate::config::FffConfig;
 use crate::error::{check_rows, Result};
 
 /// How the kernel walks the trees.
@@ -29,15 +35,19 @@ pub enum Strategy {
     Bucketed,
     /// Depth-first walk with inputs grouped by node (for comparison).
     Grouped,
+    /// Top levels on SGEMMs for the whole batch, the rest per input (shallow, wide trees; bf16
+    /// and int8 top rows are widened to f32 for the SGEMMs, once per call).
+    Gemm,
 }
 
 impl Strategy {
     /// Every strategy, `Auto` first.
-    pub const ALL: [Strategy; 4] = [
+    pub const ALL: [Strategy; 5] = [
         Strategy::Auto,
         Strategy::PerToken,
         Strategy::Bucketed,
         Strategy::Grouped,
+        Strategy::Gemm,
     ];
 
     /// Name as used on the command line.
@@ -47,6 +57,7 @@ impl Strategy {
             Strategy::PerToken => "per-token",
             Strategy::Bucketed => "bucketed",
             Strategy::Grouped => "grouped",
+            Strategy::Gemm => "gemm",
         }
     }
 }
@@ -57,7 +68,7 @@ impl std::str::FromStr for Strategy {
         Strategy::ALL
             .into_iter()
             .find(|k| k.name() == s)
-            .ok_or_else(|| format!("`{s}`: expected auto, per-token, bucketed or grouped"))
+            .ok_or_else(|| format!("`{s}`: expected auto, per-token, bucketed, grouped or gemm"))
     }
 }
 
@@ -95,6 +106,9 @@ pub struct Workspace {
     pub(super) bucket_fill: Vec<usize>,
     pub(super) bottom_rows: Vec<u32>,
     pub(super) bottom_acts: Vec<f32>,
+    pub(super) logits: Vec<f32>,
+    pub(super) top_w_in: Vec<f32>,
+    pub(super) top_w_out: Vec<f32>,
 }
 
 fn grow<T: Clone + Default>(v: &mut Vec<T>, len: usize) {
@@ -137,10 +151,21 @@ impl Workspace {
     }
 }
 
-/// Which walk `strategy` means for this call (resolves `Auto`).
-pub fn resolve_strategy(strategy: Strategy, depth: usize, batch: usize) -> Strategy {
+/// Which walk `strategy` means for a call of `batch` inputs through a layer of `config` with
+/// weights in `format` (resolves `Auto`, and what a format or shape cannot run).
+pub fn resolve_strategy(
+    strategy: Strategy,
+    config: &FffConfig,
+    batch: usize,
+    format: WeightFormat,
+) -> Strategy {
+    let depth = config.depth;
     let buckets = 1usize << split_level(depth + 1);
+    let widen = format != WeightFormat::F32;
     match strategy {
+        // The SGEMMs pay when they cut the walk's cost by a fifth at least (see
+        // `shallow::gemm_plan`): shallow, wide trees, never deep ones.
+        Strategy::Auto if gemm_plan(config.trees, depth, batch, widen).is_some() => Strategy::Gemm,
         // Bucketing pays once the average bucket holds a few inputs to share its rows.
         Strategy::Auto if depth >= 3 && batch >= 4 * buckets => Strategy::Bucketed,
         Strategy::Auto => Strategy::PerToken,
@@ -198,7 +223,17 @@ fn run<E: WeightElem>(
     if batch == 0 {
         return;
     }
-    match resolve_strategy(opts.strategy, w.config.depth, batch) {
+    match resolve_strategy(opts.strategy, &w.config, batch, E::FORMAT) {
+        Strategy::Gemm => {
+            let (k, d, widen) = (
+                w.config.trees,
+                w.config.depth,
+                E::FORMAT != WeightFormat::F32,
+            );
+            let g = gemm_plan(k, d, batch, widen)
+                .unwrap_or_else(|| gemm_levels(k, d, batch.max(GEMM_MIN_BATCH), widen));
+            gemm_walk(w, g.max(1), x, batch, y, ws, opts.simd, routes)
+        }
         Strategy::Grouped => grouped(w, x, batch, y, ws, opts.simd, routes),
         Strategy::Bucketed => bucketed(w, x, batch, y, ws, opts.simd, routes),
         _ => per_token(w, x, batch, y, opts.simd, routes),

@@ -101,6 +101,14 @@ pub trait WeightElem:
     /// The row as the kernels' loads see it.
     #[doc(hidden)]
     fn elems(row: &[Self]) -> RowElems<'_>;
+    /// The row as f32, if that is what it stores (for the SGEMM path, which reads f32 only).
+    #[doc(hidden)]
+    fn as_f32(row: &[Self]) -> Option<&[f32]> {
+        match Self::elems(row) {
+            RowElems::F32(r) => Some(r),
+            _ => None,
+        }
+    }
 }
 
 impl WeightElem for f32 {

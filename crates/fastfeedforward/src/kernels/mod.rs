@@ -11,6 +11,7 @@ mod dev;
 pub mod format;
 pub(crate) mod phases;
 pub mod reference;
+mod shallow;
 pub(crate) mod simd;
 mod tile;
 
