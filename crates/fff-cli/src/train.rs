@@ -56,6 +56,13 @@ pub struct EvalArgs {
     checkpoint: PathBuf,
     #[command(flatten)]
     data: DataArgs,
+    /// Weight format of the FFF layers at inference: with bf16 or int8, the f32 model is
+    /// evaluated too and the two compared (accuracy, predictions that agree).
+    #[arg(long, default_value = "f32")]
+    weights: fastfeedforward::WeightFormat,
+    /// Append the result as one JSON row to this file (a JSON list, created if missing).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 fn print_epoch(m: &EpochMetrics) {
@@ -261,7 +268,12 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let model = load_model(dir, &state)?;
     let (data, _) = load_data(&args.data, state.config.seed)?;
     check_dataset(dir, &state, &data.train.name)?;
-    let (loss, accuracy) = evaluate(&model, &data.test)?;
+    if let Some(path) = &args.json {
+        fff_util::fs::check_output_file(path, "--json")?;
+    }
+    let mut quantized = load_model(dir, &state)?;
+    let layers = quantized.quantize(args.weights)?;
+    let (loss, accuracy) = evaluate(&quantized, &data.test)?;
     ensure!(
         loss.is_finite(),
         "{}: the model's loss on {} is {loss}: its outputs are not finite",
@@ -269,13 +281,59 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         data.test.name
     );
     outln!(
-        "{} (epoch {}) on {}: loss {loss:.4}, accuracy {:.2}% ({} inputs)",
+        "{} (epoch {}) on {}, {} weights{}: loss {loss:.4}, accuracy {:.2}% ({} inputs)",
         dir.display(),
         state.epoch,
         data.test.name,
+        args.weights,
+        if layers > 0 {
+            format!(
+                " in {layers} FFF layer{}",
+                if layers == 1 { "" } else { "s" }
+            )
+        } else {
+            String::new()
+        },
         100.0 * accuracy,
         data.test.len()
     );
+    let agreement = if layers > 0 {
+        let a = fff_train::trainer::compare(&model, &quantized, &data.test)?;
+        outln!(
+            "against f32 ({:.2}%): {:.2}% of predictions agree, largest logit difference {:.3e}",
+            100.0 * a.accuracy_a,
+            100.0 * a.same_prediction,
+            a.max_logit_diff
+        );
+        Some(a)
+    } else {
+        None
+    };
+    if let Some(path) = &args.json {
+        let row = serde_json::json!({
+            "checkpoint": dir.display().to_string(),
+            "model": model.spec.to_string(),
+            "dataset": data.test.name,
+            "weights": args.weights.name(),
+            "fff_layers_quantized": layers,
+            "test_accuracy": accuracy,
+            "test_loss": loss,
+            "f32_test_accuracy": agreement.map(|a| a.accuracy_a),
+            "same_prediction_as_f32": agreement.map(|a| a.same_prediction),
+            "max_logit_diff": agreement.map(|a| a.max_logit_diff),
+            "inputs": data.test.len(),
+        });
+        let mut rows: Vec<serde_json::Value> = match std::fs::read_to_string(path) {
+            Ok(text) => serde_json::from_str(&text).with_context(|| {
+                format!("{}: not a JSON list of rows to append to", path.display())
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        rows.push(row);
+        fff_util::fs::write_atomic(path, serde_json::to_string_pretty(&rows)?.as_bytes())?;
+        outln!("appended to {}", path.display());
+    }
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 use crate::spec::ModelSpec;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Tensor, Var};
-use fastfeedforward::{ConditionalLayer, TrainStep};
+use fastfeedforward::{ConditionalLayer, Fff, TrainStep, WeightFormat};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::any::Any;
@@ -89,6 +89,26 @@ impl Model {
             .iter()
             .map(|l| l.multiply_adds_per_input())
             .sum()
+    }
+
+    /// Stores every FFF layer's weights in `format` for inference (see
+    /// [`fastfeedforward::QuantizedFff`]); other layers (dense, original and flat FFF) stay
+    /// f32. Returns how many layers changed. A quantized model evaluates but no longer trains.
+    pub fn quantize(&mut self, format: WeightFormat) -> Result<usize> {
+        if format == WeightFormat::F32 {
+            return Ok(0);
+        }
+        let mut changed = 0;
+        for i in 0..self.layers.len() {
+            if let Some(fff) = self.layer_as::<Fff>(i) {
+                let q = fff.quantize(format).with_context(|| {
+                    format!("layer {i} `{}` to {format}", self.spec.layers()[i])
+                })?;
+                self.layers[i] = Box::new(q);
+                changed += 1;
+            }
+        }
+        Ok(changed)
     }
 
     /// Inference forward of layer `i` alone (for routing statistics).

@@ -64,6 +64,45 @@ pub fn evaluate(model: &Model, data: &Dataset) -> Result<(f64, f64)> {
     Ok((loss / n, right as f64 / n))
 }
 
+/// Two models compared on one dataset: each one's accuracy, and how often they predict the same
+/// class (as for a model and its bf16 or int8 copy).
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Agreement {
+    /// Accuracy of the first model.
+    pub accuracy_a: f64,
+    /// Accuracy of the second model.
+    pub accuracy_b: f64,
+    /// Fraction of inputs on which both predict the same class.
+    pub same_prediction: f64,
+    /// Largest |logit difference| over all inputs and classes.
+    pub max_logit_diff: f64,
+    /// Inputs compared.
+    pub inputs: usize,
+}
+
+/// Compares `a` and `b` on `data` with the inference kernels.
+pub fn compare(a: &Model, b: &Model, data: &Dataset) -> Result<Agreement> {
+    let idx: Vec<usize> = (0..data.len()).collect();
+    let (mut right_a, mut right_b, mut same, mut max_diff) = (0, 0, 0, 0f64);
+    for chunk in idx.chunks(1024) {
+        let (x, y) = gather(data, chunk)?;
+        let (la, lb) = (a.forward_infer(&x)?, b.forward_infer(&x)?);
+        right_a += correct(&la, &y)?;
+        right_b += correct(&lb, &y)?;
+        same += correct(&la, &lb.argmax(D::Minus1)?)?;
+        let d = (&la - &lb)?.abs()?.max_all()?.to_scalar::<f32>()? as f64;
+        max_diff = max_diff.max(if d.is_nan() { f64::INFINITY } else { d });
+    }
+    let n = data.len().max(1) as f64;
+    Ok(Agreement {
+        accuracy_a: right_a as f64 / n,
+        accuracy_b: right_b as f64 / n,
+        same_prediction: same as f64 / n,
+        max_logit_diff: max_diff,
+        inputs: data.len(),
+    })
+}
+
 /// The optimizer `cfg` asks for, over `model`'s parameters.
 pub fn optimizer_for(model: &Model, cfg: &TrainConfig) -> Optimizer {
     Optimizer::new(model.vars(), cfg.optimizer, cfg.lr, cfg.weight_decay)

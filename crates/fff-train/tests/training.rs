@@ -399,3 +399,39 @@ fn the_variants_study_builds_and_its_original_fff_matches_dense_in_size() {
         assert_eq!((m.input_width(), m.output_width()), (784, 10), "{}", v.name);
     }
 }
+
+/// `Model::quantize` swaps every FFF layer for its bf16 / int8 copy and nothing else; the copy
+/// predicts nearly what the f32 model does, and `trainer::compare` counts it.
+#[test]
+fn quantized_models_keep_their_predictions() {
+    use fastfeedforward::{QuantizedFff, WeightFormat};
+    let data = spirals(3, 400, 0.1, 5);
+    let spec = "fff:2-16:d3:identity, relu, linear:16-3";
+    let base = Model::new(spec, 1).unwrap();
+    let mut same = Model::new(spec, 1).unwrap();
+    assert_eq!(same.quantize(WeightFormat::F32).unwrap(), 0);
+    for format in [WeightFormat::Bf16, WeightFormat::Int8] {
+        let mut q = Model::new(spec, 1).unwrap();
+        assert_eq!(q.quantize(format).unwrap(), 1, "{format}");
+        let layer = q
+            .layer_as::<QuantizedFff>(0)
+            .expect("the FFF layer is quantized");
+        assert_eq!(layer.format(), format);
+        assert!(q.layer_as::<fastfeedforward::Linear>(2).is_some());
+        let a = fff_train::trainer::compare(&base, &q, &data.test).unwrap();
+        assert!(a.same_prediction > 0.95, "{format}: {a:?}");
+        assert!(a.max_logit_diff > 0.0, "{format}: the copy changed nothing");
+        assert!(q
+            .forward(
+                &candle_core::Tensor::zeros(
+                    (1, 2),
+                    candle_core::DType::F32,
+                    &candle_core::Device::Cpu
+                )
+                .unwrap()
+            )
+            .is_err());
+    }
+    let a = fff_train::trainer::compare(&base, &same, &data.test).unwrap();
+    assert_eq!((a.same_prediction, a.max_logit_diff), (1.0, 0.0));
+}
