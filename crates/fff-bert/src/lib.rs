@@ -27,6 +27,7 @@ pub mod weights;
 
 pub use config::{BertConfig, IntermedType};
 pub use error::{BertError, Result};
+pub use fastfeedforward::WeightFormat;
 pub use hub::resolve_model;
 pub use model::{Batch, CrammedBert, Encoded, FfnMode, Packed, PackedEncoded};
 pub use pipeline::{Pipeline, Pooling};

@@ -13,7 +13,7 @@ use crate::ops::{self, Dense, LayerNorm, SegmentAttention};
 use crate::weights::Weights;
 use candle_core::{Device, Tensor};
 use fastfeedforward::tree::forest_visits;
-use fastfeedforward::{Fff, FffConfig, InferOptions, Workspace};
+use fastfeedforward::{Fff, FffConfig, InferOptions, QuantizedFff, WeightFormat, Workspace};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -285,6 +285,9 @@ impl Attention {
 
 struct FffBlock {
     layer: Fff,
+    /// The layer in a narrower weight format for `FfnMode::Kernel`, set by
+    /// [`CrammedBert::set_weight_format`]; `None` runs `layer` (f32).
+    quantized: Option<QuantizedFff>,
     workspace: Mutex<Workspace>,
     /// Dense copies of the weights for `FfnMode::Masked`, made on first use.
     masked: OnceLock<MaskedFff>,
@@ -356,6 +359,7 @@ impl Ffn {
                 let layer = Fff::from_tensors(config, &tensors, &format!("{prefix}."), w.path())?;
                 Ffn::Fff(Box::new(FffBlock {
                     layer,
+                    quantized: None,
                     workspace: Mutex::new(Workspace::new()),
                     masked: OnceLock::new(),
                 }))
@@ -403,7 +407,11 @@ impl Ffn {
                         // A poisoned lock only means another thread panicked mid-call; the
                         // workspace holds scratch space, not state, so it is still usable.
                         let mut ws = block.workspace.lock().unwrap_or_else(|e| e.into_inner());
-                        layer.forward_infer_with(x, n, out, &mut ws, InferOptions::default())?;
+                        let opts = InferOptions::default();
+                        match &block.quantized {
+                            Some(q) => q.forward_infer_with(x, n, out, &mut ws, opts)?,
+                            None => layer.forward_infer_with(x, n, out, &mut ws, opts)?,
+                        }
                         Ok(())
                     }
                 }
@@ -510,6 +518,7 @@ pub struct CrammedBert {
     mlm: Option<MlmHead>,
     cls: Option<ClsHead>,
     ffn_mode: FfnMode,
+    weight_format: WeightFormat,
 }
 
 impl CrammedBert {
@@ -586,6 +595,7 @@ impl CrammedBert {
             mlm,
             cls,
             ffn_mode: FfnMode::Kernel,
+            weight_format: WeightFormat::F32,
         })
     }
 
@@ -599,15 +609,61 @@ impl CrammedBert {
         &self.config
     }
 
-    /// Selects how FFF blocks run (no effect on dense models).
+    /// Selects how FFF blocks run (no effect on dense models). [`FfnMode::Masked`] computes with
+    /// the f32 weights whatever [`set_weight_format`](Self::set_weight_format) chose.
     pub fn set_ffn_mode(&mut self, mode: FfnMode) {
         self.ffn_mode = mode;
     }
 
-    /// The FFF layer of block `i`, if that block has one.
+    /// Stores the weights of every FFF layer in `format` for the kernel path
+    /// ([`FfnMode::Kernel`]): bf16 or int8 make a quantized copy of each layer
+    /// ([`Fff::quantize`]) that the kernel then runs; f32 drops any copy and runs the loaded
+    /// weights, exactly as before the first call. Only the FFF layers change: embeddings,
+    /// attention, LayerNorms, the heads and dense FF blocks stay f32 (a dense model is left as
+    /// it is). The dense masked path ([`FfnMode::Masked`]) always computes with the f32
+    /// weights. The f32 layers are kept (for the masked path and for switching back), so a
+    /// narrower format adds its bytes to the model's memory rather than saving them.
+    pub fn set_weight_format(&mut self, format: WeightFormat) -> Result<()> {
+        // Quantize every layer before changing any, so an error leaves the model as it was.
+        let mut copies = Vec::new();
+        for block in &self.blocks {
+            if let Ffn::Fff(b) = &block.ffn {
+                copies.push(match format {
+                    WeightFormat::F32 => None,
+                    _ => Some(b.layer.quantize(format)?),
+                });
+            }
+        }
+        let blocks = self.blocks.iter_mut().filter_map(|b| match &mut b.ffn {
+            Ffn::Fff(block) => Some(block),
+            Ffn::Dense { .. } => None,
+        });
+        for (block, copy) in blocks.zip(copies) {
+            block.quantized = copy;
+        }
+        self.weight_format = format;
+        Ok(())
+    }
+
+    /// The weight format of the FFF layers on the kernel path (f32 unless
+    /// [`set_weight_format`](Self::set_weight_format) chose another).
+    pub fn weight_format(&self) -> WeightFormat {
+        self.weight_format
+    }
+
+    /// The FFF layer of block `i` as loaded (f32), if that block has one.
     pub fn fff_layer(&self, i: usize) -> Option<&Fff> {
         match &self.blocks.get(i)?.ffn {
             Ffn::Fff(block) => Some(&block.layer),
+            Ffn::Dense { .. } => None,
+        }
+    }
+
+    /// The quantized copy of block `i`'s FFF layer that the kernel path runs, if that block
+    /// has an FFF layer and [`set_weight_format`](Self::set_weight_format) chose bf16 or int8.
+    pub fn quantized_fff_layer(&self, i: usize) -> Option<&QuantizedFff> {
+        match &self.blocks.get(i)?.ffn {
+            Ffn::Fff(block) => block.quantized.as_ref(),
             Ffn::Dense { .. } => None,
         }
     }

@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use fastfeedforward::WeightFormat;
 use fff_bert::{FfnMode, Pipeline, Pooling};
 use serde_json::json;
 use std::io::BufRead;
@@ -30,6 +31,10 @@ pub struct ModelArgs {
     /// masked, as the original PyTorch code does).
     #[arg(long, default_value = "kernel")]
     ffn: FfnMode,
+    /// Weight format of the FFF layers on the kernel path: f32 (as trained), bf16 or int8
+    /// (per-row scales). Attention, embeddings and heads stay f32, and so does `--ffn masked`.
+    #[arg(long, default_value = "f32")]
+    weights: WeightFormat,
     /// Worker threads [default: all cores].
     #[arg(long, value_parser = crate::limits::count::<{crate::limits::THREADS}>)]
     threads: Option<usize>,
@@ -98,6 +103,15 @@ fn load(args: &ModelArgs) -> Result<Pipeline> {
     let dir = fff_bert::resolve_model(&args.model)?;
     let mut p = Pipeline::load(&dir)?;
     p.model.set_ffn_mode(args.ffn);
+    if args.weights != WeightFormat::F32 && args.ffn == FfnMode::Masked {
+        errln!(
+            "note: --ffn masked computes with f32 weights; --weights {} applies to the kernel",
+            args.weights
+        );
+    }
+    p.model
+        .set_weight_format(args.weights)
+        .with_context(|| format!("storing the FFF layers as {}", args.weights))?;
     Ok(p)
 }
 
