@@ -525,3 +525,29 @@ fn a_flip_away_from_a_tie_fails() {
     let expected = Expected::new(&layer, &x, 1);
     expected.check(&y, Some(&[0, 1]), "flip");
 }
+
+/// Forests of many short trees: at small batches the trees are split across threads (each
+/// into its own outputs, summed), at larger ones rows of several trees share an output pass,
+/// and the GEMM walk takes the top levels; every walk at 1 and 2 threads, batches 1 to 40.
+#[test]
+fn many_short_trees_on_every_walk() {
+    for (trees, depth) in [(40, 0), (37, 1), (24, 3)] {
+        let config = FffConfig::new(33, 19, depth, trees);
+        let layer = random_layer(config, 300 + trees as u64);
+        for batch in [1, 5, 40] {
+            let x = normal_vec(&mut rng(301), batch * config.input_width);
+            let expected = Expected::new(&layer, &x, batch);
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                for (opts, kernel) in every_kernel() {
+                    let (got, routes) = pool.install(|| run_kernel(&layer, &x, batch, opts));
+                    let what = format!("{trees}x{depth} batch {batch} {threads}t {kernel}");
+                    expected.check(&got, Some(&routes), &what);
+                }
+            }
+        }
+    }
+}

@@ -16,7 +16,9 @@
 
 use super::bucketed::{bucketed, split_level};
 use super::dev::grouped::grouped;
-use super::shallow::{gemm_levels, gemm_plan, gemm_walk, GEMM_MIN_BATCH};
+use super::shallow::{
+    gathers_trees, gemm_levels, gemm_plan, gemm_walk, per_token_gathered, GEMM_MIN_BATCH,
+};
 use super::tile::{per_token, RouteSink};
 use super::{check_io, FffWeightsView, SimdLevel, WeightElem, WeightFormat};
 use crate::config::FffConfig;
@@ -236,6 +238,9 @@ fn run<E: WeightElem>(
         }
         Strategy::Grouped => grouped(w, x, batch, y, ws, opts.simd, routes),
         Strategy::Bucketed => bucketed(w, x, batch, y, ws, opts.simd, routes),
+        _ if gathers_trees(w.config.trees, w.config.depth) => {
+            per_token_gathered(w, x, batch, y, opts.simd, routes)
+        }
         _ => per_token(w, x, batch, y, opts.simd, routes),
     }
 }

@@ -184,8 +184,9 @@ pub(super) fn gemm_walk<E: WeightElem>(
                         g,
                         x: xt,
                         y: yt,
-                        reached: &reached[start * k..(start + xt.len() / cin) * k],
+                        reached: Some(&reached[start * k..(start + xt.len() / cin) * k]),
                         first: first + start,
+                        trees: 0..k,
                         routes,
                     },
                 )
@@ -296,10 +297,13 @@ struct BottomTile<'w, 'a, E: WeightElem> {
     g: usize,
     x: &'w [f32],
     y: &'w mut [f32],
-    /// The node each input's path reached at level `g` in each tree, `[tile, K]`.
-    reached: &'w [u32],
+    /// The node each input's path reached at level `g` in each tree, `[tile, K]`; `None` when
+    /// `g` is 0 (every path starts at its root).
+    reached: Option<&'w [u32]>,
     /// Index of the tile's first input in the batch.
     first: usize,
+    /// The trees to walk.
+    trees: std::ops::Range<usize>,
     routes: Option<RouteSink>,
 }
 
@@ -321,13 +325,13 @@ impl<E: WeightElem> SimdTask for BottomTile<'_, '_, E> {
         let mut rec = TileRecord::new();
         let mut rows = [[0usize; ROWS_PER_PASS + MAX_LEVELS]; TOKEN_TILE];
         let mut acts = [[0f32; ROWS_PER_PASS + MAX_LEVELS]; TOKEN_TILE];
-        let mut t0 = 0;
-        while t0 < k {
-            let t1 = (t0 + group).min(k);
+        let mut t0 = self.trees.start;
+        while t0 < self.trees.end {
+            let t1 = (t0 + group).min(self.trees.end);
             let mut used = 0;
             for t in t0..t1 {
                 for j in 0..tile {
-                    rec.nodes[j] = self.reached[j * k + t] as usize;
+                    rec.nodes[j] = self.reached.map_or(0, |r| r[j * k + t] as usize);
                 }
                 route_tile(
                     s,
@@ -354,6 +358,86 @@ impl<E: WeightElem> SimdTask for BottomTile<'_, '_, E> {
             }
             t0 = t1;
         }
+    }
+}
+
+/// Whether the per-token walk gathers the rows of several trees per output pass: when a tree's
+/// path is short enough for two or more to fit in one pass.
+pub(super) fn gathers_trees(trees: usize, depth: usize) -> bool {
+    trees > 1 && 2 * (depth + 1) <= ROWS_PER_PASS
+}
+
+/// The per-token walk for forests of short trees: tiles of inputs in parallel, each descending
+/// every tree, with the rows of [`ROWS_PER_PASS`] / (D + 1) trees added to `y` in one pass (one
+/// read and write of each output block per group of trees instead of per tree: for 3072 trees
+/// of depth 0 the per-tree passes cost as much as the dot products).
+pub(super) fn per_token_gathered<E: WeightElem>(
+    w: &FffWeightsView<'_, E>,
+    x: &[f32],
+    batch: usize,
+    y: &mut [f32],
+    level: SimdLevel,
+    routes: Option<RouteSink>,
+) {
+    let (cin, cout) = (w.config.input_width, w.config.output_width);
+    let tile = |(j, (xt, yt)): (usize, (&[f32], &mut [f32]))| {
+        yt.fill(0.0);
+        dispatch(
+            level,
+            BottomTile {
+                w,
+                g: 0,
+                x: xt,
+                y: yt,
+                reached: None,
+                first: j * TOKEN_TILE,
+                trees: 0..w.config.trees,
+                routes,
+            },
+        )
+    };
+    let threads = rayon::current_num_threads();
+    let k = w.config.trees;
+    if batch <= TOKEN_TILE && threads > 1 && k >= 8 * threads {
+        // One tile: split the trees across the threads instead, each into its own outputs,
+        // summed at the end (a lone input through 3072 trees of depth 0 is a GEMV, and reads
+        // its weights at the rate of every core, as a dense GEMV does).
+        let parts = threads.min(k);
+        let mut partial = vec![0f32; parts * y.len()];
+        partial
+            .par_chunks_mut(y.len())
+            .enumerate()
+            .for_each(|(p, yp)| {
+                dispatch(
+                    level,
+                    BottomTile {
+                        w,
+                        g: 0,
+                        x,
+                        y: yp,
+                        reached: None,
+                        first: 0,
+                        trees: p * k / parts..(p + 1) * k / parts,
+                        routes,
+                    },
+                )
+            });
+        y.copy_from_slice(&partial[..y.len()]);
+        for yp in partial.chunks_exact(y.len()).skip(1) {
+            y.iter_mut().zip(yp).for_each(|(a, b)| *a += b);
+        }
+        return;
+    }
+    if batch <= TOKEN_TILE || threads == 1 {
+        x.chunks(TOKEN_TILE * cin)
+            .zip(y.chunks_mut(TOKEN_TILE * cout))
+            .enumerate()
+            .for_each(tile);
+    } else {
+        x.par_chunks(TOKEN_TILE * cin)
+            .zip(y.par_chunks_mut(TOKEN_TILE * cout))
+            .enumerate()
+            .for_each(tile);
     }
 }
 
