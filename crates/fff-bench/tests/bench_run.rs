@@ -55,10 +55,20 @@ fn tiny_run_produces_checked_records_json_and_plot() {
         // Every row of the warm-up and of the last timed output is compared at these batches.
         assert_eq!(r.check.rows, 2 * r.batch, "{r:?}");
     }
-    // At batch 37 the kernel runs (and is checked on) the bucketed walk, not the per-token one.
+    // At batch 37 the kernel runs (and is checked on) the walk Auto picks there, which is not
+    // the per-token one; the row is labelled with it.
+    let config = fastfeedforward::FffConfig::new(19, 19, 4, 1);
+    let chosen = fastfeedforward::internal::resolve_strategy(
+        fastfeedforward::Strategy::Auto,
+        &config,
+        37,
+        fastfeedforward::WeightFormat::F32,
+    );
+    assert_ne!(chosen, fastfeedforward::Strategy::PerToken);
+    let label = format!("fff ({})", chosen.name());
     assert!(records
         .iter()
-        .any(|r| r.config == "1x4" && r.batch == 37 && r.implementation == "fff (bucketed)"));
+        .any(|r| r.config == "1x4" && r.batch == 37 && r.implementation == label));
     let r = records.iter().find(|r| r.config == "2x3").unwrap();
     assert_eq!((r.neurons_total, r.neurons_used), (30, 8));
     assert!((r.limit - 30.0 / 8.0).abs() < 1e-12);
