@@ -1,6 +1,6 @@
 //! Runs the inference kernel on a layer of width 768 in a loop, for profilers:
 //! `cargo run --release -p fastfeedforward --example kernel_profile [batch] [iterations]
-//! [strategy] [KxD] [simd]` (strategy: auto, per-token, bucketed or grouped; layer: K trees of
+//! [strategy] [KxD] [simd]` (strategy: auto, per-token, bucketed, grouped or gemm; layer: K trees of
 //! depth D, default 1x11; simd: portable, avx2+fma or avx512f, default the best this CPU has).
 //! With `--features phase-timing`, also prints where a bucketed call's time goes.
 
