@@ -3,7 +3,7 @@
 //! paths that change, and the output error (relative, over inputs that keep their path,
 //! and over all). Writes docs/quantization_layers.json.
 //!
-//!   cargo run --release -p fastfeedforward --example quantization_cost
+//!   cargo run --release -p fastfeedforward --example quantization_layers
 
 use fastfeedforward::{Activation, Fff, FffConfig, Init, WeightFormat, Workspace};
 use rand::SeedableRng;

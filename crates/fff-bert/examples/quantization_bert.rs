@@ -5,7 +5,7 @@
 //! id first everywhere, which makes plain top-1 agreement trivially 100%), and the fraction of
 //! FFF tree paths (one per token, layer and tree) that changed. Writes
 //! `docs/quantization_bert.json` (or the path given) and prints a markdown table:
-//! `cargo run --release -p fff-bert --example quantization_cost [out.json]`.
+//! `cargo run --release -p fff-bert --example quantization_bert [out.json]`.
 //!
 //! Paths are compared two ways: end to end (each model routes its own layer inputs, so
 //! upstream changes count), and on the same input (the quantized layer on the f32 model's
