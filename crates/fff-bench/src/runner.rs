@@ -261,6 +261,16 @@ fn random_rows(rows: usize, width: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// A kernel row whose traffic floor is computed once every row has been timed.
+struct PendingFloor {
+    record: usize,
+    layer: usize,
+    batch: usize,
+    threads: usize,
+    format: WeightFormat,
+    median_s: f64,
+}
+
 /// One implementation's timed runs and what their checks found.
 #[derive(Debug, Clone)]
 pub struct Measured {
@@ -468,6 +478,7 @@ pub fn run(opts: &BenchOptions, observer: &mut dyn BenchObserver) -> Result<Vec<
     let measurements = opts.threads.len() * per_thread;
     let mut done = 0;
     let mut records = Vec::new();
+    let mut floors: Vec<PendingFloor> = Vec::new();
     for &threads in &opts.threads {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -565,17 +576,41 @@ pub fn run(opts: &BenchOptions, observer: &mut dyn BenchObserver) -> Result<Vec<
                     let mut record = Record::new(spec, &name, batch, threads, &m, w, base);
                     record.weights = format.name().into();
                     if kernel && opts.floors && m.median_s.is_finite() {
-                        let window = &inputs[..batch * w];
-                        let floor = pool.install(|| {
-                            traffic_floor(layer, window, batch, format, threads, m.median_s)
-                        })?;
-                        record.floor = Some(floor);
+                        floors.push(PendingFloor {
+                            record: records.len(),
+                            layer: i,
+                            batch,
+                            threads,
+                            format,
+                            median_s: m.median_s,
+                        });
                     }
                     records.push(record);
                     done += 1;
                 }
             }
         }
+    }
+    // The floors' memory-rate measurements run after every timing: each hammers the memory
+    // system for ~100 ms, and run between rows they slowed the row timed next (at batch 1 the
+    // bf16 and int8 rows, timed right after one, came out 2-3x slower than in a run of their
+    // own).
+    for f in floors {
+        observer.measuring(done, measurements, "traffic floors");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(f.threads)
+            .build()
+            .context("building the thread pool")?;
+        let inputs = random_rows(
+            (2 * f.batch).max(1024),
+            w,
+            opts.seed.wrapping_add(f.batch as u64),
+        );
+        let layer = &fff_layers[f.layer].1;
+        let window = &inputs[..f.batch * w];
+        let floor = pool
+            .install(|| traffic_floor(layer, window, f.batch, f.format, f.threads, f.median_s))?;
+        records[f.record].floor = Some(floor);
     }
     observer.measuring(done, measurements, "done");
     Ok(records)
