@@ -394,8 +394,8 @@ fn normalize_rows(v: &mut [f32], width: usize) {
 }
 
 /// Transposes a row-major `[rows, cols]` matrix.
-pub(crate) fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; m.len()];
+pub(crate) fn transpose<T: Copy + Default>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut t = vec![T::default(); m.len()];
     for r in 0..rows {
         for c in 0..cols {
             t[c * rows + r] = m[r * cols + c];

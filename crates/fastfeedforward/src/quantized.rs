@@ -291,7 +291,7 @@ impl QuantizedFff {
                 let bytes =
                     |v: &[bf16]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
                 owned.push((W_IN.into(), Dtype::BF16, vec![rows, cin], bytes(w_in)));
-                let w_out = transpose_any(w_out_t, rows, cout);
+                let w_out = transpose(w_out_t, rows, cout);
                 owned.push((W_OUT.into(), Dtype::BF16, vec![cout, rows], bytes(&w_out)));
             }
             Packed::Int8 {
@@ -302,7 +302,7 @@ impl QuantizedFff {
             } => {
                 let bytes = |v: &[i8]| v.iter().map(|&x| x as u8).collect::<Vec<u8>>();
                 owned.push((W_IN.into(), Dtype::I8, vec![rows, cin], bytes(w_in)));
-                let w_out = transpose_any(w_out_t, rows, cout);
+                let w_out = transpose(w_out_t, rows, cout);
                 owned.push((W_OUT.into(), Dtype::I8, vec![cout, rows], bytes(&w_out)));
                 owned.push((
                     W_IN_SCALE.into(),
@@ -444,7 +444,7 @@ impl QuantizedFff {
                 };
                 Packed::Bf16 {
                     w_in: read(&t_in),
-                    w_out_t: transpose_any(&read(&t_out), cout, rows),
+                    w_out_t: transpose(&read(&t_out), cout, rows),
                 }
             }
             WeightFormat::Int8 => {
@@ -453,7 +453,7 @@ impl QuantizedFff {
                 Packed::Int8 {
                     w_in: read(&t_in),
                     w_in_scales: f32s(&tensor(W_IN_SCALE, &[rows])?, W_IN_SCALE)?,
-                    w_out_t: transpose_any(&read(&t_out), cout, rows),
+                    w_out_t: transpose(&read(&t_out), cout, rows),
                     w_out_scales: f32s(&tensor(W_OUT_SCALE, &[rows])?, W_OUT_SCALE)?,
                 }
             }
@@ -562,15 +562,4 @@ impl ConditionalLayer for QuantizedFff {
     fn neurons_per_input(&self) -> usize {
         self.config.used_nodes()
     }
-}
-
-/// Transposes a row-major `[rows, cols]` matrix of any element type.
-fn transpose_any<T: Copy + Default>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
-    let mut t = vec![T::default(); m.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = m[r * cols + c];
-        }
-    }
-    t
 }

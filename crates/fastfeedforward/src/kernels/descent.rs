@@ -239,7 +239,7 @@ fn run<E: WeightElem>(
         Strategy::Grouped => grouped(w, x, batch, y, ws, opts.simd, routes),
         Strategy::Bucketed => bucketed(w, x, batch, y, ws, opts.simd, routes),
         _ if gathers_trees(w.config.trees, w.config.depth) => {
-            per_token_gathered(w, x, batch, y, opts.simd, routes)
+            per_token_gathered(w, x, batch, y, ws, opts.simd, routes)
         }
         _ => per_token(w, x, batch, y, opts.simd, routes),
     }

@@ -34,8 +34,7 @@ const WALK_COST: usize = 4;
 /// Smallest batch for the GEMM walk: below it an SGEMM is a handful of GEMVs.
 pub(super) const GEMM_MIN_BATCH: usize = 16;
 /// Logits held per chunk at most (floats): 32 MiB of `Z`. Each chunk's SGEMMs pack the weights
-/// again, so chunks are large (at 8 MiB, 512x2 at batch 16384 ran 15% slower); the cap keeps
-/// the buffer bounded for any batch.
+/// again, so chunks are large; the cap keeps the buffer bounded for any batch.
 const CHUNK_FLOATS: usize = 8 << 20;
 
 /// How many top levels the GEMM walk computes for a batch of `batch` inputs through `trees`
@@ -376,6 +375,7 @@ pub(super) fn per_token_gathered<E: WeightElem>(
     x: &[f32],
     batch: usize,
     y: &mut [f32],
+    ws: &mut Workspace,
     level: SimdLevel,
     routes: Option<RouteSink>,
 ) {
@@ -403,7 +403,12 @@ pub(super) fn per_token_gathered<E: WeightElem>(
         // summed at the end (a lone input through 3072 trees of depth 0 is a GEMV, and reads
         // its weights at the rate of every core, as a dense GEMV does).
         let parts = threads.min(k);
-        let mut partial = vec![0f32; parts * y.len()];
+        if ws.logits.len() < parts * y.len() {
+            ws.logits.resize(parts * y.len(), 0.0);
+        }
+        // Each part accumulates into its own outputs (reused scratch: no allocation per call).
+        let partial = &mut ws.logits[..parts * y.len()];
+        partial.fill(0.0);
         partial
             .par_chunks_mut(y.len())
             .enumerate()
