@@ -17,6 +17,7 @@
 //!   hyperplane per level.
 //! - [`Linear`] and [`Elementwise`]: the dense and activation layers a model mixes in.
 //! - [`DenseFf`]: a dense feedforward layer on SGEMM, the speed baseline.
+//! - [`train_op`]: the O(depth) training op, as candle ops and as slice kernels.
 //! - [`tree`]: the descent rule (ties and NaN go left) and the path iterators.
 //! - [`AlignedAlloc`]: a global allocator wrapper that starts large blocks on 64-byte
 //!   boundaries, where the kernels' vector loads are fastest.
@@ -51,7 +52,7 @@ mod math;
 mod original;
 mod quantized;
 pub mod reference;
-mod train_op;
+pub mod train_op;
 pub mod tree;
 
 pub use alloc::AlignedAlloc;

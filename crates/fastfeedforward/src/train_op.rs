@@ -15,6 +15,7 @@
 //! the path takes `z` and re-derives it: nothing else has to be stored between the passes.
 
 use crate::config::FffConfig;
+use crate::error::{check_rows, FffError, Result};
 use crate::kernels::simd::{axpy_f32, dot_f32};
 use crate::tree::{forest_visits, recorded_visits};
 use candle_core::backend::BackendStorage;
@@ -90,15 +91,6 @@ fn check_dims(name: &str, l: &Layout, want: &[usize]) -> candle_core::Result<()>
     Ok(())
 }
 
-/// Calls `f(i, row)` for each visited node of one input: `i` indexes `z_b` (`t·(D+1) + level`),
-/// `row` is the global node row.
-#[inline]
-fn for_each_visited(config: &FffConfig, z_b: &[f32], mut f: impl FnMut(usize, usize)) {
-    for v in recorded_visits(config.trees, config.depth + 1, z_b) {
-        f(v.index, v.row);
-    }
-}
-
 /// Batch rows per rayon task: enough work to amortise scheduling.
 const MIN_ROWS_PER_TASK: usize = 4;
 
@@ -117,7 +109,7 @@ impl CustomOp3 for NodeLogits {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let c = &self.config;
-        let (rows, cin, used) = (c.total_nodes(), c.input_width, c.used_nodes());
+        let (rows, cin) = (c.total_nodes(), c.input_width);
         if l1.dims().len() != 2 {
             bail!(
                 "fff: input has shape {:?}, expected [batch, {cin}]",
@@ -131,17 +123,8 @@ impl CustomOp3 for NodeLogits {
         let x = f32_slice(s1, l1, "input")?;
         let w_in = f32_slice(s2, l2, "linear_in.weight")?;
         let b_in = f32_slice(s3, l3, "linear_in.bias")?;
-        let mut z = vec![0f32; batch * used];
-        z.par_chunks_mut(used)
-            .zip(x.par_chunks(cin))
-            .with_min_len(MIN_ROWS_PER_TASK)
-            .for_each(|(z_b, x_b)| {
-                let logit =
-                    |row: usize| dot_f32(&w_in[row * cin..(row + 1) * cin], x_b) + b_in[row];
-                for v in forest_visits(c.trees, c.depth + 1, logit) {
-                    z_b[v.index] = v.z;
-                }
-            });
+        let mut z = vec![0f32; batch * c.used_nodes()];
+        node_logits(c, x, w_in, b_in, &mut z).map_err(candle_core::Error::wrap)?;
         Ok((
             CpuStorage::F32(z),
             Shape::from((batch, c.trees, c.depth + 1)),
@@ -240,37 +223,20 @@ impl CustomOp3 for PathKernel {
         let a1 = f32_slice(s1, l1, "argument 1")?;
         let a2 = f32_slice(s2, l2, "argument 2")?;
         let width = *l2.dims().last().unwrap_or(&0);
+        let wrap = candle_core::Error::wrap;
         match self.op {
             PathOp::GatherSum => {
                 check_dims("coefficients", l1, &[batch, c.trees, c.depth + 1])?;
                 check_dims("weights", l2, &[rows, width])?;
                 let mut out = vec![0f32; batch * width];
-                if width > 0 {
-                    out.par_chunks_mut(width)
-                        .zip(a1.par_chunks(used).zip(z.par_chunks(used)))
-                        .with_min_len(MIN_ROWS_PER_TASK)
-                        .for_each(|(out_b, (coef_b, z_b))| {
-                            for_each_visited(c, z_b, |i, row| {
-                                axpy_f32(coef_b[i], &a2[row * width..(row + 1) * width], out_b)
-                            })
-                        });
-                }
+                gather_sum(c, a1, a2, z, &mut out).map_err(wrap)?;
                 Ok((CpuStorage::F32(out), Shape::from((batch, width))))
             }
             PathOp::GatherDot => {
                 check_dims("vectors", l1, &[batch, width])?;
                 check_dims("weights", l2, &[rows, width])?;
                 let mut out = vec![0f32; batch * used];
-                if width > 0 {
-                    out.par_chunks_mut(used)
-                        .zip(a1.par_chunks(width).zip(z.par_chunks(used)))
-                        .with_min_len(MIN_ROWS_PER_TASK)
-                        .for_each(|(out_b, (v_b, z_b))| {
-                            for_each_visited(c, z_b, |i, row| {
-                                out_b[i] = dot_f32(&a2[row * width..(row + 1) * width], v_b)
-                            })
-                        });
-                }
+                gather_dot(c, a1, a2, z, &mut out).map_err(wrap)?;
                 Ok((
                     CpuStorage::F32(out),
                     Shape::from((batch, c.trees, c.depth + 1)),
@@ -279,38 +245,177 @@ impl CustomOp3 for PathKernel {
             PathOp::ScatterOuter => {
                 check_dims("coefficients", l1, &[batch, c.trees, c.depth + 1])?;
                 check_dims("rows", l2, &[batch, width])?;
-                // Bucket the visits by row (a counting sort), then give each output row to one
-                // task: race-free, and each row is written once, sequentially.
-                let mut start = vec![0usize; rows + 1];
-                for z_b in z.chunks_exact(used) {
-                    for_each_visited(c, z_b, |_, row| start[row + 1] += 1);
-                }
-                for r in 0..rows {
-                    start[r + 1] += start[r];
-                }
-                let mut fill = start.clone();
-                let mut visits = vec![0usize; batch * used];
-                for (b, z_b) in z.chunks_exact(used).enumerate() {
-                    for_each_visited(c, z_b, |i, row| {
-                        visits[fill[row]] = b * used + i;
-                        fill[row] += 1;
-                    });
-                }
                 let mut out = vec![0f32; rows * width];
-                if width > 0 {
-                    out.par_chunks_mut(width)
-                        .enumerate()
-                        .with_min_len(MIN_ROWS_PER_TASK)
-                        .for_each(|(row, out_r)| {
-                            let range = start[row]..start[row + 1];
-                            for &v in &visits[range] {
-                                let b = v / used;
-                                axpy_f32(a1[v], &a2[b * width..(b + 1) * width], out_r);
-                            }
-                        });
-                }
+                scatter_outer(c, a1, a2, z, &mut out).map_err(wrap)?;
                 Ok((CpuStorage::F32(out), Shape::from((rows, width))))
             }
         }
     }
+}
+
+// The slice-level kernels the ops above are made of, for callers that own their buffers (the
+// Python package hands over PyTorch's storage). Every buffer is row-major and contiguous; `z` is
+// the `[B, K, D+1]` node logits of `node_logits`, from which each kernel re-derives the paths.
+// Widths are inferred from the buffers' lengths and checked against each other.
+
+/// Calls `f(i, row)` for each visited node of one input: `i` indexes `z_b` (`t·(D+1) + level`),
+/// `row` is the global node row.
+#[inline]
+fn for_each_visited(config: &FffConfig, z_b: &[f32], mut f: impl FnMut(usize, usize)) {
+    for v in recorded_visits(config.trees, config.depth + 1, z_b) {
+        f(v.index, v.row);
+    }
+}
+
+/// The batch size of logits `z` (`[B, K, D+1]`), checked to be whole.
+fn logits_batch(config: &FffConfig, z: &[f32]) -> Result<usize> {
+    let used = config.used_nodes();
+    if !z.len().is_multiple_of(used) {
+        return Err(FffError::shape(
+            "node logits",
+            &[z.len() / used, config.trees, config.depth + 1],
+            &[z.len()],
+        ));
+    }
+    Ok(z.len() / used)
+}
+
+/// The row width of `w` (`[K·M, C]`, named `name`).
+fn node_rows_width(config: &FffConfig, name: &str, w: &[f32]) -> Result<usize> {
+    let rows = config.total_nodes();
+    if !w.len().is_multiple_of(rows) {
+        return Err(FffError::shape(name, &[rows, w.len() / rows], &[w.len()]));
+    }
+    Ok(w.len() / rows)
+}
+
+/// Descends the trees: `z [B, K, D+1]` gets the logit of every visited node of `x [B, in]`.
+pub fn node_logits(
+    config: &FffConfig,
+    x: &[f32],
+    w_in: &[f32],
+    b_in: &[f32],
+    z: &mut [f32],
+) -> Result<()> {
+    let (rows, cin, used) = (
+        config.total_nodes(),
+        config.input_width,
+        config.used_nodes(),
+    );
+    let batch = logits_batch(config, z)?;
+    check_rows("input", x.len(), batch, cin)?;
+    check_rows("linear_in.weight", w_in.len(), rows, cin)?;
+    check_rows("linear_in.bias", b_in.len(), rows, 1)?;
+    z.par_chunks_mut(used)
+        .zip(x.par_chunks(cin.max(1)))
+        .with_min_len(MIN_ROWS_PER_TASK)
+        .for_each(|(z_b, x_b)| {
+            let logit = |row: usize| dot_f32(&w_in[row * cin..(row + 1) * cin], x_b) + b_in[row];
+            for v in forest_visits(config.trees, config.depth + 1, logit) {
+                z_b[v.index] = v.z;
+            }
+        });
+    Ok(())
+}
+
+/// `out[b] = Σ_i coef[b,i] · w[row(b,i)]`: `coef [B,K,D+1]`, `w [K·M, C]`, `out [B, C]`
+/// (overwritten).
+pub fn gather_sum(
+    config: &FffConfig,
+    coef: &[f32],
+    w: &[f32],
+    z: &[f32],
+    out: &mut [f32],
+) -> Result<()> {
+    let used = config.used_nodes();
+    let batch = logits_batch(config, z)?;
+    let width = node_rows_width(config, "weights", w)?;
+    check_rows("coefficients", coef.len(), batch, used)?;
+    check_rows("output", out.len(), batch, width)?;
+    out.fill(0.0);
+    if width > 0 {
+        out.par_chunks_mut(width)
+            .zip(coef.par_chunks(used).zip(z.par_chunks(used)))
+            .with_min_len(MIN_ROWS_PER_TASK)
+            .for_each(|(out_b, (coef_b, z_b))| {
+                for_each_visited(config, z_b, |i, row| {
+                    axpy_f32(coef_b[i], &w[row * width..(row + 1) * width], out_b)
+                })
+            });
+    }
+    Ok(())
+}
+
+/// `out[b,i] = v[b] · w[row(b,i)]`: `v [B, C]`, `w [K·M, C]`, `out [B,K,D+1]` (overwritten).
+pub fn gather_dot(
+    config: &FffConfig,
+    v: &[f32],
+    w: &[f32],
+    z: &[f32],
+    out: &mut [f32],
+) -> Result<()> {
+    let used = config.used_nodes();
+    let batch = logits_batch(config, z)?;
+    let width = node_rows_width(config, "weights", w)?;
+    check_rows("vectors", v.len(), batch, width)?;
+    check_rows("output", out.len(), batch, used)?;
+    out.fill(0.0);
+    if width > 0 {
+        out.par_chunks_mut(used)
+            .zip(v.par_chunks(width).zip(z.par_chunks(used)))
+            .with_min_len(MIN_ROWS_PER_TASK)
+            .for_each(|(out_b, (v_b, z_b))| {
+                for_each_visited(config, z_b, |i, row| {
+                    out_b[i] = dot_f32(&w[row * width..(row + 1) * width], v_b)
+                })
+            });
+    }
+    Ok(())
+}
+
+/// `out[row(b,i)] = Σ coef[b,i] · rows[b]` over the visits of each row: `coef [B,K,D+1]`,
+/// `rows [B, C]`, `out [K·M, C]` (overwritten; rows no input visited are zero).
+pub fn scatter_outer(
+    config: &FffConfig,
+    coef: &[f32],
+    rows_in: &[f32],
+    z: &[f32],
+    out: &mut [f32],
+) -> Result<()> {
+    let (rows, used) = (config.total_nodes(), config.used_nodes());
+    let batch = logits_batch(config, z)?;
+    let width = node_rows_width(config, "output", out)?;
+    check_rows("coefficients", coef.len(), batch, used)?;
+    check_rows("rows", rows_in.len(), batch, width)?;
+    out.fill(0.0);
+    if width == 0 {
+        return Ok(());
+    }
+    // Bucket the visits by row (a counting sort), then give each output row to one task:
+    // race-free, and each row is written once, sequentially.
+    let mut start = vec![0usize; rows + 1];
+    for z_b in z.chunks_exact(used) {
+        for_each_visited(config, z_b, |_, row| start[row + 1] += 1);
+    }
+    for r in 0..rows {
+        start[r + 1] += start[r];
+    }
+    let mut fill = start.clone();
+    let mut visits = vec![0usize; batch * used];
+    for (b, z_b) in z.chunks_exact(used).enumerate() {
+        for_each_visited(config, z_b, |i, row| {
+            visits[fill[row]] = b * used + i;
+            fill[row] += 1;
+        });
+    }
+    out.par_chunks_mut(width)
+        .enumerate()
+        .with_min_len(MIN_ROWS_PER_TASK)
+        .for_each(|(row, out_r)| {
+            for &v in &visits[start[row]..start[row + 1]] {
+                let b = v / used;
+                axpy_f32(coef[v], &rows_in[b * width..(b + 1) * width], out_r);
+            }
+        });
+    Ok(())
 }
