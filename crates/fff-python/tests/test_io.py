@@ -110,3 +110,21 @@ def test_bad_constructor_arguments():
         FFF(4, 4, 1, init="xavier")
     with pytest.raises(ValueError, match="approximate"):
         FFF(4, 4, 1, activation=torch.nn.GELU(approximate="tanh"))
+
+
+def test_copies_pickles_and_dtype_round_trips_keep_the_node_major_layout():
+    import copy
+    import io
+
+    layer = FFF(10, 4, 3, 2, init="normal(0.5)")
+    x = torch.randn(5, 10)
+    with torch.inference_mode():
+        expected = layer(x)
+    buf = io.BytesIO()
+    torch.save(layer, buf)
+    buf.seek(0)
+    for other in [copy.deepcopy(layer), torch.load(buf, weights_only=False),
+                  copy.deepcopy(layer).double().float()]:
+        assert other.linear_out.weight.t().is_contiguous()
+        with torch.no_grad():
+            torch.testing.assert_close(other(x), expected)
