@@ -387,7 +387,6 @@ pub fn scatter_outer(
     let width = node_rows_width(config, "output", out)?;
     check_rows("coefficients", coef.len(), batch, used)?;
     check_rows("rows", rows_in.len(), batch, width)?;
-    out.fill(0.0);
     if width == 0 {
         return Ok(());
     }
@@ -412,6 +411,9 @@ pub fn scatter_outer(
         .enumerate()
         .with_min_len(MIN_ROWS_PER_TASK)
         .for_each(|(row, out_r)| {
+            // Each output row is written in the same pass that zeroes it, not after a separate
+            // fill of the whole [K·M, C] output (a full extra pass over memory per call).
+            out_r.fill(0.0);
             for &v in &visits[start[row]..start[row + 1]] {
                 let b = v / used;
                 axpy_f32(coef[v], &rows_in[b * width..(b + 1) * width], out_r);
