@@ -9,10 +9,11 @@ embeddings) through the Rust encoder.
 
 from . import _native, datasets, ops
 from .bert import Bert
+from .flat import FlatFFF
 from .masked import MaskedFFF
 from .module import ACTIVATIONS, FFF
 
-__all__ = ["FFF", "MaskedFFF", "Bert", "ACTIVATIONS", "ops", "datasets", "simd_level"]
+__all__ = ["FFF", "FlatFFF", "MaskedFFF", "Bert", "ACTIVATIONS", "ops", "datasets", "simd_level"]
 
 
 def simd_level() -> str:
