@@ -14,10 +14,6 @@ Without --data-dir the images come from fff's dataset cache, downloaded there on
 
 import argparse
 import copy
-import json
-import os
-import platform
-import tempfile
 import time
 
 import torch
@@ -26,14 +22,7 @@ from torch import nn
 
 import fffast
 from fffast import FFF, MaskedFFF
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+from fffast.bench import cpu_name, write_json
 
 
 def make_net(layer=FFF, seed=0, depth=8):
@@ -130,11 +119,7 @@ def main():
               f"update), {seconds / first:.1f}x the FFF layer's {first:.2f} s; outside the "
               f"update {(seconds - in_opt) / (first - first_opt):.1f}x")
     if args.out:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.out)), suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, args.out)
+        write_json(args.out, result)
         print(f"wrote {args.out}")
 
 

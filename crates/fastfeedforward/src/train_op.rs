@@ -332,12 +332,13 @@ pub fn gather_sum(
     let width = node_rows_width(config, "weights", w)?;
     check_rows("coefficients", coef.len(), batch, used)?;
     check_rows("output", out.len(), batch, width)?;
-    out.fill(0.0);
     if width > 0 {
         out.par_chunks_mut(width)
             .zip(coef.par_chunks(used).zip(z.par_chunks(used)))
             .with_min_len(MIN_ROWS_PER_TASK)
             .for_each(|(out_b, (coef_b, z_b))| {
+                // Zeroed here, in the parallel pass that writes it, not by a serial fill first.
+                out_b.fill(0.0);
                 for_each_visited(config, z_b, |i, row| {
                     axpy_f32(coef_b[i], &w[row * width..(row + 1) * width], out_b)
                 })
@@ -359,8 +360,10 @@ pub fn gather_dot(
     let width = node_rows_width(config, "weights", w)?;
     check_rows("vectors", v.len(), batch, width)?;
     check_rows("output", out.len(), batch, used)?;
-    out.fill(0.0);
-    if width > 0 {
+    if width == 0 {
+        out.fill(0.0); // empty rows: every dot product is zero
+    } else {
+        // Every entry is written: each input visits each of its K·(D+1) slots once.
         out.par_chunks_mut(used)
             .zip(v.par_chunks(width).zip(z.par_chunks(used)))
             .with_min_len(MIN_ROWS_PER_TASK)

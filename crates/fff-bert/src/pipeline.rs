@@ -22,6 +22,22 @@ pub enum Pooling {
     Max,
 }
 
+impl std::str::FromStr for Pooling {
+    type Err = String;
+
+    /// Parses `mean`, `first` (or `cls`) or `max`.
+    fn from_str(name: &str) -> std::result::Result<Self, String> {
+        match name {
+            "mean" => Ok(Pooling::Mean),
+            "first" | "cls" => Ok(Pooling::First),
+            "max" => Ok(Pooling::Max),
+            other => Err(format!(
+                "unknown pooling `{other}`; expected mean, first or max"
+            )),
+        }
+    }
+}
+
 /// The top predictions for one `<mask>`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MaskPrediction {

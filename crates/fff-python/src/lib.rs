@@ -134,12 +134,16 @@ fn node_logits(
     run(py, threads, || train_op::node_logits(&c, x, w_in, b_in, z))
 }
 
-/// `out[b] = Σ_i coef[b,i] · w[row(b,i)]` over each input's visited nodes.
-#[pyfunction]
-fn gather_sum(
+/// One of the path kernels: `(a, b, z) -> out`, all row-major.
+type PathKernel = fn(&FffConfig, &[f32], &[f32], &[f32], &mut [f32]) -> fastfeedforward::Result<()>;
+
+/// Runs path kernel `kernel` on arrays whose names (for errors) are `names`.
+fn path_op(
     py: Python<'_>,
-    coef: PyReadonlyArrayDyn<'_, f32>,
-    w: PyReadonlyArrayDyn<'_, f32>,
+    kernel: PathKernel,
+    names: [&str; 2],
+    a: PyReadonlyArrayDyn<'_, f32>,
+    b: PyReadonlyArrayDyn<'_, f32>,
     z: PyReadonlyArrayDyn<'_, f32>,
     mut out: PyReadwriteArrayDyn<'_, f32>,
     depth: usize,
@@ -147,13 +151,40 @@ fn gather_sum(
     threads: usize,
 ) -> PyResult<()> {
     let c = tree_shape(depth, trees)?;
-    let (coef, w, z) = (
-        read(&coef, "coefficients")?,
-        read(&w, "weights")?,
+    let (a, b, z) = (
+        read(&a, names[0])?,
+        read(&b, names[1])?,
         read(&z, "node logits")?,
     );
     let out = write(&mut out, "output")?;
-    run(py, threads, || train_op::gather_sum(&c, coef, w, z, out))
+    run(py, threads, || kernel(&c, a, b, z, out))
+}
+
+/// `out[b] = Σ_i coef[b,i] · w[row(b,i)]` over each input's visited nodes.
+#[pyfunction]
+fn gather_sum(
+    py: Python<'_>,
+    coef: PyReadonlyArrayDyn<'_, f32>,
+    w: PyReadonlyArrayDyn<'_, f32>,
+    z: PyReadonlyArrayDyn<'_, f32>,
+    out: PyReadwriteArrayDyn<'_, f32>,
+    depth: usize,
+    trees: usize,
+    threads: usize,
+) -> PyResult<()> {
+    let names = ["coefficients", "weights"];
+    path_op(
+        py,
+        train_op::gather_sum,
+        names,
+        coef,
+        w,
+        z,
+        out,
+        depth,
+        trees,
+        threads,
+    )
 }
 
 /// `out[b,i] = v[b] · w[row(b,i)]` over each input's visited nodes.
@@ -163,19 +194,24 @@ fn gather_dot(
     v: PyReadonlyArrayDyn<'_, f32>,
     w: PyReadonlyArrayDyn<'_, f32>,
     z: PyReadonlyArrayDyn<'_, f32>,
-    mut out: PyReadwriteArrayDyn<'_, f32>,
+    out: PyReadwriteArrayDyn<'_, f32>,
     depth: usize,
     trees: usize,
     threads: usize,
 ) -> PyResult<()> {
-    let c = tree_shape(depth, trees)?;
-    let (v, w, z) = (
-        read(&v, "vectors")?,
-        read(&w, "weights")?,
-        read(&z, "node logits")?,
-    );
-    let out = write(&mut out, "output")?;
-    run(py, threads, || train_op::gather_dot(&c, v, w, z, out))
+    let names = ["vectors", "weights"];
+    path_op(
+        py,
+        train_op::gather_dot,
+        names,
+        v,
+        w,
+        z,
+        out,
+        depth,
+        trees,
+        threads,
+    )
 }
 
 /// `out[row] = Σ coef[b,i] · rows[b]` over the visits of each node row.
@@ -185,21 +221,24 @@ fn scatter_outer(
     coef: PyReadonlyArrayDyn<'_, f32>,
     rows: PyReadonlyArrayDyn<'_, f32>,
     z: PyReadonlyArrayDyn<'_, f32>,
-    mut out: PyReadwriteArrayDyn<'_, f32>,
+    out: PyReadwriteArrayDyn<'_, f32>,
     depth: usize,
     trees: usize,
     threads: usize,
 ) -> PyResult<()> {
-    let c = tree_shape(depth, trees)?;
-    let (coef, rows, z) = (
-        read(&coef, "coefficients")?,
-        read(&rows, "rows")?,
-        read(&z, "node logits")?,
-    );
-    let out = write(&mut out, "output")?;
-    run(py, threads, || {
-        train_op::scatter_outer(&c, coef, rows, z, out)
-    })
+    let names = ["coefficients", "rows"];
+    path_op(
+        py,
+        train_op::scatter_outer,
+        names,
+        coef,
+        rows,
+        z,
+        out,
+        depth,
+        trees,
+        threads,
+    )
 }
 
 /// Batches the inference kernel runs on one thread whatever `threads` says.
@@ -469,17 +508,7 @@ impl Bert {
         batch_size: usize,
         threads: usize,
     ) -> PyResult<(Bound<'py, PyArray2<f32>>, Vec<usize>)> {
-        use fff_bert::Pooling;
-        let pooling = match pooling {
-            "mean" => Pooling::Mean,
-            "first" | "cls" => Pooling::First,
-            "max" => Pooling::Max,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "pooling is `{other}`; expected mean, first (cls) or max"
-                )))
-            }
-        };
+        let pooling: fff_bert::Pooling = pooling.parse().map_err(PyValueError::new_err)?;
         let pool = pool(threads)?;
         let out = py
             .detach(|| pool.install(|| self.pipeline.embed(&texts, pooling, batch_size)))

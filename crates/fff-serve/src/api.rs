@@ -310,16 +310,7 @@ struct OpenAiRequest {
 }
 
 fn pooling_of(name: Option<&str>) -> Result<Pooling, ApiError> {
-    Ok(match name.unwrap_or("mean") {
-        "mean" => Pooling::Mean,
-        "first" | "cls" => Pooling::First,
-        "max" => Pooling::Max,
-        other => {
-            return Err(ApiError::invalid(format!(
-                "unknown pooling `{other}`; expected mean, first or max"
-            )))
-        }
-    })
+    name.unwrap_or("mean").parse().map_err(ApiError::invalid)
 }
 
 /// `POST /v1/embeddings`, OpenAI's format.

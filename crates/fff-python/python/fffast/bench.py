@@ -29,7 +29,8 @@ from torch import nn
 from . import FFF, MaskedFFF, simd_level
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name, for naming the machine beside a figure."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -51,6 +52,15 @@ def _l3() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+def write_json(path: str, doc) -> None:
+    """Writes ``doc`` as JSON to ``path`` atomically: a temporary name, then a rename."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
 
 
 def _block(fn, budget_s: float) -> float:
@@ -174,7 +184,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     machine = {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "l3": _l3(),
         "logical_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -204,12 +214,7 @@ def main(argv=None) -> None:
         rows.append(row)
     if args.out:
         doc = {"command": "python -m fffast.bench", "reps": args.reps, "block_s": args.block, "machine": machine, "rows": rows}
-        directory = os.path.dirname(os.path.abspath(args.out))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".bench-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, args.out)
+        write_json(args.out, doc)
         print(f"wrote {args.out}")
 
 

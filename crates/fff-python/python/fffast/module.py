@@ -118,10 +118,7 @@ class FFF(nn.Module):
         rows = self.parallel_size * self.n_nodes
         self.linear_in = nn.utils.skip_init(nn.Linear, self.input_width, rows, bias=True)
         self.linear_out = nn.utils.skip_init(nn.Linear, rows, self.output_width, bias=False)
-        with torch.no_grad():
-            self.linear_in.weight.copy_(torch.from_numpy(w_in))
-            self.linear_in.bias.copy_(torch.from_numpy(b_in))
-        self.linear_out.weight = nn.Parameter(torch.from_numpy(w_out_t).t())
+        self._set_node_major(w_in, b_in, w_out_t)
         self.linear_out.register_state_dict_post_hook(_contiguous_weight_entry)
         self.register_load_state_dict_post_hook(_node_major_after_load)
 
@@ -219,11 +216,16 @@ class FFF(nn.Module):
             config["trees"],
             config["activation"],
         )
-        with torch.no_grad():
-            layer.linear_in.weight.copy_(torch.from_numpy(w_in))
-            layer.linear_in.bias.copy_(torch.from_numpy(b_in))
-        layer.linear_out.weight = nn.Parameter(torch.from_numpy(w_out_t).t())
+        layer._set_node_major(w_in, b_in, w_out_t)
         return layer
+
+    def _set_node_major(self, w_in, b_in, w_out_t) -> None:
+        """Takes the parameters from NumPy arrays ``[K·M, in]``, ``[K·M]`` and node-major
+        ``[K·M, out]``; ``linear_out.weight`` becomes a transposed view of the last."""
+        with torch.no_grad():
+            self.linear_in.weight.copy_(torch.from_numpy(w_in))
+            self.linear_in.bias.copy_(torch.from_numpy(b_in))
+        self.linear_out.weight = nn.Parameter(torch.from_numpy(w_out_t).t())
 
 
 def _contiguous_weight_entry(module, state_dict, prefix, local_metadata) -> None:
