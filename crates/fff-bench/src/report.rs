@@ -189,6 +189,7 @@ pub fn plot(path: &Path, records: &[Record]) -> Result<()> {
         title: &title,
         x_desc: "depth D (config KxD)",
         y_desc: "speedup (log scale)",
+        log_x: false,
         log_y: true,
         legend: Legend::UpperLeft,
     };
@@ -201,6 +202,7 @@ pub fn plot(path: &Path, records: &[Record]) -> Result<()> {
             title: &title,
             x_desc: "depth D (config KxD)",
             y_desc: "time / floor (log scale; 1 = at the floor)",
+            log_x: false,
             log_y: true,
             legend: Legend::UpperLeft,
         };

@@ -165,7 +165,7 @@ fn train_spirals(epochs: usize, seed: u64) -> Result<()> {
                     "  epoch {:>3}: train loss {:.4}, test accuracy {:.2}%",
                     m.epoch,
                     m.train_loss,
-                    100.0 * m.test_accuracy
+                    100.0 * m.test_accuracy.unwrap_or(f64::NAN)
                 );
             }
         }),
@@ -174,7 +174,7 @@ fn train_spirals(epochs: usize, seed: u64) -> Result<()> {
     outln!(
         "trained in {}: test accuracy {:.2}% (chance: 33.3%)",
         human(start.elapsed()),
-        100.0 * last.test_accuracy
+        100.0 * last.test_accuracy.unwrap_or(f64::NAN)
     );
     Ok(())
 }

@@ -18,6 +18,44 @@ pub enum ExperimentCommand {
     /// identity), a 4-tree forest, flat FFF, and the original FFF with and without hardening;
     /// accuracy, parameters, neurons per input, training and inference time.
     Variants(NodeActivationArgs),
+    /// Accuracy against compute: a grid of dense and FFF configurations and training recipes,
+    /// each over seeds, chosen on a validation split and tested once; resumable.
+    Frontier(FrontierArgs),
+}
+
+/// Options of `fff experiment frontier`.
+#[derive(Args, Debug)]
+pub struct FrontierArgs {
+    /// Datasets to run on.
+    #[arg(long, value_delimiter = ',', default_value = "mnist,fashion-mnist")]
+    datasets: Vec<Dataset>,
+    /// Folder holding the datasets (each directly or in a subfolder named after it).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Families of the grid to run [default: all; a distilled family needs its teacher's].
+    #[arg(long, value_delimiter = ',')]
+    families: Vec<String>,
+    /// Seeds per configuration.
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// Each run's checkpoints and result.json go here; a rerun skips finished runs and
+    /// resumes an interrupted one.
+    #[arg(long, default_value = "runs/frontier")]
+    work_dir: PathBuf,
+    /// A CI-sized sweep: the dense teacher and the distilled forest, 1 seed, 1 epoch on the
+    /// first 6,000 training images (1,000 of them for validation).
+    #[arg(long)]
+    quick: bool,
+    /// Write the rows (and each run) to this JSON file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the frontier and ablation tables to this markdown file.
+    #[arg(long)]
+    table: Option<PathBuf>,
+    /// Draw test accuracy against multiply-adds per input to PNG files named after this
+    /// path, one per dataset (`frontier.png` → `frontier_mnist.png`).
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 /// Options of `fff experiment node-activation`.
@@ -55,6 +93,7 @@ pub struct NodeActivationArgs {
 
 pub fn run(cmd: ExperimentCommand) -> Result<()> {
     let (args, mut chosen, title) = match cmd {
+        ExperimentCommand::Frontier(a) => return frontier(a),
         ExperimentCommand::NodeActivation(a) => (a, variants(), "Node-activation study"),
         ExperimentCommand::Variants(a) => (a, variants_study(), "FFF variants study"),
     };
@@ -112,7 +151,7 @@ pub fn run(cmd: ExperimentCommand) -> Result<()> {
                     r.dataset,
                     r.variant,
                     r.seed,
-                    100.0 * last.test_accuracy,
+                    100.0 * last.test_accuracy.unwrap_or(f64::NAN),
                     r.history.len(),
                     r.history.iter().map(|m| m.train_seconds).sum::<f64>() / r.history.len() as f64
                 )
@@ -138,4 +177,207 @@ pub fn run(cmd: ExperimentCommand) -> Result<()> {
         outln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// The family of the frontier whose ablations the table reports.
+const BEST_FAMILY: &str = "forest-k5-64-kd";
+
+fn frontier(args: FrontierArgs) -> Result<()> {
+    use fff_train::frontier::{check_grid, image_grid, run_dir, run_one};
+    ensure!(args.seeds > 0, "--seeds must be at least 1");
+    for (path, flag) in [
+        (&args.json, "--json"),
+        (&args.table, "--table"),
+        (&args.plot, "--plot"),
+    ] {
+        if let Some(path) = path {
+            fff_util::fs::check_output_file(path, flag)?;
+        }
+    }
+    let mut grid = image_grid();
+    let mut seeds = args.seeds;
+    if args.quick {
+        grid.retain(|e| e.family == "dense" || e.family == BEST_FAMILY);
+        for e in &mut grid {
+            e.recipe.epochs = 1;
+            e.recipe.validation = 1000;
+        }
+        seeds = 1;
+    }
+    if !args.families.is_empty() {
+        for f in &args.families {
+            ensure!(
+                grid.iter().any(|e| &e.family == f),
+                "unknown family `{f}`; expected one of {}",
+                grid.iter()
+                    .map(|e| e.family.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        grid.retain(|e| args.families.contains(&e.family));
+    }
+    check_grid(&grid)?;
+    let mut sets = Vec::new();
+    for name in &args.datasets {
+        let data_args = DataArgs {
+            dataset: *name,
+            data_dir: args.data_dir.clone(),
+        };
+        let (mut data, _) = load_data(&data_args, 0)?;
+        ensure!(
+            data.train.dim == 784 && data.train.classes == 10,
+            "the frontier's grid is for 784-pixel, 10-class images; {} is not",
+            data.train.name
+        );
+        if args.quick {
+            let keep = 6000.min(data.train.len());
+            data.train.features.truncate(keep * data.train.dim);
+            data.train.labels.truncate(keep);
+        }
+        sets.push((name.to_string(), data));
+    }
+    // Configuration by configuration across the datasets, so that an interrupted sweep has
+    // its first rows on every dataset; the ablations run on the first dataset only.
+    let mut runs = Vec::new();
+    for e in &grid {
+        for (i, (dataset, data)) in sets.iter().enumerate() {
+            if i > 0 && e.family.starts_with("ablate-") {
+                continue;
+            }
+            for seed in 0..seeds {
+                let dir = run_dir(&args.work_dir, dataset, &e.family, seed);
+                let teacher = e
+                    .recipe
+                    .distill
+                    .as_ref()
+                    .map(|(family, ..)| run_dir(&args.work_dir, dataset, family, seed));
+                outln!("{dataset} {} seed {seed}: `{}`", e.family, e.spec());
+                let bars = EpochProgress::new(|_: &fff_train::EpochMetrics| {});
+                let r = run_one(dataset, data, e, seed, &dir, teacher.as_deref(), bars)?;
+                outln!(
+                    "  validation {:.2}%, test {:.2}%, {} multiply-adds per input, {:.2} s/epoch",
+                    100.0 * r.val_accuracy,
+                    100.0 * r.test_accuracy,
+                    r.multiply_adds_per_input,
+                    r.seconds_per_epoch
+                );
+                runs.push(r);
+                // Written after every run, so an interrupted sweep leaves its figures so far.
+                write_frontier(&args, &runs, false)?;
+            }
+        }
+    }
+    write_frontier(&args, &runs, true)
+}
+
+/// Writes the JSON, table and plots of `runs` where asked (printing the table when `last`).
+fn write_frontier(
+    args: &FrontierArgs,
+    runs: &[fff_train::frontier::RunResult],
+    last: bool,
+) -> Result<()> {
+    use fff_train::frontier;
+    let rows = frontier::summarize(runs);
+    let mut table = frontier::markdown(&rows);
+    if let Some(first) = args.datasets.first() {
+        if let Some(t) = frontier::ablation_markdown(&rows, &first.to_string(), BEST_FAMILY) {
+            table.push('\n');
+            table.push_str(&t);
+        }
+    }
+    if last {
+        outln!();
+        out!("{table}");
+    }
+    let say = |path: &std::path::Path| {
+        if last {
+            outln!("wrote {}", path.display());
+        }
+    };
+    if let Some(path) = &args.json {
+        let doc = serde_json::to_string_pretty(&rows)?;
+        fff_util::fs::write_atomic(path, doc.as_bytes())?;
+        say(path);
+        let runs_path = path.with_extension("runs.json");
+        fff_util::fs::write_atomic(&runs_path, serde_json::to_string_pretty(&runs)?.as_bytes())?;
+        say(&runs_path);
+    }
+    if let Some(path) = &args.table {
+        fff_util::fs::write_atomic(path, table.as_bytes())?;
+        say(path);
+    }
+    if let Some(path) = &args.plot {
+        for name in &args.datasets {
+            let dataset = name.to_string();
+            if !rows.iter().any(|r| r.dataset == dataset) {
+                continue;
+            }
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("frontier");
+            let file = path.with_file_name(format!("{stem}_{dataset}.png"));
+            frontier_plot(&file, &dataset, &rows)?;
+            say(&file);
+        }
+    }
+    Ok(())
+}
+
+/// Test accuracy against multiply-adds per input (log scale), one series per family kind
+/// (the name before its first `-`), the full dense net's accuracy as a dashed line.
+fn frontier_plot(
+    path: &std::path::Path,
+    dataset: &str,
+    rows: &[fff_train::frontier::FrontierRow],
+) -> Result<()> {
+    use fff_util::chart::{draw, Chart, Legend, Series};
+    let rows: Vec<_> = rows.iter().filter(|r| r.dataset == dataset).collect();
+    let mut kinds: Vec<&str> = Vec::new();
+    for r in &rows {
+        let kind = r.family.split('-').next().unwrap_or(&r.family);
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    let mut series: Vec<Series> = kinds
+        .iter()
+        .map(|kind| {
+            let mut pts: Vec<(f64, f64)> = rows
+                .iter()
+                .filter(|r| r.family.split('-').next() == Some(kind))
+                .map(|r| {
+                    (
+                        r.multiply_adds_per_input as f64,
+                        100.0 * r.test_accuracy_mean,
+                    )
+                })
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            Series::line(*kind, pts)
+        })
+        .collect();
+    if let Some(d) = rows.iter().find(|r| r.family == "dense") {
+        let xs = rows.iter().map(|r| r.multiply_adds_per_input as f64);
+        let (x0, x1) = xs.fold((f64::MAX, 0f64), |(a, b), x| (a.min(x), b.max(x)));
+        series.push(Series {
+            label: format!("dense 784-500-10 ({:.2}%)", 100.0 * d.test_accuracy_mean),
+            points: vec![
+                (x0, 100.0 * d.test_accuracy_mean),
+                (x1, 100.0 * d.test_accuracy_mean),
+            ],
+            dashed: true,
+        });
+    }
+    let title = format!("{dataset}: test accuracy against compute (mean over seeds)");
+    let chart = Chart {
+        title: &title,
+        x_desc: "multiply-adds per input at inference (log scale)",
+        y_desc: "test accuracy (%)",
+        log_x: true,
+        log_y: false,
+        legend: Legend::LowerRight,
+    };
+    Ok(draw(path, &chart, &series)?)
 }

@@ -66,13 +66,17 @@ pub struct EvalArgs {
 }
 
 fn print_epoch(m: &EpochMetrics) {
+    let part = |name: &str, loss: Option<f64>, acc: Option<f64>| match (loss, acc) {
+        (Some(l), Some(a)) => format!(" | {name} loss {l:.4} acc {:6.2}%", 100.0 * a),
+        _ => String::new(),
+    };
     outln!(
-        "epoch {:>3}: train loss {:.4} acc {:6.2}% | test loss {:.4} acc {:6.2}% | {:.2} s train, {:.2} s eval",
+        "epoch {:>3}: train loss {:.4} acc {:6.2}%{}{} | {:.2} s train, {:.2} s eval",
         m.epoch,
         m.train_loss,
         100.0 * m.train_accuracy,
-        m.test_loss,
-        100.0 * m.test_accuracy,
+        part("val", m.val_loss, m.val_accuracy),
+        part("test", m.test_loss, m.test_accuracy),
         m.train_seconds,
         m.eval_seconds
     );
@@ -248,13 +252,19 @@ fn run_with(
         history
     };
     if let Some(last) = history.last() {
-        let best = history.iter().map(|m| m.test_accuracy).fold(0.0, f64::max);
-        outln!(
-            "done: final test accuracy {:.2}% (best {:.2}%), {:.2} s per epoch",
-            100.0 * last.test_accuracy,
-            100.0 * best,
-            history.iter().map(|m| m.train_seconds).sum::<f64>() / history.len() as f64
-        );
+        let per_epoch = history.iter().map(|m| m.train_seconds).sum::<f64>() / history.len() as f64;
+        let pct = |a: Option<f64>| a.map_or("-".to_string(), |a| format!("{:.2}%", 100.0 * a));
+        match last.val_accuracy {
+            Some(v) => outln!(
+                "done: validation accuracy {:.2}%, test accuracy {}, {per_epoch:.2} s per epoch",
+                100.0 * v,
+                pct(last.test_accuracy)
+            ),
+            None => outln!(
+                "done: final test accuracy {}, {per_epoch:.2} s per epoch",
+                pct(last.test_accuracy)
+            ),
+        }
     }
     if let Some(dir) = s.out.as_deref().or(resume) {
         outln!("checkpoint and metrics.json in {}", dir.display());

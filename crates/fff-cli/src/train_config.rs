@@ -9,6 +9,7 @@ use crate::data::Dataset;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::{Args, ValueEnum};
 use fff_train::optim::{OptimizerKind, DEFAULT_SGD_MOMENTUM};
+use fff_train::state::{Distillation, DEFAULT_DISTILL_ALPHA, DEFAULT_DISTILL_TEMPERATURE};
 use fff_train::{Schedule, TrainConfig};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -69,6 +70,26 @@ pub struct TrainSettings {
     /// Clip the global gradient norm to this value [default: no clipping].
     #[arg(long)]
     pub clip_norm: Option<f64>,
+    /// Hold out the last N training inputs as a validation set, evaluated after every epoch;
+    /// the test set is then evaluated once, after the last epoch.
+    #[arg(long)]
+    pub validation: Option<usize>,
+    /// Label smoothing ε of the cross-entropy.
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
+    /// Shift each training image by up to this many pixels (random, per step).
+    #[arg(long)]
+    pub shift: Option<usize>,
+    /// Distil from this teacher: a checkpoint folder written by `fff train --out`.
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
+    /// Weight α of the label cross-entropy in the distillation loss
+    /// α·CE + (1−α)·T²·KL(teacher ‖ student).
+    #[arg(long, requires = "teacher")]
+    pub distill_alpha: Option<f64>,
+    /// Softening temperature T of the distillation loss.
+    #[arg(long, requires = "teacher")]
+    pub distill_temperature: Option<f64>,
     /// Seed of the initialisation and the shuffling.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -112,6 +133,14 @@ impl TrainSettings {
             ("momentum", DEFAULT_SGD_MOMENTUM.to_string()),
             ("schedule", name(d.schedule.to_possible_value())),
             ("warmup_steps", d.warmup_steps.to_string()),
+            ("validation", d.validation.to_string()),
+            ("label_smoothing", d.label_smoothing.to_string()),
+            ("shift", d.shift.to_string()),
+            ("distill_alpha", DEFAULT_DISTILL_ALPHA.to_string()),
+            (
+                "distill_temperature",
+                DEFAULT_DISTILL_TEMPERATURE.to_string(),
+            ),
             ("seed", d.seed.to_string()),
         ];
         defaults.into_iter().fold(cmd, |cmd, (id, value)| {
@@ -169,6 +198,12 @@ impl TrainSettings {
             schedule: self.schedule.or(base.schedule),
             warmup_steps: self.warmup_steps.or(base.warmup_steps),
             clip_norm: self.clip_norm.or(base.clip_norm),
+            validation: self.validation.or(base.validation),
+            label_smoothing: self.label_smoothing.or(base.label_smoothing),
+            shift: self.shift.or(base.shift),
+            teacher: self.teacher.or(base.teacher),
+            distill_alpha: self.distill_alpha.or(base.distill_alpha),
+            distill_temperature: self.distill_temperature.or(base.distill_temperature),
             seed: self.seed.or(base.seed),
             threads: self.threads.or(base.threads),
             out: self.out.or(base.out),
@@ -214,6 +249,16 @@ impl TrainSettings {
             warmup_steps: self.warmup_steps.unwrap_or(d.warmup_steps),
             clip_norm: self.clip_norm,
             seed: self.seed.unwrap_or(d.seed),
+            validation: self.validation.unwrap_or(d.validation),
+            label_smoothing: self.label_smoothing.unwrap_or(d.label_smoothing),
+            shift: self.shift.unwrap_or(d.shift),
+            distill: self.teacher.as_ref().map(|teacher| Distillation {
+                teacher: teacher.clone(),
+                alpha: self.distill_alpha.unwrap_or(DEFAULT_DISTILL_ALPHA),
+                temperature: self
+                    .distill_temperature
+                    .unwrap_or(DEFAULT_DISTILL_TEMPERATURE),
+            }),
         };
         config.validate()?;
         Ok(config)
@@ -257,6 +302,12 @@ momentum = 0.5
 schedule = "cosine"
 warmup-steps = 100
 clip-norm = 1.0
+validation = 5000
+label-smoothing = 0.1
+shift = 2
+teacher = "runs/dense"
+distill-alpha = 0.3
+distill-temperature = 2.0
 seed = 7
 threads = 2
 out = "runs/a"
@@ -281,6 +332,12 @@ out = "runs/a"
                 schedule: Some(Schedule::Cosine),
                 warmup_steps: Some(100),
                 clip_norm: Some(1.0),
+                validation: Some(5000),
+                label_smoothing: Some(0.1),
+                shift: Some(2),
+                teacher: Some("runs/dense".into()),
+                distill_alpha: Some(0.3),
+                distill_temperature: Some(2.0),
                 seed: Some(7),
                 threads: Some(2),
                 out: Some("runs/a".into()),
@@ -299,6 +356,15 @@ out = "runs/a"
             (3, 128, 2e-3, 0.01, 100, 7)
         );
         assert_eq!((c.schedule, c.clip_norm), (Schedule::Cosine, Some(1.0)));
+        assert_eq!((c.validation, c.label_smoothing, c.shift), (5000, 0.1, 2));
+        assert_eq!(
+            c.distill,
+            Some(Distillation {
+                teacher: "runs/dense".into(),
+                alpha: 0.3,
+                temperature: 2.0
+            })
+        );
         assert_eq!(
             c.optimizer,
             OptimizerKind::AdamW {

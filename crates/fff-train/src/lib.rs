@@ -4,11 +4,13 @@
 //!   (`fff:784-500:d8:identity, relu, linear:500-10`);
 //! - [`model`]: the model a description builds, a list of conditional layers;
 //! - [`trainer`]: mini-batch training with AdamW and cross-entropy, per-epoch evaluation;
+//! - [`frontier`]: the accuracy-against-compute sweep (grid, resumable runs, summaries);
 //! - [`inspect`]: routing statistics of conditional layers (region usage, |z|, path changes).
 
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod frontier;
 pub mod inspect;
 pub mod model;
 pub mod optim;

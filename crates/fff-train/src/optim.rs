@@ -205,6 +205,20 @@ impl Optimizer {
     }
 }
 
+/// `v`, or 0 where it is subnormal. A parameter that stops receiving gradient (a dead unit, an
+/// FFF node no input of the batch visits) has its moments decay geometrically: within an epoch
+/// they reach the subnormal range, where every multiply of the update takes a microcode assist
+/// on x86 (measured: an MNIST epoch of the dense 784-500-10 net went from 3.2 s to 7 s after
+/// its first epoch). Flushing them costs one compare per element and changes no normal value.
+#[inline(always)]
+fn flush(v: f32) -> f32 {
+    if v.abs() < f32::MIN_POSITIVE {
+        0.0
+    } else {
+        v
+    }
+}
+
 /// One step's constants of an update rule.
 #[derive(Clone, Copy, Debug)]
 enum Rule {
@@ -284,8 +298,8 @@ impl InplaceOp2 for Update<'_> {
                     .for_each(|((th, gr), (mm, vv))| {
                         for (((th, gr), mm), vv) in th.iter_mut().zip(gr).zip(mm).zip(vv) {
                             let gi = gr * gs;
-                            *mm = *mm * b1 + gi * (1.0 - b1);
-                            *vv = *vv * b2 + gi * gi * (1.0 - b2);
+                            *mm = flush(*mm * b1 + gi * (1.0 - b1));
+                            *vv = flush(*vv * b2 + gi * gi * (1.0 - b2));
                             let update = (*mm * scale_m) / ((*vv * scale_v).sqrt() + eps);
                             *th = *th * decay - update * lr;
                         }
@@ -305,7 +319,7 @@ impl InplaceOp2 for Update<'_> {
                         for ((th, gr), buf) in th.iter_mut().zip(gr).zip(buf) {
                             let gi = gr * gs + wd * *th;
                             // PyTorch: the buffer starts as the first gradient.
-                            *buf = if first_step { gi } else { mu * *buf + gi };
+                            *buf = flush(if first_step { gi } else { mu * *buf + gi });
                             let d = if mu != 0.0 { *buf } else { gi };
                             *th -= lr * d;
                         }

@@ -27,6 +27,37 @@ pub struct TrainConfig {
     pub clip_norm: Option<f64>,
     /// Seed of the shuffling.
     pub seed: u64,
+    /// Training inputs held out (the last ones) as the validation set, evaluated after every
+    /// epoch; with a validation set the test set is evaluated once, after the last epoch.
+    #[serde(default)]
+    pub validation: usize,
+    /// Label smoothing ε of the cross-entropy: the target puts `ε / classes` on every class.
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// Input augmentation: shift each training image by up to this many pixels in each
+    /// direction (square images only; the uncovered border takes the image's corner value).
+    #[serde(default)]
+    pub shift: usize,
+    /// Distillation from a trained teacher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<Distillation>,
+}
+
+/// Distillation's α when none is given.
+pub const DEFAULT_DISTILL_ALPHA: f64 = 0.5;
+/// Distillation's temperature when none is given.
+pub const DEFAULT_DISTILL_TEMPERATURE: f64 = 4.0;
+
+/// Knowledge distillation: the loss is `α·CE + (1−α)·T²·KL(teacher ‖ student)` with both
+/// distributions softened by temperature `T` (Hinton et al.).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Distillation {
+    /// Checkpoint folder of the teacher (written by `fff train --out`).
+    pub teacher: std::path::PathBuf,
+    /// Weight α of the cross-entropy with the labels.
+    pub alpha: f64,
+    /// Softening temperature T.
+    pub temperature: f64,
 }
 
 impl Default for TrainConfig {
@@ -41,9 +72,16 @@ impl Default for TrainConfig {
             warmup_steps: 0,
             clip_norm: None,
             seed: 0,
+            validation: 0,
+            label_smoothing: 0.0,
+            shift: 0,
+            distill: None,
         }
     }
 }
+
+/// Largest augmentation shift in pixels.
+pub const MAX_SHIFT: usize = 8;
 
 /// Most epochs a run may ask for: far beyond any real run, small enough that a corrupt or
 /// careless value is caught before it plans a run of years.
@@ -87,6 +125,28 @@ impl TrainConfig {
                 "momentum must lie in [0, 1), got {momentum}"
             ),
         }
+        ensure!(
+            (0.0..1.0).contains(&self.label_smoothing),
+            "label_smoothing must lie in [0, 1), got {}",
+            self.label_smoothing
+        );
+        ensure!(
+            self.shift <= MAX_SHIFT,
+            "shift must lie in 0..={MAX_SHIFT} pixels, got {}",
+            self.shift
+        );
+        if let Some(d) = &self.distill {
+            ensure!(
+                (0.0..=1.0).contains(&d.alpha),
+                "distill alpha must lie in [0, 1], got {}",
+                d.alpha
+            );
+            ensure!(
+                d.temperature.is_finite() && d.temperature > 0.0,
+                "distill temperature must be a positive number, got {}",
+                d.temperature
+            );
+        }
         if let Some(c) = self.clip_norm {
             ensure!(
                 c.is_finite() && c > 0.0,
@@ -119,13 +179,22 @@ pub struct EpochMetrics {
     pub train_loss: f64,
     /// Training accuracy measured during the epoch.
     pub train_accuracy: f64,
-    /// Test loss after the epoch.
-    pub test_loss: f64,
-    /// Test accuracy after the epoch.
-    pub test_accuracy: f64,
+    /// Validation loss after the epoch (runs with a validation set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    /// Validation accuracy after the epoch (runs with a validation set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_accuracy: Option<f64>,
+    /// Test loss after the epoch: every epoch without a validation set, the last one only with
+    /// one.
+    #[serde(default)]
+    pub test_loss: Option<f64>,
+    /// Test accuracy after the epoch (as `test_loss`).
+    #[serde(default)]
+    pub test_accuracy: Option<f64>,
     /// Seconds spent training (without evaluation).
     pub train_seconds: f64,
-    /// Seconds spent evaluating the test set.
+    /// Seconds spent evaluating (validation and test sets).
     pub eval_seconds: f64,
 }
 

@@ -184,7 +184,7 @@ pub fn summarize(runs: &[StudyRun]) -> Vec<StudySummary> {
                 .collect();
             let acc: Vec<f64> = group
                 .iter()
-                .filter_map(|r| r.history.last().map(|m| m.test_accuracy))
+                .filter_map(|r| r.history.last().and_then(|m| m.test_accuracy))
                 .collect();
             let n = acc.len().max(1) as f64;
             let mean = acc.iter().sum::<f64>() / n;
@@ -247,7 +247,7 @@ pub fn curves(runs: &[StudyRun]) -> Vec<(String, Vec<(f64, f64)>)> {
                 .map(|e| {
                     let mean = group
                         .iter()
-                        .map(|r| r.history[e].test_accuracy)
+                        .map(|r| r.history[e].test_accuracy.unwrap_or(f64::NAN))
                         .sum::<f64>()
                         / group.len() as f64;
                     ((e + 1) as f64, 100.0 * mean)

@@ -3,8 +3,10 @@
 
 use crate::model::Model;
 use crate::optim::Optimizer;
-use crate::state::{EpochMetrics, PartialEpoch, Schedule, TrainConfig, TrainProgress, TrainState};
-use anyhow::{ensure, Result};
+use crate::state::{
+    Distillation, EpochMetrics, PartialEpoch, Schedule, TrainConfig, TrainProgress, TrainState,
+};
+use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 use fff_data::{Dataset, Split};
 use rand::rngs::StdRng;
@@ -26,6 +28,124 @@ pub fn learning_rate(cfg: &TrainConfig, step: usize, total: usize) -> f64 {
             Schedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
             Schedule::Linear => 1.0 - p,
         }
+}
+
+/// Random shifts of square images, the training-time augmentation of [`TrainConfig::shift`].
+struct Shifter {
+    side: usize,
+    max: usize,
+}
+
+impl Shifter {
+    /// The augmentation for `data`'s inputs, or None for `max == 0`; an error for inputs that
+    /// are not square images.
+    fn new(data: &Dataset, max: usize) -> Result<Option<Self>> {
+        if max == 0 {
+            return Ok(None);
+        }
+        let side = (data.dim as f64).sqrt().round() as usize;
+        ensure!(
+            side * side == data.dim && side > max,
+            "shift {max}: dataset {} has {} features per input, not a square image wider \
+             than the shift",
+            data.name,
+            data.dim
+        );
+        Ok(Some(Shifter { side, max }))
+    }
+
+    /// `src` moved by (dy, dx) into `dst`; uncovered pixels take the top-left corner's value
+    /// (the background of the digit and clothing sets).
+    fn shift_into(&self, src: &[f32], dy: isize, dx: isize, dst: &mut [f32]) {
+        let n = self.side as isize;
+        dst.fill(src[0]);
+        for y in 0..n {
+            let sy = y - dy;
+            if !(0..n).contains(&sy) {
+                continue;
+            }
+            let (x0, x1) = (dx.max(0), (n + dx).min(n));
+            let row = (y * n) as usize;
+            let srow = (sy * n) as usize;
+            dst[row + x0 as usize..row + x1 as usize]
+                .copy_from_slice(&src[srow + (x0 - dx) as usize..srow + (x1 - dx) as usize]);
+        }
+    }
+
+    /// The rows `idx` of `data`, each shifted by a random offset drawn from `rng`.
+    fn gather(&self, data: &Dataset, idx: &[usize], rng: &mut StdRng) -> Result<(Tensor, Tensor)> {
+        let m = self.max as i64;
+        let mut x = vec![0f32; idx.len() * data.dim];
+        for (dst, &i) in x.chunks_exact_mut(data.dim).zip(idx) {
+            let (dy, dx) = (rng.random_range(-m..=m), rng.random_range(-m..=m));
+            let (dy, dx) = (dy as isize, dx as isize);
+            self.shift_into(data.row(i), dy, dx, dst);
+        }
+        let y: Vec<u32> = idx.iter().map(|&i| data.labels[i]).collect();
+        Ok((
+            Tensor::from_vec(x, (idx.len(), data.dim), &Device::Cpu)?,
+            Tensor::from_vec(y, idx.len(), &Device::Cpu)?,
+        ))
+    }
+}
+
+/// A loaded distillation teacher and its settings.
+struct Teacher {
+    model: Model,
+    alpha: f64,
+    temperature: f64,
+}
+
+impl Teacher {
+    /// Loads the teacher checkpoint of `d`, checked against the student's widths.
+    fn load(d: &Distillation, student: &Model) -> Result<Self> {
+        let dir = &d.teacher;
+        let state = crate::checkpoint::load_state(dir)
+            .with_context(|| format!("distillation teacher {}", dir.display()))?;
+        let model = crate::checkpoint::load_model(dir, &state)
+            .with_context(|| format!("distillation teacher {}", dir.display()))?;
+        ensure!(
+            model.input_width() == student.input_width()
+                && model.output_width() == student.output_width(),
+            "distillation teacher {}: model `{}` maps {} inputs to {} outputs, the student \
+             maps {} to {}",
+            dir.display(),
+            model.spec,
+            model.input_width(),
+            model.output_width(),
+            student.input_width(),
+            student.output_width()
+        );
+        Ok(Teacher {
+            model,
+            alpha: d.alpha,
+            temperature: d.temperature,
+        })
+    }
+}
+
+/// Cross-entropy of `logits` (`[B, C]`) against `labels` with label smoothing `epsilon`: the
+/// target distribution is `(1 − ε)·onehot + ε/C`.
+pub fn smoothed_cross_entropy(logits: &Tensor, labels: &Tensor, epsilon: f64) -> Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let nll = logp.gather(&labels.unsqueeze(1)?, 1)?.neg()?.mean_all()?;
+    if epsilon == 0.0 {
+        return Ok(nll);
+    }
+    let uniform = logp.mean(D::Minus1)?.neg()?.mean_all()?;
+    Ok(((nll * (1.0 - epsilon))? + (uniform * epsilon)?)?)
+}
+
+/// `T²·KL(softmax(teacher/T) ‖ softmax(student/T))`, averaged over the batch; the gradient
+/// flows into `student` only.
+pub fn distillation_loss(student: &Tensor, teacher: &Tensor, temperature: f64) -> Result<Tensor> {
+    let t = temperature;
+    let log_pt = candle_nn::ops::log_softmax(&(teacher.detach() / t)?, D::Minus1)?;
+    let log_ps = candle_nn::ops::log_softmax(&(student / t)?, D::Minus1)?;
+    let kl = (log_pt.exp()? * (&log_pt - &log_ps)?)?
+        .sum(D::Minus1)?
+        .mean_all()?;
+    Ok((kl * (t * t))?)
 }
 
 fn gather(data: &Dataset, idx: &[usize]) -> Result<(Tensor, Tensor)> {
@@ -51,7 +171,17 @@ fn correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
 
 /// Loss and accuracy of `model` on `data`, using the inference kernels.
 pub fn evaluate(model: &Model, data: &Dataset) -> Result<(f64, f64)> {
-    let idx: Vec<usize> = (0..data.len()).collect();
+    evaluate_rows(model, data, 0..data.len())
+}
+
+/// Loss and accuracy of `model` on the rows `rows` of `data`, using the inference kernels.
+pub fn evaluate_rows(
+    model: &Model,
+    data: &Dataset,
+    rows: std::ops::Range<usize>,
+) -> Result<(f64, f64)> {
+    let n = rows.len();
+    let idx: Vec<usize> = rows.collect();
     let (mut loss, mut right) = (0.0, 0);
     for chunk in idx.chunks(1024) {
         let (x, y) = gather(data, chunk)?;
@@ -60,7 +190,7 @@ pub fn evaluate(model: &Model, data: &Dataset) -> Result<(f64, f64)> {
             * chunk.len() as f64;
         right += correct(&logits, &y)?;
     }
-    let n = data.len().max(1) as f64;
+    let n = n.max(1) as f64;
     Ok((loss / n, right as f64 / n))
 }
 
@@ -255,11 +385,26 @@ pub fn train_from(
         "dataset {} is empty",
         data.train.name
     );
+    ensure!(
+        cfg.validation < data.train.len(),
+        "validation {} leaves no training inputs: dataset {} has {}",
+        cfg.validation,
+        data.train.name,
+        data.train.len()
+    );
+    // The validation set is the last `validation` training rows; training uses the rest.
+    let train_rows = data.train.len() - cfg.validation;
+    let shifter = Shifter::new(&data.train, cfg.shift)?;
+    let teacher = cfg
+        .distill
+        .as_ref()
+        .map(|d| Teacher::load(d, model))
+        .transpose()?;
     let TrainProgress {
         mut history,
         mut partial,
     } = progress;
-    let steps = data.train.len().div_ceil(cfg.batch_size);
+    let steps = train_rows.div_ceil(cfg.batch_size);
     let done = history.len() * steps + partial.as_ref().map_or(0, |p| p.steps_done);
     ensure!(
         opt.step_count() == done as u64,
@@ -295,7 +440,7 @@ pub fn train_from(
         crate::checkpoint::save(dir, model, opt, &state).map(|()| true)
     };
     for epoch in history.len() + 1..=cfg.epochs {
-        let order = epoch_order(data.train.len(), cfg.seed, epoch);
+        let order = epoch_order(train_rows, cfg.seed, epoch);
         observer.epoch_started(epoch, cfg.epochs, steps);
         let start = Instant::now();
         let resumed = partial.take();
@@ -305,12 +450,24 @@ pub fn train_from(
                 (p.loss_sum, p.right, p.seen, p.train_seconds)
             });
         for (step, batch) in order.chunks(cfg.batch_size).enumerate().skip(first_step) {
-            let (x, y) = gather(&data.train, batch)?;
             let global = (epoch - 1) * steps + step;
-            // Region leaks are drawn per step from the seed, so a resumed run repeats them.
+            // Region leaks and shifts are drawn per step from the seed, so a resumed run
+            // repeats them.
             let step_seed = cfg.seed ^ (global as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+            let (x, y) = match &shifter {
+                Some(s) => s.gather(
+                    &data.train,
+                    batch,
+                    &mut StdRng::seed_from_u64(step_seed ^ 0x5851_F42D_4C95_7F2D),
+                )?,
+                None => gather(&data.train, batch)?,
+            };
             let (logits, aux) = model.forward_step(&x, step_seed)?;
-            let ce = candle_nn::loss::cross_entropy(&logits, &y)?;
+            let mut ce = smoothed_cross_entropy(&logits, &y, cfg.label_smoothing)?;
+            if let Some(t) = &teacher {
+                let soft = distillation_loss(&logits, &t.model.forward_infer(&x)?, t.temperature)?;
+                ce = ((ce * t.alpha)? + (soft * (1.0 - t.alpha))?)?;
+            }
             let loss = match aux {
                 Some(a) => (ce + a)?,
                 None => ce,
@@ -373,15 +530,34 @@ pub fn train_from(
         }
         let train_seconds = earlier_seconds + start.elapsed().as_secs_f64();
         let eval_start = Instant::now();
-        let (test_loss, test_accuracy) = evaluate(model, &data.test)?;
-        ensure!(
-            test_loss.is_finite(),
-            "the model's test loss is {test_loss} after epoch {epoch}: its outputs are not finite"
-        );
+        let (val_loss, val_accuracy) = if cfg.validation > 0 {
+            let (l, a) = evaluate_rows(model, &data.train, train_rows..data.train.len())?;
+            ensure!(
+                l.is_finite(),
+                "the model's validation loss is {l} after epoch {epoch}: its outputs are not \
+                 finite"
+            );
+            (Some(l), Some(a))
+        } else {
+            (None, None)
+        };
+        // With a validation set, the test set is read once: after the last epoch.
+        let (test_loss, test_accuracy) = if cfg.validation == 0 || epoch == cfg.epochs {
+            let (l, a) = evaluate(model, &data.test)?;
+            ensure!(
+                l.is_finite(),
+                "the model's test loss is {l} after epoch {epoch}: its outputs are not finite"
+            );
+            (Some(l), Some(a))
+        } else {
+            (None, None)
+        };
         let m = EpochMetrics {
             epoch,
             train_loss: loss_sum / seen as f64,
             train_accuracy: right as f64 / seen as f64,
+            val_loss,
+            val_accuracy,
             test_loss,
             test_accuracy,
             train_seconds,
@@ -401,4 +577,105 @@ pub fn train_from(
         }
     }
     Ok(history)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(v: &[f32], shape: (usize, usize)) -> Tensor {
+        Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn shifts_move_the_image_and_fill_with_the_corner() {
+        let s = Shifter { side: 3, max: 1 };
+        let src: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+        let mut dst = vec![0f32; 9];
+        // Down one row, left one column: row y takes source row y-1, column x takes x+1.
+        s.shift_into(&src, 1, -1, &mut dst);
+        assert_eq!(dst, [1., 1., 1., 2., 3., 1., 5., 6., 1.]);
+        s.shift_into(&src, 0, 0, &mut dst);
+        assert_eq!(dst, src);
+        s.shift_into(&src, -1, 1, &mut dst);
+        assert_eq!(dst, [1., 4., 5., 1., 7., 8., 1., 1., 1.]);
+        let data = Dataset {
+            name: "odd".into(),
+            features: vec![0.0; 10],
+            labels: vec![0, 1],
+            dim: 5,
+            classes: 2,
+        };
+        let err = Shifter::new(&data, 2).err().unwrap().to_string();
+        assert!(err.contains("odd") && err.contains("square"), "{err}");
+        assert!(Shifter::new(&data, 0).unwrap().is_none());
+    }
+
+    #[test]
+    fn smoothed_cross_entropy_matches_its_formula() {
+        let logits = tensor(&[2.0, -1.0, 0.5, 0.0, 3.0, -2.0], (2, 3));
+        let labels = Tensor::from_vec(vec![0u32, 1], 2, &Device::Cpu).unwrap();
+        let plain = candle_nn::loss::cross_entropy(&logits, &labels)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let at = |e| {
+            smoothed_cross_entropy(&logits, &labels, e)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!((at(0.0) - plain).abs() < 1e-6);
+        // By hand: -Σ_c target_c · log p_c, target (1-ε)·onehot + ε/3.
+        let rows = [[2.0f64, -1.0, 0.5], [0.0, 3.0, -2.0]];
+        let want: f64 = rows
+            .iter()
+            .zip([0, 1])
+            .map(|(r, y)| {
+                let lse = r.iter().map(|v| v.exp()).sum::<f64>().ln();
+                (0..3)
+                    .map(|c| {
+                        let t = 0.1 / 3.0 + if c == y { 0.9 } else { 0.0 };
+                        -t * (r[c] - lse)
+                    })
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+            / 2.0;
+        assert!(
+            (at(0.1) as f64 - want).abs() < 1e-5,
+            "{} vs {want}",
+            at(0.1)
+        );
+    }
+
+    #[test]
+    fn distillation_loss_is_zero_at_the_teacher_and_matches_its_formula() {
+        let s = tensor(&[1.0, 0.0, -1.0], (1, 3));
+        let t = tensor(&[0.0, 2.0, 0.0], (1, 3));
+        let same = distillation_loss(&s, &s, 2.0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(same.abs() < 1e-6, "{same}");
+        let softmax = |v: [f64; 3], temp: f64| {
+            let e: Vec<f64> = v.iter().map(|x| (x / temp).exp()).collect();
+            let z: f64 = e.iter().sum();
+            e.into_iter().map(|x| x / z).collect::<Vec<_>>()
+        };
+        let (ps, pt) = (
+            softmax([1.0, 0.0, -1.0], 2.0),
+            softmax([0.0, 2.0, 0.0], 2.0),
+        );
+        let kl: f64 = (0..3).map(|c| pt[c] * (pt[c] / ps[c]).ln()).sum();
+        let got = distillation_loss(&s, &t, 2.0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            (got as f64 - 4.0 * kl).abs() < 1e-5,
+            "{got} vs {}",
+            4.0 * kl
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! Line charts as PNG files, drawn with plotters and an embedded font (no system fonts needed),
 //! written atomically.
 
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -64,6 +65,8 @@ pub struct Chart<'a> {
     pub x_desc: &'a str,
     /// Y axis description.
     pub y_desc: &'a str,
+    /// Logarithmic x axis (positive values only).
+    pub log_x: bool,
     /// Logarithmic y axis (positive values only).
     pub log_y: bool,
     /// Where the legend goes.
@@ -78,7 +81,7 @@ pub fn draw(path: &Path, chart: &Chart<'_>, series: &[Series]) -> Result<(), Cha
     let pts = || series.iter().flat_map(|s| s.points.iter().copied());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for (x, y) in pts() {
-        if chart.log_y && y <= 0.0 {
+        if (chart.log_y && y <= 0.0) || (chart.log_x && x <= 0.0) {
             continue;
         }
         (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
@@ -86,6 +89,9 @@ pub fn draw(path: &Path, chart: &Chart<'_>, series: &[Series]) -> Result<(), Cha
     if x0 > x1 {
         return Err(named(&"nothing to plot"));
     }
+    let pad = ((y1 - y0) * 0.05).max(1e-3);
+    let (xs, ys) = ((x0 - 0.2)..(x1 + 0.2), (y0 - pad)..(y1 + pad));
+    let (log_xs, log_ys) = ((x0 / 1.5)..(x1 * 1.5), (y0 / 2.0)..(y1 * 2.0));
     crate::fs::write_with(path, |tmp| {
         let root = BitMapBackend::new(tmp, (900, 600)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| named(&e))?;
@@ -95,32 +101,44 @@ pub fn draw(path: &Path, chart: &Chart<'_>, series: &[Series]) -> Result<(), Cha
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(60);
-        if chart.log_y {
-            let mut c = builder
-                .build_cartesian_2d((x0 - 0.5)..(x1 + 0.5), (y0 / 2.0..y1 * 2.0).log_scale())
-                .map_err(|e| named(&e))?;
-            c.configure_mesh()
-                .x_desc(chart.x_desc)
-                .y_desc(chart.y_desc)
-                .label_style(("sans-serif", 14))
-                .draw()
-                .map_err(|e| named(&e))?;
-            draw_series(&mut c, chart.legend, series).map_err(|e| named(&e))?;
-        } else {
-            let pad = ((y1 - y0) * 0.05).max(1e-3);
-            let mut c = builder
-                .build_cartesian_2d((x0 - 0.2)..(x1 + 0.2), (y0 - pad)..(y1 + pad))
-                .map_err(|e| named(&e))?;
-            c.configure_mesh()
-                .x_desc(chart.x_desc)
-                .y_desc(chart.y_desc)
-                .label_style(("sans-serif", 14))
-                .draw()
-                .map_err(|e| named(&e))?;
-            draw_series(&mut c, chart.legend, series).map_err(|e| named(&e))?;
+        match (chart.log_x, chart.log_y) {
+            (false, false) => mesh_and_series(&mut builder, xs, ys, chart, series),
+            (false, true) => mesh_and_series(&mut builder, xs, log_ys.log_scale(), chart, series),
+            (true, false) => mesh_and_series(&mut builder, log_xs.log_scale(), ys, chart, series),
+            (true, true) => mesh_and_series(
+                &mut builder,
+                log_xs.log_scale(),
+                log_ys.log_scale(),
+                chart,
+                series,
+            ),
         }
+        .map_err(|e| named(&e))?;
         root.present().map_err(|e| named(&e))
     })
+}
+
+/// Builds the axes of ranges `x` and `y`, draws the mesh and the series.
+fn mesh_and_series<'a, X, Y>(
+    builder: &mut ChartBuilder<'_, '_, BitMapBackend<'a>>,
+    x: X,
+    y: Y,
+    chart: &Chart<'_>,
+    series: &[Series],
+) -> DrawResult
+where
+    X: AsRangedCoord<Value = f64>,
+    Y: AsRangedCoord<Value = f64>,
+    X::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    Y::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let mut c = builder.build_cartesian_2d(x, y)?;
+    c.configure_mesh()
+        .x_desc(chart.x_desc)
+        .y_desc(chart.y_desc)
+        .label_style(("sans-serif", 14))
+        .draw()?;
+    draw_series(&mut c, chart.legend, series)
 }
 
 /// Named lines on linear axes, legend bottom right.
@@ -135,6 +153,7 @@ pub fn line_chart(
         title,
         x_desc,
         y_desc,
+        log_x: false,
         log_y: false,
         legend: Legend::LowerRight,
     };
@@ -201,6 +220,7 @@ mod tests {
             title: "t",
             x_desc: "x",
             y_desc: "y",
+            log_x: true,
             log_y: true,
             legend: Legend::UpperLeft,
         };

@@ -1,0 +1,594 @@
+//! The accuracy-against-compute frontier: a grid of model and recipe configurations, each
+//! trained with several seeds, chosen on a validation split and tested once.
+//!
+//! A configuration's spec is `MODEL | RECIPE`, e.g.
+//! `fff:784-64:d8:k5:identity, relu, linear:64-10 | epochs=15 schedule=cosine val=5000
+//! kd=dense:0.5:4`: the model description of [`crate::spec`] and a [`Recipe`]. A distilled
+//! configuration names its teacher by family; the teacher is that family's run of the same
+//! dataset and seed, so the grid lists teachers before their students.
+//!
+//! Every run trains into its own checkpoint folder under the work folder
+//! (`DATASET/FAMILY/seedN`) and writes `result.json` there when it is done: an interrupted
+//! sweep resumes the unfinished run from its last checkpoint and skips the finished ones.
+
+use crate::checkpoint::{load_model, load_optimizer, load_state};
+use crate::optim::OptimizerKind;
+use crate::state::{Distillation, Schedule, TrainConfig};
+use crate::trainer::{optimizer_for, train_from, TrainObserver};
+use crate::Model;
+use anyhow::{bail, ensure, Context, Result};
+use fff_data::Split;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// The training half of a configuration: every setting a run of the frontier varies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recipe {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Inputs per step.
+    pub batch_size: usize,
+    /// Peak learning rate (AdamW).
+    pub lr: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// Learning-rate schedule after warm-up.
+    pub schedule: Schedule,
+    /// Steps of linear warm-up.
+    pub warmup_steps: usize,
+    /// Training inputs held out for validation.
+    pub validation: usize,
+    /// Label smoothing ε.
+    pub label_smoothing: f64,
+    /// Random image shifts of up to this many pixels.
+    pub shift: usize,
+    /// Distillation: the teacher's family, α and temperature.
+    pub distill: Option<(String, f64, f64)>,
+}
+
+impl Default for Recipe {
+    /// The study's recipe: 10 epochs of AdamW at 1e-3, batch 64, constant rate, 5,000
+    /// validation inputs.
+    fn default() -> Self {
+        Recipe {
+            epochs: 10,
+            batch_size: 64,
+            lr: 1e-3,
+            weight_decay: 0.0,
+            schedule: Schedule::Constant,
+            warmup_steps: 0,
+            validation: 5000,
+            label_smoothing: 0.0,
+            shift: 0,
+            distill: None,
+        }
+    }
+}
+
+impl Recipe {
+    /// The training settings of this recipe for `seed`, the teacher (if any) read from
+    /// `teacher_dir`.
+    pub fn train_config(&self, seed: u64, teacher_dir: Option<&Path>) -> Result<TrainConfig> {
+        let distill = match (&self.distill, teacher_dir) {
+            (Some((_, alpha, temperature)), Some(dir)) => Some(Distillation {
+                teacher: dir.to_path_buf(),
+                alpha: *alpha,
+                temperature: *temperature,
+            }),
+            (Some((family, ..)), None) => {
+                bail!("the recipe distils from `{family}`: no teacher folder given")
+            }
+            (None, _) => None,
+        };
+        let cfg = TrainConfig {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            optimizer: OptimizerKind::default(),
+            schedule: self.schedule,
+            warmup_steps: self.warmup_steps,
+            clip_norm: None,
+            seed,
+            validation: self.validation,
+            label_smoothing: self.label_smoothing,
+            shift: self.shift,
+            distill,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+fn schedule_name(s: Schedule) -> &'static str {
+    match s {
+        Schedule::Constant => "constant",
+        Schedule::Cosine => "cosine",
+        Schedule::Linear => "linear",
+    }
+}
+
+impl fmt::Display for Recipe {
+    /// `epochs=E lr=LR batch=B schedule=S val=V`, then the settings that differ from the
+    /// defaults (`wd=`, `warmup=`, `smoothing=`, `shift=`, `kd=FAMILY:ALPHA:T`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "epochs={} lr={} batch={} schedule={} val={}",
+            self.epochs,
+            self.lr,
+            self.batch_size,
+            schedule_name(self.schedule),
+            self.validation
+        )?;
+        if self.weight_decay != 0.0 {
+            write!(f, " wd={}", self.weight_decay)?;
+        }
+        if self.warmup_steps != 0 {
+            write!(f, " warmup={}", self.warmup_steps)?;
+        }
+        if self.label_smoothing != 0.0 {
+            write!(f, " smoothing={}", self.label_smoothing)?;
+        }
+        if self.shift != 0 {
+            write!(f, " shift={}", self.shift)?;
+        }
+        if let Some((family, alpha, t)) = &self.distill {
+            write!(f, " kd={family}:{alpha}:{t}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Recipe {
+    type Err = anyhow::Error;
+
+    /// Space-separated `key=value` settings over [`Recipe::default`].
+    fn from_str(s: &str) -> Result<Self> {
+        let mut r = Recipe::default();
+        for item in s.split_whitespace() {
+            let (key, value) = item
+                .split_once('=')
+                .with_context(|| format!("recipe item `{item}`: expected key=value"))?;
+            let bad = |what: &str| format!("recipe item `{item}`: expected {what}");
+            match key {
+                "epochs" => r.epochs = value.parse().with_context(|| bad("a count"))?,
+                "batch" => r.batch_size = value.parse().with_context(|| bad("a count"))?,
+                "lr" => r.lr = value.parse().with_context(|| bad("a number"))?,
+                "wd" => r.weight_decay = value.parse().with_context(|| bad("a number"))?,
+                "warmup" => r.warmup_steps = value.parse().with_context(|| bad("a count"))?,
+                "val" => r.validation = value.parse().with_context(|| bad("a count"))?,
+                "smoothing" => {
+                    r.label_smoothing = value.parse().with_context(|| bad("a number"))?
+                }
+                "shift" => r.shift = value.parse().with_context(|| bad("a count"))?,
+                "schedule" => {
+                    r.schedule = match value {
+                        "constant" => Schedule::Constant,
+                        "cosine" => Schedule::Cosine,
+                        "linear" => Schedule::Linear,
+                        _ => bail!(bad("constant, cosine or linear")),
+                    }
+                }
+                "kd" => {
+                    let parts: Vec<&str> = value.split(':').collect();
+                    let [family, alpha, t] = parts[..] else {
+                        bail!(bad("FAMILY:ALPHA:TEMPERATURE"))
+                    };
+                    ensure!(
+                        !family.is_empty(),
+                        bad("a teacher family before the first `:`")
+                    );
+                    r.distill = Some((
+                        family.to_string(),
+                        alpha.parse().with_context(|| bad("a number α"))?,
+                        t.parse().with_context(|| bad("a number T"))?,
+                    ));
+                }
+                _ => bail!(
+                    "recipe item `{item}`: unknown key `{key}` (expected epochs, batch, lr, wd, \
+                     warmup, val, smoothing, shift, schedule or kd)"
+                ),
+            }
+        }
+        Ok(r)
+    }
+}
+
+/// One configuration of the grid: a family name, a model description and a recipe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Short name, unique in the grid (the series of the plot groups families by prefix).
+    pub family: String,
+    /// Model description.
+    pub model: String,
+    /// Training recipe.
+    pub recipe: Recipe,
+}
+
+impl Entry {
+    /// `family` from a `MODEL | RECIPE` spec string.
+    pub fn parse(family: &str, spec: &str) -> Result<Self> {
+        let (model, recipe) = spec
+            .split_once('|')
+            .with_context(|| format!("{family}: spec `{spec}` has no `| RECIPE` part"))?;
+        let model = model.trim().parse::<crate::ModelSpec>()?.to_string();
+        let recipe = recipe
+            .parse()
+            .with_context(|| format!("{family}: spec `{spec}`"))?;
+        Ok(Entry {
+            family: family.into(),
+            model,
+            recipe,
+        })
+    }
+
+    /// The exact `MODEL | RECIPE` string: parsing it gives this entry back.
+    pub fn spec(&self) -> String {
+        format!("{} | {}", self.model, self.recipe)
+    }
+}
+
+/// The recipe extras shared by dense and FFF nets alike in the grid: 15 epochs, cosine.
+const RECIPE: &str = "epochs=15 schedule=cosine";
+
+/// The full grid for 784-input, 10-class image sets, teachers first, then the ablations of
+/// the best configuration (`ablate-*`: one ingredient removed each).
+pub fn image_grid() -> Vec<Entry> {
+    let kd = "kd=dense:0.5:4";
+    let rows: Vec<(&str, String)> = vec![
+        (
+            "dense",
+            format!("linear:784-500, relu, linear:500-10 | {RECIPE}"),
+        ),
+        (
+            "dense-plain",
+            "linear:784-500, relu, linear:500-10 | epochs=10".into(),
+        ),
+        (
+            "fff-plain",
+            "fff:784-500:d8:identity, relu, fff:500-10:d8:identity | epochs=10".into(),
+        ),
+        (
+            "forest-k5-64-kd",
+            format!("fff:784-64:d8:k5:identity, relu, linear:64-10 | {RECIPE} {kd}"),
+        ),
+        (
+            "forest-k5-64",
+            format!("fff:784-64:d8:k5:identity, relu, linear:64-10 | {RECIPE}"),
+        ),
+        (
+            "dense-50",
+            format!("linear:784-50, relu, linear:50-10 | {RECIPE}"),
+        ),
+        (
+            "forest-k3-500-kd",
+            format!("fff:784-500:d8:k3:identity, relu, linear:500-10 | {RECIPE} {kd}"),
+        ),
+        (
+            "ablate-constant-lr",
+            format!("fff:784-64:d8:k5:identity, relu, linear:64-10 | epochs=15 {kd}"),
+        ),
+        (
+            "ablate-one-tree",
+            format!("fff:784-64:d8:identity, relu, linear:64-10 | {RECIPE} {kd}"),
+        ),
+        (
+            "ablate-gelu-nodes",
+            format!("fff:784-64:d8:k5, relu, linear:64-10 | {RECIPE} {kd}"),
+        ),
+        (
+            "ablate-fff-head",
+            format!("fff:784-64:d8:k5:identity, relu, fff:64-10:d3:k5:identity | {RECIPE} {kd}"),
+        ),
+    ];
+    rows.into_iter()
+        .map(|(family, spec)| Entry::parse(family, &spec).expect("the built-in grid parses"))
+        .collect()
+}
+
+/// The figures of one finished run, as its `result.json` holds them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// Dataset name.
+    pub dataset: String,
+    /// Family of the configuration.
+    pub family: String,
+    /// The exact `MODEL | RECIPE` string.
+    pub spec: String,
+    /// Seed of the initialisation and the data order.
+    pub seed: u64,
+    /// Validation accuracy after the last epoch.
+    pub val_accuracy: f64,
+    /// Test accuracy after the last epoch (the one test reading of the run).
+    pub test_accuracy: f64,
+    /// Trainable parameters.
+    pub parameters: usize,
+    /// Multiply-adds per input at inference, from the model.
+    pub multiply_adds_per_input: usize,
+    /// Neurons evaluated per input at inference.
+    pub neurons_per_input: usize,
+    /// Mean training seconds per epoch.
+    pub seconds_per_epoch: f64,
+    /// Rayon threads the run trained on.
+    pub threads: usize,
+}
+
+/// Where run `seed` of `family` on `dataset` lives under `work`.
+pub fn run_dir(work: &Path, dataset: &str, family: &str, seed: u64) -> PathBuf {
+    work.join(dataset).join(family).join(format!("seed{seed}"))
+}
+
+/// Trains (or resumes, or reads back) run `seed` of `entry` on `data` in `dir`; a distilled
+/// entry reads its teacher from `teacher_dir`, which must hold a finished run.
+pub fn run_one(
+    dataset: &str,
+    data: &Split,
+    entry: &Entry,
+    seed: u64,
+    dir: &Path,
+    teacher_dir: Option<&Path>,
+    observer: impl TrainObserver,
+) -> Result<RunResult> {
+    let result_path = dir.join("result.json");
+    if result_path.is_file() {
+        let text = std::fs::read_to_string(&result_path)
+            .with_context(|| format!("reading {}", result_path.display()))?;
+        let r: RunResult = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a run result", result_path.display()))?;
+        ensure!(
+            r.spec == entry.spec() && r.seed == seed && r.dataset == dataset,
+            "{}: holds a run of `{}` (seed {}, {}), not of `{}` (seed {seed}, {dataset}); \
+             use another work folder or remove it",
+            result_path.display(),
+            r.spec,
+            r.seed,
+            r.dataset,
+            entry.spec()
+        );
+        return Ok(r);
+    }
+    if let Some(t) = teacher_dir {
+        ensure!(
+            t.join("result.json").is_file(),
+            "{}: the teacher of {} has not finished (no result.json)",
+            t.display(),
+            entry.family
+        );
+    }
+    let cfg = entry.recipe.train_config(seed, teacher_dir)?;
+    let (model, history) = if dir.join("state.json").is_file() {
+        let state = load_state(dir)?;
+        ensure!(
+            state.model == entry.model && state.model_seed == seed,
+            "{}: holds a run of `{}` (seed {}), not of `{}` (seed {seed})",
+            dir.display(),
+            state.model,
+            state.model_seed,
+            entry.model
+        );
+        ensure!(
+            serde_json::to_value(&state.config)? == serde_json::to_value(&cfg)?,
+            "{}: holds a run with other training settings than `{}`; remove it to retrain",
+            dir.display(),
+            entry.spec()
+        );
+        let model = load_model(dir, &state)?;
+        let mut opt = optimizer_for(&model, &state.config);
+        load_optimizer(dir, &state, &mut opt, model.vars().len())?;
+        let history = train_from(
+            &model,
+            &mut opt,
+            data,
+            &state.config,
+            state.progress(),
+            Some((dir, seed)),
+            observer,
+        )?;
+        (model, history)
+    } else {
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let model = Model::new(&entry.model, seed)?;
+        let mut opt = optimizer_for(&model, &cfg);
+        let history = train_from(
+            &model,
+            &mut opt,
+            data,
+            &cfg,
+            Vec::new().into(),
+            Some((dir, seed)),
+            observer,
+        )?;
+        (model, history)
+    };
+    let last = history.last().context("a run of no epochs")?;
+    let (Some(val_accuracy), Some(test_accuracy)) = (last.val_accuracy, last.test_accuracy) else {
+        bail!(
+            "{}: the last epoch has no validation and test figures (recipe val=0?)",
+            dir.display()
+        );
+    };
+    let r = RunResult {
+        dataset: dataset.into(),
+        family: entry.family.clone(),
+        spec: entry.spec(),
+        seed,
+        val_accuracy,
+        test_accuracy,
+        parameters: model.parameter_count(),
+        multiply_adds_per_input: model.multiply_adds_per_input(),
+        neurons_per_input: model.neurons_per_input(),
+        seconds_per_epoch: history.iter().map(|m| m.train_seconds).sum::<f64>()
+            / history.len() as f64,
+        threads: rayon::current_num_threads(),
+    };
+    fff_util::fs::write_atomic(&result_path, serde_json::to_string_pretty(&r)?.as_bytes())?;
+    Ok(r)
+}
+
+/// Checks that every distilled entry's teacher family comes earlier in `grid` and that the
+/// families are unique.
+pub fn check_grid(grid: &[Entry]) -> Result<()> {
+    for (i, e) in grid.iter().enumerate() {
+        ensure!(
+            !grid[..i].iter().any(|o| o.family == e.family),
+            "family `{}` appears twice in the grid",
+            e.family
+        );
+        if let Some((teacher, ..)) = &e.recipe.distill {
+            ensure!(
+                grid[..i].iter().any(|o| &o.family == teacher),
+                "`{}` distils from `{teacher}`, which does not come before it in the grid",
+                e.family
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One row of the frontier: a configuration on a dataset, over its seeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrontierRow {
+    /// Dataset name.
+    pub dataset: String,
+    /// Family of the configuration.
+    pub family: String,
+    /// The exact `MODEL | RECIPE` string.
+    pub spec: String,
+    /// Seeds trained.
+    pub seeds: Vec<u64>,
+    /// Validation accuracy, mean over seeds.
+    pub val_accuracy_mean: f64,
+    /// Validation accuracy, sample standard deviation over seeds.
+    pub val_accuracy_std: f64,
+    /// Test accuracy, mean over seeds.
+    pub test_accuracy_mean: f64,
+    /// Test accuracy, sample standard deviation over seeds (0 for one seed).
+    pub test_accuracy_std: f64,
+    /// Multiply-adds per input at inference.
+    pub multiply_adds_per_input: usize,
+    /// Neurons evaluated per input at inference.
+    pub neurons_per_input: usize,
+    /// Trainable parameters.
+    pub parameters: usize,
+    /// Mean training seconds per epoch over the seeds.
+    pub seconds_per_epoch: f64,
+    /// Rayon threads of the runs.
+    pub threads: usize,
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let std = if v.len() > 1 {
+        (v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    (mean, std)
+}
+
+/// Groups run results into rows per (dataset, spec), in first-seen order.
+pub fn summarize(runs: &[RunResult]) -> Vec<FrontierRow> {
+    let mut keys: Vec<(&str, &str)> = Vec::new();
+    for r in runs {
+        if !keys.contains(&(&r.dataset, &r.spec)) {
+            keys.push((&r.dataset, &r.spec));
+        }
+    }
+    keys.into_iter()
+        .map(|(dataset, spec)| {
+            let g: Vec<&RunResult> = runs
+                .iter()
+                .filter(|r| r.dataset == dataset && r.spec == spec)
+                .collect();
+            let (val_accuracy_mean, val_accuracy_std) =
+                mean_std(&g.iter().map(|r| r.val_accuracy).collect::<Vec<_>>());
+            let (test_accuracy_mean, test_accuracy_std) =
+                mean_std(&g.iter().map(|r| r.test_accuracy).collect::<Vec<_>>());
+            FrontierRow {
+                dataset: dataset.into(),
+                family: g[0].family.clone(),
+                spec: spec.into(),
+                seeds: g.iter().map(|r| r.seed).collect(),
+                val_accuracy_mean,
+                val_accuracy_std,
+                test_accuracy_mean,
+                test_accuracy_std,
+                multiply_adds_per_input: g[0].multiply_adds_per_input,
+                neurons_per_input: g[0].neurons_per_input,
+                parameters: g[0].parameters,
+                seconds_per_epoch: g.iter().map(|r| r.seconds_per_epoch).sum::<f64>()
+                    / g.len() as f64,
+                threads: g[0].threads,
+            }
+        })
+        .collect()
+}
+
+/// The rows as a markdown table.
+pub fn markdown(rows: &[FrontierRow]) -> String {
+    let mut out = String::from(
+        "| dataset | family | validation (mean ± std) | test (mean ± std) | seeds | multiply-adds per input | neurons per input | parameters | train s/epoch | spec |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {:.2}% ± {:.2} | {:.2}% ± {:.2} | {} | {} | {} | {} | {:.2} | `{}` |\n",
+            r.dataset,
+            r.family,
+            100.0 * r.val_accuracy_mean,
+            100.0 * r.val_accuracy_std,
+            100.0 * r.test_accuracy_mean,
+            100.0 * r.test_accuracy_std,
+            r.seeds.len(),
+            r.multiply_adds_per_input,
+            r.neurons_per_input,
+            r.parameters,
+            r.seconds_per_epoch,
+            r.spec.replace('|', "\\|")
+        ));
+    }
+    out
+}
+
+/// The ablation table of `best` on `dataset`: each `ablate-*` row against it, with the drop
+/// in test and validation accuracy (points).
+pub fn ablation_markdown(rows: &[FrontierRow], dataset: &str, best: &str) -> Option<String> {
+    let base = rows
+        .iter()
+        .find(|r| r.dataset == dataset && r.family == best)?;
+    let mut out = format!(
+        "| {dataset}: {best} without | validation | test | test drop (points) | multiply-adds per input |\n|---|---:|---:|---:|---:|\n| (nothing) | {:.2}% | {:.2}% | 0 | {} |\n",
+        100.0 * base.val_accuracy_mean,
+        100.0 * base.test_accuracy_mean,
+        base.multiply_adds_per_input
+    );
+    let ablations = [
+        ("distillation", best.trim_end_matches("-kd")),
+        ("cosine schedule", "ablate-constant-lr"),
+        ("forest (one tree)", "ablate-one-tree"),
+        ("identity nodes (GELU)", "ablate-gelu-nodes"),
+        ("linear head (FFF head)", "ablate-fff-head"),
+    ];
+    for (what, family) in ablations {
+        if let Some(r) = rows
+            .iter()
+            .find(|r| r.dataset == dataset && r.family == family)
+        {
+            out.push_str(&format!(
+                "| {what} | {:.2}% | {:.2}% | {:+.2} | {} |\n",
+                100.0 * r.val_accuracy_mean,
+                100.0 * r.test_accuracy_mean,
+                100.0 * (r.test_accuracy_mean - base.test_accuracy_mean),
+                r.multiply_adds_per_input
+            ));
+        }
+    }
+    Some(out)
+}

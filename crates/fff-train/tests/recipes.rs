@@ -1,0 +1,319 @@
+//! The training recipe's ingredients (validation split, label smoothing, distillation) and the
+//! frontier's resumable runs, each checked to do what it says: every test here fails when its
+//! ingredient is switched off.
+
+use fff_data::synthetic::spirals;
+use fff_data::Split;
+use fff_train::frontier::{check_grid, image_grid, run_dir, run_one, summarize, Entry, Recipe};
+use fff_train::trainer::{evaluate_rows, optimizer_for, train_from, Interrupted};
+use fff_train::{train, Model, TrainConfig, TrainObserver};
+use std::path::PathBuf;
+
+fn config(epochs: usize, seed: u64) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch_size: 32,
+        lr: 1e-2,
+        seed,
+        ..TrainConfig::default()
+    }
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fff-recipes-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+const NET: &str = "fff:2-16:d3:k2:identity, relu, linear:16-3";
+
+/// With a validation set: training uses the other rows only, every epoch reports validation
+/// figures of the held-out rows, and the test set is read once, after the last epoch.
+#[test]
+fn validation_is_held_out_and_the_test_set_is_read_once() {
+    let data = spirals(3, 200, 0.05, 1);
+    let n = data.train.len();
+    let cfg = TrainConfig {
+        validation: 120,
+        ..config(3, 2)
+    };
+    let model = Model::new(NET, 2).unwrap();
+    let mut opt = optimizer_for(&model, &cfg);
+    let history = train_from(&model, &mut opt, &data, &cfg, vec![].into(), None, ()).unwrap();
+    assert_eq!(opt.step_count(), 3 * (n - 120).div_ceil(32) as u64);
+    for m in &history[..2] {
+        assert!(
+            m.val_accuracy.is_some() && m.test_accuracy.is_none(),
+            "{m:?}"
+        );
+    }
+    let last = history.last().unwrap();
+    let (val_loss, val_accuracy) = evaluate_rows(&model, &data.train, n - 120..n).unwrap();
+    assert_eq!(last.val_loss, Some(val_loss));
+    assert_eq!(last.val_accuracy, Some(val_accuracy));
+    assert!(last.test_accuracy.is_some());
+    // Without one, every epoch reads the test set (the studies' protocol).
+    let plain = train(&Model::new(NET, 2).unwrap(), &data, &config(2, 2), ()).unwrap();
+    assert!(plain
+        .iter()
+        .all(|m| m.test_accuracy.is_some() && m.val_accuracy.is_none()));
+    let err = train(
+        &Model::new(NET, 2).unwrap(),
+        &data,
+        &TrainConfig {
+            validation: n,
+            ..config(1, 2)
+        },
+        (),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("leaves no training inputs"), "{err}");
+}
+
+/// The mean gap between each input's largest logit and the others'.
+fn logit_spread(model: &Model, data: &Split) -> f64 {
+    let x = candle_core::Tensor::from_vec(
+        data.test.features.clone(),
+        (data.test.len(), data.test.dim),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let logits = model.forward_infer(&x).unwrap().to_vec2::<f32>().unwrap();
+    logits
+        .iter()
+        .map(|r| {
+            let max = r.iter().cloned().fold(f32::MIN, f32::max);
+            r.iter().map(|v| (max - v) as f64).sum::<f64>() / (r.len() - 1) as f64
+        })
+        .sum::<f64>()
+        / logits.len() as f64
+}
+
+/// Label smoothing caps how confident the net gets: its logits spread far less.
+#[test]
+fn label_smoothing_keeps_logits_close() {
+    let data = spirals(3, 200, 0.03, 3);
+    let run = |smoothing| {
+        let model = Model::new(NET, 4).unwrap();
+        let cfg = TrainConfig {
+            label_smoothing: smoothing,
+            ..config(25, 4)
+        };
+        let h = train(&model, &data, &cfg, ()).unwrap();
+        (
+            logit_spread(&model, &data),
+            h.last().unwrap().test_accuracy.unwrap(),
+        )
+    };
+    let ((sharp, _), (smooth, accuracy)) = (run(0.0), run(0.3));
+    assert!(
+        smooth < 0.6 * sharp,
+        "spread {smooth} with ε=0.3, {sharp} without"
+    );
+    assert!(accuracy > 0.6, "{accuracy}");
+}
+
+/// A student distilled with α = 0 learns its teacher's function, not the labels: a teacher
+/// trained on rotated labels (class c taught as c+1) makes the student predict them too.
+#[test]
+fn distillation_teaches_the_teachers_function() {
+    let data = spirals(3, 400, 0.03, 1);
+    let mut rotated = data.clone();
+    for set in [&mut rotated.train, &mut rotated.test] {
+        set.labels.iter_mut().for_each(|y| *y = (*y + 1) % 3);
+    }
+    let dir = temp("teacher");
+    let teacher = Model::new("fff:2-32:d4:k4:identity, relu, linear:32-3", 1).unwrap();
+    let cfg = config(40, 1);
+    let mut opt = optimizer_for(&teacher, &cfg);
+    let h = train_from(
+        &teacher,
+        &mut opt,
+        &rotated,
+        &cfg,
+        vec![].into(),
+        Some((&dir, 1)),
+        (),
+    )
+    .unwrap();
+    let teacher_accuracy = h.last().unwrap().test_accuracy.unwrap();
+    assert!(teacher_accuracy > 0.8, "teacher {teacher_accuracy}");
+    let student = |distill| {
+        let model = Model::new(NET, 7).unwrap();
+        let cfg = TrainConfig {
+            distill,
+            ..config(25, 7)
+        };
+        // Trained on the true labels; with α = 0 the labels carry no weight.
+        train(&model, &data, &cfg, ()).unwrap();
+        let (_, on_rotated) = fff_train::trainer::evaluate(&model, &rotated.test).unwrap();
+        on_rotated
+    };
+    let distilled = student(Some(fff_train::state::Distillation {
+        teacher: dir.clone(),
+        alpha: 0.0,
+        temperature: 2.0,
+    }));
+    let undistilled = student(None);
+    assert!(
+        distilled > 0.7,
+        "distilled student on the teacher's labels: {distilled}"
+    );
+    assert!(
+        undistilled < 0.4,
+        "undistilled student on the teacher's labels: {undistilled}"
+    );
+    // A teacher of other widths is refused by name.
+    let wrong = Model::new("linear:2-4", 0).unwrap();
+    let err = train(
+        &wrong,
+        &fff_data::synthetic::spirals(4, 20, 0.03, 0),
+        &TrainConfig {
+            distill: Some(fff_train::state::Distillation {
+                teacher: dir.clone(),
+                alpha: 0.5,
+                temperature: 2.0,
+            }),
+            ..config(1, 0)
+        },
+        (),
+    )
+    .unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("teacher") && err.contains("3 outputs"),
+        "{err}"
+    );
+}
+
+#[test]
+fn recipes_print_and_parse_back() {
+    for s in [
+        "epochs=10 lr=0.001 batch=64 schedule=constant val=5000",
+        "epochs=15 lr=0.002 batch=128 schedule=cosine val=0 wd=0.01 warmup=100 smoothing=0.1 \
+         shift=2 kd=dense:0.5:4",
+    ] {
+        let r: Recipe = s.parse().unwrap();
+        assert_eq!(r.to_string(), s);
+    }
+    assert_eq!("".parse::<Recipe>().unwrap(), Recipe::default());
+    for (bad, want) in [
+        ("epochs=x", "a count"),
+        ("speed=3", "unknown key `speed`"),
+        ("kd=dense:0.5", "FAMILY:ALPHA:TEMPERATURE"),
+        ("schedule=steep", "cosine"),
+        ("lr", "key=value"),
+    ] {
+        let err = format!("{:#}", bad.parse::<Recipe>().unwrap_err());
+        assert!(err.contains(want), "{bad}: {err}");
+    }
+    let grid = image_grid();
+    check_grid(&grid).unwrap();
+    for e in &grid {
+        let back = Entry::parse(&e.family, &e.spec()).unwrap();
+        assert_eq!(&back, e);
+    }
+    // A student before its teacher, or a family twice, is refused.
+    let student = Entry::parse("s", "linear:2-3 | kd=t:0.5:4").unwrap();
+    let teacher = Entry::parse("t", "linear:2-3 | epochs=1").unwrap();
+    assert!(check_grid(&[student.clone(), teacher.clone()]).is_err());
+    check_grid(&[teacher.clone(), student]).unwrap();
+    assert!(check_grid(&[teacher.clone(), teacher]).is_err());
+}
+
+/// Stops the run after `after` steps.
+struct StopAfter(usize, usize);
+
+impl TrainObserver for StopAfter {
+    fn step_finished(&mut self, _: &fff_train::trainer::StepProgress) {
+        self.1 += 1;
+    }
+    fn stop_requested(&mut self) -> bool {
+        self.1 >= self.0
+    }
+}
+
+/// A frontier run interrupted mid-epoch resumes from its checkpoint to the figures of an
+/// uninterrupted one; a finished run is read back, not retrained; a student waits for its
+/// teacher; a folder of another configuration is refused.
+#[test]
+fn frontier_runs_resume_and_are_read_back() {
+    let data = spirals(3, 150, 0.05, 8);
+    let entry = Entry::parse("net", &format!("{NET} | epochs=3 lr=0.01 batch=32 val=90")).unwrap();
+    let work = temp("frontier");
+    let straight = run_one(
+        "s",
+        &data,
+        &entry,
+        1,
+        &run_dir(&work, "a", "net", 1),
+        None,
+        (),
+    )
+    .unwrap();
+    let dir = run_dir(&work, "b", "net", 1);
+    let err = run_one("s", &data, &entry, 1, &dir, None, StopAfter(5, 0)).unwrap_err();
+    assert!(err.downcast_ref::<Interrupted>().is_some(), "{err:#}");
+    assert!(!dir.join("result.json").exists());
+    let resumed = run_one("s", &data, &entry, 1, &dir, None, ()).unwrap();
+    let figures = |r: &fff_train::frontier::RunResult| {
+        (
+            r.val_accuracy,
+            r.test_accuracy,
+            r.multiply_adds_per_input,
+            r.spec.clone(),
+        )
+    };
+    assert_eq!(figures(&resumed), figures(&straight));
+    // Read back: an observer that would stop at once never runs.
+    let again = run_one("s", &data, &entry, 1, &dir, None, StopAfter(0, 0)).unwrap();
+    assert_eq!(again, resumed);
+    // Another configuration in the same folder is refused.
+    let other = Entry::parse("net", &format!("{NET} | epochs=4 lr=0.01 batch=32 val=90")).unwrap();
+    let err = format!(
+        "{:#}",
+        run_one("s", &data, &other, 1, &dir, None, ()).unwrap_err()
+    );
+    assert!(
+        err.contains("epochs=3") && err.contains("epochs=4"),
+        "{err}"
+    );
+    // A student whose teacher has not finished waits for it.
+    let student = Entry::parse(
+        "student",
+        &format!("{NET} | epochs=1 lr=0.01 batch=32 val=90 kd=net:0.5:2"),
+    )
+    .unwrap();
+    let missing = run_dir(&work, "c", "net", 1);
+    let err = format!(
+        "{:#}",
+        run_one(
+            "s",
+            &data,
+            &student,
+            1,
+            &run_dir(&work, "c", "student", 1),
+            Some(&missing),
+            ()
+        )
+        .unwrap_err()
+    );
+    assert!(err.contains("has not finished"), "{err}");
+    let r = run_one(
+        "s",
+        &data,
+        &student,
+        1,
+        &run_dir(&work, "b", "student", 1),
+        Some(&dir),
+        (),
+    )
+    .unwrap();
+    let rows = summarize(&[straight.clone(), resumed, r]);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].seeds, vec![1, 1]);
+    assert_eq!(rows[0].test_accuracy_std, 0.0);
+    assert_eq!(rows[1].family, "student");
+}
