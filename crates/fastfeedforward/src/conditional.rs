@@ -40,6 +40,7 @@ pub struct TrainStep {
     seed: Option<u64>,
     layer: usize,
     auxiliary: Option<Tensor>,
+    soft: Option<crate::soft::SoftRouting>,
 }
 
 impl TrainStep {
@@ -49,6 +50,17 @@ impl TrainStep {
             seed: Some(seed),
             ..TrainStep::default()
         }
+    }
+
+    /// The step with FFF layers routing their top levels softly (see [`crate::soft`]).
+    pub fn with_soft_routing(mut self, soft: Option<crate::soft::SoftRouting>) -> Self {
+        self.soft = soft;
+        self
+    }
+
+    /// How FFF layers route in this step: softly over their top levels, or (None) hard.
+    pub fn soft_routing(&self) -> Option<crate::soft::SoftRouting> {
+        self.soft
     }
 
     /// Tells the step which layer runs next (each layer draws its own random stream).

@@ -271,6 +271,24 @@ impl ConditionalLayer for Fff {
         })
     }
 
+    /// The training forward of one step: soft-to-hard routing where the step asks for it
+    /// ([`crate::soft`]), the O(depth) training op otherwise.
+    fn forward_step(&self, x: &Tensor, step: &mut crate::TrainStep) -> Result<Tensor> {
+        match step.soft_routing() {
+            Some(soft) => self.with_flat_input(x, |x2| {
+                crate::soft::forward(
+                    &self.config,
+                    soft,
+                    x2,
+                    self.w_in(),
+                    self.b_in(),
+                    self.w_out_t(),
+                )
+            }),
+            None => self.forward_train(x),
+        }
+    }
+
     /// Inference on the fast kernel with its default options; allocation-free once `ws` is warm.
     fn forward_infer_into(
         &self,

@@ -52,6 +52,7 @@ mod math;
 mod original;
 mod quantized;
 pub mod reference;
+pub mod soft;
 pub mod train_op;
 pub mod tree;
 
@@ -65,3 +66,4 @@ pub use kernels::{InferOptions, SimdLevel, Strategy, WeightFormat, Workspace};
 pub use layer::{Fff, B_IN, W_IN, W_OUT};
 pub use original::{OriginalFff, OriginalFffConfig, SoftForward, ORIGINAL_NAMES};
 pub use quantized::{QuantizedFff, FORMAT_KEY, W_IN_SCALE, W_OUT_SCALE};
+pub use soft::SoftRouting;

@@ -70,12 +70,18 @@ fn print_epoch(m: &EpochMetrics) {
         (Some(l), Some(a)) => format!(" | {name} loss {l:.4} acc {:6.2}%", 100.0 * a),
         _ => String::new(),
     };
+    let soft = match (m.temperature, m.routing_gap) {
+        (Some(t), Some(gap)) => format!(" | soft T {t:.3}, gap to hard {:+.2}", 100.0 * gap),
+        (Some(t), None) => format!(" | soft T {t:.3}"),
+        _ => String::new(),
+    };
     outln!(
-        "epoch {:>3}: train loss {:.4} acc {:6.2}%{}{} | {:.2} s train, {:.2} s eval",
+        "epoch {:>3}: train loss {:.4} acc {:6.2}%{}{}{} | {:.2} s train, {:.2} s eval",
         m.epoch,
         m.train_loss,
         100.0 * m.train_accuracy,
         part("val", m.val_loss, m.val_accuracy),
+        soft,
         part("test", m.test_loss, m.test_accuracy),
         m.train_seconds,
         m.eval_seconds

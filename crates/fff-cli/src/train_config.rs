@@ -90,6 +90,11 @@ pub struct TrainSettings {
     /// Softening temperature T of the distillation loss.
     #[arg(long, requires = "teacher")]
     pub distill_temperature: Option<f64>,
+    /// Soft-to-hard routing of the FFF layers, LEVELS:T0:T1:HARD_FRACTION (e.g. 1:1:0.01:0.2):
+    /// the top LEVELS levels route softly, the temperature falling from T0 to T1, and the last
+    /// HARD_FRACTION of the steps train hard [default: hard routing throughout].
+    #[arg(long)]
+    pub soft_routing: Option<String>,
     /// Seed of the initialisation and the shuffling.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -204,6 +209,7 @@ impl TrainSettings {
             teacher: self.teacher.or(base.teacher),
             distill_alpha: self.distill_alpha.or(base.distill_alpha),
             distill_temperature: self.distill_temperature.or(base.distill_temperature),
+            soft_routing: self.soft_routing.or(base.soft_routing),
             seed: self.seed.or(base.seed),
             threads: self.threads.or(base.threads),
             out: self.out.or(base.out),
@@ -259,6 +265,7 @@ impl TrainSettings {
                     .distill_temperature
                     .unwrap_or(DEFAULT_DISTILL_TEMPERATURE),
             }),
+            soft_routing: self.soft_routing.as_deref().map(str::parse).transpose()?,
         };
         config.validate()?;
         Ok(config)
@@ -308,6 +315,7 @@ shift = 2
 teacher = "runs/dense"
 distill-alpha = 0.3
 distill-temperature = 2.0
+soft-routing = "1:1:0.01:0.2"
 seed = 7
 threads = 2
 out = "runs/a"
@@ -338,6 +346,7 @@ out = "runs/a"
                 teacher: Some("runs/dense".into()),
                 distill_alpha: Some(0.3),
                 distill_temperature: Some(2.0),
+                soft_routing: Some("1:1:0.01:0.2".into()),
                 seed: Some(7),
                 threads: Some(2),
                 out: Some("runs/a".into()),
@@ -357,6 +366,10 @@ out = "runs/a"
         );
         assert_eq!((c.schedule, c.clip_norm), (Schedule::Cosine, Some(1.0)));
         assert_eq!((c.validation, c.label_smoothing, c.shift), (5000, 0.1, 2));
+        assert_eq!(
+            c.soft_routing.map(|s| s.to_string()).as_deref(),
+            Some("1:1:0.01:0.2")
+        );
         assert_eq!(
             c.distill,
             Some(Distillation {

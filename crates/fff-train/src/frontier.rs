@@ -13,7 +13,7 @@
 
 use crate::checkpoint::{load_model, load_optimizer, load_state};
 use crate::optim::OptimizerKind;
-use crate::state::{Distillation, Schedule, TrainConfig};
+use crate::state::{Distillation, Schedule, SoftSchedule, TrainConfig};
 use crate::trainer::{optimizer_for, train_from, TrainObserver};
 use crate::Model;
 use anyhow::{bail, ensure, Context, Result};
@@ -46,6 +46,8 @@ pub struct Recipe {
     pub shift: usize,
     /// Distillation: the teacher's family, α and temperature.
     pub distill: Option<(String, f64, f64)>,
+    /// Soft-to-hard routing of the FFF layers.
+    pub soft_routing: Option<SoftSchedule>,
 }
 
 impl Default for Recipe {
@@ -63,6 +65,7 @@ impl Default for Recipe {
             label_smoothing: 0.0,
             shift: 0,
             distill: None,
+            soft_routing: None,
         }
     }
 }
@@ -96,6 +99,7 @@ impl Recipe {
             label_smoothing: self.label_smoothing,
             shift: self.shift,
             distill,
+            soft_routing: self.soft_routing,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -137,6 +141,9 @@ impl fmt::Display for Recipe {
         }
         if let Some((family, alpha, t)) = &self.distill {
             write!(f, " kd={family}:{alpha}:{t}")?;
+        }
+        if let Some(s) = &self.soft_routing {
+            write!(f, " soft={s}")?;
         }
         Ok(())
     }
@@ -187,9 +194,10 @@ impl FromStr for Recipe {
                         t.parse().with_context(|| bad("a number T"))?,
                     ));
                 }
+                "soft" => r.soft_routing = Some(value.parse()?),
                 _ => bail!(
                     "recipe item `{item}`: unknown key `{key}` (expected epochs, batch, lr, wd, \
-                     warmup, val, smoothing, shift, schedule or kd)"
+                     warmup, val, smoothing, shift, schedule, kd or soft)"
                 ),
             }
         }

@@ -4,7 +4,7 @@
 use crate::spec::ModelSpec;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Tensor, Var};
-use fastfeedforward::{ConditionalLayer, Fff, TrainStep, WeightFormat};
+use fastfeedforward::{ConditionalLayer, Fff, SoftRouting, TrainStep, WeightFormat};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::any::Any;
@@ -128,14 +128,32 @@ impl Model {
 
     /// The training forward of one step: also applies region leaks drawn from `step_seed` and
     /// returns the summed auxiliary (hardening) losses of the layers, if any.
-    pub fn forward_step(&self, x: &Tensor, step_seed: u64) -> Result<(Tensor, Option<Tensor>)> {
-        let mut step = TrainStep::seeded(step_seed);
+    /// With `soft`, FFF layers route their top levels softly.
+    pub fn forward_step(
+        &self,
+        x: &Tensor,
+        step_seed: u64,
+        soft: Option<SoftRouting>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let mut step = TrainStep::seeded(step_seed).with_soft_routing(soft);
         let mut h = x.to_dtype(DType::F32)?;
         for (i, layer) in self.layers.iter().enumerate() {
             step.enter_layer(i);
             h = layer.forward_step(&h, &mut step)?;
         }
         Ok((h, step.into_loss()))
+    }
+
+    /// The training forward with soft routing `soft` and no random choices (no region leak):
+    /// what a softly trained model computes before it is hardened.
+    pub fn forward_soft(&self, x: &Tensor, soft: SoftRouting) -> Result<Tensor> {
+        let mut step = TrainStep::default().with_soft_routing(Some(soft));
+        let mut h = x.to_dtype(DType::F32)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            step.enter_layer(i);
+            h = layer.forward_step(&h, &mut step)?;
+        }
+        Ok(h)
     }
 
     /// Inference forward (FFF layers on the fast kernel, original FFF layers hard).

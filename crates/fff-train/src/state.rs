@@ -41,6 +41,79 @@ pub struct TrainConfig {
     /// Distillation from a trained teacher.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distill: Option<Distillation>,
+    /// Soft-to-hard routing of the FFF layers, annealed to hard over training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_routing: Option<SoftSchedule>,
+}
+
+/// Soft-to-hard training ([`fastfeedforward::soft`]): the FFF layers route their top `levels`
+/// levels softly, the temperature falling geometrically from `start_temperature` to
+/// `end_temperature` over the first `1 − hard_fraction` of the steps; the last
+/// `hard_fraction` train hard, so that the net trained is the net deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SoftSchedule {
+    /// Levels routed softly.
+    pub levels: usize,
+    /// Temperature at the first step.
+    pub start_temperature: f64,
+    /// Temperature at the last soft step.
+    pub end_temperature: f64,
+    /// Fraction of the steps, at the end, trained with hard routing.
+    pub hard_fraction: f64,
+}
+
+impl std::fmt::Display for SoftSchedule {
+    /// `LEVELS:T0:T1:HARD_FRACTION`, as [`SoftSchedule::from_str`] reads it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}:{}",
+            self.levels, self.start_temperature, self.end_temperature, self.hard_fraction
+        )
+    }
+}
+
+impl std::str::FromStr for SoftSchedule {
+    type Err = anyhow::Error;
+
+    /// `LEVELS:T0:T1:HARD_FRACTION`, e.g. `1:1:0.01:0.2`.
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let parts: Vec<&str> = s.split(':').collect();
+        let [levels, t0, t1, hard] = parts[..] else {
+            anyhow::bail!(
+                "soft routing `{s}`: expected LEVELS:T0:T1:HARD_FRACTION, e.g. 1:1:0.01:0.2"
+            );
+        };
+        let num = |v: &str, what: &str| -> anyhow::Result<f64> {
+            v.parse()
+                .with_context(|| format!("soft routing `{s}`: {what} `{v}` is not a number"))
+        };
+        Ok(SoftSchedule {
+            levels: levels
+                .parse()
+                .with_context(|| format!("soft routing `{s}`: levels `{levels}` is not a count"))?,
+            start_temperature: num(t0, "start temperature")?,
+            end_temperature: num(t1, "end temperature")?,
+            hard_fraction: num(hard, "hard fraction")?,
+        })
+    }
+}
+
+impl SoftSchedule {
+    /// The soft routing of 0-based `step` of `total`, or None once training is hard.
+    pub fn at(&self, step: usize, total: usize) -> Option<fastfeedforward::SoftRouting> {
+        let soft_steps = ((1.0 - self.hard_fraction) * total as f64).round() as usize;
+        if step >= soft_steps || self.levels == 0 {
+            return None;
+        }
+        let p = step as f64 / soft_steps.saturating_sub(1).max(1) as f64;
+        let ratio = self.end_temperature / self.start_temperature;
+        Some(fastfeedforward::SoftRouting {
+            levels: self.levels,
+            temperature: self.start_temperature * ratio.powf(p),
+        })
+    }
 }
 
 /// Distillation's α when none is given.
@@ -76,6 +149,7 @@ impl Default for TrainConfig {
             label_smoothing: 0.0,
             shift: 0,
             distill: None,
+            soft_routing: None,
         }
     }
 }
@@ -147,6 +221,28 @@ impl TrainConfig {
                 d.temperature
             );
         }
+        if let Some(s) = &self.soft_routing {
+            for (name, t) in [
+                ("start temperature", s.start_temperature),
+                ("end temperature", s.end_temperature),
+            ] {
+                ensure!(
+                    t.is_finite() && t > 0.0,
+                    "soft routing {name} must be a positive number, got {t}"
+                );
+            }
+            ensure!(
+                (0.0..=1.0).contains(&s.hard_fraction),
+                "soft routing hard fraction must lie in [0, 1], got {}",
+                s.hard_fraction
+            );
+            ensure!(
+                s.levels <= fastfeedforward::MAX_DEPTH,
+                "soft routing levels must lie in 0..={}, got {}",
+                fastfeedforward::MAX_DEPTH,
+                s.levels
+            );
+        }
         if let Some(c) = self.clip_norm {
             ensure!(
                 c.is_finite() && c > 0.0,
@@ -185,6 +281,13 @@ pub struct EpochMetrics {
     /// Validation accuracy after the epoch (runs with a validation set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_accuracy: Option<f64>,
+    /// Soft routing's temperature at the epoch's last step (epochs trained softly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Validation accuracy of the training forward (soft routing at `temperature`) minus that
+    /// of the deployed, hard-routed forward (epochs trained softly, with a validation set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_gap: Option<f64>,
     /// Test loss after the epoch: every epoch without a validation set, the last one only with
     /// one.
     #[serde(default)]
@@ -315,5 +418,32 @@ impl From<Vec<EpochMetrics>> for TrainProgress {
             history,
             partial: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_soft_schedule_anneals_geometrically_then_goes_hard() {
+        let s: SoftSchedule = "2:1:0.01:0.25".parse().unwrap();
+        assert_eq!(s.to_string(), "2:1:0.01:0.25");
+        let t = |step| s.at(step, 100).map(|r| r.temperature);
+        // 75 soft steps: T goes 1 → 0.01 over steps 0..=74, geometrically.
+        assert_eq!(t(0), Some(1.0));
+        assert!((t(37).unwrap() - 0.1).abs() < 1e-9, "{:?}", t(37));
+        assert!((t(74).unwrap() - 0.01).abs() < 1e-12);
+        assert_eq!((t(75), t(99)), (None, None));
+        assert_eq!(s.at(0, 100).unwrap().levels, 2);
+        for bad in ["1:1:0.1", "x:1:0.1:0", "1:hot:0.1:0"] {
+            assert!(bad.parse::<SoftSchedule>().is_err(), "{bad}");
+        }
+        let cfg = TrainConfig {
+            soft_routing: Some("1:0:0.1:0".parse().unwrap()),
+            ..TrainConfig::default()
+        };
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("start temperature"), "{err}");
     }
 }

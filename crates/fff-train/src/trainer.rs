@@ -194,6 +194,23 @@ pub fn evaluate_rows(
     Ok((loss / n, right as f64 / n))
 }
 
+/// Accuracy of `model`'s soft-routed training forward on the rows `rows` of `data`.
+fn soft_accuracy(
+    model: &Model,
+    data: &Dataset,
+    rows: std::ops::Range<usize>,
+    soft: fastfeedforward::SoftRouting,
+) -> Result<f64> {
+    let n = rows.len();
+    let idx: Vec<usize> = rows.collect();
+    let mut right = 0;
+    for chunk in idx.chunks(1024) {
+        let (x, y) = gather(data, chunk)?;
+        right += correct(&model.forward_soft(&x, soft)?, &y)?;
+    }
+    Ok(right as f64 / n.max(1) as f64)
+}
+
 /// Two models compared on one dataset: each one's accuracy, and how often they predict the same
 /// class (as for a model and its bf16 or int8 copy).
 #[derive(Clone, Copy, Debug, serde::Serialize)]
@@ -462,7 +479,10 @@ pub fn train_from(
                 )?,
                 None => gather(&data.train, batch)?,
             };
-            let (logits, aux) = model.forward_step(&x, step_seed)?;
+            let soft = cfg
+                .soft_routing
+                .and_then(|s| s.at(global, cfg.epochs * steps));
+            let (logits, aux) = model.forward_step(&x, step_seed, soft)?;
             let mut ce = smoothed_cross_entropy(&logits, &y, cfg.label_smoothing)?;
             if let Some(t) = &teacher {
                 let soft = distillation_loss(&logits, &t.model.forward_infer(&x)?, t.temperature)?;
@@ -541,6 +561,17 @@ pub fn train_from(
         } else {
             (None, None)
         };
+        // The soft routing of the epoch's last step, and what hardening it would cost now.
+        let last_soft = cfg
+            .soft_routing
+            .and_then(|s| s.at(epoch * steps - 1, cfg.epochs * steps));
+        let routing_gap = match (last_soft, val_accuracy) {
+            (Some(soft), Some(hard)) => {
+                let rows = train_rows..data.train.len();
+                Some(soft_accuracy(model, &data.train, rows, soft)? - hard)
+            }
+            _ => None,
+        };
         // With a validation set, the test set is read once: after the last epoch.
         let (test_loss, test_accuracy) = if cfg.validation == 0 || epoch == cfg.epochs {
             let (l, a) = evaluate(model, &data.test)?;
@@ -558,6 +589,8 @@ pub fn train_from(
             train_accuracy: right as f64 / seen as f64,
             val_loss,
             val_accuracy,
+            temperature: last_soft.map(|s| s.temperature),
+            routing_gap,
             test_loss,
             test_accuracy,
             train_seconds,

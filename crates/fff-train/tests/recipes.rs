@@ -317,3 +317,48 @@ fn frontier_runs_resume_and_are_read_back() {
     assert_eq!(rows[0].test_accuracy_std, 0.0);
     assert_eq!(rows[1].family, "student");
 }
+
+/// Soft-to-hard training records its temperature and the accuracy it would lose by hardening
+/// while it is soft, and ends hard: the last epoch trains the net it deploys.
+#[test]
+fn soft_to_hard_training_anneals_and_ends_hard() {
+    let data = spirals(3, 200, 0.03, 9);
+    let n = data.train.len();
+    let cfg = TrainConfig {
+        validation: 150,
+        soft_routing: Some("2:2:0.05:0.25".parse().unwrap()),
+        ..config(4, 9)
+    };
+    let model = Model::new(NET, 9).unwrap();
+    let history = train(&model, &data, &cfg, ()).unwrap();
+    let temps: Vec<Option<f64>> = history.iter().map(|m| m.temperature).collect();
+    assert!(temps[..3].iter().all(Option::is_some), "{temps:?}");
+    assert!(temps[0] > temps[1] && temps[1] > temps[2], "{temps:?}");
+    assert_eq!(temps[3], None);
+    assert!(history[..3].iter().all(|m| m.routing_gap.is_some()));
+    assert!(history[3].routing_gap.is_none());
+    // The soft forward at the recorded temperature is what the gap was measured with.
+    let steps = (n - 150).div_ceil(32);
+    let soft = cfg
+        .soft_routing
+        .unwrap()
+        .at(3 * steps - 1, 4 * steps)
+        .unwrap();
+    assert_eq!(Some(soft.temperature), temps[2]);
+    // Soft routing changes what is learnt: the same run trained hard ends elsewhere.
+    let hard = Model::new(NET, 9).unwrap();
+    let plain = train(
+        &hard,
+        &data,
+        &TrainConfig {
+            soft_routing: None,
+            ..cfg.clone()
+        },
+        (),
+    )
+    .unwrap();
+    assert_ne!(
+        plain.last().unwrap().train_loss,
+        history.last().unwrap().train_loss
+    );
+}
