@@ -41,6 +41,7 @@ pub struct TrainStep {
     layer: usize,
     auxiliary: Option<Tensor>,
     soft: Option<crate::soft::SoftRouting>,
+    load_balance: f64,
 }
 
 impl TrainStep {
@@ -56,6 +57,18 @@ impl TrainStep {
     pub fn with_soft_routing(mut self, soft: Option<crate::soft::SoftRouting>) -> Self {
         self.soft = soft;
         self
+    }
+
+    /// The step with FFF layers adding `weight ·` their load-balancing loss
+    /// ([`crate::balance`]) to the auxiliary loss.
+    pub fn with_load_balance(mut self, weight: f64) -> Self {
+        self.load_balance = weight;
+        self
+    }
+
+    /// Weight of the FFF layers' load-balancing loss in this step (0: none).
+    pub fn load_balance(&self) -> f64 {
+        self.load_balance
     }
 
     /// How FFF layers route in this step: softly over their top levels, or (None) hard.

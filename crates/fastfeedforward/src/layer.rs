@@ -285,6 +285,18 @@ impl ConditionalLayer for Fff {
                     self.w_out_t(),
                 )
             }),
+            None if step.load_balance() > 0.0 => self.with_flat_input(x, |x2| {
+                let c = &self.config;
+                let z = x2.contiguous()?.apply_op3(
+                    self.w_in(),
+                    self.b_in(),
+                    train_op::NodeLogits { config: *c },
+                )?;
+                let loss = crate::balance::loss(c, &z)?;
+                step.add_loss((loss * step.load_balance())?)?;
+                let a = c.activation.apply_tensor(&z)?;
+                Ok(a.apply_op3(self.w_out_t(), &z, train_op::NodeOutputs { config: *c })?)
+            }),
             None => self.forward_train(x),
         }
     }

@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 mod alloc;
+pub mod balance;
 pub mod checkpoint;
 mod conditional;
 mod config;
@@ -48,6 +49,7 @@ mod flat;
 pub mod internal;
 pub mod kernels;
 mod layer;
+mod master;
 mod math;
 mod original;
 mod quantized;
@@ -64,6 +66,7 @@ pub use error::{FffError, Result};
 pub use flat::{FlatFff, FlatFffConfig, FLAT_NAMES};
 pub use kernels::{InferOptions, SimdLevel, Strategy, WeightFormat, Workspace};
 pub use layer::{Fff, B_IN, W_IN, W_OUT};
+pub use master::{MasterLeafFff, MASTER_HIDDEN, MASTER_OUTPUT};
 pub use original::{OriginalFff, OriginalFffConfig, SoftForward, ORIGINAL_NAMES};
 pub use quantized::{QuantizedFff, FORMAT_KEY, W_IN_SCALE, W_OUT_SCALE};
 pub use soft::SoftRouting;

@@ -95,6 +95,10 @@ pub struct TrainSettings {
     /// HARD_FRACTION of the steps train hard [default: hard routing throughout].
     #[arg(long)]
     pub soft_routing: Option<String>,
+    /// Weight of the FFF layers' load-balancing loss, which pushes every node to split its
+    /// inputs evenly between its children.
+    #[arg(long)]
+    pub load_balance: Option<f64>,
     /// Seed of the initialisation and the shuffling.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -146,6 +150,7 @@ impl TrainSettings {
                 "distill_temperature",
                 DEFAULT_DISTILL_TEMPERATURE.to_string(),
             ),
+            ("load_balance", d.load_balance.to_string()),
             ("seed", d.seed.to_string()),
         ];
         defaults.into_iter().fold(cmd, |cmd, (id, value)| {
@@ -210,6 +215,7 @@ impl TrainSettings {
             distill_alpha: self.distill_alpha.or(base.distill_alpha),
             distill_temperature: self.distill_temperature.or(base.distill_temperature),
             soft_routing: self.soft_routing.or(base.soft_routing),
+            load_balance: self.load_balance.or(base.load_balance),
             seed: self.seed.or(base.seed),
             threads: self.threads.or(base.threads),
             out: self.out.or(base.out),
@@ -266,6 +272,7 @@ impl TrainSettings {
                     .unwrap_or(DEFAULT_DISTILL_TEMPERATURE),
             }),
             soft_routing: self.soft_routing.as_deref().map(str::parse).transpose()?,
+            load_balance: self.load_balance.unwrap_or(d.load_balance),
         };
         config.validate()?;
         Ok(config)
@@ -316,6 +323,7 @@ teacher = "runs/dense"
 distill-alpha = 0.3
 distill-temperature = 2.0
 soft-routing = "1:1:0.01:0.2"
+load-balance = 0.1
 seed = 7
 threads = 2
 out = "runs/a"
@@ -347,6 +355,7 @@ out = "runs/a"
                 distill_alpha: Some(0.3),
                 distill_temperature: Some(2.0),
                 soft_routing: Some("1:1:0.01:0.2".into()),
+                load_balance: Some(0.1),
                 seed: Some(7),
                 threads: Some(2),
                 out: Some("runs/a".into()),

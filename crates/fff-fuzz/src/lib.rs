@@ -153,7 +153,7 @@ pub fn model_spec(data: &[u8]) {
         if let Ok(model) = fff_train::Model::from_spec(spec, 1) {
             if let Ok(x) = ones(width) {
                 let _ = model.forward_infer(&x);
-                let _ = model.forward_step(&x, 3, None);
+                let _ = model.forward_step(&x, 3, None, 0.0);
             }
         }
     }

@@ -48,6 +48,8 @@ pub struct Recipe {
     pub distill: Option<(String, f64, f64)>,
     /// Soft-to-hard routing of the FFF layers.
     pub soft_routing: Option<SoftSchedule>,
+    /// Weight of the load-balancing loss.
+    pub load_balance: f64,
 }
 
 impl Default for Recipe {
@@ -66,6 +68,7 @@ impl Default for Recipe {
             shift: 0,
             distill: None,
             soft_routing: None,
+            load_balance: 0.0,
         }
     }
 }
@@ -100,6 +103,7 @@ impl Recipe {
             shift: self.shift,
             distill,
             soft_routing: self.soft_routing,
+            load_balance: self.load_balance,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -144,6 +148,9 @@ impl fmt::Display for Recipe {
         }
         if let Some(s) = &self.soft_routing {
             write!(f, " soft={s}")?;
+        }
+        if self.load_balance != 0.0 {
+            write!(f, " balance={}", self.load_balance)?;
         }
         Ok(())
     }
@@ -195,9 +202,10 @@ impl FromStr for Recipe {
                     ));
                 }
                 "soft" => r.soft_routing = Some(value.parse()?),
+                "balance" => r.load_balance = value.parse().with_context(|| bad("a number"))?,
                 _ => bail!(
                     "recipe item `{item}`: unknown key `{key}` (expected epochs, batch, lr, wd, \
-                     warmup, val, smoothing, shift, schedule, kd or soft)"
+                     warmup, val, smoothing, shift, schedule, kd, soft or balance)"
                 ),
             }
         }
@@ -274,6 +282,28 @@ pub fn image_grid() -> Vec<Entry> {
         (
             "forest-k3-500-kd",
             format!("fff:784-500:d8:k3:identity, relu, linear:500-10 | {RECIPE} {kd}"),
+        ),
+        // The ingredients on top of the distilled forest, each alone.
+        (
+            "forest-k5-64-kd-30ep",
+            format!(
+                "fff:784-64:d8:k5:identity, relu, linear:64-10 | epochs=30 schedule=cosine {kd}"
+            ),
+        ),
+        (
+            "forest-k5-64-kd-soft",
+            format!(
+                "fff:784-64:d8:k5:identity, relu, linear:64-10 | {RECIPE} {kd} soft=1:1:0.03:0.2"
+            ),
+        ),
+        (
+            "forest-k5-64-kd-balance",
+            format!("fff:784-64:d8:k5:identity, relu, linear:64-10 | {RECIPE} {kd} balance=0.1"),
+        ),
+        // Four trees and a master leaf of width 10 in the same budget as five trees.
+        (
+            "forest-k4-64-master-kd",
+            format!("fff:784-64:d8:k4:identity:master=10, relu, linear:64-10 | {RECIPE} {kd}"),
         ),
         (
             "ablate-constant-lr",

@@ -128,14 +128,18 @@ impl Model {
 
     /// The training forward of one step: also applies region leaks drawn from `step_seed` and
     /// returns the summed auxiliary (hardening) losses of the layers, if any.
-    /// With `soft`, FFF layers route their top levels softly.
+    /// With `soft`, FFF layers route their top levels softly; with `load_balance > 0` they add
+    /// their load-balancing loss at that weight.
     pub fn forward_step(
         &self,
         x: &Tensor,
         step_seed: u64,
         soft: Option<SoftRouting>,
+        load_balance: f64,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let mut step = TrainStep::seeded(step_seed).with_soft_routing(soft);
+        let mut step = TrainStep::seeded(step_seed)
+            .with_soft_routing(soft)
+            .with_load_balance(load_balance);
         let mut h = x.to_dtype(DType::F32)?;
         for (i, layer) in self.layers.iter().enumerate() {
             step.enter_layer(i);

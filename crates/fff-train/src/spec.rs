@@ -4,9 +4,10 @@
 //! A model is a comma-separated list of layers:
 //!
 //! - `linear:IN-OUT` — a dense layer with bias (PyTorch's default init);
-//! - `fff:IN-OUT:dD[:kK][:ACT][:init=INIT]` — an FFF layer of K trees (default 1) of depth D,
-//!   node activation ACT (default gelu), init `uniform` (default), `normal(STD)` or
-//!   `hyperspherical`;
+//! - `fff:IN-OUT:dD[:kK][:ACT][:init=INIT][:master=W]` — an FFF layer of K trees (default 1)
+//!   of depth D, node activation ACT (default gelu), init `uniform` (default), `normal(STD)` or
+//!   `hyperspherical`, plus with `master=W` a dense master leaf of width W that every input
+//!   runs;
 //! - `orig:IN-OUT:dD:lW[:ACT][:harden=H][:leak=R][:hard]` — the original FFF (Belcak &
 //!   Wattenhofer): depth D routing tree over 2^D leaves, each an MLP of width W (leaf
 //!   activation ACT, default relu); hardening-loss weight H (default 0), region leak R
@@ -17,7 +18,7 @@
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use fastfeedforward::{
     Activation, ConditionalLayer, Elementwise, Fff, FffConfig, FlatFff, FlatFffConfig, Init,
-    Linear, OriginalFff, OriginalFffConfig,
+    Linear, MasterLeafFff, OriginalFff, OriginalFffConfig,
 };
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -34,12 +35,14 @@ pub enum LayerSpec {
         /// Output width.
         output_width: usize,
     },
-    /// `fff:IN-OUT:dD[:kK][:ACT][:init=INIT]`.
+    /// `fff:IN-OUT:dD[:kK][:ACT][:init=INIT][:master=W]`.
     Fff {
         /// Shape and node activation.
         config: FffConfig,
         /// How the parameters are drawn.
         init: Init,
+        /// Hidden width of a dense master leaf every input runs (0: none).
+        master: usize,
     },
     /// `orig:IN-OUT:dD:lW[:ACT][:harden=H][:leak=R][:hard]`.
     Original(OriginalFffConfig),
@@ -72,7 +75,13 @@ impl LayerSpec {
         };
         let rows = match self {
             LayerSpec::Linear { .. } => return i.checked_mul(o)?.checked_add(o),
-            LayerSpec::Fff { config, .. } => nodes(config.depth)?.checked_mul(config.trees)?,
+            LayerSpec::Fff { config, master, .. } => {
+                let extra = master.checked_mul(i.checked_add(o)?.checked_add(1)?)?;
+                return nodes(config.depth)?
+                    .checked_mul(config.trees)?
+                    .checked_mul(i.checked_add(o)?.checked_add(1)?)?
+                    .checked_add(extra);
+            }
             LayerSpec::Original(c) => nodes(c.depth)?.checked_mul(c.leaf_width.max(1))?,
             LayerSpec::Flat(c) => nodes(c.depth)?,
             LayerSpec::Act(_) => return Some(0),
@@ -87,7 +96,18 @@ impl LayerSpec {
                 input_width,
                 output_width,
             } => Box::new(Linear::with_rng(input_width, output_width, rng)?),
-            LayerSpec::Fff { config, init } => Box::new(Fff::new(config, init, rng.random())?),
+            LayerSpec::Fff {
+                config,
+                init,
+                master,
+            } => {
+                let fff = Fff::new(config, init, rng.random())?;
+                if master > 0 {
+                    Box::new(MasterLeafFff::new(fff, master, rng.random())?)
+                } else {
+                    Box::new(fff)
+                }
+            }
             LayerSpec::Original(c) => Box::new(OriginalFff::new(c, rng.random())?),
             LayerSpec::Flat(c) => Box::new(FlatFff::new(c, rng.random())?),
             LayerSpec::Act(activation) => Box::new(Elementwise { activation, width }),
@@ -103,7 +123,11 @@ impl fmt::Display for LayerSpec {
                 input_width,
                 output_width,
             } => write!(f, "linear:{input_width}-{output_width}"),
-            LayerSpec::Fff { config: c, init } => {
+            LayerSpec::Fff {
+                config: c,
+                init,
+                master,
+            } => {
                 write!(f, "fff:{}-{}:d{}", c.input_width, c.output_width, c.depth)?;
                 if c.trees != 1 {
                     write!(f, ":k{}", c.trees)?;
@@ -113,6 +137,9 @@ impl fmt::Display for LayerSpec {
                 }
                 if *init != Init::Uniform {
                     write!(f, ":init={init}")?;
+                }
+                if *master != 0 {
+                    write!(f, ":master={master}")?;
                 }
                 Ok(())
             }
@@ -277,8 +304,13 @@ fn parse_layer(item: &str) -> Result<LayerSpec> {
             let (cin, cout) = widths(parts.next())?;
             let mut config = FffConfig::new(cin, cout, usize::MAX, 1);
             let mut init = Init::Uniform;
+            let mut master = 0;
             for p in parts.map(str::trim) {
-                if let Some(d) = number_after(p, 'd', "depth")? {
+                if let Some(w) = p.strip_prefix("master=") {
+                    master = w.parse().ok().filter(|&w| w > 0).ok_or_else(|| {
+                        anyhow!("`{p}`: the master leaf's width must be a count of at least 1")
+                    })?;
+                } else if let Some(d) = number_after(p, 'd', "depth")? {
                     config.depth = d;
                 } else if let Some(k) = number_after(p, 'k', "tree count")? {
                     config.trees = k;
@@ -286,13 +318,17 @@ fn parse_layer(item: &str) -> Result<LayerSpec> {
                     init = i.parse()?;
                 } else {
                     config.activation = p.parse().map_err(|_| {
-                        anyhow!("unknown option `{p}` (expected dD, kK, an activation or init=...)")
+                        anyhow!("unknown option `{p}` (expected dD, kK, an activation, init=... or master=W)")
                     })?;
                 }
             }
             ensure!(config.depth != usize::MAX, "missing depth, e.g. `d8`");
             config.validate()?;
-            LayerSpec::Fff { config, init }
+            LayerSpec::Fff {
+                config,
+                init,
+                master,
+            }
         }
         "orig" => {
             let (cin, cout) = widths(parts.next())?;
@@ -359,6 +395,7 @@ mod tests {
             "linear:784-500, relu, linear:500-10",
             "fff:784-500:d8:identity, relu, fff:500-10:d8:k4:tanh:init=hyperspherical",
             "fff:8-4:d2:init=normal(0.05)",
+            "fff:784-64:d8:k5:identity:master=16, relu, linear:64-10",
             "orig:784-500:d3:l36:harden=1:leak=0.1:hard, relu, flat:500-10:d4",
             "orig:2-3:d2:l4:gelu",
         ] {

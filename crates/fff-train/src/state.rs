@@ -44,6 +44,9 @@ pub struct TrainConfig {
     /// Soft-to-hard routing of the FFF layers, annealed to hard over training.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soft_routing: Option<SoftSchedule>,
+    /// Weight of the FFF layers' load-balancing loss ([`fastfeedforward::balance`]; 0: none).
+    #[serde(default)]
+    pub load_balance: f64,
 }
 
 /// Soft-to-hard training ([`fastfeedforward::soft`]): the FFF layers route their top `levels`
@@ -150,6 +153,7 @@ impl Default for TrainConfig {
             shift: 0,
             distill: None,
             soft_routing: None,
+            load_balance: 0.0,
         }
     }
 }
@@ -221,6 +225,11 @@ impl TrainConfig {
                 d.temperature
             );
         }
+        ensure!(
+            self.load_balance.is_finite() && self.load_balance >= 0.0,
+            "load_balance must be a number >= 0, got {}",
+            self.load_balance
+        );
         if let Some(s) = &self.soft_routing {
             for (name, t) in [
                 ("start temperature", s.start_temperature),

@@ -482,7 +482,7 @@ pub fn train_from(
             let soft = cfg
                 .soft_routing
                 .and_then(|s| s.at(global, cfg.epochs * steps));
-            let (logits, aux) = model.forward_step(&x, step_seed, soft)?;
+            let (logits, aux) = model.forward_step(&x, step_seed, soft, cfg.load_balance)?;
             let mut ce = smoothed_cross_entropy(&logits, &y, cfg.label_smoothing)?;
             if let Some(t) = &teacher {
                 let soft = distillation_loss(&logits, &t.model.forward_infer(&x)?, t.temperature)?;

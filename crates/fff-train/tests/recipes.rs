@@ -269,7 +269,8 @@ fn frontier_runs_resume_and_are_read_back() {
     assert_eq!(figures(&resumed), figures(&straight));
     // Read back: an observer that would stop at once never runs.
     let again = run_one("s", &data, &entry, 1, &dir, None, StopAfter(0, 0)).unwrap();
-    assert_eq!(again, resumed);
+    assert_eq!(figures(&again), figures(&resumed));
+    assert!((again.seconds_per_epoch - resumed.seconds_per_epoch).abs() < 1e-12);
     // Another configuration in the same folder is refused.
     let other = Entry::parse("net", &format!("{NET} | epochs=4 lr=0.01 batch=32 val=90")).unwrap();
     let err = format!(
@@ -361,4 +362,113 @@ fn soft_to_hard_training_anneals_and_ends_hard() {
         plain.last().unwrap().train_loss,
         history.last().unwrap().train_loss
     );
+}
+
+/// Entropy in bits of how the test inputs spread over layer 0's leaves (tree 0).
+fn leaf_entropy(model: &Model, data: &Split) -> f64 {
+    let routing = model.layers[0]
+        .route_batch(&data.test.features, data.test.len())
+        .unwrap()
+        .expect("an FFF layer routes");
+    let mut counts = vec![0f64; routing.regions];
+    for r in &routing.routes {
+        counts[r[0].region as usize] += 1.0;
+    }
+    let n: f64 = counts.iter().sum();
+    counts
+        .iter()
+        .filter(|&&c| c > 0.0)
+        .map(|&c| -(c / n) * (c / n).log2())
+        .sum()
+}
+
+/// The load-balancing loss spreads the inputs over more of the leaves.
+#[test]
+fn load_balancing_spreads_inputs_over_the_leaves() {
+    let data = spirals(3, 200, 0.03, 10);
+    let net = "fff:2-16:d4:identity:init=normal(0.5), relu, linear:16-3";
+    let run = |weight| {
+        let model = Model::new(net, 10).unwrap();
+        let cfg = TrainConfig {
+            load_balance: weight,
+            ..config(15, 10)
+        };
+        train(&model, &data, &cfg, ()).unwrap();
+        leaf_entropy(&model, &data)
+    };
+    let (plain, balanced) = (run(0.0), run(2.0));
+    assert!(
+        balanced > plain + 0.3,
+        "leaf entropy {balanced:.3} bits balanced, {plain:.3} without (of 4)"
+    );
+}
+
+/// A master leaf adds a dense branch: counted in the compute, trained, saved and loaded
+/// under its own names, and the same at inference as in training.
+#[test]
+fn a_master_leaf_trains_saves_and_counts() {
+    use fastfeedforward::MasterLeafFff;
+    let spec = "fff:2-16:d3:k2:identity:master=8, relu, linear:16-3";
+    let model = Model::new(spec, 3).unwrap();
+    assert!(model.layer_as::<MasterLeafFff>(0).is_some());
+    assert_eq!(
+        model.multiply_adds_per_input(),
+        2 * 4 * (2 + 16) + 8 * 2 + 8 * 16 + 16 * 3
+    );
+    let data = spirals(3, 150, 0.03, 3);
+    let h = train(&model, &data, &config(20, 3), ()).unwrap();
+    let (first, last) = (&h[0], h.last().unwrap());
+    assert!(
+        last.train_loss < 0.75 * first.train_loss,
+        "{first:?} -> {last:?}"
+    );
+    let x = candle_core::Tensor::from_vec(
+        data.test.features.clone(),
+        (data.test.len(), 2),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let (a, b) = (
+        model.forward(&x).unwrap().to_vec2::<f32>().unwrap(),
+        model.forward_infer(&x).unwrap().to_vec2::<f32>().unwrap(),
+    );
+    for (ra, rb) in a.iter().zip(&b) {
+        for (p, q) in ra.iter().zip(rb) {
+            assert!((p - q).abs() < 1e-4, "{p} vs {q}");
+        }
+    }
+    let names: Vec<String> = model
+        .named_tensors()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.0)
+        .collect();
+    assert!(
+        names.contains(&"layers.0.master.hidden.weight".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"layers.0.linear_in.weight".to_string()),
+        "{names:?}"
+    );
+    let tensors: std::collections::HashMap<_, _> =
+        model.named_tensors().unwrap().into_iter().collect();
+    let mut fresh = Model::new(spec, 99).unwrap();
+    fresh
+        .load_tensors(&tensors, std::path::Path::new("m.safetensors"))
+        .unwrap();
+    assert_eq!(
+        fresh.forward_infer(&x).unwrap().to_vec2::<f32>().unwrap(),
+        b
+    );
+    // Without the master leaf's tensors, loading names the missing one.
+    let mut partial = tensors.clone();
+    partial.remove("layers.0.master.output.bias");
+    let err = format!(
+        "{:#}",
+        fresh
+            .load_tensors(&partial, std::path::Path::new("m.safetensors"))
+            .unwrap_err()
+    );
+    assert!(err.contains("master.output.bias"), "{err}");
 }
