@@ -180,7 +180,7 @@ pub fn run(cmd: ExperimentCommand) -> Result<()> {
 }
 
 /// The family of the frontier whose ablations the table reports.
-const BEST_FAMILY: &str = "forest-k5-64-kd";
+const BEST_FAMILY: &str = fff_train::frontier::DEFAULT_FAMILY;
 
 fn frontier(args: FrontierArgs) -> Result<()> {
     use fff_train::frontier::{check_grid, image_grid, run_dir, run_one};

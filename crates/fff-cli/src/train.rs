@@ -1,6 +1,6 @@
 //! `fff train` and `fff eval`: train a model on a dataset, resume it, evaluate a checkpoint.
 
-use crate::data::{load_data, DataArgs};
+use crate::data::{load_data, DataArgs, Dataset};
 use crate::limits::THREADS;
 use crate::progress::EpochProgress;
 use crate::train_config::TrainSettings;
@@ -8,6 +8,7 @@ use anyhow::{ensure, Context, Result};
 use clap::Args;
 use fff_data::Split;
 use fff_train::checkpoint::{check_dataset, load_model, load_optimizer, load_state};
+use fff_train::frontier::{grid_entry, run_one, DEFAULT_FAMILY, TEACHER_FAMILY};
 use fff_train::inspect::RoutingTracker;
 use fff_train::trainer::{evaluate, optimizer_for, train_from, Interrupted};
 use fff_train::{EpochMetrics, Model};
@@ -88,14 +89,23 @@ fn print_epoch(m: &EpochMetrics) {
     );
 }
 
-fn describe(model: &Model, data: &Split) {
+fn describe(model: &Model, data: &Split, validation: usize) {
+    let train = if validation > 0 {
+        format!(
+            "{} train + {validation} validation",
+            data.train.len().saturating_sub(validation)
+        )
+    } else {
+        format!("{} train", data.train.len())
+    };
     outln!(
-        "model `{}`: {} parameters, {} neurons per input; data {} ({} train, {} test)",
+        "model `{}`: {} parameters, {} neurons per input, {} multiply-adds per input; data {} \
+         ({train}, {} test)",
         model.spec,
         model.parameter_count(),
         model.neurons_per_input(),
+        model.multiply_adds_per_input(),
         data.train.name,
-        data.train.len(),
         data.test.len()
     );
 }
@@ -214,7 +224,7 @@ fn run_with(
         if let Some(e) = s.epochs {
             cfg.epochs = e;
         }
-        describe(&model, &data);
+        describe(&model, &data, cfg.validation);
         outln!("resuming after epoch {} of {}", state.epoch, cfg.epochs);
         for m in &state.history {
             print_epoch(m);
@@ -232,16 +242,39 @@ fn run_with(
         save_tracker(tracker.as_ref(), Some(dir))?;
         history
     } else {
+        // On the image sets without --model: the best configuration of the frontier, its
+        // recipe supplying every setting not given.
+        let recipe = (s.model.is_none() && s.dataset() != Dataset::Spirals)
+            .then(|| grid_entry(DEFAULT_FAMILY).expect("the default family is in the grid"));
+        let mut s = match &recipe {
+            Some(e) => s.clone().or(TrainSettings::from_recipe(&e.recipe)),
+            None => s.clone(),
+        };
         // Checked before loading, which may download.
-        let cfg = s.train_config()?;
+        let mut cfg = s.train_config()?;
         if let Some(out) = s.out.as_deref() {
             check_out(out, force)?;
         }
         let (data, default_model) = load_data(&data_args, cfg.seed)?;
-        let spec = s.model.as_deref().unwrap_or(default_model);
+        if let Some(e) = &recipe {
+            outln!(
+                "the default configuration for {} ({DEFAULT_FAMILY}; settings given override its recipe): `{}`",
+                s.dataset(),
+                e.spec()
+            );
+            if e.recipe.distill.is_some() && s.teacher.is_none() {
+                let dir = default_teacher(&s, &data, cfg.seed)?;
+                s.teacher = Some(dir);
+                cfg = s.train_config()?;
+            }
+        }
+        let spec = match &recipe {
+            Some(e) => e.model.as_str(),
+            None => s.model.as_deref().unwrap_or(default_model),
+        };
         check_memory(spec, cfg.batch_size)?;
         let model = Model::new(spec, cfg.seed)?;
-        describe(&model, &data);
+        describe(&model, &data, cfg.validation);
         let mut opt = optimizer_for(&model, &cfg);
         let out = s.out.as_deref().map(|d| (d, cfg.seed));
         let mut tracker = tracker_for(track_routing, &data)?;
@@ -351,6 +384,35 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         outln!("appended to {}", path.display());
     }
     Ok(())
+}
+
+/// Trains (or reads back, when a finished run is there) the dense teacher of the default
+/// configuration: beside `--out` as `OUT-teacher`, or in the temporary folder without one.
+fn default_teacher(s: &TrainSettings, data: &Split, seed: u64) -> Result<PathBuf> {
+    let teacher = grid_entry(TEACHER_FAMILY).expect("the teacher family is in the grid");
+    let dir = match s.out.as_deref() {
+        Some(out) => {
+            let name = out
+                .file_name()
+                .map_or("run".into(), |n| n.to_string_lossy());
+            out.with_file_name(format!("{name}-teacher"))
+        }
+        None => std::env::temp_dir().join(format!("fff-teacher-{}-seed{seed}", s.dataset())),
+    };
+    outln!(
+        "distilling from the dense teacher `{}` (seed {seed}) in {}",
+        teacher.spec(),
+        dir.display()
+    );
+    let dataset = s.dataset().to_string();
+    let bars = EpochProgress::new(|m: &EpochMetrics| print_epoch(m));
+    let r = run_one(&dataset, data, &teacher, seed, &dir, None, bars)?;
+    outln!(
+        "teacher: validation accuracy {:.2}%, test accuracy {:.2}%",
+        100.0 * r.val_accuracy,
+        100.0 * r.test_accuracy
+    );
+    Ok(dir)
 }
 
 /// Refuses a model and batch size whose parameters (with gradients and two optimizer moments)

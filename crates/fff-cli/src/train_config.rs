@@ -37,7 +37,9 @@ pub struct TrainSettings {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Model description, e.g. "fff:784-500:d8:identity, relu, fff:500-10:d8:identity"
-    /// [default: a small FFF net for spirals, the study's FFF net for the image sets].
+    /// [default: a small FFF net for spirals; for the image sets the best configuration of
+    /// `fff experiment frontier`, whose recipe then supplies every setting not given, and whose
+    /// dense distillation teacher is trained first unless --teacher names one].
     #[arg(long)]
     pub model: Option<String>,
     /// Passes over the training set (with --resume: the total to reach).
@@ -219,6 +221,26 @@ impl TrainSettings {
             seed: self.seed.or(base.seed),
             threads: self.threads.or(base.threads),
             out: self.out.or(base.out),
+        }
+    }
+
+    /// The settings of a frontier recipe, as if given in a file (no model, data or output).
+    pub fn from_recipe(r: &fff_train::frontier::Recipe) -> TrainSettings {
+        TrainSettings {
+            epochs: Some(r.epochs),
+            batch_size: Some(r.batch_size),
+            lr: Some(r.lr),
+            weight_decay: Some(r.weight_decay),
+            schedule: Some(r.schedule),
+            warmup_steps: Some(r.warmup_steps),
+            validation: Some(r.validation),
+            label_smoothing: Some(r.label_smoothing),
+            shift: Some(r.shift),
+            distill_alpha: r.distill.as_ref().map(|d| d.1),
+            distill_temperature: r.distill.as_ref().map(|d| d.2),
+            soft_routing: r.soft_routing.map(|s| s.to_string()),
+            load_balance: Some(r.load_balance),
+            ..TrainSettings::default()
         }
     }
 
@@ -521,6 +543,41 @@ out = "runs/a"
         assert!(
             err.contains("key `optimizer`") && err.contains("`lion`") && err.contains("adamw"),
             "{err}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod recipe_tests {
+    use super::*;
+    use fff_train::frontier::{grid_entry, DEFAULT_FAMILY, TEACHER_FAMILY};
+
+    /// The image sets' default run is the frontier's default configuration: its settings as
+    /// flags give the recipe's training configuration, and flags still override it.
+    #[test]
+    fn the_default_recipe_becomes_the_settings() {
+        let e = grid_entry(DEFAULT_FAMILY).unwrap();
+        let mut s = TrainSettings::from_recipe(&e.recipe);
+        s.teacher = Some("t".into());
+        let got = serde_json::to_value(s.train_config().unwrap()).unwrap();
+        let want =
+            serde_json::to_value(e.recipe.train_config(0, Some(Path::new("t"))).unwrap()).unwrap();
+        assert_eq!(got, want);
+        let flags = TrainSettings {
+            epochs: Some(2),
+            ..TrainSettings::default()
+        };
+        let merged = flags.or(s).train_config().unwrap();
+        assert_eq!(merged.epochs, 2);
+        assert_eq!(merged.schedule, e.recipe.schedule);
+        // Within a tenth of the dense net's multiply-adds, computed from the model.
+        let dense = fff_train::Model::new(&grid_entry(TEACHER_FAMILY).unwrap().model, 0).unwrap();
+        let fff = fff_train::Model::new(&e.model, 0).unwrap();
+        assert!(
+            10 * fff.multiply_adds_per_input() <= dense.multiply_adds_per_input(),
+            "{} vs {}",
+            fff.multiply_adds_per_input(),
+            dense.multiply_adds_per_input()
         );
     }
 }

@@ -247,6 +247,19 @@ impl Entry {
     }
 }
 
+/// The family `fff train` trains by default on the image sets: the configuration with the best
+/// mean validation accuracy within 10% of the dense net's compute in `docs/frontier.json`.
+pub const DEFAULT_FAMILY: &str = "forest-k5-64-kd";
+
+/// The family a distilled configuration of the grid learns from: the dense 784-500-10 net
+/// trained with the recipe extras.
+pub const TEACHER_FAMILY: &str = "dense";
+
+/// The grid entry named `family`.
+pub fn grid_entry(family: &str) -> Option<Entry> {
+    image_grid().into_iter().find(|e| e.family == family)
+}
+
 /// The recipe extras shared by dense and FFF nets alike in the grid: 15 epochs, cosine.
 const RECIPE: &str = "epochs=15 schedule=cosine";
 
