@@ -35,7 +35,7 @@ enum Command {
     /// against the dense masked reference, and time the kernel against a dense layer.
     Demo(demo::DemoArgs),
     /// Train a model of FFF and dense layers on a dataset (cross-entropy; AdamW or SGD).
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Evaluate a checkpoint written by `fff train --out` on a dataset's test set.
     Eval(train::EvalArgs),
     /// How a checkpoint's FFF layers route a dataset: region usage and entropy, |z| per level,
@@ -66,7 +66,7 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Eval(args) => train::eval(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Experiment(cmd) => experiment::run(cmd),

@@ -94,7 +94,10 @@ fn weights(m: &Model) -> Vec<Vec<f32>> {
         .collect()
 }
 
-fn figures(h: &[EpochMetrics]) -> Vec<(usize, f64, f64, Option<f64>, Option<f64>)> {
+/// Epoch, train loss and accuracy, test loss and accuracy.
+type Figures = (usize, f64, f64, Option<f64>, Option<f64>);
+
+fn figures(h: &[EpochMetrics]) -> Vec<Figures> {
     h.iter()
         .map(|m| {
             (
