@@ -7,7 +7,7 @@ use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
 use fastfeedforward::ConditionalLayer;
-use fastfeedforward::{Activation, Fff, FffConfig, Init};
+use fastfeedforward::{Activation, Fff, FffConfig, Init, SoftRouting, TrainStep};
 use fff_bench::check::TOLERANCE;
 use fff_bench::train::{check_train_sides, masked_dense_forward, TrainSide, COMPARED};
 use fff_train::optim::{Optimizer, ParamsAdamW};
@@ -38,6 +38,10 @@ pub struct TrainBenchArgs {
     /// Random seed for the inputs and targets.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Also time soft-to-hard training steps with this many soft levels each (comma-separated;
+    /// empty for none), against the O(depth) op.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    soft_levels: Vec<usize>,
 }
 
 pub fn run(args: TrainBenchArgs) -> Result<()> {
@@ -103,6 +107,54 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
         anyhow::bail!("the two sides of `fff bench train` disagree, so neither is timed: {why}");
     }
 
+    // The soft sides, checked at the timed shape: at a temperature of 1e-6 they must route and
+    // compute as the O(depth) op, up to rows near a tie.
+    let soft_sides: Vec<(String, SoftRouting)> = args
+        .soft_levels
+        .iter()
+        .map(|&levels| {
+            (
+                format!(
+                    "soft-to-hard, {levels} soft level{}",
+                    if levels == 1 { "" } else { "s" }
+                ),
+                SoftRouting {
+                    levels,
+                    temperature: 1.0,
+                },
+            )
+        })
+        .collect();
+    for (name, routing) in &soft_sides {
+        let cold = SoftRouting {
+            temperature: 1e-6,
+            ..*routing
+        };
+        let hard = layer.forward_train(&x)?.to_vec2::<f32>()?;
+        let soft = layer
+            .forward_step(&x, &mut TrainStep::default().with_soft_routing(Some(cold)))?
+            .to_vec2::<f32>()?;
+        let differ = hard
+            .iter()
+            .zip(&soft)
+            .filter(|(h, s)| {
+                h.iter()
+                    .zip(*s)
+                    .any(|(a, b)| (a - b).abs() > 1e-3 * (1.0 + a.abs()))
+            })
+            .count();
+        outln!(
+            "check at the timed shape, {name} at T = 1e-6 vs the O(depth) op: {differ} of {} rows differ",
+            args.batch
+        );
+        ensure!(
+            differ * 100 <= args.batch,
+            "{name} at T = 1e-6 differs from the O(depth) op in {differ} of {} rows, so it is \
+             not timed",
+            args.batch
+        );
+    }
+
     let mut results = Vec::new();
     for (name, side) in sides {
         let layer = Fff::new(config, Init::Uniform, 0)?;
@@ -124,5 +176,25 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
         "speedup of the O(depth) op over the dense masked formulation: {:.1}x (same run, medians)",
         results[1] / results[0]
     );
+    for (name, routing) in &soft_sides {
+        let layer = Fff::new(config, Init::Uniform, 0)?;
+        let mut opt = Optimizer::adamw(layer.vars(), ParamsAdamW::default());
+        let mut step = || -> Result<f64> {
+            let start = Instant::now();
+            let mut ts = TrainStep::default().with_soft_routing(Some(*routing));
+            let y = layer.forward_step(&x, &mut ts)?;
+            let loss = (y - &target)?.sqr()?.mean_all()?;
+            opt.step(&loss.backward()?, 1.0)?;
+            Ok(start.elapsed().as_secs_f64())
+        };
+        step()?;
+        let times = (0..args.reps).map(|_| step()).collect::<Result<Vec<_>>>()?;
+        let t = median(times);
+        outln!(
+            "  {name:<34} {:>12} per step, {:.2}x the O(depth) op's",
+            human_seconds(t),
+            t / results[0]
+        );
+    }
     Ok(())
 }
