@@ -318,6 +318,12 @@ pub fn image_grid() -> Vec<Entry> {
             "forest-k4-64-master-kd",
             format!("fff:784-64:d8:k4:identity:master=10, relu, linear:64-10 | {RECIPE} {kd}"),
         ),
+        // The original FFF (Belcak & Wattenhofer) in the budget: 8 leaves of width 40, trained
+        // as a soft mixture with its hardening loss, deployed hard.
+        (
+            "orig-hardened-kd",
+            format!("orig:784-64:d3:l40:harden=1, relu, linear:64-10 | {RECIPE} {kd}"),
+        ),
         (
             "ablate-constant-lr",
             format!("fff:784-64:d8:k5:identity, relu, linear:64-10 | epochs=15 {kd}"),
