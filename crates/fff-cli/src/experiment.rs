@@ -46,6 +46,10 @@ pub struct FrontierArgs {
     /// first 6,000 training images (1,000 of them for validation).
     #[arg(long)]
     quick: bool,
+    /// Train nothing: report the runs of the grid that have finished in --work-dir, and name
+    /// the ones that have not.
+    #[arg(long)]
+    report_only: bool,
     /// Write the rows (and each run) to this JSON file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -252,6 +256,10 @@ fn frontier(args: FrontierArgs) -> Result<()> {
                     .distill
                     .as_ref()
                     .map(|(family, ..)| run_dir(&args.work_dir, dataset, family, seed));
+                if args.report_only && !dir.join("result.json").is_file() {
+                    outln!("{dataset} {} seed {seed}: not finished, left out", e.family);
+                    continue;
+                }
                 outln!("{dataset} {} seed {seed}: `{}`", e.family, e.spec());
                 let bars = EpochProgress::new(|_: &fff_train::EpochMetrics| {});
                 let r = run_one(dataset, data, e, seed, &dir, teacher.as_deref(), bars)?;
