@@ -289,9 +289,11 @@ fn write_frontier(
     let rows = frontier::summarize(runs);
     let mut table = frontier::markdown(&rows);
     if let Some(first) = args.datasets.first() {
-        if let Some(t) = frontier::ablation_markdown(&rows, &first.to_string(), BEST_FAMILY) {
-            table.push('\n');
-            table.push_str(&t);
+        for base in [BEST_FAMILY, frontier::ABLATION_BASE] {
+            if let Some(t) = frontier::ablation_markdown(&rows, &first.to_string(), base) {
+                table.push('\n');
+                table.push_str(&t);
+            }
         }
     }
     if last {

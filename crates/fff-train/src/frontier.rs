@@ -249,7 +249,7 @@ impl Entry {
 
 /// The family `fff train` trains by default on the image sets: the configuration with the best
 /// mean validation accuracy within 10% of the dense net's compute in `docs/frontier.json`.
-pub const DEFAULT_FAMILY: &str = "forest-k5-64-kd";
+pub const DEFAULT_FAMILY: &str = "forest-k5-64-kd-30ep";
 
 /// The family a distilled configuration of the grid learns from: the dense 784-500-10 net
 /// trained with the recipe extras.
@@ -262,6 +262,13 @@ pub fn grid_entry(family: &str) -> Option<Entry> {
 
 /// The recipe extras shared by dense and FFF nets alike in the grid: 15 epochs, cosine.
 const RECIPE: &str = "epochs=15 schedule=cosine";
+
+/// The longer training of the best configuration: 30 epochs, cosine.
+const LONG: &str = "epochs=30 schedule=cosine";
+
+/// The configuration whose ablations at 15 epochs the grid holds (`ablate-*` without a
+/// suffix); its 30-epoch form is [`DEFAULT_FAMILY`], ablated by the `*-30ep` families.
+pub const ABLATION_BASE: &str = "forest-k5-64-kd";
 
 /// The full grid for 784-input, 10-class image sets, teachers first, then the ablations of
 /// the best configuration (`ablate-*`: one ingredient removed each).
@@ -299,9 +306,7 @@ pub fn image_grid() -> Vec<Entry> {
         // The ingredients on top of the distilled forest, each alone.
         (
             "forest-k5-64-kd-30ep",
-            format!(
-                "fff:784-64:d8:k5:identity, relu, linear:64-10 | epochs=30 schedule=cosine {kd}"
-            ),
+            format!("fff:784-64:d8:k5:identity, relu, linear:64-10 | {LONG} {kd}"),
         ),
         (
             "forest-k5-64-kd-soft",
@@ -340,6 +345,33 @@ pub fn image_grid() -> Vec<Entry> {
             "ablate-fff-head",
             format!("fff:784-64:d8:k5:identity, relu, fff:64-10:d3:k5:identity | {RECIPE} {kd}"),
         ),
+        // The dense reference with the longer training of the best configuration, so that
+        // the comparison gives both the same extras.
+        (
+            "dense-30ep",
+            format!("linear:784-500, relu, linear:500-10 | {LONG}"),
+        ),
+        // The ablations of the best configuration (30 epochs), one ingredient removed each.
+        (
+            "ablate-constant-lr-30ep",
+            format!("fff:784-64:d8:k5:identity, relu, linear:64-10 | epochs=30 {kd}"),
+        ),
+        (
+            "ablate-one-tree-30ep",
+            format!("fff:784-64:d8:identity, relu, linear:64-10 | {LONG} {kd}"),
+        ),
+        (
+            "ablate-gelu-nodes-30ep",
+            format!("fff:784-64:d8:k5, relu, linear:64-10 | {LONG} {kd}"),
+        ),
+        (
+            "ablate-fff-head-30ep",
+            format!("fff:784-64:d8:k5:identity, relu, fff:64-10:d3:k5:identity | {LONG} {kd}"),
+        ),
+        (
+            "forest-k5-64-30ep",
+            format!("fff:784-64:d8:k5:identity, relu, linear:64-10 | {LONG}"),
+        ),
     ];
     rows.into_iter()
         .map(|(family, spec)| Entry::parse(family, &spec).expect("the built-in grid parses"))
@@ -371,6 +403,10 @@ pub struct RunResult {
     pub seconds_per_epoch: f64,
     /// Rayon threads the run trained on.
     pub threads: usize,
+    /// The CPU the run trained on ([`fff_util::machine`]); empty in results written before
+    /// it was recorded.
+    #[serde(default)]
+    pub machine: String,
 }
 
 /// Where run `seed` of `family` on `dataset` lives under `work`.
@@ -483,6 +519,7 @@ pub fn run_one(
         seconds_per_epoch: history.iter().map(|m| m.train_seconds).sum::<f64>()
             / history.len() as f64,
         threads: rayon::current_num_threads(),
+        machine: fff_util::machine(),
     };
     fff_util::fs::write_atomic(&result_path, serde_json::to_string_pretty(&r)?.as_bytes())?;
     Ok(r)
@@ -537,6 +574,8 @@ pub struct FrontierRow {
     pub seconds_per_epoch: f64,
     /// Rayon threads of the runs.
     pub threads: usize,
+    /// The CPUs the runs trained on, each once, joined by ` + `.
+    pub machine: String,
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -583,6 +622,15 @@ pub fn summarize(runs: &[RunResult]) -> Vec<FrontierRow> {
                 seconds_per_epoch: g.iter().map(|r| r.seconds_per_epoch).sum::<f64>()
                     / g.len() as f64,
                 threads: g[0].threads,
+                machine: {
+                    let mut seen: Vec<&str> = Vec::new();
+                    for r in &g {
+                        if !r.machine.is_empty() && !seen.contains(&r.machine.as_str()) {
+                            seen.push(&r.machine);
+                        }
+                    }
+                    seen.join(" + ")
+                },
             }
         })
         .collect()
@@ -591,12 +639,12 @@ pub fn summarize(runs: &[RunResult]) -> Vec<FrontierRow> {
 /// The rows as a markdown table.
 pub fn markdown(rows: &[FrontierRow]) -> String {
     let mut out = String::from(
-        "| dataset | family | validation (mean ± std) | test (mean ± std) | seeds | multiply-adds per input | neurons per input | parameters | train s/epoch | spec |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        "| dataset | family | validation (mean ± std) | test (mean ± std) | seeds | multiply-adds per input | neurons per input | parameters | train s/epoch | machine | spec |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {:.2}% ± {:.2} | {:.2}% ± {:.2} | {} | {} | {} | {} | {:.2} | `{}` |\n",
+            "| {} | {} | {:.2}% ± {:.2} | {:.2}% ± {:.2} | {} | {} | {} | {} | {:.2} | {} | `{}` |\n",
             r.dataset,
             r.family,
             100.0 * r.val_accuracy_mean,
@@ -608,32 +656,47 @@ pub fn markdown(rows: &[FrontierRow]) -> String {
             r.neurons_per_input,
             r.parameters,
             r.seconds_per_epoch,
+            r.machine,
             r.spec.replace('|', "\\|")
         ));
     }
     out
 }
 
-/// The ablation table of `best` on `dataset`: each `ablate-*` row against it, with the drop
-/// in test and validation accuracy (points).
-pub fn ablation_markdown(rows: &[FrontierRow], dataset: &str, best: &str) -> Option<String> {
-    let base = rows
+/// The families that each remove one ingredient from `base` ([`ABLATION_BASE`] or its
+/// 30-epoch form), with the ingredient removed.
+pub fn ablations_of(base: &str) -> Vec<(&'static str, String)> {
+    let suffix = base.strip_prefix(ABLATION_BASE).unwrap_or("");
+    let mut out = Vec::new();
+    if suffix == "-30ep" {
+        out.push(("30 epochs (15 instead)", ABLATION_BASE.to_string()));
+    }
+    out.extend([
+        ("distillation", format!("forest-k5-64{suffix}")),
+        ("cosine schedule", format!("ablate-constant-lr{suffix}")),
+        ("forest (one tree)", format!("ablate-one-tree{suffix}")),
+        (
+            "identity nodes (GELU)",
+            format!("ablate-gelu-nodes{suffix}"),
+        ),
+        ("linear head (FFF head)", format!("ablate-fff-head{suffix}")),
+    ]);
+    out
+}
+
+/// The ablation table of `base` on `dataset`: each row of [`ablations_of`] against it, with
+/// the change in test accuracy (points); `None` when `base` has no row.
+pub fn ablation_markdown(rows: &[FrontierRow], dataset: &str, base: &str) -> Option<String> {
+    let base_row = rows
         .iter()
-        .find(|r| r.dataset == dataset && r.family == best)?;
+        .find(|r| r.dataset == dataset && r.family == base)?;
     let mut out = format!(
-        "| {dataset}: {best} without | validation | test | test drop (points) | multiply-adds per input |\n|---|---:|---:|---:|---:|\n| (nothing) | {:.2}% | {:.2}% | 0 | {} |\n",
-        100.0 * base.val_accuracy_mean,
-        100.0 * base.test_accuracy_mean,
-        base.multiply_adds_per_input
+        "| {dataset}: {base} without | validation | test | test change (points) | multiply-adds per input |\n|---|---:|---:|---:|---:|\n| (nothing) | {:.2}% | {:.2}% | 0 | {} |\n",
+        100.0 * base_row.val_accuracy_mean,
+        100.0 * base_row.test_accuracy_mean,
+        base_row.multiply_adds_per_input
     );
-    let ablations = [
-        ("distillation", best.trim_end_matches("-kd")),
-        ("cosine schedule", "ablate-constant-lr"),
-        ("forest (one tree)", "ablate-one-tree"),
-        ("identity nodes (GELU)", "ablate-gelu-nodes"),
-        ("linear head (FFF head)", "ablate-fff-head"),
-    ];
-    for (what, family) in ablations {
+    for (what, family) in ablations_of(base) {
         if let Some(r) = rows
             .iter()
             .find(|r| r.dataset == dataset && r.family == family)
@@ -642,7 +705,7 @@ pub fn ablation_markdown(rows: &[FrontierRow], dataset: &str, best: &str) -> Opt
                 "| {what} | {:.2}% | {:.2}% | {:+.2} | {} |\n",
                 100.0 * r.val_accuracy_mean,
                 100.0 * r.test_accuracy_mean,
-                100.0 * (r.test_accuracy_mean - base.test_accuracy_mean),
+                100.0 * (r.test_accuracy_mean - base_row.test_accuracy_mean),
                 r.multiply_adds_per_input
             ));
         }

@@ -4,7 +4,10 @@
 
 use fff_data::synthetic::spirals;
 use fff_data::Split;
-use fff_train::frontier::{check_grid, image_grid, run_dir, run_one, summarize, Entry, Recipe};
+use fff_train::frontier::{
+    ablations_of, check_grid, image_grid, run_dir, run_one, summarize, Entry, Recipe,
+    ABLATION_BASE, DEFAULT_FAMILY,
+};
 use fff_train::trainer::{evaluate_rows, optimizer_for, train_from, Interrupted};
 use fff_train::{train, Model, TrainConfig, TrainObserver};
 use std::path::PathBuf;
@@ -215,6 +218,18 @@ fn recipes_print_and_parse_back() {
         let back = Entry::parse(&e.family, &e.spec()).unwrap();
         assert_eq!(&back, e);
     }
+    // The ablation tables' families are in the grid, one ingredient off their base.
+    for base in [DEFAULT_FAMILY, ABLATION_BASE] {
+        let ablations = ablations_of(base);
+        assert!(ablations.len() >= 5, "{base}");
+        for (what, family) in ablations {
+            assert!(
+                grid.iter().any(|e| e.family == family),
+                "{base} without {what}: `{family}` is not in the grid"
+            );
+        }
+    }
+    assert_eq!(ablations_of(DEFAULT_FAMILY)[0].1, ABLATION_BASE);
     // A student before its teacher, or a family twice, is refused.
     let student = Entry::parse("s", "linear:2-3 | kd=t:0.5:4").unwrap();
     let teacher = Entry::parse("t", "linear:2-3 | epochs=1").unwrap();
@@ -317,6 +332,16 @@ fn frontier_runs_resume_and_are_read_back() {
     assert_eq!(rows[0].seeds, vec![1, 1]);
     assert_eq!(rows[0].test_accuracy_std, 0.0);
     assert_eq!(rows[1].family, "student");
+    // Every run names the CPU it trained on; a row names each of its runs' CPUs once.
+    assert!(!straight.machine.is_empty() && !straight.machine.contains('\n'));
+    assert_eq!(rows[0].machine, straight.machine);
+    let mut elsewhere = straight.clone();
+    elsewhere.machine = "Other CPU (AVX2)".into();
+    let row = &summarize(&[straight.clone(), elsewhere.clone(), elsewhere])[0];
+    assert_eq!(
+        row.machine,
+        format!("{} + Other CPU (AVX2)", straight.machine)
+    );
 }
 
 /// Soft-to-hard training records its temperature and the accuracy it would lose by hardening
