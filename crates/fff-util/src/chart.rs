@@ -91,7 +91,10 @@ pub fn draw(path: &Path, chart: &Chart<'_>, series: &[Series]) -> Result<(), Cha
     }
     let pad = ((y1 - y0) * 0.05).max(1e-3);
     let (xs, ys) = ((x0 - 0.2)..(x1 + 0.2), (y0 - pad)..(y1 + pad));
-    let (log_xs, log_ys) = ((x0 / 1.5)..(x1 * 1.5), (y0 / 2.0)..(y1 * 2.0));
+    // Log ranges from a power of ten to a power of ten, so that every decade is labelled.
+    let decades =
+        |lo: f64, hi: f64| 10f64.powf(lo.log10().floor())..10f64.powf((hi.log10() + 1e-9).ceil());
+    let (log_xs, log_ys) = (decades(x0, x1), decades(y0, y1));
     crate::fs::write_with(path, |tmp| {
         let root = BitMapBackend::new(tmp, (900, 600)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| named(&e))?;
@@ -133,12 +136,38 @@ where
     Y::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
 {
     let mut c = builder.build_cartesian_2d(x, y)?;
+    // Log axes span decades, where plotters' labels (`300000.0`) run into each other.
+    let x_label = |v: &f64| match chart.log_x {
+        true => log_axis_label(*v),
+        false => <X::CoordDescType as ValueFormatter<f64>>::format(v),
+    };
+    let y_label = |v: &f64| match chart.log_y {
+        true => log_axis_label(*v),
+        false => <Y::CoordDescType as ValueFormatter<f64>>::format(v),
+    };
     c.configure_mesh()
         .x_desc(chart.x_desc)
         .y_desc(chart.y_desc)
+        .x_label_formatter(&x_label)
+        .y_label_formatter(&y_label)
         .label_style(("sans-serif", 14))
         .draw()?;
     draw_series(&mut c, chart.legend, series)
+}
+
+/// A short tick label for a log axis: `40k`, `1.5M`, `0.25`, `1.0e-3`.
+fn log_axis_label(v: f64) -> String {
+    let trim = |x: f64| {
+        let s = format!("{x:.2}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    };
+    match v.abs() {
+        a if a >= 1e9 => format!("{}G", trim(v / 1e9)),
+        a if a >= 1e6 => format!("{}M", trim(v / 1e6)),
+        a if a >= 1e3 => format!("{}k", trim(v / 1e3)),
+        a if a >= 1e-2 || a == 0.0 => trim(v),
+        _ => format!("{v:.1e}"),
+    }
 }
 
 /// Named lines on linear axes, legend bottom right.
