@@ -289,7 +289,7 @@ fn write_frontier(
     let rows = frontier::summarize(runs);
     let mut table = frontier::markdown(&rows);
     if let Some(first) = args.datasets.first() {
-        for base in [BEST_FAMILY, frontier::ABLATION_BASE] {
+        for base in frontier::ABLATED {
             if let Some(t) = frontier::ablation_markdown(&rows, &first.to_string(), base) {
                 table.push('\n');
                 table.push_str(&t);

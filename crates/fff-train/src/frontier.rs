@@ -266,9 +266,13 @@ const RECIPE: &str = "epochs=15 schedule=cosine";
 /// The longer training of the best configuration: 30 epochs, cosine.
 const LONG: &str = "epochs=30 schedule=cosine";
 
-/// The configuration whose ablations at 15 epochs the grid holds (`ablate-*` without a
-/// suffix); its 30-epoch form is [`DEFAULT_FAMILY`], ablated by the `*-30ep` families.
-pub const ABLATION_BASE: &str = "forest-k5-64-kd";
+/// The configurations whose ablations the grid holds, each `STEM-kd` or `STEM-kd-30ep`
+/// (see [`ablations_of`]).
+pub const ABLATED: &[&str] = &[
+    "forest-k13-128-d2-kd-30ep",
+    "forest-k5-64-kd-30ep",
+    "forest-k5-64-kd",
+];
 
 /// The full grid for 784-input, 10-class image sets, teachers first, then the ablations of
 /// the best configuration (`ablate-*`: one ingredient removed each).
@@ -371,6 +375,41 @@ pub fn image_grid() -> Vec<Entry> {
         (
             "forest-k5-64-30ep",
             format!("fff:784-64:d8:k5:identity, relu, linear:64-10 | {LONG}"),
+        ),
+        // Shallow, wide forests in the same budget: each node costs 784 + W multiply-adds,
+        // so the budget buys about 45 visited nodes, spent on few deep trees or many shallow
+        // ones (chosen by validation accuracy in a one-seed scan of splits).
+        (
+            "forest-k13-128-d2-kd",
+            format!("fff:784-128:d2:k13:identity, relu, linear:128-10 | {RECIPE} {kd}"),
+        ),
+        (
+            "forest-k13-128-d2-kd-30ep",
+            format!("fff:784-128:d2:k13:identity, relu, linear:128-10 | {LONG} {kd}"),
+        ),
+        (
+            "forest-k16-256-d1-kd-30ep",
+            format!("fff:784-256:d1:k16:identity, relu, linear:256-10 | {LONG} {kd}"),
+        ),
+        (
+            "forest-k13-128-d2-30ep",
+            format!("fff:784-128:d2:k13:identity, relu, linear:128-10 | {LONG}"),
+        ),
+        (
+            "ablate-constant-lr-k13-128-d2-30ep",
+            format!("fff:784-128:d2:k13:identity, relu, linear:128-10 | epochs=30 {kd}"),
+        ),
+        (
+            "ablate-one-tree-k13-128-d2-30ep",
+            format!("fff:784-128:d2:identity, relu, linear:128-10 | {LONG} {kd}"),
+        ),
+        (
+            "ablate-gelu-nodes-k13-128-d2-30ep",
+            format!("fff:784-128:d2:k13, relu, linear:128-10 | {LONG} {kd}"),
+        ),
+        (
+            "ablate-fff-head-k13-128-d2-30ep",
+            format!("fff:784-128:d2:k13:identity, relu, fff:128-10:d3:k5:identity | {LONG} {kd}"),
         ),
     ];
     rows.into_iter()
@@ -663,23 +702,38 @@ pub fn markdown(rows: &[FrontierRow]) -> String {
     out
 }
 
-/// The families that each remove one ingredient from `base` ([`ABLATION_BASE`] or its
-/// 30-epoch form), with the ingredient removed.
+/// The families that each remove one ingredient from `base` (`STEM-kd` or `STEM-kd-30ep`,
+/// one of [`ABLATED`]), with the ingredient removed: `STEM` without `-kd` for distillation,
+/// `STEM-kd` for the 30 epochs, and `ablate-WHAT[-TAG][-30ep]` for the others, where `TAG`
+/// is the stem after `forest-` (none for the first ablated stem, `forest-k5-64`).
 pub fn ablations_of(base: &str) -> Vec<(&'static str, String)> {
-    let suffix = base.strip_prefix(ABLATION_BASE).unwrap_or("");
+    let (stem, suffix) = match base.strip_suffix("-kd-30ep") {
+        Some(stem) => (stem, "-30ep"),
+        None => (base.strip_suffix("-kd").unwrap_or(base), ""),
+    };
+    let tag = match stem {
+        "forest-k5-64" => String::new(),
+        _ => format!("-{}", stem.strip_prefix("forest-").unwrap_or(stem)),
+    };
     let mut out = Vec::new();
     if suffix == "-30ep" {
-        out.push(("30 epochs (15 instead)", ABLATION_BASE.to_string()));
+        out.push(("30 epochs (15 instead)", format!("{stem}-kd")));
     }
     out.extend([
-        ("distillation", format!("forest-k5-64{suffix}")),
-        ("cosine schedule", format!("ablate-constant-lr{suffix}")),
-        ("forest (one tree)", format!("ablate-one-tree{suffix}")),
+        ("distillation", format!("{stem}{suffix}")),
+        (
+            "cosine schedule",
+            format!("ablate-constant-lr{tag}{suffix}"),
+        ),
+        ("forest (one tree)", format!("ablate-one-tree{tag}{suffix}")),
         (
             "identity nodes (GELU)",
-            format!("ablate-gelu-nodes{suffix}"),
+            format!("ablate-gelu-nodes{tag}{suffix}"),
         ),
-        ("linear head (FFF head)", format!("ablate-fff-head{suffix}")),
+        (
+            "linear head (FFF head)",
+            format!("ablate-fff-head{tag}{suffix}"),
+        ),
     ]);
     out
 }

@@ -5,8 +5,8 @@
 use fff_data::synthetic::spirals;
 use fff_data::Split;
 use fff_train::frontier::{
-    ablations_of, check_grid, image_grid, run_dir, run_one, summarize, Entry, Recipe,
-    ABLATION_BASE, DEFAULT_FAMILY,
+    ablations_of, check_grid, image_grid, run_dir, run_one, summarize, Entry, Recipe, ABLATED,
+    DEFAULT_FAMILY,
 };
 use fff_train::trainer::{evaluate_rows, optimizer_for, train_from, Interrupted};
 use fff_train::{train, Model, TrainConfig, TrainObserver};
@@ -219,7 +219,8 @@ fn recipes_print_and_parse_back() {
         assert_eq!(&back, e);
     }
     // The ablation tables' families are in the grid, one ingredient off their base.
-    for base in [DEFAULT_FAMILY, ABLATION_BASE] {
+    assert!(ABLATED.contains(&DEFAULT_FAMILY));
+    for base in ABLATED.iter().copied() {
         let ablations = ablations_of(base);
         assert!(ablations.len() >= 5, "{base}");
         for (what, family) in ablations {
@@ -229,7 +230,14 @@ fn recipes_print_and_parse_back() {
             );
         }
     }
-    assert_eq!(ablations_of(DEFAULT_FAMILY)[0].1, ABLATION_BASE);
+    assert_eq!(
+        ablations_of("forest-k5-64-kd-30ep")[0],
+        ("30 epochs (15 instead)", "forest-k5-64-kd".to_string())
+    );
+    assert_eq!(
+        ablations_of("forest-k13-128-d2-kd")[1].1,
+        "ablate-constant-lr-k13-128-d2"
+    );
     // A student before its teacher, or a family twice, is refused.
     let student = Entry::parse("s", "linear:2-3 | kd=t:0.5:4").unwrap();
     let teacher = Entry::parse("t", "linear:2-3 | epochs=1").unwrap();
