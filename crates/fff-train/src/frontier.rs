@@ -249,7 +249,7 @@ impl Entry {
 
 /// The family `fff train` trains by default on the image sets: the configuration with the best
 /// mean validation accuracy within 10% of the dense net's compute in `docs/frontier.json`.
-pub const DEFAULT_FAMILY: &str = "forest-k5-64-kd-30ep";
+pub const DEFAULT_FAMILY: &str = "forest-k16-256-d1-kd-30ep";
 
 /// The family a distilled configuration of the grid learns from: the dense 784-500-10 net
 /// trained with the recipe extras.
@@ -269,7 +269,7 @@ const LONG: &str = "epochs=30 schedule=cosine";
 /// The configurations whose ablations the grid holds, each `STEM-kd` or `STEM-kd-30ep`
 /// (see [`ablations_of`]).
 pub const ABLATED: &[&str] = &[
-    "forest-k13-128-d2-kd-30ep",
+    "forest-k16-256-d1-kd-30ep",
     "forest-k5-64-kd-30ep",
     "forest-k5-64-kd",
 ];
@@ -378,7 +378,7 @@ pub fn image_grid() -> Vec<Entry> {
         ),
         // Shallow, wide forests in the same budget: each node costs 784 + W multiply-adds,
         // so the budget buys about 45 visited nodes, spent on few deep trees or many shallow
-        // ones (chosen by validation accuracy in a one-seed scan of splits).
+        // ones (the two best of a one-seed scan of splits, tools/frontier_split_scan.sh).
         (
             "forest-k13-128-d2-kd",
             format!("fff:784-128:d2:k13:identity, relu, linear:128-10 | {RECIPE} {kd}"),
@@ -392,24 +392,29 @@ pub fn image_grid() -> Vec<Entry> {
             format!("fff:784-256:d1:k16:identity, relu, linear:256-10 | {LONG} {kd}"),
         ),
         (
-            "forest-k13-128-d2-30ep",
-            format!("fff:784-128:d2:k13:identity, relu, linear:128-10 | {LONG}"),
+            "forest-k16-256-d1-kd",
+            format!("fff:784-256:d1:k16:identity, relu, linear:256-10 | {RECIPE} {kd}"),
+        ),
+        // The ablations of the best configuration, 16 trees of depth 1 (30 epochs).
+        (
+            "forest-k16-256-d1-30ep",
+            format!("fff:784-256:d1:k16:identity, relu, linear:256-10 | {LONG}"),
         ),
         (
-            "ablate-constant-lr-k13-128-d2-30ep",
-            format!("fff:784-128:d2:k13:identity, relu, linear:128-10 | epochs=30 {kd}"),
+            "ablate-constant-lr-k16-256-d1-30ep",
+            format!("fff:784-256:d1:k16:identity, relu, linear:256-10 | epochs=30 {kd}"),
         ),
         (
-            "ablate-one-tree-k13-128-d2-30ep",
-            format!("fff:784-128:d2:identity, relu, linear:128-10 | {LONG} {kd}"),
+            "ablate-one-tree-k16-256-d1-30ep",
+            format!("fff:784-256:d1:identity, relu, linear:256-10 | {LONG} {kd}"),
         ),
         (
-            "ablate-gelu-nodes-k13-128-d2-30ep",
-            format!("fff:784-128:d2:k13, relu, linear:128-10 | {LONG} {kd}"),
+            "ablate-gelu-nodes-k16-256-d1-30ep",
+            format!("fff:784-256:d1:k16, relu, linear:256-10 | {LONG} {kd}"),
         ),
         (
-            "ablate-fff-head-k13-128-d2-30ep",
-            format!("fff:784-128:d2:k13:identity, relu, fff:128-10:d3:k5:identity | {LONG} {kd}"),
+            "ablate-fff-head-k16-256-d1-30ep",
+            format!("fff:784-256:d1:k16:identity, relu, fff:256-10:d3:k5:identity | {LONG} {kd}"),
         ),
     ];
     rows.into_iter()

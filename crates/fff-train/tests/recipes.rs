@@ -235,8 +235,8 @@ fn recipes_print_and_parse_back() {
         ("30 epochs (15 instead)", "forest-k5-64-kd".to_string())
     );
     assert_eq!(
-        ablations_of("forest-k13-128-d2-kd")[1].1,
-        "ablate-constant-lr-k13-128-d2"
+        ablations_of("forest-k16-256-d1-kd")[1].1,
+        "ablate-constant-lr-k16-256-d1"
     );
     // A student before its teacher, or a family twice, is refused.
     let student = Entry::parse("s", "linear:2-3 | kd=t:0.5:4").unwrap();
