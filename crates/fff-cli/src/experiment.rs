@@ -187,7 +187,9 @@ pub fn run(cmd: ExperimentCommand) -> Result<()> {
 const BEST_FAMILY: &str = fff_train::frontier::DEFAULT_FAMILY;
 
 fn frontier(args: FrontierArgs) -> Result<()> {
-    use fff_train::frontier::{check_grid, image_grid, run_dir, run_one};
+    use fff_train::frontier::{
+        check_grid, first_dataset_only, image_grid, run_dir, run_one, seeds_of,
+    };
     ensure!(args.seeds > 0, "--seeds must be at least 1");
     for (path, flag) in [
         (&args.json, "--json"),
@@ -246,10 +248,10 @@ fn frontier(args: FrontierArgs) -> Result<()> {
     let mut runs = Vec::new();
     for e in &grid {
         for (i, (dataset, data)) in sets.iter().enumerate() {
-            if i > 0 && e.family.starts_with("ablate-") {
+            if i > 0 && first_dataset_only(&e.family) {
                 continue;
             }
-            for seed in 0..seeds {
+            for seed in 0..seeds_of(&e.family, seeds) {
                 let dir = run_dir(&args.work_dir, dataset, &e.family, seed);
                 let teacher = e
                     .recipe
@@ -337,7 +339,8 @@ fn write_frontier(
 
 /// Test accuracy against multiply-adds per input (log scale), one series per family kind
 /// (the name before its first `-`) through its best row at each compute, the best full
-/// dense net's accuracy as a dashed line; the ablations are left to their table.
+/// dense net's accuracy as a dashed line; the ablations and the one-seed scan are left to
+/// the table.
 fn frontier_plot(
     path: &std::path::Path,
     dataset: &str,
@@ -346,7 +349,7 @@ fn frontier_plot(
     use fff_util::chart::{draw, Chart, Legend, Series};
     let rows: Vec<_> = rows
         .iter()
-        .filter(|r| r.dataset == dataset && !r.family.starts_with("ablate-"))
+        .filter(|r| r.dataset == dataset && !fff_train::frontier::first_dataset_only(&r.family))
         .collect();
     let mut kinds: Vec<&str> = Vec::new();
     for r in &rows {

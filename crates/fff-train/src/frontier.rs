@@ -334,19 +334,19 @@ pub fn image_grid() -> Vec<Entry> {
             format!("orig:784-64:d3:l40:harden=1, relu, linear:64-10 | {RECIPE} {kd}"),
         ),
         (
-            "ablate-constant-lr",
+            "ablate-constant-lr-k5-64",
             format!("fff:784-64:d8:k5:identity, relu, linear:64-10 | epochs=15 {kd}"),
         ),
         (
-            "ablate-one-tree",
+            "ablate-one-tree-k5-64",
             format!("fff:784-64:d8:identity, relu, linear:64-10 | {RECIPE} {kd}"),
         ),
         (
-            "ablate-gelu-nodes",
+            "ablate-gelu-nodes-k5-64",
             format!("fff:784-64:d8:k5, relu, linear:64-10 | {RECIPE} {kd}"),
         ),
         (
-            "ablate-fff-head",
+            "ablate-fff-head-k5-64",
             format!("fff:784-64:d8:k5:identity, relu, fff:64-10:d3:k5:identity | {RECIPE} {kd}"),
         ),
         // The dense reference with the longer training of the best configuration, so that
@@ -357,19 +357,19 @@ pub fn image_grid() -> Vec<Entry> {
         ),
         // The ablations of the best configuration (30 epochs), one ingredient removed each.
         (
-            "ablate-constant-lr-30ep",
+            "ablate-constant-lr-k5-64-30ep",
             format!("fff:784-64:d8:k5:identity, relu, linear:64-10 | epochs=30 {kd}"),
         ),
         (
-            "ablate-one-tree-30ep",
+            "ablate-one-tree-k5-64-30ep",
             format!("fff:784-64:d8:identity, relu, linear:64-10 | {LONG} {kd}"),
         ),
         (
-            "ablate-gelu-nodes-30ep",
+            "ablate-gelu-nodes-k5-64-30ep",
             format!("fff:784-64:d8:k5, relu, linear:64-10 | {LONG} {kd}"),
         ),
         (
-            "ablate-fff-head-30ep",
+            "ablate-fff-head-k5-64-30ep",
             format!("fff:784-64:d8:k5:identity, relu, fff:64-10:d3:k5:identity | {LONG} {kd}"),
         ),
         (
@@ -417,9 +417,47 @@ pub fn image_grid() -> Vec<Entry> {
             format!("fff:784-256:d1:k16:identity, relu, fff:256-10:d3:k5:identity | {LONG} {kd}"),
         ),
     ];
+    // The one-seed scan of how the budget splits between trees, depth and width (`scan-*`,
+    // seed 0 on the first dataset only), which chose the shallow forests above; the splits
+    // the grid trains with 3 seeds (5x8x64, 13x2x128, 16x1x256) are left out of it.
+    let scan = [
+        (9, 4, 64),
+        (15, 2, 64),
+        (4, 8, 128),
+        (22, 1, 64),
+        (11, 3, 64),
+        (7, 4, 128),
+        (16, 2, 32),
+        (11, 2, 256),
+        (8, 2, 512),
+        (6, 4, 256),
+        (10, 3, 128),
+    ]
+    .map(|(k, d, w)| {
+        (
+            format!("scan-k{k}-{w}-d{d}-kd"),
+            format!("fff:784-{w}:d{d}:k{k}:identity, relu, linear:{w}-10 | {RECIPE} {kd}"),
+        )
+    });
     rows.into_iter()
-        .map(|(family, spec)| Entry::parse(family, &spec).expect("the built-in grid parses"))
+        .map(|(family, spec)| (family.to_string(), spec))
+        .chain(scan)
+        .map(|(family, spec)| Entry::parse(&family, &spec).expect("the built-in grid parses"))
         .collect()
+}
+
+/// Whether `family` runs on the first dataset only (ablations and the scan of splits).
+pub fn first_dataset_only(family: &str) -> bool {
+    family.starts_with("ablate-") || family.starts_with("scan-")
+}
+
+/// The seeds `family` trains out of `seeds`: the scan of splits trains seed 0 only.
+pub fn seeds_of(family: &str, seeds: u64) -> u64 {
+    if family.starts_with("scan-") {
+        seeds.min(1)
+    } else {
+        seeds
+    }
 }
 
 /// The figures of one finished run, as its `result.json` holds them.
@@ -570,7 +608,7 @@ pub fn run_one(
 }
 
 /// Checks that every distilled entry's teacher family comes earlier in `grid` and that the
-/// families are unique.
+/// families and their specs are unique.
 pub fn check_grid(grid: &[Entry]) -> Result<()> {
     for (i, e) in grid.iter().enumerate() {
         ensure!(
@@ -578,6 +616,15 @@ pub fn check_grid(grid: &[Entry]) -> Result<()> {
             "family `{}` appears twice in the grid",
             e.family
         );
+        // Rows are grouped by spec, so two families of one spec would merge into one row.
+        if let Some(o) = grid[..i].iter().find(|o| o.spec() == e.spec()) {
+            bail!(
+                "families `{}` and `{}` have the same spec `{}`",
+                o.family,
+                e.family,
+                e.spec()
+            );
+        }
         if let Some((teacher, ..)) = &e.recipe.distill {
             ensure!(
                 grid[..i].iter().any(|o| &o.family == teacher),
@@ -709,17 +756,14 @@ pub fn markdown(rows: &[FrontierRow]) -> String {
 
 /// The families that each remove one ingredient from `base` (`STEM-kd` or `STEM-kd-30ep`,
 /// one of [`ABLATED`]), with the ingredient removed: `STEM` without `-kd` for distillation,
-/// `STEM-kd` for the 30 epochs, and `ablate-WHAT[-TAG][-30ep]` for the others, where `TAG`
-/// is the stem after `forest-` (none for the first ablated stem, `forest-k5-64`).
+/// `STEM-kd` for the 30 epochs, and `ablate-WHAT-TAG[-30ep]` for the others, where `TAG` is
+/// the stem after `forest-`.
 pub fn ablations_of(base: &str) -> Vec<(&'static str, String)> {
     let (stem, suffix) = match base.strip_suffix("-kd-30ep") {
         Some(stem) => (stem, "-30ep"),
         None => (base.strip_suffix("-kd").unwrap_or(base), ""),
     };
-    let tag = match stem {
-        "forest-k5-64" => String::new(),
-        _ => format!("-{}", stem.strip_prefix("forest-").unwrap_or(stem)),
-    };
+    let tag = format!("-{}", stem.strip_prefix("forest-").unwrap_or(stem));
     let mut out = Vec::new();
     if suffix == "-30ep" {
         out.push(("30 epochs (15 instead)", format!("{stem}-kd")));

@@ -5,8 +5,8 @@
 use fff_data::synthetic::spirals;
 use fff_data::Split;
 use fff_train::frontier::{
-    ablations_of, check_grid, image_grid, run_dir, run_one, summarize, Entry, Recipe, ABLATED,
-    DEFAULT_FAMILY,
+    ablations_of, check_grid, first_dataset_only, image_grid, run_dir, run_one, seeds_of,
+    summarize, Entry, Recipe, ABLATED, DEFAULT_FAMILY,
 };
 use fff_train::trainer::{evaluate_rows, optimizer_for, train_from, Interrupted};
 use fff_train::{train, Model, TrainConfig, TrainObserver};
@@ -241,9 +241,26 @@ fn recipes_print_and_parse_back() {
     // A student before its teacher, or a family twice, is refused.
     let student = Entry::parse("s", "linear:2-3 | kd=t:0.5:4").unwrap();
     let teacher = Entry::parse("t", "linear:2-3 | epochs=1").unwrap();
+    let teacher_copy = teacher.clone();
     assert!(check_grid(&[student.clone(), teacher.clone()]).is_err());
     check_grid(&[teacher.clone(), student]).unwrap();
     assert!(check_grid(&[teacher.clone(), teacher]).is_err());
+    let twin = Entry::parse("twin", "linear:2-3 | epochs=1").unwrap();
+    let err = format!("{:#}", check_grid(&[teacher_copy, twin]).unwrap_err());
+    assert!(err.contains("same spec"), "{err}");
+    // The scan of splits trains one seed on the first dataset; the ablations all seeds there.
+    let scans: Vec<_> = grid
+        .iter()
+        .filter(|e| e.family.starts_with("scan-"))
+        .collect();
+    assert!(scans.len() >= 10);
+    for e in scans {
+        assert!(first_dataset_only(&e.family) && seeds_of(&e.family, 3) == 1);
+    }
+    assert!(
+        first_dataset_only("ablate-one-tree-k5-64") && seeds_of("ablate-one-tree-k5-64", 3) == 3
+    );
+    assert!(!first_dataset_only(DEFAULT_FAMILY) && seeds_of(DEFAULT_FAMILY, 3) == 3);
 }
 
 /// Stops the run after `after` steps.
