@@ -4,7 +4,7 @@
 //! feedforward blocks and everything else (embedding, LayerNorms, attention, projections).
 
 use anyhow::{ensure, Result};
-use fff_bert::{Batch, BertConfig, CrammedBert, FfnMode, IntermedType};
+use fff_bert::{Batch, BertConfig, FfnMode, IntermedType, Model};
 use fff_util::timing::{human_seconds, median};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -85,7 +85,7 @@ pub struct BertRecord {
     pub max_abs_diff_vs_masked: Option<f32>,
 }
 
-fn model(opts: &BertBenchOptions, variant: BertVariant) -> Result<CrammedBert> {
+fn model(opts: &BertBenchOptions, variant: BertVariant) -> Result<Model> {
     let intermed = match variant {
         BertVariant::Dense => IntermedType::Dense {
             width: opts.dense_width,
@@ -99,7 +99,7 @@ fn model(opts: &BertBenchOptions, variant: BertVariant) -> Result<CrammedBert> {
     let mut config = BertConfig::base(intermed, opts.vocab);
     config.layers = opts.layers;
     config.max_seq_length = config.max_seq_length.max(opts.seq);
-    let mut m = CrammedBert::random(config, opts.seed)?;
+    let mut m = Model::random(config, opts.seed)?;
     if variant == BertVariant::FffMasked {
         m.set_ffn_mode(FfnMode::Masked);
     }
@@ -125,7 +125,7 @@ fn random_batch(batch: usize, seq: usize, vocab: usize, seed: u64) -> Batch {
 }
 
 /// Times one encode, returning (total, time inside the FFN blocks).
-fn timed_encode(m: &CrammedBert, batch: &Batch) -> Result<(f64, f64)> {
+fn timed_encode(m: &Model, batch: &Batch) -> Result<(f64, f64)> {
     let start = Instant::now();
     let mut ffn = 0f64;
     let mut ffn_start = None;

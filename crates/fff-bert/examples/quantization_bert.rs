@@ -1,4 +1,4 @@
-//! What bf16 and int8 FFF weights (`CrammedBert::set_weight_format`) cost in accuracy against
+//! What bf16 and int8 FFF weights (`Model::set_weight_format`) cost in accuracy against
 //! f32, on the test fixtures and on a random full-size UltraFastBERT-1x11: the relative and
 //! largest error of the final hidden states, MLM top-1 agreement (also with each position's
 //! own input id left out of the ranking: with random weights the tied decoder ranks the input
@@ -15,9 +15,7 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use fastfeedforward::{InferOptions, Workspace};
 use fff_bert::tokenizer::Encoding;
-use fff_bert::{
-    BertConfig, BertTokenizer, CrammedBert, IntermedType, Packed, Pipeline, WeightFormat,
-};
+use fff_bert::{BertConfig, BertTokenizer, IntermedType, Model, Packed, Pipeline, WeightFormat};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -32,7 +30,7 @@ struct Run {
     ffn_inputs: Vec<Vec<f32>>,
 }
 
-fn encode(model: &CrammedBert, packed: &Packed) -> Result<Run> {
+fn encode(model: &Model, packed: &Packed) -> Result<Run> {
     let mut ffn_inputs = Vec::new();
     let enc = model.encode_packed_with(packed, |name, x| {
         if name.starts_with("ffn_input") {
@@ -48,7 +46,7 @@ fn encode(model: &CrammedBert, packed: &Packed) -> Result<Run> {
 
 /// The kernel's paths through layer `i` for `x` (`[rows, hidden]`), with the model's current
 /// weight format (`quantized` true) or its f32 weights.
-fn routes(model: &CrammedBert, i: usize, x: &[f32], quantized: bool) -> Result<Vec<u32>> {
+fn routes(model: &Model, i: usize, x: &[f32], quantized: bool) -> Result<Vec<u32>> {
     let f32_layer = model.fff_layer(i).context("an FFF layer")?;
     let rows = x.len() / f32_layer.config().input_width;
     let mut y = vec![0f32; rows * f32_layer.config().output_width];
@@ -62,7 +60,7 @@ fn routes(model: &CrammedBert, i: usize, x: &[f32], quantized: bool) -> Result<V
 /// Top-1 MLM token at each of `rows` of `hidden`, and the top-1 among the tokens other than
 /// the row's input id (`ids[row]`); None without an MLM head.
 fn mlm_top1(
-    model: &CrammedBert,
+    model: &Model,
     hidden: &[f32],
     rows: &[usize],
     ids: &[u32],
@@ -95,7 +93,7 @@ fn argmax_rows(rows: &[Vec<f32>]) -> Vec<u32> {
 }
 
 /// Top-1 class of each sequence, or None without a classification head.
-fn classes(model: &CrammedBert, hidden: &[f32], packed: &Packed) -> Result<Option<Vec<u32>>> {
+fn classes(model: &Model, hidden: &[f32], packed: &Packed) -> Result<Option<Vec<u32>>> {
     if !model.has_classification_head() {
         return Ok(None);
     }
@@ -128,7 +126,7 @@ fn paths_changed(a: &[Vec<u32>], b: &[Vec<u32>], path_len: usize) -> f64 {
 /// The rows of `model` on `packed` for every format; MLM agreement at `mlm_rows`.
 fn measure(
     name: &str,
-    model: &mut CrammedBert,
+    model: &mut Model,
     packed: &Packed,
     mlm_rows: &[usize],
     notes: &str,
@@ -242,10 +240,9 @@ fn main() -> Result<()> {
              packed{}",
             c.layers,
             c.hidden,
-            match c.intermed {
-                IntermedType::Fff { trees, depth } => format!("{trees}x{depth}"),
-                IntermedType::Dense { width, .. } => format!("dense {width}"),
-            },
+            p.model.fff_layer(0).map_or("dense".into(), |l| {
+                format!("{}x{}", l.config().trees, l.config().depth)
+            }),
             encs.len(),
             if p.model.has_mlm_head() {
                 "; MLM agreement at every token position (the texts' own <mask>s included)"
@@ -267,7 +264,7 @@ fn main() -> Result<()> {
         vocab,
     );
     let layers = config.layers;
-    let mut model = CrammedBert::random(config, 0)?;
+    let mut model = Model::random(config, 0)?;
     let mut s = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = || {
         s = s

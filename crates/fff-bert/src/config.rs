@@ -6,9 +6,9 @@
 //! instead of producing wrong numbers.
 
 use crate::error::{BertError, Result};
-use serde_json::{Map, Value};
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use crate::section::Section;
+use serde_json::Value;
+use std::path::Path;
 
 /// The feedforward block of each transformer layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,7 +173,7 @@ impl BertConfig {
         let mut a = Section::new(path, "arch", arch)?;
         let config = parse_arch(&mut a, path)?;
         a.finish()?;
-        let labels = parse_labels(root.get("id2label"), config.num_labels);
+        let labels = crate::section::parse_labels(path, root.get("id2label"), config.num_labels)?;
         Ok(BertConfig { labels, ..config })
     }
 
@@ -310,8 +310,14 @@ fn parse_arch(a: &mut Section<'_>, path: &Path) -> Result<BertConfig> {
 
     // embedding
     let mut e = a.section("embedding")?;
-    e.skip(&["dropout_prob", "pad_token_id", "stable_low_precision"]);
+    e.skip(&["dropout_prob", "stable_low_precision"]);
     let vocab_size = e.usize("vocab_size")?;
+    if let Some(pad) = e.opt_usize("pad_token_id")?.filter(|&p| p >= vocab_size) {
+        return Err(e.error(
+            "pad_token_id",
+            format!("= {pad} is outside the vocabulary of vocab_size = {vocab_size} tokens"),
+        ));
+    }
     let max_seq_length = e.usize("max_seq_length")?;
     let pos_name = e
         .opt_str("pos_embedding")?
@@ -474,7 +480,7 @@ fn parse_arch(a: &mut Section<'_>, path: &Path) -> Result<BertConfig> {
 pub const MAX_ELEMENTS: usize = 1 << 31;
 
 /// Checks each `(key, value, row width)`: `value · row width` must stay within [`MAX_ELEMENTS`].
-fn check_sizes(path: &Path, sizes: &[(&str, usize, usize)]) -> Result<()> {
+pub(crate) fn check_sizes(path: &Path, sizes: &[(&str, usize, usize)]) -> Result<()> {
     for &(key, value, width) in sizes {
         if value
             .checked_mul(width.max(1))
@@ -491,162 +497,4 @@ fn check_sizes(path: &Path, sizes: &[(&str, usize, usize)]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn parse_labels(id2label: Option<&Value>, num_labels: Option<usize>) -> Vec<String> {
-    let n = num_labels.unwrap_or(0);
-    let map = id2label.and_then(Value::as_object);
-    (0..n)
-        .map(|i| {
-            map.and_then(|m| m.get(&i.to_string()))
-                .and_then(Value::as_str)
-                .map_or_else(|| format!("LABEL_{i}"), str::to_string)
-        })
-        .collect()
-}
-
-/// One JSON object of the config, with the keys read so far, so that leftovers are reported.
-struct Section<'a> {
-    path: PathBuf,
-    prefix: String,
-    map: &'a Map<String, Value>,
-    seen: BTreeSet<String>,
-}
-
-impl<'a> Section<'a> {
-    fn new(path: &Path, prefix: &str, value: &'a Value) -> Result<Self> {
-        let map = value.as_object().ok_or_else(|| BertError::Config {
-            path: path.to_path_buf(),
-            key: prefix.to_string(),
-            message: format!("must be an object, found {value}"),
-        })?;
-        Ok(Section {
-            path: path.to_path_buf(),
-            prefix: prefix.to_string(),
-            map,
-            seen: BTreeSet::new(),
-        })
-    }
-
-    fn key(&self, key: &str) -> String {
-        format!("{}.{key}", self.prefix)
-    }
-
-    fn error(&self, key: &str, message: String) -> BertError {
-        BertError::Config {
-            path: self.path.clone(),
-            key: self.key(key),
-            message,
-        }
-    }
-
-    fn unsupported(&self, key: &str, found: &str, expected: &str) -> BertError {
-        self.error(
-            key,
-            format!("= {found} is not supported (expected {expected})"),
-        )
-    }
-
-    fn missing(&self, key: &str) -> BertError {
-        self.error(key, "is missing".into())
-    }
-
-    fn skip(&mut self, keys: &[&str]) {
-        self.seen.extend(keys.iter().map(|k| k.to_string()));
-    }
-
-    fn has(&self, key: &str) -> bool {
-        self.map.get(key).is_some_and(|v| !v.is_null())
-    }
-
-    /// The value of `key`; JSON null counts as absent (OmegaConf writes unset keys as null).
-    fn get(&mut self, key: &str) -> Option<&'a Value> {
-        self.seen.insert(key.to_string());
-        self.map.get(key).filter(|v| !v.is_null())
-    }
-
-    fn section(&mut self, key: &str) -> Result<Section<'a>> {
-        let path = self.path.clone();
-        let prefix = self.key(key);
-        match self.get(key) {
-            Some(v) => Section::new(&path, &prefix, v),
-            None => Err(self.missing(key)),
-        }
-    }
-
-    fn opt_usize(&mut self, key: &str) -> Result<Option<usize>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .and_then(|n| usize::try_from(n).ok())
-                .map(Some)
-                .ok_or_else(|| self.error(key, format!("= {v} must be a non-negative integer"))),
-        }
-    }
-
-    fn usize(&mut self, key: &str) -> Result<usize> {
-        self.opt_usize(key)?.ok_or_else(|| self.missing(key))
-    }
-
-    fn opt_f64(&mut self, key: &str) -> Result<Option<f64>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| self.error(key, format!("= {v} must be a number"))),
-        }
-    }
-
-    fn opt_bool(&mut self, key: &str) -> Result<Option<bool>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| self.error(key, format!("= {v} must be true or false"))),
-        }
-    }
-
-    fn opt_str(&mut self, key: &str) -> Result<Option<String>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(|s| Some(s.to_string()))
-                .ok_or_else(|| self.error(key, format!("= {v} must be a string"))),
-        }
-    }
-
-    fn expect_str(&mut self, key: &str, allowed: &[&str], default: Option<&str>) -> Result<()> {
-        let value = self.opt_str(key)?.or(default.map(str::to_string));
-        match value {
-            Some(v) if allowed.contains(&v.as_str()) => Ok(()),
-            Some(v) => Err(self.unsupported(key, &format!("{v:?}"), &format!("{allowed:?}"))),
-            None => Err(self.missing(key)),
-        }
-    }
-
-    /// `key` must be absent, null or false.
-    fn expect_false(&mut self, key: &str) -> Result<()> {
-        match self.get(key) {
-            None | Some(Value::Bool(false)) => Ok(()),
-            Some(v) => Err(self.unsupported(key, &v.to_string(), "false")),
-        }
-    }
-
-    /// Errors on the first key nobody read.
-    fn finish(self) -> Result<()> {
-        match self.map.keys().find(|k| !self.seen.contains(*k)) {
-            None => Ok(()),
-            Some(k) => Err(self.error(
-                k,
-                format!(
-                    "is an unknown setting (known here: {})",
-                    self.seen.iter().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            )),
-        }
-    }
 }

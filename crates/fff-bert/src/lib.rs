@@ -1,9 +1,11 @@
-//! UltraFastBERT (crammedBERT with Fast Feedforward layers) in Rust.
+//! BERT-family encoders in Rust: Hugging Face BERT checkpoints (sentence-transformers models
+//! included) and UltraFastBERT / crammedBERT, on one shared encoder.
 //!
-//! Loads the released checkpoint format (`config.json` with an `arch` object, `model.safetensors`
-//! or `pytorch_model.bin`, `tokenizer.json`) and runs it with real conditional execution: each
-//! FFF layer evaluates `K·(D+1)` neurons per token through `fastfeedforward`'s kernel, where the
-//! original PyTorch code computes all `K·M` and masks.
+//! Loads a model folder (`config.json`, `model.safetensors` or `pytorch_model.bin`,
+//! `tokenizer.json`, and the sentence-transformers files where present) and runs it exactly as
+//! transformers does. FFF layers run with real conditional execution: each evaluates
+//! `K·(D+1)` neurons per token through `fastfeedforward`'s kernel, where the original PyTorch
+//! code computes all `K·M` and masks.
 //!
 //! ```no_run
 //! let pipeline = fff_bert::Pipeline::load(std::path::Path::new("UltraFastBERT-1x11-long"))?;
@@ -16,20 +18,32 @@
 
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod config;
+mod crammed;
 pub mod error;
+pub mod hf_bert;
 pub mod hub;
 pub mod model;
 pub mod ops;
 pub mod pipeline;
+pub mod pooling;
+mod section;
+pub mod sentence_transformers;
 pub mod tokenizer;
 pub mod weights;
 
+pub use batch::{Batch, Packed};
 pub use config::{BertConfig, IntermedType};
 pub use error::{BertError, Result};
 pub use fastfeedforward::WeightFormat;
+pub use hf_bert::HfBertConfig;
 pub use hub::resolve_model;
-pub use model::{Batch, CrammedBert, Encoded, FfnMode, Packed, PackedEncoded};
-pub use pipeline::{Pipeline, Pooling};
+pub use model::{
+    Encoded, EncoderConfig, Family, FfnMode, Model, ModelConfig, NormPlacement, PackedEncoded,
+};
+pub use pipeline::Pipeline;
+pub use pooling::{Pooling, PoolingConfig};
+pub use sentence_transformers::EmbeddingSpec;
 pub use tokenizer::BertTokenizer;
 pub use weights::Weights;

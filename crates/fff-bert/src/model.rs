@@ -1,21 +1,24 @@
-//! crammedBERT with FFF feedforward blocks (UltraFastBERT), for inference.
+//! The transformer encoder every model family shares, for inference: embeddings (words,
+//! positions, optional token types, optional LayerNorm), blocks of self-attention and a
+//! feedforward block with their LayerNorms before (crammedBERT) or after (BERT) each residual
+//! branch, an optional final LayerNorm, and the MLM and classification heads. The feedforward
+//! block is a dense FF, or an FFF run by this project's conditional kernel (or, for comparison,
+//! by the dense masked reference that UltraFastBERT's code uses).
 //!
-//! The layout follows the original PyTorch code (cramming's `crammed_bert.py` as modified by
-//! UltraFastBERT): pre-LN blocks `h += Attn(LN1(h)); h += FFN(LN2(h))`, attention without
-//! biases whose `query_key_value` rows are interleaved per head, scaled-sinusoidal positions,
-//! a final LayerNorm, and a tied MLM decoder. The FFN is either a dense FF, or an FFF run by
-//! this project's conditional kernel (or, for comparison, by the dense masked reference that
-//! the original code uses).
+//! What differs between families is data decided when a checkpoint loads (the `crammed` and
+//! `hf_bert` loaders fill these structs); the forward pass here never asks which family it runs.
 
-use crate::config::{BertConfig, ClassificationHead, IntermedType, Nonlin, Pooler, PosEmbedding};
+use crate::batch::{segments, Batch, Packed};
+use crate::config::{BertConfig, ClassificationHead, Nonlin, Pooler};
 use crate::error::{BertError, Result};
+use crate::hf_bert::HfBertConfig;
 use crate::ops::{self, Dense, LayerNorm, SegmentAttention};
+use crate::pooling::{pool_rows, Pooling};
 use crate::weights::Weights;
 use candle_core::{Device, Tensor};
 use fastfeedforward::tree::forest_visits;
-use fastfeedforward::{Fff, FffConfig, InferOptions, QuantizedFff, WeightFormat, Workspace};
+use fastfeedforward::{Fff, InferOptions, QuantizedFff, WeightFormat, Workspace};
 use rayon::prelude::*;
-use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
@@ -33,103 +36,118 @@ pub enum FfnMode {
     Masked,
 }
 
-/// A batch of token ids with its attention mask, both `[batch, seq]` row-major.
+/// The model families the encoder runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// crammedBERT / UltraFastBERT (`config.json` with an `arch` object).
+    Crammed,
+    /// Hugging Face BERT (`model_type: "bert"`), sentence-transformers models included.
+    Bert,
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::Crammed => "crammedBERT",
+            Family::Bert => "BERT",
+        })
+    }
+}
+
+/// A checkpoint's `config.json`, by family.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Batch {
-    /// Token ids, padded.
-    pub ids: Vec<u32>,
-    /// 1 for real tokens, 0 for padding.
-    pub mask: Vec<u8>,
-    /// Number of sequences.
-    pub batch: usize,
-    /// Padded length.
-    pub seq: usize,
+pub enum ModelConfig {
+    /// crammedBERT / UltraFastBERT.
+    Crammed(BertConfig),
+    /// Hugging Face BERT.
+    Bert(HfBertConfig),
 }
 
-impl Batch {
-    /// Pads `sequences` with `pad_id` to the longest one.
-    pub fn pad(sequences: &[Vec<u32>], pad_id: u32) -> Batch {
-        let seq = sequences.iter().map(Vec::len).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(sequences.len() * seq);
-        let mut mask = Vec::with_capacity(sequences.len() * seq);
-        for s in sequences {
-            ids.extend_from_slice(s);
-            ids.resize(ids.len() + seq - s.len(), pad_id);
-            mask.extend(std::iter::repeat_n(1u8, s.len()));
-            mask.resize(mask.len() + seq - s.len(), 0);
+impl ModelConfig {
+    /// Parses the text of `config.json` (`path` names it in errors), deciding the family once:
+    /// an `arch` object or `model_type: "crammedBERT"` is crammedBERT's, `model_type: "bert"`
+    /// Hugging Face BERT's.
+    pub fn from_json(text: &str, path: &Path) -> Result<ModelConfig> {
+        let root: serde_json::Value = serde_json::from_str(text).map_err(|e| BertError::Io {
+            path: path.to_path_buf(),
+            message: format!("not valid JSON: {e}"),
+        })?;
+        let model_type = root.get("model_type").and_then(|v| v.as_str());
+        if root.get("arch").is_some() || model_type == Some("crammedBERT") {
+            return Ok(ModelConfig::Crammed(BertConfig::from_json(text, path)?));
         }
-        Batch {
-            ids,
-            mask,
-            batch: sequences.len(),
-            seq,
+        match model_type {
+            Some("bert") => Ok(ModelConfig::Bert(HfBertConfig::from_value(&root, path)?)),
+            found => Err(BertError::Config {
+                path: path.to_path_buf(),
+                key: "model_type".into(),
+                message: match found {
+                    Some(other) => format!(
+                        "= {other:?} is not supported (expected \"bert\", or a crammedBERT \
+                         config with an `arch` object)"
+                    ),
+                    None => "is missing, and there is no crammedBERT `arch` object: expected a \
+                             BERT or crammedBERT / UltraFastBERT config"
+                        .into(),
+                },
+            }),
         }
     }
 
-    /// Number of real (unpadded) tokens of sequence `b`.
-    pub fn length(&self, b: usize) -> usize {
-        self.mask[b * self.seq..(b + 1) * self.seq]
-            .iter()
-            .filter(|&&m| m != 0)
-            .count()
+    /// Reads `config.json`.
+    pub fn from_file(path: &Path) -> Result<ModelConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| BertError::Io {
+            path: path.to_path_buf(),
+            message: format!("cannot read the model config: {e}"),
+        })?;
+        Self::from_json(&text, path)
     }
 }
 
-/// Token sequences laid end to end without padding: sequence `b` is
-/// `ids[offsets[b]..offsets[b + 1]]`. Each row attends to its own sequence only, so nothing is
-/// spent on padding and a sequence's result does not depend on what it is batched with.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Packed {
-    /// Token ids of every sequence, one after the other.
-    pub ids: Vec<u32>,
-    /// `batch + 1` row offsets, from 0 to `ids.len()`.
-    pub offsets: Vec<usize>,
+/// Where each block's LayerNorms sit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormPlacement {
+    /// `h += f(LN(h))` for each branch (crammedBERT).
+    Pre,
+    /// `h = LN(h + f(h))` for each branch (BERT).
+    Post,
 }
 
-impl Packed {
-    /// Lays `sequences` end to end.
-    pub fn new<S: AsRef<[u32]>>(sequences: &[S]) -> Packed {
-        let mut ids = Vec::with_capacity(sequences.iter().map(|s| s.as_ref().len()).sum());
-        let mut offsets = Vec::with_capacity(sequences.len() + 1);
-        offsets.push(0);
-        for s in sequences {
-            ids.extend_from_slice(s.as_ref());
-            offsets.push(ids.len());
-        }
-        Packed { ids, offsets }
-    }
-
-    /// Number of sequences.
-    pub fn len(&self) -> usize {
-        self.offsets.len().saturating_sub(1)
-    }
-
-    /// Whether there are no sequences.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The rows of sequence `b`.
-    pub fn rows(&self, b: usize) -> Range<usize> {
-        self.offsets[b]..self.offsets[b + 1]
-    }
-}
-
-/// The row ranges of consecutive `offsets` (`batch + 1` of them): one per sequence.
-pub(crate) fn segments(offsets: &[usize]) -> impl Iterator<Item = Range<usize>> + '_ {
-    offsets.windows(2).map(|w| w[0]..w[1])
+/// The encoder's shape and settings, whichever family it came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EncoderConfig {
+    /// The family the checkpoint belongs to.
+    pub family: Family,
+    /// Number of transformer blocks.
+    pub layers: usize,
+    /// Hidden width.
+    pub hidden: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Longest sequence the positional table covers.
+    pub max_seq_length: usize,
+    /// Number of token types (0: the model has no token type embedding).
+    pub type_vocab_size: usize,
+    /// Where the LayerNorms sit.
+    pub placement: NormPlacement,
+    /// Label names by index, for a classification checkpoint.
+    pub labels: Vec<String>,
 }
 
 /// Where each sequence's rows lie in one encoder call, and which of its keys are real.
-struct Layout<'a> {
+pub(crate) struct Layout<'a> {
     ids: &'a [u32],
+    type_ids: Option<&'a [u32]>,
     /// Row ranges, one per sequence, tiling `0..ids.len()`.
     segments: Vec<Range<usize>>,
     /// One byte per row for padded batches (0 = padding); `None` when every row is a token.
     mask: Option<&'a [u8]>,
 }
 
-fn layer_norm(w: &Weights, prefix: &str, hidden: usize, eps: f64) -> Result<LayerNorm> {
+/// LayerNorm `{prefix}.weight` / `{prefix}.bias` of width `hidden`.
+pub(crate) fn layer_norm(w: &Weights, prefix: &str, hidden: usize, eps: f64) -> Result<LayerNorm> {
     LayerNorm::from_tensors(
         &w.get(&format!("{prefix}.weight"), &[hidden])?,
         &w.get(&format!("{prefix}.bias"), &[hidden])?,
@@ -137,7 +155,14 @@ fn layer_norm(w: &Weights, prefix: &str, hidden: usize, eps: f64) -> Result<Laye
     )
 }
 
-fn linear(w: &Weights, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Dense> {
+/// Linear layer `{prefix}.weight` (`[out, inp]`) with `{prefix}.bias` where `bias`.
+pub(crate) fn linear(
+    w: &Weights,
+    prefix: &str,
+    out: usize,
+    inp: usize,
+    bias: bool,
+) -> Result<Dense> {
     let weight = w.get(&format!("{prefix}.weight"), &[out, inp])?;
     let bias = if bias {
         Some(w.get(&format!("{prefix}.bias"), &[out])?)
@@ -145,6 +170,11 @@ fn linear(w: &Weights, prefix: &str, out: usize, inp: usize, bias: bool) -> Resu
         None
     };
     Dense::from_tensors(&weight, bias.as_ref())
+}
+
+/// `[rows, hidden]` row-major table from a `[rows, hidden]` tensor.
+pub(crate) fn table(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
 }
 
 /// The sinusoid table of the original: sin on even features, cos on odd ones, computed in f32
@@ -164,72 +194,40 @@ pub fn sinusoid_table(positions: usize, hidden: usize) -> Vec<f32> {
     table
 }
 
-struct Embedding {
+/// Word, position and token type embeddings, summed, then optionally normalised.
+pub(crate) struct Embedding {
     /// `[vocab, hidden]` row-major.
-    word: Vec<f32>,
-    hidden: usize,
+    pub(crate) word: Vec<f32>,
+    pub(crate) hidden: usize,
     /// Positional rows `[max_seq_length, hidden]`, already scaled; `None` without positions.
-    positions: Option<Vec<f32>>,
-    norm: Option<LayerNorm>,
+    pub(crate) positions: Option<Vec<f32>>,
+    /// Token type rows `[type_vocab_size, hidden]`; `None` when the model has none.
+    pub(crate) token_types: Option<Vec<f32>>,
+    pub(crate) norm: Option<LayerNorm>,
 }
 
 impl Embedding {
-    /// Loads the embedding; also returns the word matrix as a tensor for the tied decoder.
-    fn load(w: &Weights, c: &BertConfig) -> Result<(Self, Tensor)> {
-        let p = "encoder.embedding";
-        let word_name = format!("{p}.word_embedding.weight");
-        // MLM checkpoints may store the tied matrix only as `decoder.weight`.
-        let word = match w.get_opt(&word_name, &[c.vocab_size, c.hidden])? {
-            Some(t) => t,
-            None if w.contains("decoder.weight") => {
-                w.get("decoder.weight", &[c.vocab_size, c.hidden])?
-            }
-            None => w.get(&word_name, &[c.vocab_size, c.hidden])?,
-        };
-        let (n, h) = (c.max_seq_length, c.hidden);
-        let positions = match c.pos_embedding {
-            PosEmbedding::ScaledSinusoidal => {
-                let name = format!("{p}.pos_embedding.scale_factor");
-                let scale = w.scalar(&name, 1.0 / (h as f64).sqrt())? as f32;
-                let mut table = sinusoid_table(n, h);
-                table.iter_mut().for_each(|v| *v *= scale);
-                Some(table)
-            }
-            PosEmbedding::Sinusoidal => Some(sinusoid_table(n, h)),
-            PosEmbedding::Learned => Some(
-                w.get(&format!("{p}.pos_embedding.embedding.weight"), &[n, h])?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?,
-            ),
-            PosEmbedding::None => None,
-        };
-        let norm = if c.embedding_norm {
-            Some(layer_norm(w, &format!("{p}.norm"), h, c.norm_eps)?)
-        } else {
-            None
-        };
-        let emb = Embedding {
-            word: word.flatten_all()?.to_vec1::<f32>()?,
-            hidden: h,
-            positions,
-            norm,
-        };
-        Ok((emb, word))
-    }
-
     /// `[rows, hidden]` embeddings of the layout's ids, positions counted within each segment.
+    /// Summed as BERT sums them: word + token type, then + position.
     fn forward(&self, layout: &Layout) -> Vec<f32> {
         let h = self.hidden;
         let mut x = vec![0f32; layout.ids.len() * h];
+        let add = |row: &mut [f32], table: &[f32], i: usize| {
+            row.iter_mut()
+                .zip(&table[i * h..(i + 1) * h])
+                .for_each(|(v, p)| *v += p);
+        };
         for segment in &layout.segments {
             let rows = &mut x[segment.start * h..segment.end * h];
             let ids = &layout.ids[segment.clone()];
             for (t, (row, &id)) in rows.chunks_mut(h).zip(ids).enumerate() {
                 row.copy_from_slice(&self.word[id as usize * h..][..h]);
+                if let Some(types) = &self.token_types {
+                    let kind = layout.type_ids.map_or(0, |k| k[segment.start + t]);
+                    add(row, types, kind as usize);
+                }
                 if let Some(pos) = &self.positions {
-                    row.iter_mut()
-                        .zip(&pos[t * h..(t + 1) * h])
-                        .for_each(|(v, p)| *v += p);
+                    add(row, pos, t);
                 }
             }
         }
@@ -240,37 +238,16 @@ impl Embedding {
     }
 }
 
-struct Attention {
-    qkv: Dense,
-    dense: Dense,
-    core: SegmentAttention,
+/// Self-attention with its output projection.
+pub(crate) struct Attention {
+    /// The fused projection, each head's `[q | k | v]` rows side by side (see
+    /// [`SegmentAttention`]).
+    pub(crate) qkv: Dense,
+    pub(crate) dense: Dense,
+    pub(crate) core: SegmentAttention,
 }
 
 impl Attention {
-    fn load(w: &Weights, prefix: &str, c: &BertConfig) -> Result<Self> {
-        let h = c.hidden;
-        let sa = format!("{prefix}.self_attention");
-        Ok(Attention {
-            qkv: linear(w, &format!("{sa}.query_key_value"), 3 * h, h, c.qkv_bias)?,
-            dense: linear(w, &format!("{prefix}.dense"), h, h, c.use_bias)?,
-            core: SegmentAttention {
-                heads: c.heads,
-                head_dim: c.head_dim(),
-                // A buffer, so checkpoints saved without buffers lack it; it is always
-                // 1/√head_dim.
-                norm_factor: {
-                    let name = format!("{sa}.norm_factor");
-                    let default = 1.0 / (c.head_dim() as f64).sqrt();
-                    if w.contains(&name) {
-                        w.scalar(&name, default)? as f32
-                    } else {
-                        default as f32
-                    }
-                },
-            },
-        })
-    }
-
     /// `x` and `out` are `[rows, hidden]`; writes the projected context into `out`.
     fn forward(&self, x: &[f32], layout: &Layout, scratch: &mut Scratch, out: &mut [f32]) {
         let n = layout.ids.len();
@@ -283,19 +260,19 @@ impl Attention {
     }
 }
 
-struct FffBlock {
-    layer: Fff,
+pub(crate) struct FffBlock {
+    pub(crate) layer: Fff,
     /// The layer in a narrower weight format for `FfnMode::Kernel`, set by
-    /// [`CrammedBert::set_weight_format`]; `None` runs `layer` (f32).
-    quantized: Option<QuantizedFff>,
-    workspace: Mutex<Workspace>,
+    /// [`Model::set_weight_format`]; `None` runs `layer` (f32).
+    pub(crate) quantized: Option<QuantizedFff>,
+    pub(crate) workspace: Mutex<Workspace>,
     /// Dense copies of the weights for `FfnMode::Masked`, made on first use.
-    masked: OnceLock<MaskedFff>,
+    pub(crate) masked: OnceLock<MaskedFff>,
 }
 
 /// The original code's FFF: all `K·M` neurons through two dense projections (faer, like the
 /// dense FF), the activation on all of them, then everything off the hard path masked to 0.
-struct MaskedFff {
+pub(crate) struct MaskedFff {
     linear_in: Dense,
     linear_out: Dense,
 }
@@ -327,55 +304,29 @@ impl MaskedFff {
     }
 }
 
-enum Ffn {
+/// A block's feedforward part.
+pub(crate) enum Ffn {
+    /// An FFF layer.
     Fff(Box<FffBlock>),
+    /// A dense FF: `dense_out(act(dense_in(x)))`; with `glu`, the first half of `dense_in`'s
+    /// output is the value and `act` of the second half its gate.
     Dense {
         dense_in: Dense,
         dense_out: Dense,
+        act: Nonlin,
         glu: bool,
     },
 }
 
 impl Ffn {
-    fn load(w: &Weights, prefix: &str, c: &BertConfig) -> Result<Self> {
-        let h = c.hidden;
-        Ok(match c.intermed {
-            IntermedType::Fff { trees, depth } => {
-                let config =
-                    FffConfig::new(h, h, depth, trees).with_activation(c.nonlin.as_activation());
-                config.validate()?;
-                let rows = config.total_nodes();
-                let names = [
-                    (fastfeedforward::W_IN, vec![rows, h]),
-                    (fastfeedforward::B_IN, vec![rows]),
-                    (fastfeedforward::W_OUT, vec![h, rows]),
-                ];
-                let mut tensors = HashMap::new();
-                for (name, shape) in names {
-                    let full = format!("{prefix}.{name}");
-                    let t = w.get(&full, &shape)?;
-                    tensors.insert(full, t);
-                }
-                let layer = Fff::from_tensors(config, &tensors, &format!("{prefix}."), w.path())?;
-                Ffn::Fff(Box::new(FffBlock {
-                    layer,
-                    quantized: None,
-                    workspace: Mutex::new(Workspace::new()),
-                    masked: OnceLock::new(),
-                }))
-            }
-            IntermedType::Dense { width, glu } => Ffn::Dense {
-                dense_in: linear(w, &format!("{prefix}.dense_in"), width, h, c.use_bias)?,
-                dense_out: linear(
-                    w,
-                    &format!("{prefix}.dense_out"),
-                    h,
-                    if glu { width / 2 } else { width },
-                    c.use_bias,
-                )?,
-                glu,
-            },
-        })
+    /// An FFF block around `layer`.
+    pub(crate) fn fff(layer: Fff) -> Ffn {
+        Ffn::Fff(Box::new(FffBlock {
+            layer,
+            quantized: None,
+            workspace: Mutex::new(Workspace::new()),
+            masked: OnceLock::new(),
+        }))
     }
 
     /// `x` and `out` are `[n, hidden]`; `mid` holds the hidden activations of dense forms.
@@ -383,7 +334,6 @@ impl Ffn {
         &self,
         x: &[f32],
         n: usize,
-        nonlin: Nonlin,
         mode: FfnMode,
         mid: &mut Buffer,
         out: &mut [f32],
@@ -391,7 +341,6 @@ impl Ffn {
         match self {
             Ffn::Fff(block) => {
                 let layer = &block.layer;
-                let cin = layer.config().input_width;
                 match mode {
                     FfnMode::Masked => {
                         if block.masked.get().is_none() {
@@ -399,7 +348,6 @@ impl Ffn {
                             let _ = block.masked.set(MaskedFff::new(layer)?);
                         }
                         let masked = block.masked.get().expect("set above");
-                        debug_assert_eq!(cin, x.len() / n.max(1));
                         masked.forward(layer, x, n, mid, out);
                         Ok(())
                     }
@@ -419,15 +367,15 @@ impl Ffn {
             Ffn::Dense {
                 dense_in,
                 dense_out,
+                act,
                 glu,
             } => {
                 let z = mid.sized(n * dense_in.out);
                 dense_in.forward(x, n, z);
                 if *glu {
-                    // The original's GLU: the first half is the value, the second the gate.
                     let half = dense_in.out / 2;
                     let mut a = vec![0f32; n * half];
-                    let act = nonlin.as_activation();
+                    let act = act.as_activation();
                     a.par_chunks_mut(half)
                         .zip(z.par_chunks(2 * half))
                         .for_each(|(a, z)| {
@@ -438,7 +386,7 @@ impl Ffn {
                         });
                     dense_out.forward(&a, n, out);
                 } else {
-                    ops::activate(z, nonlin);
+                    ops::activate(z, *act);
                     dense_out.forward(z, n, out);
                 }
                 Ok(())
@@ -472,22 +420,28 @@ struct Scratch {
     mid: Buffer,
 }
 
-struct Block {
-    norm1: LayerNorm,
-    attn: Attention,
-    norm2: LayerNorm,
-    ffn: Ffn,
+/// One transformer block: `norm1` belongs to the attention branch, `norm2` to the
+/// feedforward branch (before them in pre-LN, after them in post-LN).
+pub(crate) struct Block {
+    pub(crate) norm1: LayerNorm,
+    pub(crate) attn: Attention,
+    pub(crate) norm2: LayerNorm,
+    pub(crate) ffn: Ffn,
 }
 
-struct MlmHead {
-    transform: Option<(Dense, LayerNorm)>,
-    decoder: Dense,
+/// The masked-language-model head: an optional transform (dense, activation, LayerNorm), then
+/// the decoder onto the vocabulary.
+pub(crate) struct MlmHead {
+    pub(crate) transform: Option<(Dense, Nonlin, LayerNorm)>,
+    pub(crate) decoder: Dense,
 }
 
-struct ClsHead {
-    config: ClassificationHead,
-    pooler: Option<Dense>,
-    head: Dense,
+/// The sequence-classification head: pooling, an optional dense layer, the nonlinearity, and
+/// the classifier.
+pub(crate) struct ClsHead {
+    pub(crate) config: ClassificationHead,
+    pub(crate) pooler: Option<Dense>,
+    pub(crate) head: Dense,
 }
 
 /// Hidden states after the encoder, `[batch·seq, hidden]`, with the batch they came from.
@@ -509,103 +463,44 @@ pub struct PackedEncoded {
     pub offsets: Vec<usize>,
 }
 
-/// A crammedBERT / UltraFastBERT model ready for inference.
-pub struct CrammedBert {
-    config: BertConfig,
-    embedding: Embedding,
-    blocks: Vec<Block>,
-    final_norm: Option<LayerNorm>,
-    mlm: Option<MlmHead>,
-    cls: Option<ClsHead>,
-    ffn_mode: FfnMode,
-    weight_format: WeightFormat,
+/// A transformer encoder with its heads, ready for inference: crammedBERT / UltraFastBERT or
+/// Hugging Face BERT, as the checkpoint's `config.json` says.
+pub struct Model {
+    pub(crate) config: EncoderConfig,
+    pub(crate) embedding: Embedding,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) final_norm: Option<LayerNorm>,
+    pub(crate) mlm: Option<MlmHead>,
+    pub(crate) cls: Option<ClsHead>,
+    pub(crate) ffn_mode: FfnMode,
+    pub(crate) weight_format: WeightFormat,
 }
 
-impl CrammedBert {
-    /// Loads `config.json` and the weights from a model folder.
-    pub fn load(dir: &Path) -> Result<CrammedBert> {
-        let config = BertConfig::from_file(&dir.join("config.json"))?;
+impl Model {
+    /// Loads `config.json` and the weights from a model folder: a crammedBERT / UltraFastBERT
+    /// checkpoint (its config has an `arch` object) or a Hugging Face BERT one
+    /// (`model_type: "bert"`).
+    pub fn load(dir: &Path) -> Result<Model> {
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let weights = Weights::from_dir(dir)?;
-        CrammedBert::from_weights(config, &weights)
+        Model::from_weights(&config, &weights)
     }
 
-    /// Builds the model from `config` and `weights` (tensor names as saved by the original).
-    pub fn from_weights(config: BertConfig, w: &Weights) -> Result<CrammedBert> {
-        let c = &config;
-        let h = c.hidden;
-        let (embedding, word) = Embedding::load(w, c)?;
-        let blocks = (0..c.layers)
-            .map(|i| {
-                let p = format!("encoder.layers.{i}");
-                Ok(Block {
-                    norm1: layer_norm(w, &format!("{p}.norm1"), h, c.norm_eps)?,
-                    attn: Attention::load(w, &format!("{p}.attn"), c)?,
-                    norm2: layer_norm(w, &format!("{p}.norm2"), h, c.norm_eps)?,
-                    ffn: Ffn::load(w, &format!("{p}.ffn"), c)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let final_norm = if c.final_norm {
-            Some(layer_norm(w, "encoder.final_norm", h, c.norm_eps)?)
-        } else {
-            None
-        };
-        let cls = match (c.num_labels, &c.classification_head) {
-            (Some(labels), Some(head)) if labels > 0 => Some(ClsHead {
-                config: *head,
-                pooler: if head.include_ff_layer {
-                    Some(linear(w, "pooler.dense", head.head_dim, h, true)?)
-                } else {
-                    None
-                },
-                head: linear(w, "head", labels, head.head_dim, true)?,
-            }),
-            _ => None,
-        };
-        // A classification checkpoint has no decoder; an MLM one shares the word embedding.
-        let mlm = if cls.is_none() {
-            let transform = if c.head_transform {
-                Some((
-                    linear(w, "prediction_head.dense", h, h, c.use_bias)?,
-                    layer_norm(w, "prediction_head.norm", h, c.norm_eps)?,
-                ))
-            } else {
-                None
-            };
-            let weight = w
-                .get_opt("decoder.weight", &[c.vocab_size, h])?
-                .unwrap_or(word);
-            let bias = if c.decoder_bias {
-                Some(w.get("decoder.bias", &[c.vocab_size])?)
-            } else {
-                None
-            };
-            Some(MlmHead {
-                transform,
-                decoder: Dense::from_tensors(&weight, bias.as_ref())?,
-            })
-        } else {
-            None
-        };
-        Ok(CrammedBert {
-            config,
-            embedding,
-            blocks,
-            final_norm,
-            mlm,
-            cls,
-            ffn_mode: FfnMode::Kernel,
-            weight_format: WeightFormat::F32,
-        })
+    /// Builds the model from `config` and `weights` (tensor names as the family saves them).
+    pub fn from_weights(config: &ModelConfig, w: &Weights) -> Result<Model> {
+        match config {
+            ModelConfig::Crammed(c) => crate::crammed::load(c, w),
+            ModelConfig::Bert(c) => crate::hf_bert::load(c, w),
+        }
     }
 
-    /// A model of `config` with random weights (for benchmarks).
-    pub fn random(config: BertConfig, seed: u64) -> Result<CrammedBert> {
-        CrammedBert::from_weights(config, &Weights::random(seed))
+    /// A crammedBERT / UltraFastBERT model of `config` with random weights (for benchmarks).
+    pub fn random(config: BertConfig, seed: u64) -> Result<Model> {
+        crate::crammed::load(&config, &Weights::random(seed))
     }
 
-    /// The model's settings.
-    pub fn config(&self) -> &BertConfig {
+    /// The model's shape and settings.
+    pub fn config(&self) -> &EncoderConfig {
         &self.config
     }
 
@@ -685,19 +580,28 @@ impl CrammedBert {
 
     /// Runs the encoder and calls `tap(name, states)` with `[batch·seq, hidden]` row-major
     /// states after the embedding (`"embedding"`), on each FFN's input (`"ffn_input{i}"`) and
-    /// after each block (`"layer{i}"`), for tests, routing statistics and profiling.
+    /// output (`"ffn_output{i}"`) and after each block (`"layer{i}"`), for tests, routing
+    /// statistics, distillation and profiling.
     pub fn encode_with(
         &self,
         batch: &Batch,
         tap: impl FnMut(&str, &[f32]) -> Result<()>,
     ) -> Result<Encoded> {
-        if batch.ids.len() != batch.batch * batch.seq || batch.mask.len() != batch.ids.len() {
+        let types_ok = batch
+            .type_ids
+            .as_ref()
+            .is_none_or(|t| t.len() == batch.ids.len());
+        if batch.ids.len() != batch.batch * batch.seq
+            || batch.mask.len() != batch.ids.len()
+            || !types_ok
+        {
             return Err(BertError::Input(format!(
-                "batch of {}x{} has {} ids and {} mask entries",
+                "batch of {}x{} has {} ids, {} mask entries and {} type ids",
                 batch.batch,
                 batch.seq,
                 batch.ids.len(),
-                batch.mask.len()
+                batch.mask.len(),
+                batch.type_ids.as_ref().map_or(0, Vec::len)
             )));
         }
         if batch.seq == 0 && batch.batch > 0 {
@@ -705,9 +609,10 @@ impl CrammedBert {
                 "empty sequences: every input needs at least one token".into(),
             ));
         }
-        self.check_sequences(&batch.ids, batch.seq)?;
+        self.check_sequences(&batch.ids, batch.type_ids.as_deref(), batch.seq)?;
         let layout = Layout {
             ids: &batch.ids,
+            type_ids: batch.type_ids.as_deref(),
             segments: (0..batch.batch)
                 .map(|b| b * batch.seq..(b + 1) * batch.seq)
                 .collect(),
@@ -744,6 +649,17 @@ impl CrammedBert {
                 o.len()
             )));
         }
+        if let Some(t) = packed
+            .type_ids
+            .as_ref()
+            .filter(|t| t.len() != packed.ids.len())
+        {
+            return Err(BertError::Input(format!(
+                "packed batch: {} type ids for {} ids",
+                t.len(),
+                packed.ids.len()
+            )));
+        }
         let segments: Vec<Range<usize>> = segments(&packed.offsets).collect();
         if segments.iter().any(Range::is_empty) {
             return Err(BertError::Input(
@@ -751,9 +667,10 @@ impl CrammedBert {
             ));
         }
         let longest = segments.iter().map(Range::len).max().unwrap_or(0);
-        self.check_sequences(&packed.ids, longest)?;
+        self.check_sequences(&packed.ids, packed.type_ids.as_deref(), longest)?;
         let layout = Layout {
             ids: &packed.ids,
+            type_ids: packed.type_ids.as_deref(),
             segments,
             mask: None,
         };
@@ -763,8 +680,9 @@ impl CrammedBert {
         })
     }
 
-    /// Checks the longest sequence against `max_seq_length` and every id against the vocabulary.
-    fn check_sequences(&self, ids: &[u32], longest: usize) -> Result<()> {
+    /// Checks the longest sequence against `max_seq_length`, every id against the vocabulary
+    /// and every token type against the model's types.
+    fn check_sequences(&self, ids: &[u32], type_ids: Option<&[u32]>, longest: usize) -> Result<()> {
         let c = &self.config;
         if longest > c.max_seq_length {
             return Err(BertError::Input(format!(
@@ -778,6 +696,13 @@ impl CrammedBert {
                 c.vocab_size
             )));
         }
+        // A model without a token type embedding treats every token as type 0.
+        let types = c.type_vocab_size.max(1);
+        if let Some(&bad) = type_ids.and_then(|t| t.iter().find(|&&k| k as usize >= types)) {
+            return Err(BertError::Input(format!(
+                "token type {bad} is outside the model's {types} token types"
+            )));
+        }
         Ok(())
     }
 
@@ -787,8 +712,8 @@ impl CrammedBert {
         layout: &Layout,
         mut tap: impl FnMut(&str, &[f32]) -> Result<()>,
     ) -> Result<Tensor> {
-        let c = &self.config;
         let n = layout.ids.len();
+        let mode = self.ffn_mode;
         let mut h = self.embedding.forward(layout);
         if n > 0 {
             tap("embedding", &h)?;
@@ -797,20 +722,39 @@ impl CrammedBert {
             let mut scratch = Scratch::default();
             let mut x = vec![0f32; h.len()];
             let mut branch = vec![0f32; h.len()];
-            if let Some(first) = self.blocks.first() {
-                first.norm1.forward(&h, &mut x);
-            }
-            for (i, block) in self.blocks.iter().enumerate() {
-                block.attn.forward(&x, layout, &mut scratch, &mut branch);
-                block.norm2.add_forward(&mut h, &branch, &mut x);
-                tap(&format!("ffn_input{i}"), &x)?;
-                let mid = &mut scratch.mid;
-                (block.ffn).forward(&x, n, c.nonlin, self.ffn_mode, mid, &mut branch)?;
-                match self.blocks.get(i + 1) {
-                    Some(next) => next.norm1.add_forward(&mut h, &branch, &mut x),
-                    None => ops::add_assign(&mut h, &branch),
+            match self.config.placement {
+                NormPlacement::Pre => {
+                    if let Some(first) = self.blocks.first() {
+                        first.norm1.forward(&h, &mut x);
+                    }
+                    for (i, block) in self.blocks.iter().enumerate() {
+                        block.attn.forward(&x, layout, &mut scratch, &mut branch);
+                        block.norm2.add_forward(&mut h, &branch, &mut x);
+                        tap(&format!("ffn_input{i}"), &x)?;
+                        (block.ffn).forward(&x, n, mode, &mut scratch.mid, &mut branch)?;
+                        tap(&format!("ffn_output{i}"), &branch)?;
+                        match self.blocks.get(i + 1) {
+                            Some(next) => next.norm1.add_forward(&mut h, &branch, &mut x),
+                            None => ops::add_assign(&mut h, &branch),
+                        }
+                        tap(&format!("layer{i}"), &h)?;
+                    }
                 }
-                tap(&format!("layer{i}"), &h)?;
+                NormPlacement::Post => {
+                    for (i, block) in self.blocks.iter().enumerate() {
+                        // `add_forward` leaves h + branch in `h` and its norm in `x`; the norm
+                        // is the new residual stream.
+                        block.attn.forward(&h, layout, &mut scratch, &mut branch);
+                        block.norm1.add_forward(&mut h, &branch, &mut x);
+                        std::mem::swap(&mut h, &mut x);
+                        tap(&format!("ffn_input{i}"), &h)?;
+                        (block.ffn).forward(&h, n, mode, &mut scratch.mid, &mut branch)?;
+                        tap(&format!("ffn_output{i}"), &branch)?;
+                        block.norm2.add_forward(&mut h, &branch, &mut x);
+                        std::mem::swap(&mut h, &mut x);
+                        tap(&format!("layer{i}"), &h)?;
+                    }
+                }
             }
             if let Some(norm) = &self.final_norm {
                 norm.forward(&h, &mut x);
@@ -826,19 +770,20 @@ impl CrammedBert {
                  model's weights or config (norm_eps, LayerNorm weights) overflow float32"
             )));
         }
-        Ok(Tensor::from_vec(h, (n, c.hidden), &Device::Cpu)?)
+        Ok(Tensor::from_vec(h, (n, self.config.hidden), &Device::Cpu)?)
     }
 
     /// MLM logits `[rows, vocab]` of hidden-state rows `[rows, hidden]`.
     pub fn mlm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let head = self.mlm.as_ref().ok_or_else(|| {
-            BertError::Input("this checkpoint has no MLM head (it is a classifier)".into())
-        })?;
+        let head = self
+            .mlm
+            .as_ref()
+            .ok_or_else(|| BertError::Input("this checkpoint has no MLM head".into()))?;
         let (rows, _) = hidden.dims2()?;
         let mut x = hidden.flatten_all()?.to_vec1::<f32>()?;
-        if let Some((dense, norm)) = &head.transform {
+        if let Some((dense, act, norm)) = &head.transform {
             let mut t = dense.apply(&x, rows);
-            ops::activate(&mut t, self.config.nonlin);
+            ops::activate(&mut t, *act);
             x = norm.apply(&t);
         }
         let logits = head.decoder.apply(&x, rows);
@@ -848,7 +793,6 @@ impl CrammedBert {
             &Device::Cpu,
         )?)
     }
-
     /// Classification logits `[batch, num_labels]`. Like the original, `avg` and `max` pool
     /// over all positions of the padded batch, padding included.
     pub fn classify(&self, encoded: &Encoded) -> Result<Tensor> {
@@ -866,37 +810,23 @@ impl CrammedBert {
 
     /// The head on each sequence's rows of `hidden` (`[rows, hidden]`).
     fn classify_rows(&self, hidden: &Tensor, rows: &[Range<usize>]) -> Result<Tensor> {
-        let head = self.cls.as_ref().ok_or_else(|| {
-            BertError::Input(
-                "this checkpoint has no classification head (num_labels and \
-                 classification_head are not set in its config)"
-                    .into(),
-            )
-        })?;
+        let head = self
+            .cls
+            .as_ref()
+            .ok_or_else(|| BertError::Input("this checkpoint has no classification head".into()))?;
         let width = self.config.hidden;
         let states = hidden.flatten_all()?.to_vec1::<f32>()?;
         let b = rows.len();
-        let mut pooled = vec![0f32; b * width];
-        for (out, r) in pooled.chunks_mut(width).zip(rows) {
-            if r.is_empty() {
-                continue;
-            }
-            let row = |t: usize| &states[t * width..(t + 1) * width];
-            match head.config.pooler {
-                Pooler::ZeroIndex => out.copy_from_slice(row(r.start)),
-                Pooler::Avg => {
-                    for t in r.clone() {
-                        out.iter_mut().zip(row(t)).for_each(|(a, v)| *a += v);
-                    }
-                    let n = r.len() as f32;
-                    out.iter_mut().for_each(|a| *a /= n);
-                }
-                Pooler::Max => {
-                    out.copy_from_slice(row(r.start));
-                    for t in r.start + 1..r.end {
-                        out.iter_mut().zip(row(t)).for_each(|(a, v)| *a = a.max(*v));
-                    }
-                }
+        let mode = match head.config.pooler {
+            Pooler::ZeroIndex => Pooling::First,
+            Pooler::Avg => Pooling::Mean,
+            Pooler::Max => Pooling::Max,
+        };
+        let mut pooled = Vec::with_capacity(b * width);
+        for r in rows {
+            match r.is_empty() {
+                true => pooled.resize(pooled.len() + width, 0.0),
+                false => pooled.extend(pool_rows(&states, width, r.clone(), mode)),
             }
         }
         if let Some(dense) = &head.pooler {

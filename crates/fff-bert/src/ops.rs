@@ -42,6 +42,21 @@ impl Dense {
         })
     }
 
+    /// From a `[out, in]` row-major weight and an optional `[out]` bias.
+    pub fn new(weight: Vec<f32>, bias: Option<Vec<f32>>, out: usize, inp: usize) -> Dense {
+        assert_eq!(weight.len(), out * inp, "weight is [out, in]");
+        assert!(
+            bias.as_ref().is_none_or(|b| b.len() == out),
+            "bias is [out]"
+        );
+        Dense {
+            weight,
+            bias,
+            out,
+            inp,
+        }
+    }
+
     /// `y[n, out] = x[n, in]·Wᵀ + b`.
     pub fn forward(&self, x: &[f32], n: usize, y: &mut [f32]) {
         debug_assert_eq!(x.len(), n * self.inp);

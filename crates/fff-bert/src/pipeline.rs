@@ -2,41 +2,12 @@
 
 use crate::config::{BertConfig, IntermedType};
 use crate::error::{BertError, Result};
-use crate::model::{CrammedBert, PackedEncoded};
+use crate::model::{Family, Model, PackedEncoded};
+use crate::pooling::{Pooling, PoolingConfig};
+use crate::sentence_transformers::EmbeddingSpec;
 use crate::tokenizer::{BertTokenizer, Encoding};
 use candle_core::{Tensor, D};
-use std::ops::Range;
 use std::path::Path;
-
-/// How token states become one vector per text.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
-pub enum Pooling {
-    /// Mean over the text's tokens (padding excluded).
-    #[default]
-    Mean,
-    /// The first token's state.
-    #[cfg_attr(feature = "clap", value(alias = "cls"))]
-    First,
-    /// Elementwise max over the text's tokens (padding excluded).
-    Max,
-}
-
-impl std::str::FromStr for Pooling {
-    type Err = String;
-
-    /// Parses `mean`, `first` (or `cls`) or `max`.
-    fn from_str(name: &str) -> std::result::Result<Self, String> {
-        match name {
-            "mean" => Ok(Pooling::Mean),
-            "first" | "cls" => Ok(Pooling::First),
-            "max" => Ok(Pooling::Max),
-            other => Err(format!(
-                "unknown pooling `{other}`; expected mean, first or max"
-            )),
-        }
-    }
-}
 
 /// The top predictions for one `<mask>`.
 #[derive(Clone, Debug, PartialEq)]
@@ -56,31 +27,62 @@ pub struct Output<T> {
     pub truncated: usize,
 }
 
-/// A loaded model with its tokenizer.
+/// A loaded model with its tokenizer and its sentence-embedding settings.
 pub struct Pipeline {
     /// The model.
-    pub model: CrammedBert,
+    pub model: Model,
     /// Its tokenizer.
     pub tokenizer: BertTokenizer,
+    /// How it pools and normalises sentence embeddings, and the longest input it takes.
+    pub embedding: EmbeddingSpec,
 }
 
 impl Pipeline {
-    /// Loads `config.json`, the weights and `tokenizer.json` from `dir`.
+    /// Loads `config.json`, the weights and `tokenizer.json` from `dir`, with the
+    /// sentence-transformers files where the folder has them (`modules.json`, the pooling
+    /// config, `sentence_bert_config.json`).
     pub fn load(dir: &Path) -> Result<Pipeline> {
-        let model = CrammedBert::load(dir)?;
-        let path = dir.join("tokenizer.json");
-        let tokenizer = BertTokenizer::from_file(&path, model.config().max_seq_length)?;
-        if tokenizer.vocab_size() > model.config().vocab_size {
+        let model = Model::load(dir)?;
+        let c = model.config();
+        let embedding = EmbeddingSpec::from_dir(dir, c.hidden)?;
+        let tokenizer = match c.family {
+            Family::Crammed => {
+                BertTokenizer::from_file(&dir.join("tokenizer.json"), c.max_seq_length)?
+            }
+            Family::Bert => {
+                let max_len = hf_max_len(dir, &embedding, c.max_seq_length)?;
+                BertTokenizer::from_hf_dir(dir, max_len, embedding.do_lower_case)?
+            }
+        };
+        let path = tokenizer.path().to_path_buf();
+        if tokenizer.vocab_size() > c.vocab_size {
             return Err(BertError::Tokenizer {
                 path,
                 message: format!(
                     "the tokenizer has {} tokens but the model's vocab_size is {}",
                     tokenizer.vocab_size(),
-                    model.config().vocab_size
+                    c.vocab_size
                 ),
             });
         }
-        Ok(Pipeline { model, tokenizer })
+        if let Some((name, id)) = tokenizer
+            .special_ids()
+            .into_iter()
+            .find(|&(_, id)| id as usize >= c.vocab_size)
+        {
+            return Err(BertError::Tokenizer {
+                path,
+                message: format!(
+                    "the {name} token has id {id}, outside the model's vocabulary of {} tokens",
+                    c.vocab_size
+                ),
+            });
+        }
+        Ok(Pipeline {
+            model,
+            tokenizer,
+            embedding,
+        })
     }
 
     /// A full-size model (16 layers, hidden 768, sequence 128) with random weights and the
@@ -89,8 +91,12 @@ impl Pipeline {
     pub fn random(intermed: IntermedType, seed: u64) -> Result<Pipeline> {
         let tokenizer = BertTokenizer::char_level(128)?;
         let config = BertConfig::base(intermed, tokenizer.vocab_size());
-        let model = CrammedBert::random(config, seed)?;
-        Ok(Pipeline { model, tokenizer })
+        let model = Model::random(config, seed)?;
+        Ok(Pipeline {
+            model,
+            tokenizer,
+            embedding: EmbeddingSpec::default(),
+        })
     }
 
     /// The `top_k` most likely tokens at each `<mask>` of `text`.
@@ -109,8 +115,9 @@ impl Pipeline {
         })
     }
 
-    /// The error for an input without a `<mask>`, saying when truncation removed it.
+    /// The error for an input without a mask token, saying when truncation removed it.
     pub fn no_mask(&self, text: &str, enc: &Encoding) -> BertError {
+        let mask = &self.tokenizer.mask_token;
         const SHOWN: usize = 200;
         let shown: String = text.chars().take(SHOWN).collect();
         let more = if text.chars().count() > SHOWN {
@@ -118,14 +125,14 @@ impl Pipeline {
         } else {
             ""
         };
-        BertError::Input(if enc.truncated > 0 && text.contains("<mask>") {
+        BertError::Input(if enc.truncated > 0 && text.contains(mask.as_str()) {
             format!(
-                "the `<mask>` in {shown:?}{more} lies beyond max_seq_length ({} tokens); \
+                "the `{mask}` in {shown:?}{more} lies beyond max_seq_length ({} tokens); \
                  {} tokens were cut",
                 self.tokenizer.max_len, enc.truncated
             )
         } else {
-            format!("no `<mask>` token in {shown:?}{more}")
+            format!("no `{mask}` token in {shown:?}{more}")
         })
     }
 
@@ -188,18 +195,28 @@ impl Pipeline {
             .collect())
     }
 
-    /// One pooled vector per text (MLM layout `A <sep>`), in batches of `batch_size`.
+    /// The model's own pooling and normalisation, with `mode` and `normalize` overriding
+    /// them where given (a mode replaces all of the model's modes).
+    pub fn pooling(&self, mode: Option<Pooling>, normalize: Option<bool>) -> PoolingConfig {
+        let own = &self.embedding.pooling;
+        PoolingConfig {
+            modes: mode.map_or_else(|| own.modes.clone(), |m| vec![m]),
+            normalize: normalize.unwrap_or(own.normalize),
+        }
+    }
+
+    /// One embedding per text (the model's embedding layout), in batches of `batch_size`.
     pub fn embed(
         &self,
         texts: &[String],
-        pooling: Pooling,
+        pooling: &PoolingConfig,
         batch_size: usize,
     ) -> Result<Vec<Output<Vec<f32>>>> {
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(batch_size.max(1)) {
             let encs = chunk
                 .iter()
-                .map(|t| self.tokenizer.encode_mlm(t))
+                .map(|t| self.tokenizer.encode_text(t))
                 .collect::<Result<Vec<_>>>()?;
             let pooled = self.embed_encodings(&encs, pooling)?;
             out.extend(pooled.into_iter().zip(&encs).map(|(value, e)| Output {
@@ -210,11 +227,11 @@ impl Pipeline {
         Ok(out)
     }
 
-    /// One pooled vector per MLM-layout encoding, all in one batch.
+    /// One embedding per encoding, all in one packed batch.
     pub fn embed_encodings(
         &self,
         encodings: &[Encoding],
-        pooling: Pooling,
+        pooling: &PoolingConfig,
     ) -> Result<Vec<Vec<f32>>> {
         if encodings.is_empty() {
             return Ok(Vec::new());
@@ -258,34 +275,41 @@ impl Pipeline {
 }
 
 /// Pools each sequence of a packed batch into one vector.
-pub fn pool_packed(encoded: &PackedEncoded, pooling: Pooling) -> Result<Vec<Vec<f32>>> {
+pub fn pool_packed(encoded: &PackedEncoded, pooling: &PoolingConfig) -> Result<Vec<Vec<f32>>> {
     let hidden = encoded.hidden.dim(D::Minus1)?;
     let states = encoded.hidden.flatten_all()?.to_vec1::<f32>()?;
-    Ok(crate::model::segments(&encoded.offsets)
-        .map(|rows| pool_rows(&states, hidden, rows, pooling))
+    Ok(crate::batch::segments(&encoded.offsets)
+        .map(|rows| pooling.pool(&states, hidden, rows))
         .collect())
 }
 
-/// One vector from rows `rows` (non-empty) of `[_, hidden]` states.
-fn pool_rows(states: &[f32], hidden: usize, rows: Range<usize>, pooling: Pooling) -> Vec<f32> {
-    let row = |t: usize| &states[t * hidden..(t + 1) * hidden];
-    match pooling {
-        Pooling::First => row(rows.start).to_vec(),
-        Pooling::Mean => {
-            let n = rows.len() as f32;
-            let mut acc = vec![0f32; hidden];
-            for t in rows {
-                acc.iter_mut().zip(row(t)).for_each(|(a, v)| *a += v);
-            }
-            acc.iter_mut().for_each(|a| *a /= n);
-            acc
+/// The longest input of a BERT folder, specials included: sentence-transformers'
+/// `max_seq_length` where set, else the smaller of the positions the model has and the
+/// tokenizer's `model_max_length` (transformers' limit), as sentence-transformers chooses.
+fn hf_max_len(dir: &Path, embedding: &EmbeddingSpec, positions: usize) -> Result<usize> {
+    if let Some(max) = embedding.max_seq_length {
+        if max > positions {
+            return Err(BertError::Config {
+                path: dir.join("sentence_bert_config.json"),
+                key: "max_seq_length".into(),
+                message: format!(
+                    "= {max} is longer than the model's max_position_embeddings = {positions}"
+                ),
+            });
         }
-        Pooling::Max => {
-            let mut acc = row(rows.start).to_vec();
-            for t in rows.start + 1..rows.end {
-                acc.iter_mut().zip(row(t)).for_each(|(a, v)| *a = a.max(*v));
-            }
-            acc
-        }
+        return Ok(max);
     }
+    let path = dir.join("tokenizer_config.json");
+    let model_max = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| {
+            v.get("model_max_length")
+                .and_then(serde_json::Value::as_f64)
+        });
+    // transformers writes a huge sentinel (1e30) when there is no limit.
+    Ok(match model_max {
+        Some(m) if m >= 1.0 && m < positions as f64 => m as usize,
+        _ => positions,
+    })
 }

@@ -153,7 +153,7 @@ impl Weights {
     }
 
     /// The names of the tensors, without wrapper prefixes.
-    fn names(&self) -> Vec<&str> {
+    pub fn names(&self) -> Vec<&str> {
         match &self.store {
             Store::Mapped { names, .. } | Store::Torch { names, .. } => {
                 names.keys().map(String::as_str).collect()
@@ -208,6 +208,12 @@ impl Weights {
                 };
                 let view = file.get(stored)?;
                 self.check_stored_shape(name, view.shape(), shape)?;
+                use safetensors::Dtype;
+                let float = matches!(
+                    view.dtype(),
+                    Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64
+                );
+                self.check_float(name, float, &format!("{:?}", view.dtype()))?;
                 let t = view.load(&Device::Cpu).map_err(|e| BertError::Io {
                     path: self.path.clone(),
                     message: format!("cannot read tensor `{name}`: {e}"),
@@ -226,6 +232,8 @@ impl Weights {
                     return Ok(None);
                 };
                 self.check_stored_shape(name, info.layout.dims(), shape)?;
+                let float = info.dtype.is_float();
+                self.check_float(name, float, info.dtype.as_str())?;
                 self.check_torch_entry(name, info, entry_bytes.get(&info.path).copied())?;
                 let t = file
                     .get(stored)
@@ -259,6 +267,21 @@ impl Weights {
             name: name.to_string(),
             expected: shape.map_or(vec![1], <[usize]>::to_vec),
             found: found.to_vec(),
+        })
+    }
+
+    /// Refuses a stored tensor of integer or boolean values where weights are expected: cast
+    /// to float they would load without complaint and compute nonsense.
+    fn check_float(&self, name: &str, float: bool, dtype: &str) -> Result<()> {
+        if float {
+            return Ok(());
+        }
+        Err(BertError::Io {
+            path: self.path.clone(),
+            message: format!(
+                "tensor `{name}` is stored as {dtype}; weights must be floating point (F16, \
+                 BF16, F32 or F64)"
+            ),
         })
     }
 
@@ -543,7 +566,8 @@ fn random_tensor(seed: u64, name: &str, shape: &[usize]) -> Result<Tensor> {
     use rand::SeedableRng;
     use rand_distr::Distribution;
     let n: usize = shape.iter().product();
-    let is_norm = name.contains("norm") && name.ends_with(".weight");
+    // crammedBERT's `norm1`, BERT's `LayerNorm`.
+    let is_norm = name.to_ascii_lowercase().contains("norm") && name.ends_with(".weight");
     let values = if is_norm {
         vec![1f32; n]
     } else if name.ends_with(".bias") {
@@ -558,4 +582,29 @@ fn random_tensor(seed: u64, name: &str, shape: &[usize]) -> Result<Tensor> {
         (0..n).map(|_| normal.sample(&mut rng)).collect()
     };
     Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+}
+
+/// Refuses a checkpoint that holds blocks past the config's layer count (`layers`, from config
+/// key `key`): names `{prefix}{i}.…` with `i >= layers`. The blocks it lacks are refused as
+/// missing tensors when the model loads them.
+pub(crate) fn check_layer_count(w: &Weights, prefix: &str, layers: usize, key: &str) -> Result<()> {
+    let extra = w
+        .names()
+        .into_iter()
+        .filter_map(|name| {
+            let index = name.strip_prefix(prefix)?.split('.').next()?;
+            Some((index.parse::<usize>().ok()?, name))
+        })
+        .filter(|&(i, _)| i >= layers)
+        .max_by_key(|&(i, _)| i);
+    match extra {
+        None => Ok(()),
+        Some((i, name)) => Err(BertError::Io {
+            path: w.path().to_path_buf(),
+            message: format!(
+                "holds layer {i} (`{name}`), but the config's `{key}` is {layers}: the config \
+                 and the weights disagree on the number of layers"
+            ),
+        }),
+    }
 }

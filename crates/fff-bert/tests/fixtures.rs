@@ -5,7 +5,7 @@
 
 use candle_core::{Device, Tensor};
 use fastfeedforward::{InferOptions, Workspace};
-use fff_bert::{Batch, CrammedBert, FfnMode, Pipeline};
+use fff_bert::{Batch, FfnMode, Model, Pipeline};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -100,13 +100,7 @@ fn tokenized_batch(p: &Pipeline, e: &Expected, classify: bool) -> Batch {
 
 /// Runs the encoder (in `mode`, which the model must be set to) with taps and compares every
 /// recorded stage with the reference.
-fn check_encoder(
-    model: &CrammedBert,
-    mode: FfnMode,
-    batch: &Batch,
-    e: &Expected,
-    tol: f32,
-) -> Tensor {
+fn check_encoder(model: &Model, mode: FfnMode, batch: &Batch, e: &Expected, tol: f32) -> Tensor {
     let mut taps: HashMap<String, Tensor> = HashMap::new();
     let enc = model
         .encode_with(batch, |name, t| {

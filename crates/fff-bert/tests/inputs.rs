@@ -437,7 +437,7 @@ fn weights_that_overflow_are_an_error_not_nan_scores() {
         .to_string();
     assert!(err.contains("NaN or infinite"), "{err}");
     let err = p
-        .embed(&["the cat".to_string()], Default::default(), 8)
+        .embed(&["the cat".to_string()], &Default::default(), 8)
         .expect_err("refused")
         .to_string();
     assert!(err.contains("NaN or infinite"), "{err}");

@@ -4,7 +4,7 @@
 //! `state_dict()._metadata`), and must load and run exactly as tiny-fff's `model.safetensors`.
 
 use candle_core::{Device, Tensor};
-use fff_bert::{FfnMode, Pipeline, Pooling};
+use fff_bert::{FfnMode, Pipeline, PoolingConfig};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -167,8 +167,8 @@ fn a_pytorch_model_bin_rezipped_with_deflate_loads_as_the_stored_one() {
     let _ = std::fs::remove_dir_all(&dir);
     let loaded = loaded.unwrap();
     let (texts, _) = fixture_texts();
-    let a = loaded.embed(&texts, Pooling::Mean, 8).unwrap();
-    let b = stored.embed(&texts, Pooling::Mean, 8).unwrap();
+    let a = loaded.embed(&texts, &PoolingConfig::default(), 8).unwrap();
+    let b = stored.embed(&texts, &PoolingConfig::default(), 8).unwrap();
     let values =
         |o: Vec<fff_bert::pipeline::Output<Vec<f32>>>| o.into_iter().map(|o| o.value).collect();
     let (a, b): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (values(a), values(b));

@@ -1,8 +1,8 @@
-//! `CrammedBert::set_weight_format`: f32 leaves every output bit as loaded; bf16 and int8 run
+//! `Model::set_weight_format`: f32 leaves every output bit as loaded; bf16 and int8 run
 //! the kernel on the narrower FFF weights (outputs move, by a small relative error); the masked
 //! path and dense models stay f32.
 
-use fff_bert::{Batch, BertConfig, CrammedBert, FfnMode, IntermedType, Pipeline, WeightFormat};
+use fff_bert::{Batch, BertConfig, FfnMode, IntermedType, Model, Pipeline, WeightFormat};
 use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> PathBuf {
@@ -27,7 +27,7 @@ fn fixture_batch(p: &Pipeline, name: &str) -> Batch {
 }
 
 /// Final hidden states and MLM logits, flattened.
-fn run(model: &CrammedBert, batch: &Batch) -> (Vec<f32>, Vec<f32>) {
+fn run(model: &Model, batch: &Batch) -> (Vec<f32>, Vec<f32>) {
     let enc = model.encode(batch).unwrap();
     let logits = model.mlm_logits(&enc.hidden).unwrap();
     let flat = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -51,7 +51,7 @@ fn bits(v: &[f32]) -> Vec<u32> {
 
 /// The checks on one FFF model; `bounds` are the largest relative errors of the final hidden
 /// states allowed for bf16 and int8.
-fn check_formats(model: &mut CrammedBert, batch: &Batch, what: &str, bounds: [f64; 2]) {
+fn check_formats(model: &mut Model, batch: &Batch, what: &str, bounds: [f64; 2]) {
     assert_eq!(model.weight_format(), WeightFormat::F32);
     let (hidden, logits) = run(model, batch);
     // f32 explicitly: not a bit moves.
@@ -135,7 +135,7 @@ fn weight_formats_on_a_random_deeper_model() {
     config.hidden = 128;
     config.heads = 4;
     config.max_seq_length = 32;
-    let mut model = CrammedBert::random(config, 7).unwrap();
+    let mut model = Model::random(config, 7).unwrap();
     let seqs: Vec<Vec<u32>> = (0..4u32)
         .map(|b| {
             (0..20 + 3 * b)

@@ -60,13 +60,19 @@ pub struct FillMaskArgs {
 pub struct EmbedArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Pooling of token states: mean, first or max (padding is never pooled).
-    #[arg(long, default_value = "mean")]
-    pooling: Pooling,
+    /// Pooling of token states (padding is never pooled) [default: the model's own, from its
+    /// sentence-transformers pooling config; mean for a folder without one].
+    #[arg(long)]
+    pooling: Option<Pooling>,
+    /// Scale each embedding to unit length, true or false [default: the model's own: true
+    /// where its modules.json has a Normalize module].
+    #[arg(long)]
+    normalize: Option<bool>,
     /// Texts per batch.
-    #[arg(long, value_parser = crate::limits::count::<{crate::limits::ROWS}>, default_value_t = 8)]
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::ROWS}>, default_value_t = 32)]
     batch_size: usize,
-    /// Texts; read from stdin, one per line, when none are given.
+    /// Texts; read from stdin, one per line, when none are given (each batch is written as
+    /// soon as it is embedded).
     texts: Vec<String>,
 }
 
@@ -166,11 +172,34 @@ fn fill_mask(args: FillMaskArgs) -> Result<()> {
 
 fn embed(args: EmbedArgs) -> Result<()> {
     let p = load(&args.model)?;
-    let texts = texts_or_stdin(args.texts)?;
-    let out = p.embed(&texts, args.pooling, args.batch_size)?;
-    for (i, (text, e)) in texts.iter().zip(out).enumerate() {
-        note_truncation(i, e.truncated, p.tokenizer.max_len);
-        outln!("{}", json!({ "text": text, "embedding": e.value }));
+    let pooling = p.pooling(args.pooling, args.normalize);
+    let mut index = 0;
+    let mut write = |texts: &[String]| -> Result<()> {
+        for (text, e) in texts.iter().zip(p.embed(texts, &pooling, texts.len())?) {
+            note_truncation(index, e.truncated, p.tokenizer.max_len);
+            outln!("{}", json!({ "text": text, "embedding": e.value }));
+            index += 1;
+        }
+        Ok(())
+    };
+    if !args.texts.is_empty() {
+        return args.texts.chunks(args.batch_size).try_for_each(write);
+    }
+    // Stdin is embedded a batch at a time, so a long file streams through.
+    let mut batch = Vec::with_capacity(args.batch_size);
+    for line in std::io::stdin().lock().lines() {
+        let line = line.context("reading texts from stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        batch.push(line);
+        if batch.len() == args.batch_size {
+            write(&batch)?;
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        write(&batch)?;
     }
     Ok(())
 }

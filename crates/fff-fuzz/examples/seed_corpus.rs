@@ -67,7 +67,10 @@ fn main() -> anyhow::Result<()> {
     candle_core::safetensors::save(&tensors.iter().cloned().collect(), &bert)?;
     // The seed must load: a corpus of files the loader refuses would fuzz only the refusals.
     let config = fff_bert::BertConfig::from_json(fff_fuzz::TINY_CONFIG, Path::new("config"))?;
-    fff_bert::CrammedBert::from_weights(config, &fff_bert::Weights::from_file(&bert)?)?;
+    fff_bert::Model::from_weights(
+        &fff_bert::ModelConfig::Crammed(config),
+        &fff_bert::Weights::from_file(&bert)?,
+    )?;
     write("weights", "bert-safetensors", &with_selector(0, &bert)?)?;
 
     // weights 2: an FFF layer checkpoint; 3: a `fff train` model checkpoint.

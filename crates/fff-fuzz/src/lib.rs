@@ -77,7 +77,9 @@ pub fn weights(data: &[u8]) {
             };
             let config = fff_bert::BertConfig::from_json(TINY_CONFIG, Path::new("config.json"))
                 .expect("the fixture config parses");
-            if let Ok(model) = fff_bert::CrammedBert::from_weights(config, &w) {
+            if let Ok(model) =
+                fff_bert::Model::from_weights(&fff_bert::ModelConfig::Crammed(config), &w)
+            {
                 let batch = fff_bert::Packed::new(&[[2u32, 5, 7, 3]]);
                 let _ = model.encode_packed(&batch);
             }
@@ -124,9 +126,10 @@ pub fn bert_config(data: &[u8]) {
         .saturating_mul(config.layers.max(1));
     if size <= BUILD_LIMIT && config.max_seq_length <= 64 {
         let vocab = config.vocab_size as u32;
-        if let Ok(model) =
-            fff_bert::CrammedBert::from_weights(config, &fff_bert::Weights::random(1))
-        {
+        if let Ok(model) = fff_bert::Model::from_weights(
+            &fff_bert::ModelConfig::Crammed(config),
+            &fff_bert::Weights::random(1),
+        ) {
             let ids: Vec<u32> = (0..4).map(|i| i % vocab.max(1)).collect();
             let _ = model.encode_packed(&fff_bert::Packed::new(&[ids]));
         }

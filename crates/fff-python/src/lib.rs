@@ -457,8 +457,9 @@ fn load_images<'py>(
     Ok((train_x, train_y, test_x, test_y))
 }
 
-/// An UltraFastBERT / crammedBERT model folder (`config.json`, weights, `tokenizer.json`) loaded
-/// by the Rust pipeline, for inference.
+/// A BERT-family model folder (Hugging Face BERT, sentence-transformers, UltraFastBERT /
+/// crammedBERT: `config.json`, weights, `tokenizer.json`) loaded by the Rust pipeline, for
+/// inference.
 #[pyclass(name = "Bert", module = "fffast._native", frozen)]
 struct Bert {
     pipeline: fff_bert::Pipeline,
@@ -499,27 +500,34 @@ impl Bert {
         Ok((preds, out.truncated))
     }
 
-    /// One pooled vector per text (`[N, hidden]`), and the tokens truncation dropped from each.
+    /// One embedding per text (`[N, width]`), and the tokens truncation dropped from each:
+    /// the model's own pooling and normalisation, or `pooling` / `normalize` where given.
+    #[pyo3(signature = (texts, pooling, normalize, batch_size, threads))]
     fn embed<'py>(
         &self,
         py: Python<'py>,
         texts: Vec<String>,
-        pooling: &str,
+        pooling: Option<&str>,
+        normalize: Option<bool>,
         batch_size: usize,
         threads: usize,
     ) -> PyResult<(Bound<'py, PyArray2<f32>>, Vec<usize>)> {
-        let pooling: fff_bert::Pooling = pooling.parse().map_err(PyValueError::new_err)?;
+        let mode: Option<fff_bert::Pooling> = pooling
+            .map(str::parse)
+            .transpose()
+            .map_err(PyValueError::new_err)?;
+        let pooling = self.pipeline.pooling(mode, normalize);
         let pool = pool(threads)?;
         let out = py
-            .detach(|| pool.install(|| self.pipeline.embed(&texts, pooling, batch_size)))
+            .detach(|| pool.install(|| self.pipeline.embed(&texts, &pooling, batch_size)))
             .map_err(bert_error)?;
-        let hidden = self.pipeline.model.config().hidden;
+        let width = pooling.width(self.pipeline.model.config().hidden);
         let truncated = out.iter().map(|o| o.truncated).collect();
         let flat: Vec<f32> = out.into_iter().flat_map(|o| o.value).collect();
-        let rows = flat.len() / hidden.max(1);
+        let rows = flat.len() / width.max(1);
         let array = flat
             .into_pyarray(py)
-            .reshape([rows, hidden])
+            .reshape([rows, width])
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
         Ok((array, truncated))
     }

@@ -271,11 +271,13 @@ fn tokenize(
 async fn embed(
     s: &AppState,
     texts: Vec<String>,
-    pooling: Pooling,
+    pooling: Option<Pooling>,
+    normalize: Option<bool>,
 ) -> Result<(Vec<Vec<f32>>, usize, usize), ApiError> {
     check_texts(s, &texts)?;
     let p = pipeline(s)?;
-    let encodings = tokenize(&p, &texts, |p, t| p.tokenizer.encode_mlm(t))?;
+    let pooling = p.pooling(pooling, normalize);
+    let encodings = tokenize(&p, &texts, |p, t| p.tokenizer.encode_text(t))?;
     let tokens = encodings.iter().map(|e| e.ids.len()).sum();
     let truncated = encodings.iter().map(|e| e.truncated).sum();
     let panic = injected(s, &texts);
@@ -309,8 +311,9 @@ struct OpenAiRequest {
     dimensions: Option<usize>,
 }
 
-fn pooling_of(name: Option<&str>) -> Result<Pooling, ApiError> {
-    name.unwrap_or("mean").parse().map_err(ApiError::invalid)
+/// The pooling a request names; `None` for the model's own.
+fn pooling_of(name: Option<&str>) -> Result<Option<Pooling>, ApiError> {
+    name.map(str::parse).transpose().map_err(ApiError::invalid)
 }
 
 /// `POST /v1/embeddings`, OpenAI's format.
@@ -330,7 +333,7 @@ async fn openai_embeddings(
         return Err(ApiError::invalid("`dimensions` is not supported"));
     }
     let pooling = pooling_of(req.pooling.as_deref())?;
-    let (vectors, tokens, truncated) = embed(&s, req.input.into_vec(), pooling).await?;
+    let (vectors, tokens, truncated) = embed(&s, req.input.into_vec(), pooling, None).await?;
     let data: Vec<Value> = vectors
         .into_iter()
         .enumerate()
@@ -369,21 +372,14 @@ async fn tei_embed(
 ) -> ApiResult {
     let req: TeiRequest = parse_body(body)?;
     let pooling = pooling_of(req.pooling.as_deref())?;
-    let (mut vectors, _, truncated) = embed(&s, req.inputs.into_vec(), pooling).await?;
+    let normalize = Some(req.normalize);
+    let (vectors, _, truncated) = embed(&s, req.inputs.into_vec(), pooling, normalize).await?;
     if !req.truncate && truncated > 0 {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request_too_large",
             format!("inputs exceed the model's maximum sequence length by {truncated} tokens; pass \"truncate\": true"),
         ));
-    }
-    if req.normalize {
-        for v in &mut vectors {
-            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            if norm > 0.0 {
-                v.iter_mut().for_each(|x| *x /= norm);
-            }
-        }
     }
     let mut r = Json(vectors).into_response();
     r.headers_mut().insert(
@@ -545,7 +541,10 @@ async fn info(State(s): State<Arc<AppState>>) -> ApiResult {
         let c = p.model.config();
         json!({
             "layers": c.layers, "hidden": c.hidden, "heads": c.heads, "vocab_size": c.vocab_size,
-            "max_seq_length": c.max_seq_length, "intermediate": format!("{:?}", c.intermed),
+            "max_seq_length": c.max_seq_length, "family": c.family.to_string(),
+            "max_input_tokens": p.tokenizer.max_len,
+            "pooling": p.embedding.pooling.modes.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+            "normalize": p.embedding.pooling.normalize,
             "mlm_head": p.model.has_mlm_head(), "classification_head": p.model.has_classification_head(),
         })
     });

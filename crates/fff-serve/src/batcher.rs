@@ -9,7 +9,7 @@ use crate::metrics::Metrics;
 use crate::ServeConfig;
 use fff_bert::pipeline::MaskPrediction;
 use fff_bert::tokenizer::Encoding;
-use fff_bert::{BertError, Pipeline, Pooling};
+use fff_bert::{BertError, Pipeline, PoolingConfig};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
@@ -18,10 +18,10 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// What a job asks of the model.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Op {
-    /// One pooled vector per input (MLM layout).
-    Embed(Pooling),
+    /// One embedding per input (the model's embedding layout), pooled and normalised so.
+    Embed(PoolingConfig),
     /// The `top_k` tokens at each `<mask>` (MLM layout).
     FillMask {
         /// Tokens per mask.
@@ -41,13 +41,11 @@ impl Op {
     }
 
     /// Jobs with the same key run in one model call.
-    fn group(&self) -> u8 {
+    fn group(&self) -> (u8, Option<&PoolingConfig>) {
         match self {
-            Op::Embed(Pooling::Mean) => 0,
-            Op::Embed(Pooling::First) => 1,
-            Op::Embed(Pooling::Max) => 2,
-            Op::FillMask { .. } => 3,
-            Op::Classify => 4,
+            Op::Embed(pooling) => (0, Some(pooling)),
+            Op::FillMask { .. } => (1, None),
+            Op::Classify => (2, None),
         }
     }
 }
@@ -169,7 +167,7 @@ fn serve_jobs(
         metrics.batch_inputs.observe(inputs as f64);
         metrics.tokens.inc_by(tokens as u64);
         // One model call per operation.
-        jobs.sort_by_key(|j| j.op.group());
+        jobs.sort_by(|a, b| a.op.group().cmp(&b.op.group()));
         let mut rest = jobs;
         while !rest.is_empty() {
             let key = rest[0].op.group();
@@ -191,7 +189,7 @@ fn run_group(pipeline: &Pipeline, pool: &rayon::ThreadPool, mut jobs: Vec<Job>, 
         .iter_mut()
         .flat_map(|j| std::mem::take(&mut j.encodings))
         .collect();
-    let op = jobs[0].op;
+    let op = jobs[0].op.clone();
     let panic = jobs.iter().any(|j| j.inject_panic);
     let result = catch_unwind(AssertUnwindSafe(|| {
         pool.install(|| {
@@ -236,7 +234,7 @@ fn run_op(
     encodings: &[Encoding],
 ) -> fff_bert::Result<Vec<Output>> {
     let vectors = match op {
-        Op::Embed(pooling) => pipeline.embed_encodings(encodings, pooling)?,
+        Op::Embed(pooling) => pipeline.embed_encodings(encodings, &pooling)?,
         Op::Classify => pipeline.classify_encodings(encodings)?,
         Op::FillMask { .. } => {
             // One call at the largest `top_k` asked, each job's lists cut to its own.

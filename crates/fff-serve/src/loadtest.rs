@@ -100,10 +100,10 @@ impl BatchingCeiling {
             .build()?;
         let mut rng = StdRng::seed_from_u64(1);
         let encodings = (0..batch)
-            .map(|_| pipeline.tokenizer.encode_mlm(&text(&mut rng, min, max)))
+            .map(|_| pipeline.tokenizer.encode_text(&text(&mut rng, min, max)))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let tokens: usize = encodings.iter().map(|e| e.ids.len()).sum();
-        let pooling = fff_bert::Pooling::Mean;
+        let pooling = pipeline.pooling(None, None);
         let mut failed = None;
         let mut time = |f: &mut (dyn FnMut() -> fff_bert::Result<Vec<Vec<f32>>> + Send)| {
             let d = pool.install(|| {
@@ -118,11 +118,11 @@ impl BatchingCeiling {
         let alone = time(&mut || {
             let mut out = Vec::new();
             for e in &encodings {
-                out.extend(pipeline.embed_encodings(std::slice::from_ref(e), pooling)?);
+                out.extend(pipeline.embed_encodings(std::slice::from_ref(e), &pooling)?);
             }
             Ok(out)
         });
-        let batched = time(&mut || pipeline.embed_encodings(&encodings, pooling));
+        let batched = time(&mut || pipeline.embed_encodings(&encodings, &pooling));
         if let Some(e) = failed {
             return Err(e.into());
         }
