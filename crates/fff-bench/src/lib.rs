@@ -10,6 +10,7 @@
 
 pub mod bert;
 pub mod check;
+pub mod encoder;
 pub mod impls;
 pub mod report;
 pub mod runner;

@@ -41,6 +41,7 @@ pub use hf_bert::HfBertConfig;
 pub use hub::resolve_model;
 pub use model::{
     Encoded, EncoderConfig, Family, FfnMode, Model, ModelConfig, NormPlacement, PackedEncoded,
+    Profile,
 };
 pub use pipeline::Pipeline;
 pub use pooling::{Pooling, PoolingConfig};

@@ -22,6 +22,7 @@ use rayon::prelude::*;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// How FFF blocks are computed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -146,6 +147,84 @@ pub(crate) struct Layout<'a> {
     mask: Option<&'a [u8]>,
 }
 
+/// Where encoder calls spent their time, summed over calls and blocks.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Profile {
+    /// Encoder calls measured.
+    pub calls: usize,
+    /// Token rows encoded.
+    pub tokens: usize,
+    /// Embedding lookup, sums and their LayerNorm.
+    pub embedding: Duration,
+    /// The fused q, k, v projection.
+    pub qkv: Duration,
+    /// Scores, softmax and context (the attention core).
+    pub attention: Duration,
+    /// The attention output projection.
+    pub attention_out: Duration,
+    /// Residual adds and LayerNorms.
+    pub norms: Duration,
+    /// Dense FFN input projection (with its bias).
+    pub ffn_in: Duration,
+    /// Dense FFN activation.
+    pub activation: Duration,
+    /// Dense FFN output projection (with its bias).
+    pub ffn_out: Duration,
+    /// FFF blocks (kernel or masked), whole.
+    pub fff: Duration,
+    /// Checks of the output.
+    pub other: Duration,
+}
+
+impl Profile {
+    /// Every phase with its name, in the order the encoder runs them.
+    pub fn phases(&self) -> [(&'static str, Duration); 10] {
+        [
+            ("embedding", self.embedding),
+            ("qkv projection", self.qkv),
+            ("attention core", self.attention),
+            ("attention output", self.attention_out),
+            ("residual + LayerNorm", self.norms),
+            ("FFN in", self.ffn_in),
+            ("FFN activation", self.activation),
+            ("FFN out", self.ffn_out),
+            ("FFF", self.fff),
+            ("other", self.other),
+        ]
+    }
+
+    /// The sum of the phases.
+    pub fn total(&self) -> Duration {
+        self.phases().iter().map(|(_, d)| *d).sum()
+    }
+}
+
+/// Charges the time since the last lap to a phase of a [`Profile`], when there is one: the
+/// encoder's phases run back to back, so laps tile its time.
+struct Clock<'a> {
+    profile: Option<&'a mut Profile>,
+    last: Instant,
+}
+
+impl<'a> Clock<'a> {
+    fn new(profile: Option<&'a mut Profile>) -> Self {
+        Clock {
+            profile,
+            last: Instant::now(),
+        }
+    }
+
+    /// Adds the time since the previous lap to `phase` of the profile.
+    #[inline]
+    fn lap(&mut self, phase: fn(&mut Profile) -> &mut Duration) {
+        if let Some(p) = self.profile.as_deref_mut() {
+            let now = Instant::now();
+            *phase(p) += now - self.last;
+            self.last = now;
+        }
+    }
+}
+
 /// LayerNorm `{prefix}.weight` / `{prefix}.bias` of width `hidden`.
 pub(crate) fn layer_norm(w: &Weights, prefix: &str, hidden: usize, eps: f64) -> Result<LayerNorm> {
     LayerNorm::from_tensors(
@@ -249,14 +328,24 @@ pub(crate) struct Attention {
 
 impl Attention {
     /// `x` and `out` are `[rows, hidden]`; writes the projected context into `out`.
-    fn forward(&self, x: &[f32], layout: &Layout, scratch: &mut Scratch, out: &mut [f32]) {
+    fn forward(
+        &self,
+        x: &[f32],
+        layout: &Layout,
+        scratch: &mut Scratch,
+        out: &mut [f32],
+        clock: &mut Clock,
+    ) {
         let n = layout.ids.len();
         let qkv = scratch.qkv.sized(n * self.qkv.out);
         self.qkv.forward(x, n, qkv);
+        clock.lap(|p| &mut p.qkv);
         let context = scratch.context.sized(n * self.dense.inp);
         self.core
             .forward(qkv, &layout.segments, layout.mask, context);
+        clock.lap(|p| &mut p.attention);
         self.dense.forward(context, n, out);
+        clock.lap(|p| &mut p.attention_out);
     }
 }
 
@@ -337,6 +426,22 @@ impl Ffn {
         mode: FfnMode,
         mid: &mut Buffer,
         out: &mut [f32],
+        clock: &mut Clock,
+    ) -> Result<()> {
+        let result = self.forward_timed(x, n, mode, mid, out, clock);
+        clock.lap(|p| &mut p.fff);
+        result
+    }
+
+    /// [`Ffn::forward`]; dense forms lap their own phases, so what is left is an FFF's.
+    fn forward_timed(
+        &self,
+        x: &[f32],
+        n: usize,
+        mode: FfnMode,
+        mid: &mut Buffer,
+        out: &mut [f32],
+        clock: &mut Clock,
     ) -> Result<()> {
         match self {
             Ffn::Fff(block) => {
@@ -372,6 +477,7 @@ impl Ffn {
             } => {
                 let z = mid.sized(n * dense_in.out);
                 dense_in.forward(x, n, z);
+                clock.lap(|p| &mut p.ffn_in);
                 if *glu {
                     let half = dense_in.out / 2;
                     let mut a = vec![0f32; n * half];
@@ -384,11 +490,14 @@ impl Ffn {
                                 *a = act.apply(*g) * v;
                             }
                         });
+                    clock.lap(|p| &mut p.activation);
                     dense_out.forward(&a, n, out);
                 } else {
                     ops::activate(z, *act);
+                    clock.lap(|p| &mut p.activation);
                     dense_out.forward(z, n, out);
                 }
+                clock.lap(|p| &mut p.ffn_out);
                 Ok(())
             }
         }
@@ -619,7 +728,7 @@ impl Model {
             mask: Some(&batch.mask),
         };
         Ok(Encoded {
-            hidden: self.run(&layout, tap)?,
+            hidden: self.run(&layout, tap, None)?,
             batch: batch.batch,
             seq: batch.seq,
         })
@@ -631,12 +740,30 @@ impl Model {
         self.encode_packed_with(packed, |_, _| Ok(()))
     }
 
+    /// [`encode_packed`](Self::encode_packed), adding the time of each phase to `profile`.
+    pub fn encode_packed_profiled(
+        &self,
+        packed: &Packed,
+        profile: &mut Profile,
+    ) -> Result<PackedEncoded> {
+        self.encode_packed_inner(packed, |_, _| Ok(()), Some(profile))
+    }
+
     /// [`encode_packed`](Self::encode_packed) with `tap` as in [`encode_with`](Self::encode_with),
     /// on `[tokens, hidden]` states.
     pub fn encode_packed_with(
         &self,
         packed: &Packed,
         tap: impl FnMut(&str, &[f32]) -> Result<()>,
+    ) -> Result<PackedEncoded> {
+        self.encode_packed_inner(packed, tap, None)
+    }
+
+    fn encode_packed_inner(
+        &self,
+        packed: &Packed,
+        tap: impl FnMut(&str, &[f32]) -> Result<()>,
+        profile: Option<&mut Profile>,
     ) -> Result<PackedEncoded> {
         let o = &packed.offsets;
         if o.first() != Some(&0)
@@ -675,7 +802,7 @@ impl Model {
             mask: None,
         };
         Ok(PackedEncoded {
-            hidden: self.run(&layout, tap)?,
+            hidden: self.run(&layout, tap, profile)?,
             offsets: packed.offsets.clone(),
         })
     }
@@ -711,10 +838,13 @@ impl Model {
         &self,
         layout: &Layout,
         mut tap: impl FnMut(&str, &[f32]) -> Result<()>,
+        profile: Option<&mut Profile>,
     ) -> Result<Tensor> {
         let n = layout.ids.len();
         let mode = self.ffn_mode;
+        let mut clock = Clock::new(profile);
         let mut h = self.embedding.forward(layout);
+        clock.lap(|p| &mut p.embedding);
         if n > 0 {
             tap("embedding", &h)?;
             // Buffers live for the whole call: fresh multi-megabyte vectors per layer cost
@@ -728,14 +858,18 @@ impl Model {
                         first.norm1.forward(&h, &mut x);
                     }
                     for (i, block) in self.blocks.iter().enumerate() {
-                        block.attn.forward(&x, layout, &mut scratch, &mut branch);
-                        block.norm2.add_forward(&mut h, &branch, &mut x);
+                        clock.lap(|p| &mut p.norms);
+                        let (scratch, branch) = (&mut scratch, &mut branch);
+                        block.attn.forward(&x, layout, scratch, branch, &mut clock);
+                        block.norm2.add_forward(&mut h, branch, &mut x);
+                        clock.lap(|p| &mut p.norms);
                         tap(&format!("ffn_input{i}"), &x)?;
-                        (block.ffn).forward(&x, n, mode, &mut scratch.mid, &mut branch)?;
-                        tap(&format!("ffn_output{i}"), &branch)?;
+                        (block.ffn).forward(&x, n, mode, &mut scratch.mid, branch, &mut clock)?;
+                        tap(&format!("ffn_output{i}"), branch)?;
+                        clock.lap(|p| &mut p.other);
                         match self.blocks.get(i + 1) {
-                            Some(next) => next.norm1.add_forward(&mut h, &branch, &mut x),
-                            None => ops::add_assign(&mut h, &branch),
+                            Some(next) => next.norm1.add_forward(&mut h, branch, &mut x),
+                            None => ops::add_assign(&mut h, branch),
                         }
                         tap(&format!("layer{i}"), &h)?;
                     }
@@ -744,22 +878,30 @@ impl Model {
                     for (i, block) in self.blocks.iter().enumerate() {
                         // `add_forward` leaves h + branch in `h` and its norm in `x`; the norm
                         // is the new residual stream.
-                        block.attn.forward(&h, layout, &mut scratch, &mut branch);
-                        block.norm1.add_forward(&mut h, &branch, &mut x);
+                        let (scratch, branch) = (&mut scratch, &mut branch);
+                        clock.lap(|p| &mut p.other);
+                        block.attn.forward(&h, layout, scratch, branch, &mut clock);
+                        block.norm1.add_forward(&mut h, branch, &mut x);
                         std::mem::swap(&mut h, &mut x);
+                        clock.lap(|p| &mut p.norms);
                         tap(&format!("ffn_input{i}"), &h)?;
-                        (block.ffn).forward(&h, n, mode, &mut scratch.mid, &mut branch)?;
-                        tap(&format!("ffn_output{i}"), &branch)?;
-                        block.norm2.add_forward(&mut h, &branch, &mut x);
+                        clock.lap(|p| &mut p.other);
+                        (block.ffn).forward(&h, n, mode, &mut scratch.mid, branch, &mut clock)?;
+                        tap(&format!("ffn_output{i}"), branch)?;
+                        clock.lap(|p| &mut p.other);
+                        block.norm2.add_forward(&mut h, branch, &mut x);
                         std::mem::swap(&mut h, &mut x);
+                        clock.lap(|p| &mut p.norms);
                         tap(&format!("layer{i}"), &h)?;
                     }
                 }
             }
+            clock.lap(|p| &mut p.other);
             if let Some(norm) = &self.final_norm {
                 norm.forward(&h, &mut x);
                 h = x;
             }
+            clock.lap(|p| &mut p.norms);
         }
         // Finite ids went in, so a NaN or infinity here comes from the weights or the config;
         // a score computed from it would look like any other.
@@ -770,7 +912,13 @@ impl Model {
                  model's weights or config (norm_eps, LayerNorm weights) overflow float32"
             )));
         }
-        Ok(Tensor::from_vec(h, (n, self.config.hidden), &Device::Cpu)?)
+        let out = Tensor::from_vec(h, (n, self.config.hidden), &Device::Cpu)?;
+        clock.lap(|p| &mut p.other);
+        if let Some(p) = clock.profile {
+            p.calls += 1;
+            p.tokens += n;
+        }
+        Ok(out)
     }
 
     /// MLM logits `[rows, vocab]` of hidden-state rows `[rows, hidden]`.

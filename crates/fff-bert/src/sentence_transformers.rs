@@ -159,6 +159,29 @@ fn read_transformer_config(folder: &Path) -> Result<(Option<usize>, bool)> {
         "tokenizer_name_or_path",
         "backend",
     ]);
+    // sentence-transformers 6 names what the module computes; only token embeddings from the
+    // encoder's last hidden state are run here.
+    for (key, want) in [
+        ("transformer_task", "feature-extraction"),
+        ("module_output_name", "token_embeddings"),
+    ] {
+        if let Some(v) = c.opt_str(key)?.filter(|v| v != want) {
+            return Err(c.unsupported(key, &v, want));
+        }
+    }
+    if let Some(m) = c.get("modality_config") {
+        let output = m
+            .pointer("/text/method_output_name")
+            .and_then(Value::as_str);
+        let modalities = m.as_object().map_or(0, |o| o.len());
+        if output != Some("last_hidden_state") || modalities != 1 {
+            return Err(c.unsupported(
+                "modality_config",
+                &m.to_string(),
+                "text only, from the encoder's last_hidden_state",
+            ));
+        }
+    }
     let max = c.opt_usize("max_seq_length")?;
     if max == Some(0) {
         return Err(c.error("max_seq_length", "= 0 must be at least 1".into()));
@@ -180,9 +203,13 @@ fn read_pooling_config(path: &Path, hidden: usize) -> Result<Vec<Pooling>> {
     }
     let json = read_json(path)?;
     let mut c = Section::new(path, "", &json)?;
-    let dim = c
-        .opt_usize("word_embedding_dimension")?
-        .ok_or_else(|| c.missing("word_embedding_dimension"))?;
+    // `embedding_dimension` is sentence-transformers 6's name for it.
+    let dim = match c.opt_usize("word_embedding_dimension")? {
+        Some(d) => d,
+        None => c
+            .opt_usize("embedding_dimension")?
+            .ok_or_else(|| c.missing("word_embedding_dimension"))?,
+    };
     if dim != hidden {
         return Err(c.unsupported(
             "word_embedding_dimension",
@@ -206,7 +233,7 @@ fn read_pooling_config(path: &Path, hidden: usize) -> Result<Vec<Pooling>> {
             Pooling::WeightedMean,
             false,
         ),
-        ("pooling_mode_lasttoken_tokens", Pooling::LastToken, false),
+        ("pooling_mode_lasttoken", Pooling::LastToken, false),
     ];
     let mut modes = Vec::new();
     for (key, mode, default) in flags {
@@ -322,7 +349,7 @@ mod tests {
             ("modules.json", MODULES),
             (
                 "1_Pooling/config.json",
-                r#"{"word_embedding_dimension": 8, "pooling_mode": "lasttoken"}"#,
+                r#"{"embedding_dimension": 8, "pooling_mode": "lasttoken"}"#,
             ),
         ]);
         let spec = EmbeddingSpec::from_dir(dir.path(), 8).unwrap();

@@ -21,6 +21,11 @@ pub enum BenchCommand {
     /// End-to-end encoder throughput: UltraFastBERT-1x11 (FFF kernel, and dense masked as the
     /// original runs it) against a dense crammedBERT of the same shape.
     Bert(crate::bench_bert::BertBenchArgs),
+    /// A real encoder (a Hugging Face BERT / sentence-transformers folder) against PyTorch and
+    /// ONNX Runtime fp32 and int8 on the same inputs and threads: fixed shapes, and a file of
+    /// sentences embedded end to end; each peer is checked against the engine's embeddings
+    /// before it is timed.
+    Encoder(crate::bench_encoder::EncoderBenchArgs),
     /// Load test of `fff serve`: concurrent clients on loopback, throughput and latency of
     /// UltraFastBERT batched, unbatched and dense crammedBERT side by side (or of --url).
     Serve(crate::serve::ServeBenchArgs),
@@ -86,6 +91,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Train(args) => crate::bench_train::run(args),
         BenchCommand::Serve(args) => crate::serve::bench(args),
         BenchCommand::Bert(args) => crate::bench_bert::run(args),
+        BenchCommand::Encoder(args) => crate::bench_encoder::run(args),
     }
 }
 

@@ -7,6 +7,7 @@ mod output;
 
 mod bench;
 mod bench_bert;
+mod bench_encoder;
 mod bench_train;
 mod bert;
 mod data;

@@ -1,0 +1,127 @@
+//! `fff bench encoder`: a real encoder in this engine against PyTorch and ONNX Runtime (fp32
+//! and int8) on the same inputs and threads, on fixed shapes and on a file of sentences.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use fff_bench::encoder::{
+    encoder_table, profile_table, read_workload, run_encoder, EncoderBenchOptions, PeersOptions,
+    Shape,
+};
+use fff_bert::Pipeline;
+use std::path::PathBuf;
+
+/// Options of `fff bench encoder`.
+#[derive(Args, Debug)]
+pub struct EncoderBenchArgs {
+    /// Model folder (a Hugging Face BERT or sentence-transformers folder), or a Hugging Face
+    /// model id.
+    #[arg(long)]
+    model: String,
+    /// Encoder-only shapes, BATCHxTOKENS (specials included).
+    #[arg(long, value_delimiter = ',', default_value = "1x16,1x128,32x64")]
+    shapes: Vec<Shape>,
+    /// Sentences embedded end to end (tokenization and pooling included): a CSV's first two
+    /// columns (STS Benchmark rows), or one text per line of any other file.
+    #[arg(long)]
+    workload: Option<PathBuf>,
+    /// Texts per batch in the workload.
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::ROWS}>, default_value_t = 32)]
+    batch_size: usize,
+    /// Timed calls per shape and runtime (after 3 untimed ones); the engine runs them twice,
+    /// before and after the peers.
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::REPS}>, default_value_t = 20)]
+    reps: usize,
+    /// Timed passes over the workload per runtime (the engine: twice as many, in two halves).
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::REPS}>, default_value_t = 3)]
+    workload_reps: usize,
+    /// Worker threads of every runtime [default: all cores].
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::THREADS}>)]
+    threads: Option<usize>,
+    /// Peer runtimes to time: torch, ort-fp32, ort-int8.
+    #[arg(long, value_delimiter = ',', default_value = "torch,ort-fp32,ort-int8")]
+    peers: Vec<String>,
+    /// Time the engine alone (no Python peers).
+    #[arg(long)]
+    no_peers: bool,
+    /// The command that runs the peers (it makes its virtual environment on first use).
+    #[arg(long, default_value = "bash tools/encoder_peers.sh")]
+    peers_command: String,
+    /// Workload texts whose embeddings each peer must reproduce before it is timed.
+    #[arg(long, default_value_t = 64)]
+    check_texts: usize,
+    /// Seed of the shapes' token ids.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the tables (results and the engine's profile) as markdown here.
+    #[arg(long)]
+    table: Option<PathBuf>,
+}
+
+/// Runs `fff bench encoder`.
+pub fn run(args: EncoderBenchArgs) -> Result<()> {
+    for path in [&args.json, &args.table].into_iter().flatten() {
+        fff_util::fs::check_output_file(path, "--json/--table")?;
+    }
+    if let Some(t) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .context("setting the thread count")?;
+    }
+    let dir = fff_bert::resolve_model(&args.model)?;
+    let pipeline = Pipeline::load(&dir)?;
+    let workload = match &args.workload {
+        Some(path) => Some((read_workload(path)?, args.batch_size)),
+        None => None,
+    };
+    let peers = (!args.no_peers).then(|| PeersOptions {
+        command: args
+            .peers_command
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
+        runtimes: args.peers.clone(),
+        cache_dir: None,
+    });
+    let opts = EncoderBenchOptions {
+        model_dir: dir.clone(),
+        shapes: args.shapes.clone(),
+        workload,
+        reps: args.reps,
+        workload_reps: args.workload_reps,
+        check_texts: args.check_texts,
+        peers,
+        seed: args.seed,
+    };
+    outln!(
+        "fff bench encoder: {} ({} layers, hidden {}); {} threads; {}",
+        dir.display(),
+        pipeline.model.config().layers,
+        pipeline.model.config().hidden,
+        rayon::current_num_threads(),
+        fff_util::machine()
+    );
+    let report = run_encoder(&pipeline, &opts, |line| errln!("  {line}"))?;
+    let tables = format!(
+        "{}\nThe engine's time by phase (share of the encoder's time; FFF blocks whole):\n\n{}",
+        encoder_table(&report),
+        profile_table(&report)
+    );
+    out!("{tables}");
+    if let Some(path) = &args.json {
+        fff_util::fs::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        outln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.table {
+        let text = format!(
+            "Machine: {}; {} threads; model {}.\n\n{tables}",
+            report.machine, report.threads, report.model
+        );
+        fff_util::fs::write_atomic(path, text.as_bytes())?;
+        outln!("wrote {}", path.display());
+    }
+    Ok(())
+}
