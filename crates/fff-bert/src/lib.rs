@@ -22,6 +22,7 @@ pub mod batch;
 pub mod config;
 mod crammed;
 pub mod error;
+pub mod evaluate;
 pub mod hf_bert;
 pub mod hub;
 pub mod model;

@@ -12,6 +12,7 @@ mod bench_train;
 mod bert;
 mod data;
 mod demo;
+mod eval_embed;
 mod experiment;
 mod inspect;
 mod limits;
@@ -37,8 +38,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Train a model of FFF and dense layers on a dataset (cross-entropy; AdamW or SGD).
     Train(Box<train::TrainArgs>),
-    /// Evaluate a checkpoint written by `fff train --out` on a dataset's test set.
-    Eval(train::EvalArgs),
+    /// Evaluate a checkpoint written by `fff train --out` on a dataset's test set, or, with
+    /// `fff eval embed`, a sentence-embedding model (STS Spearman, linear probe).
+    Eval(EvalCommand),
     /// How a checkpoint's FFF layers route a dataset: region usage and entropy, |z| per level,
     /// and path changes against a second checkpoint.
     Inspect(inspect::InspectArgs),
@@ -56,6 +58,23 @@ enum Command {
     Bert(bert::BertCommand),
 }
 
+/// `fff eval CHECKPOINT ...` or `fff eval embed ...`.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct EvalCommand {
+    #[command(subcommand)]
+    kind: Option<EvalKind>,
+    #[command(flatten)]
+    checkpoint: Option<train::EvalArgs>,
+}
+
+#[derive(Subcommand)]
+enum EvalKind {
+    /// A sentence-embedding model's standard figures: STS Spearman (x100) and a linear probe's
+    /// accuracy on frozen embeddings, as text and JSON.
+    Embed(eval_embed::EmbedEvalArgs),
+}
+
 /// The command line, with the training defaults in `fff train --help`.
 fn command() -> clap::Command {
     Cli::command().mut_subcommand("train", train_config::TrainSettings::with_defaults)
@@ -68,7 +87,15 @@ pub fn run() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Train(args) => train::run(*args),
-        Command::Eval(args) => train::eval(args),
+        Command::Eval(EvalCommand {
+            kind: Some(EvalKind::Embed(args)),
+            ..
+        }) => eval_embed::run(args),
+        Command::Eval(EvalCommand {
+            checkpoint: Some(args),
+            ..
+        }) => train::eval(args),
+        Command::Eval(_) => unreachable!("clap requires a checkpoint or a subcommand"),
         Command::Inspect(args) => inspect::run(args),
         Command::Experiment(cmd) => experiment::run(cmd),
         Command::Bert(cmd) => bert::run(cmd),

@@ -7,7 +7,8 @@
 //! - [`download`]: the two image sets fetched once from public mirrors into a cache folder and
 //!   verified, or read from that folder with no network when they are already there;
 //! - [`synthetic`]: small sets generated in memory (interleaved spirals), so that examples run
-//!   with no network and no files.
+//!   with no network and no files;
+//! - [`text`]: text evaluation sets: scored sentence pairs (STS) and labelled sentences.
 
 #![warn(missing_docs)]
 
@@ -15,6 +16,7 @@ pub mod download;
 pub mod idx;
 pub mod mnist;
 pub mod synthetic;
+pub mod text;
 
 use std::path::PathBuf;
 

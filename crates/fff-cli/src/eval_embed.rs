@@ -1,0 +1,148 @@
+//! `fff eval embed`: the standard quality figures of a sentence-embedding model: STS Spearman
+//! and a linear probe, as JSON.
+
+use anyhow::{ensure, Context, Result};
+use clap::Args;
+use fff_bert::evaluate::{cosine, embed_unique, spearman, Probe};
+use fff_bert::Pipeline;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Options of `fff eval embed`.
+#[derive(Args, Debug)]
+pub struct EmbedEvalArgs {
+    /// Model folder or Hugging Face model id.
+    #[arg(long)]
+    model: String,
+    /// Scored sentence pairs, `sentence1,sentence2,score` CSV rows (the STS Benchmark): Spearman
+    /// correlation of the embeddings' cosine with the score, x100.
+    #[arg(long)]
+    sts: Option<PathBuf>,
+    /// Labelled sentences, a TSV with `split`, `label` and `text` columns: logistic regression
+    /// on the frozen embeddings of the `train` rows, accuracy (%) on the `test` rows.
+    #[arg(long)]
+    probe: Option<PathBuf>,
+    /// Inverse L2 strength of the probe (scikit-learn's `C`).
+    #[arg(long, default_value_t = 1.0)]
+    probe_c: f64,
+    /// Texts per batch.
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::ROWS}>, default_value_t = 32)]
+    batch_size: usize,
+    /// Worker threads [default: all cores].
+    #[arg(long, value_parser = crate::limits::count::<{crate::limits::THREADS}>)]
+    threads: Option<usize>,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Runs `fff eval embed`.
+pub fn run(args: EmbedEvalArgs) -> Result<()> {
+    ensure!(
+        args.sts.is_some() || args.probe.is_some(),
+        "nothing to evaluate: give --sts FILE and/or --probe FILE"
+    );
+    ensure!(
+        args.probe_c.is_finite() && args.probe_c > 0.0,
+        "--probe-c must be a positive number"
+    );
+    if let Some(path) = &args.json {
+        fff_util::fs::check_output_file(path, "--json")?;
+    }
+    if let Some(t) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .context("setting the thread count")?;
+    }
+    // Read the data first, so that a bad file fails before the model loads.
+    let pairs = args
+        .sts
+        .as_deref()
+        .map(fff_data::text::read_scored_pairs)
+        .transpose()?;
+    let labelled = args
+        .probe
+        .as_deref()
+        .map(fff_data::text::read_labelled_texts)
+        .transpose()?;
+    let start = Instant::now();
+    let dir = fff_bert::resolve_model(&args.model)?;
+    let p = Pipeline::load(&dir)?;
+    let pooling = p.pooling(None, None);
+    let mut out = json!({
+        "model": dir.display().to_string(),
+        "pooling": pooling.modes.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+        "normalize": pooling.normalize,
+        "max_seq_length": p.tokenizer.max_len,
+        "machine": fff_util::machine(),
+        "threads": rayon::current_num_threads(),
+    });
+    if let (Some(pairs), Some(path)) = (&pairs, &args.sts) {
+        let texts: Vec<&str> = pairs
+            .iter()
+            .flat_map(|q| [q.a.as_str(), q.b.as_str()])
+            .collect();
+        let vectors = embed_unique(&p, &texts, &pooling, args.batch_size)?;
+        let cos: Vec<f64> = vectors.chunks(2).map(|v| cosine(&v[0], &v[1])).collect();
+        let gold: Vec<f64> = pairs.iter().map(|q| q.score).collect();
+        let rho = 100.0 * spearman(&cos, &gold);
+        outln!(
+            "STS {}: Spearman x100 = {rho:.4} over {} pairs",
+            path.display(),
+            pairs.len()
+        );
+        out["sts"] =
+            json!({"file": path.display().to_string(), "pairs": pairs.len(), "spearman": rho});
+    }
+    if let (Some(rows), Some(path)) = (&labelled, &args.probe) {
+        let split = |name: &str| -> Vec<&fff_data::text::LabelledText> {
+            rows.iter().filter(|r| r.split == name).collect()
+        };
+        let (train, test) = (split("train"), split("test"));
+        ensure!(
+            !train.is_empty() && !test.is_empty(),
+            "{}: the probe needs `train` and `test` rows (found {} and {})",
+            path.display(),
+            train.len(),
+            test.len()
+        );
+        let embed = |rows: &[&fff_data::text::LabelledText]| -> Result<Vec<f32>> {
+            let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
+            Ok(embed_unique(&p, &texts, &pooling, args.batch_size)?.concat())
+        };
+        let dim = pooling.width(p.model.config().hidden);
+        let x_train = embed(&train)?;
+        let labels: Vec<usize> = train.iter().map(|r| r.label).collect();
+        let probe = Probe::fit(&x_train, &labels, dim, args.probe_c)?;
+        let x_test = embed(&test)?;
+        let correct = test
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| probe.predict(&x_test[i * dim..(i + 1) * dim]) == r.label)
+            .count();
+        let accuracy = 100.0 * correct as f64 / test.len() as f64;
+        outln!(
+            "probe {}: accuracy {accuracy:.4}% on {} test rows (logistic regression, C = {}, on {} train rows)",
+            path.display(),
+            test.len(),
+            args.probe_c,
+            train.len()
+        );
+        let first = &probe.models[0];
+        out["probe"] = json!({
+            "file": path.display().to_string(), "train": train.len(), "test": test.len(),
+            "classes": probe.classes, "accuracy": accuracy, "c": args.probe_c,
+            "newton_iterations": probe.models.iter().map(|m| m.iterations).collect::<Vec<_>>(),
+            "objective": first.objective, "intercept": first.b,
+            "coef_norm": first.w.iter().map(|w| w * w).sum::<f64>().sqrt(),
+        });
+    }
+    out["seconds"] = json!(start.elapsed().as_secs_f64());
+    if let Some(path) = &args.json {
+        fff_util::fs::write_atomic(path, serde_json::to_string_pretty(&out)?.as_bytes())?;
+        outln!("wrote {}", path.display());
+    }
+    Ok(())
+}
