@@ -476,9 +476,17 @@ impl Ffn {
                 glu,
             } => {
                 let z = mid.sized(n * dense_in.out);
+                if !*glu {
+                    // The activation is fused into the projection's pass over its output.
+                    dense_in.forward_act(x, n, z, *act);
+                    clock.lap(|p| &mut p.ffn_in);
+                    dense_out.forward(z, n, out);
+                    clock.lap(|p| &mut p.ffn_out);
+                    return Ok(());
+                }
                 dense_in.forward(x, n, z);
                 clock.lap(|p| &mut p.ffn_in);
-                if *glu {
+                {
                     let half = dense_in.out / 2;
                     let mut a = vec![0f32; n * half];
                     let act = act.as_activation();
@@ -492,10 +500,6 @@ impl Ffn {
                         });
                     clock.lap(|p| &mut p.activation);
                     dense_out.forward(&a, n, out);
-                } else {
-                    ops::activate(z, *act);
-                    clock.lap(|p| &mut p.activation);
-                    dense_out.forward(z, n, out);
                 }
                 clock.lap(|p| &mut p.ffn_out);
                 Ok(())
