@@ -50,3 +50,19 @@ def test_bad_folder_and_options(tmp_path):
         model.embed(["a text"], pooling="median")
     with pytest.raises(ValueError, match="mask"):
         model.fill_mask("no mask here")
+
+
+def test_sentence_transformers_folder_embeds_as_sentence_transformers():
+    """A Hugging Face BERT sentence-transformers folder: the model's own mean pooling and
+    Normalize by default, equal to SentenceTransformer.encode (tools/hf_bert_fixtures.py)."""
+    folder = FIXTURES / "hf" / "tiny-st"
+    meta, tensors = expected(Path("hf") / "tiny-st")
+    singles = [i for i, c in enumerate(meta["cases"]) if c["pair"] is None]
+    model = Bert(folder)
+    ours = model.embed([meta["cases"][i]["text"] for i in singles])
+    want = torch.stack([tensors[f"case{i}.embedding"] for i in singles])
+    torch.testing.assert_close(ours, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.norm(dim=1), torch.ones(len(singles)), atol=1e-5, rtol=0)
+    # Overrides: first-token pooling without normalisation is the [CLS] row of the hidden states.
+    cls = model.embed([meta["cases"][singles[0]]["text"]], pooling="cls", normalize=False)
+    torch.testing.assert_close(cls[0], tensors[f"case{singles[0]}.hidden"][0], atol=1e-4, rtol=0)
