@@ -9,7 +9,7 @@ output file and prints engine and peers side by side.
 Usage::
 
     python tools/encoder_peers.py --model DIR --inputs INPUTS.json --out OUT.json \\
-        --threads 2 --reps 20 --workload-reps 3 [--runtimes torch,ort-fp32,ort-int8] \\
+        --threads 2 --reps 20 --workload-reps 3 [--warmup 3] [--runtimes torch,ort-fp32,ort-int8] \\
         [--cache-dir ~/.cache/fff-peers]
 
 INPUTS.json::
@@ -139,6 +139,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--workload-reps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed calls per shape before the timed ones")
     ap.add_argument("--runtimes", default=",".join(ALL_RUNTIMES))
     ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "fff-peers")
     args = ap.parse_args(argv)
@@ -458,7 +459,7 @@ def check(name: str, embedder: Embedder, runtime, inputs: dict, batch: int, gate
     return res
 
 
-def time_shapes(name: str, runtime, inputs: dict, reps: int) -> dict:
+def time_shapes(name: str, runtime, inputs: dict, reps: int, warmup: int = 3) -> dict:
     out = {}
     for shape in inputs["shapes"]:
         ids = np.asarray(shape["ids"], dtype=np.int64)
@@ -466,7 +467,7 @@ def time_shapes(name: str, runtime, inputs: dict, reps: int) -> dict:
         if ids.ndim != 2 or tt.shape != ids.shape:
             raise SystemExit(f"shape {shape['name']}: ids must be a rectangular [batch][seq] list")
         feed = runtime.prepare(ids, tt, np.ones_like(ids))
-        for _ in range(3):
+        for _ in range(warmup):
             runtime.run(feed)
         times = []
         for _ in range(reps):
@@ -607,14 +608,14 @@ def main() -> int:
             rt = TorchRuntime(model_dir, use_type_ids)
             entry.update(rt.info)
             entry["check"] = check(name, embedder, rt, inputs, batch, gated=True)
-            entry["shapes"] = time_shapes(name, rt, inputs, args.reps)
+            entry["shapes"] = time_shapes(name, rt, inputs, args.reps, args.warmup)
         elif name == "ort-fp32":
             graphs = {}
             timed = {}
             for g in ("optimized", "exported"):
                 rt = OrtRuntime(paths[g], args.threads)
                 chk = check(f"{name} ({g})", embedder, rt, inputs, batch, gated=True)
-                timed[g] = (rt, chk, time_shapes(f"{name} ({g})", rt, inputs, args.reps))
+                timed[g] = (rt, chk, time_shapes(f"{name} ({g})", rt, inputs, args.reps, args.warmup))
                 graphs[g] = {
                     "onnx": str(paths[g]),
                     "ops": onnx_op_counts(paths[g]),
@@ -638,7 +639,7 @@ def main() -> int:
                     quantize_onnx(paths[g], qpath, reduce_range)
                 rt = OrtRuntime(qpath, args.threads)
                 chk = check(f"{name} (from {g})", embedder, rt, inputs, batch, gated=False)
-                timed[g] = (rt, chk, time_shapes(f"{name} (from {g})", rt, inputs, args.reps))
+                timed[g] = (rt, chk, time_shapes(f"{name} (from {g})", rt, inputs, args.reps, args.warmup))
                 graphs[g] = {
                     "onnx": str(qpath),
                     "ops": onnx_op_counts(qpath),

@@ -65,8 +65,10 @@ pub struct EncoderBenchOptions {
     pub shapes: Vec<Shape>,
     /// Sentences embedded end to end, with the batch size.
     pub workload: Option<(Vec<String>, usize)>,
-    /// Timed calls per shape (after 3 untimed ones).
+    /// Timed calls per shape.
     pub reps: usize,
+    /// Untimed calls per shape before the timed ones (every runtime alike).
+    pub warmup: usize,
     /// Timed passes over the workload (after one untimed pass over its first two batches).
     pub workload_reps: usize,
     /// Texts whose embeddings the peers must reproduce before they are timed.
@@ -199,7 +201,7 @@ fn time_engine(
 ) -> Result<RuntimeResult> {
     let mut shapes = BTreeMap::new();
     for (shape, packed) in inputs {
-        for _ in 0..3 {
+        for _ in 0..opts.warmup {
             p.model.encode_packed(packed)?;
         }
         let mut profile = Profile::default();
@@ -382,6 +384,8 @@ fn run_peers(
         .arg(opts.reps.to_string())
         .arg("--workload-reps")
         .arg(opts.workload_reps.to_string())
+        .arg("--warmup")
+        .arg(opts.warmup.to_string())
         .arg("--runtimes")
         .arg(peers.runtimes.join(","));
     if let Some(cache) = &peers.cache_dir {

@@ -10,16 +10,25 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use fastfeedforward::internal::math::{exp as fast_exp, gelu as fast_gelu};
 use fastfeedforward::internal::simd::vectorized;
+use fastfeedforward::kernels::packed::{PackedMatrix, PANEL};
 use rayon::prelude::*;
 use std::ops::Range;
 
 /// Rows per rayon task for elementwise and per-row work.
 const ROWS_PER_TASK: usize = 16;
 
+/// Inputs of at most this many rows run on the pre-packed weights, larger ones on faer's SGEMM:
+/// below it, faer's repacking of the weights on every call costs as much as the arithmetic
+/// (`examples/gemm_shapes.rs`: at 16 rows the packed kernel takes half the time on one thread);
+/// above it, faer's cache blocking wins.
+pub const PACKED_MAX_ROWS: usize = 128;
+
 /// A linear layer `y = x·Wᵀ + b` with `W` `[out, in]` row-major, as PyTorch stores it.
 #[derive(Clone, Debug)]
 pub struct Dense {
     weight: Vec<f32>,
+    /// The same weights packed once for inputs of few rows (see [`PACKED_MAX_ROWS`]).
+    packed: PackedMatrix,
     bias: Option<Vec<f32>>,
     /// Output width.
     pub out: usize,
@@ -31,15 +40,16 @@ impl Dense {
     /// From a `[out, in]` weight tensor and an optional `[out]` bias.
     pub fn from_tensors(weight: &Tensor, bias: Option<&Tensor>) -> Result<Dense> {
         let (out, inp) = weight.dims2()?;
-        Ok(Dense {
-            weight: weight.flatten_all()?.to_vec1::<f32>()?,
-            bias: match bias {
-                Some(b) => Some(b.to_vec1::<f32>()?),
-                None => None,
-            },
+        let bias = match bias {
+            Some(b) => Some(b.to_vec1::<f32>()?),
+            None => None,
+        };
+        Ok(Dense::new(
+            weight.flatten_all()?.to_vec1::<f32>()?,
+            bias,
             out,
             inp,
-        })
+        ))
     }
 
     /// From a `[out, in]` row-major weight and an optional `[out]` bias.
@@ -50,6 +60,7 @@ impl Dense {
             "bias is [out]"
         );
         Dense {
+            packed: PackedMatrix::pack(&weight, out, inp),
             weight,
             bias,
             out,
@@ -75,9 +86,13 @@ impl Dense {
             return;
         }
         let threads = rayon::current_num_threads().max(1);
-        // Whole 16-column vectors per block, and no block so thin that its call costs more
-        // than it computes.
-        let chunk = self.out.div_ceil(threads).next_multiple_of(16).max(64);
+        let packed = n <= PACKED_MAX_ROWS;
+        // Whole panels (packed) or 16-column vectors per block, and no block so thin that its
+        // call costs more than it computes.
+        let chunk = match packed {
+            true => self.out.div_ceil(threads).next_multiple_of(PANEL),
+            false => self.out.div_ceil(threads).next_multiple_of(16).max(64),
+        };
         let xm = MatRef::from_row_major_slice(x, n, self.inp);
         let ym = MatMut::from_row_major_slice_mut(y, n, self.out);
         let activation = act.as_activation();
@@ -85,9 +100,22 @@ impl Dense {
             .enumerate()
             .for_each(|(c, mut block)| {
                 let cols = c * chunk..c * chunk + block.ncols();
-                let w = &self.weight[cols.start * self.inp..cols.end * self.inp];
-                let wt = MatRef::from_row_major_slice(w, cols.len(), self.inp).transpose();
-                matmul(block.as_mut(), Accum::Replace, xm, wt, 1.0f32, Par::Seq);
+                if packed {
+                    // SAFETY: the block's rows are `cols.len()` floats each, `self.out` apart,
+                    // in the output this task alone writes those columns of; the slice ends
+                    // at the last row's last column of the block.
+                    let y = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            block.as_mut().ptr_at_mut(0, 0),
+                            (n - 1) * self.out + cols.len(),
+                        )
+                    };
+                    self.packed.matmul_cols(x, n, cols.clone(), y, self.out);
+                } else {
+                    let w = &self.weight[cols.start * self.inp..cols.end * self.inp];
+                    let wt = MatRef::from_row_major_slice(w, cols.len(), self.inp).transpose();
+                    matmul(block.as_mut(), Accum::Replace, xm, wt, 1.0f32, Par::Seq);
+                }
                 if self.bias.is_none() && act == Nonlin::Identity {
                     return;
                 }
@@ -444,7 +472,8 @@ mod tests {
 
     #[test]
     fn dense_matches_an_f64_reference_at_every_split() {
-        // Widths below, at and across the 64-column blocks; 1 to 3 threads.
+        // Widths below, at and across the blocks; rows on both sides of PACKED_MAX_ROWS (the
+        // packed kernel and faer); 1 to 3 threads.
         for (seed, &(n, inp, out)) in [
             (1, 1, 1),
             (3, 17, 5),

@@ -27,10 +27,14 @@ pub struct EncoderBenchArgs {
     /// Texts per batch in the workload.
     #[arg(long, value_parser = crate::limits::count::<{crate::limits::ROWS}>, default_value_t = 32)]
     batch_size: usize,
-    /// Timed calls per shape and runtime (after 3 untimed ones); the engine runs them twice,
-    /// before and after the peers.
+    /// Timed calls per shape and runtime; the engine runs them twice, before and after the
+    /// peers.
     #[arg(long, value_parser = crate::limits::count::<{crate::limits::REPS}>, default_value_t = 20)]
     reps: usize,
+    /// Untimed calls per shape and runtime before the timed ones: the first calls of every
+    /// runtime are slower (caches, thread pools), and the table is about steady state.
+    #[arg(long, default_value_t = 10)]
+    warmup: usize,
     /// Timed passes over the workload per runtime (the engine: twice as many, in two halves).
     #[arg(long, value_parser = crate::limits::count::<{crate::limits::REPS}>, default_value_t = 3)]
     workload_reps: usize,
@@ -91,6 +95,7 @@ pub fn run(args: EncoderBenchArgs) -> Result<()> {
         shapes: args.shapes.clone(),
         workload,
         reps: args.reps,
+        warmup: args.warmup,
         workload_reps: args.workload_reps,
         check_texts: args.check_texts,
         peers,

@@ -9,6 +9,7 @@ mod bucketed;
 pub(crate) mod descent;
 mod dev;
 pub mod format;
+pub mod packed;
 pub(crate) mod phases;
 pub mod reference;
 mod shallow;
