@@ -43,16 +43,12 @@ fn call(
     }
 }
 
-struct SyncPtr(*mut f32);
-unsafe impl Sync for SyncPtr {}
-unsafe impl Send for SyncPtr {}
-
 fn main() {
     let threads = rayon::current_num_threads();
     let shapes = [(384, 1152), (384, 384), (384, 1536), (1536, 384)];
     println!("{threads} threads");
-    println!("| m | k | n | plain, faer threads | plain, split | yᵀ, faer threads | yᵀ, split | yᵀ seq | packed, split | GFLOP/s best |");
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| m | k | n | plain, faer threads | plain, split | yᵀ, faer threads | yᵀ, split | yᵀ seq | packed, split | packed AVX2 | GFLOP/s best |");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for m in [16usize, 128, 2048] {
         for &(k, n) in &shapes {
             let x: Vec<f32> = (0..m * k)
@@ -98,12 +94,24 @@ fn main() {
                     let ys = unsafe {
                         std::slice::from_raw_parts_mut(out.0.add(cols.start), m * n - cols.start)
                     };
-                    packed.matmul_cols(&x, m, cols.clone(), ys, n);
+                    packed.matmul_cols(&x, m, cols.clone(), ys, n, Default::default());
+                });
+            });
+            let avx2 = fastfeedforward::SimdLevel::Avx2;
+            let packed_avx2 = median_us(|| {
+                let out = SharedOut(y.as_mut_ptr());
+                blocks.par_iter().for_each(|cols| {
+                    let out = &out;
+                    // SAFETY: as above.
+                    let ys = unsafe {
+                        std::slice::from_raw_parts_mut(out.0.add(cols.start), m * n - cols.start)
+                    };
+                    packed.matmul_cols_at(avx2, &x, m, cols.clone(), ys, n, Default::default());
                 });
             });
             let best = t.iter().copied().fold(seq.min(packed_t), f64::min);
             println!(
-                "| {m} | {k} | {n} | {:.1} | {:.1} | {:.1} | {:.1} | {seq:.1} | {packed_t:.1} | {:.0} |",
+                "| {m} | {k} | {n} | {:.1} | {:.1} | {:.1} | {:.1} | {seq:.1} | {packed_t:.1} | {packed_avx2:.1} | {:.0} |",
                 t[0],
                 t[1],
                 t[2],

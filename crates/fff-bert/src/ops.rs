@@ -1,6 +1,6 @@
-//! The encoder's dense parts on plain row-major `f32` buffers: projections on faer's matmul
-//! (the fastest SGEMM we have here: it uses AVX-512 where candle's gemm stops at AVX2), fused
-//! per-head attention, LayerNorm, and elementwise activations, all multithreaded with rayon.
+//! The encoder's dense parts on plain row-major `f32` buffers: projections on weights packed
+//! once at load (`fastfeedforward::kernels::packed`), per-head attention on faer's matmul,
+//! LayerNorm, and elementwise activations, all multithreaded with rayon.
 //! The FFF blocks run on `fastfeedforward`'s kernel beside them.
 
 use crate::config::Nonlin;
@@ -8,26 +8,19 @@ use crate::error::Result;
 use candle_core::Tensor;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
-use fastfeedforward::internal::math::{exp as fast_exp, gelu as fast_gelu};
+use fastfeedforward::internal::math::exp as fast_exp;
 use fastfeedforward::internal::simd::vectorized;
-use fastfeedforward::kernels::packed::{PackedMatrix, PANEL};
+use fastfeedforward::kernels::packed::{Epilogue, PackedMatrix, PANEL};
 use rayon::prelude::*;
 use std::ops::Range;
 
 /// Rows per rayon task for elementwise and per-row work.
 const ROWS_PER_TASK: usize = 16;
 
-/// Inputs of at most this many rows run on the pre-packed weights, larger ones on faer's SGEMM:
-/// below it, faer's repacking of the weights on every call costs as much as the arithmetic
-/// (`examples/gemm_shapes.rs`: at 16 rows the packed kernel takes half the time on one thread);
-/// above it, faer's cache blocking wins.
-pub const PACKED_MAX_ROWS: usize = 128;
-
 /// A linear layer `y = x·Wᵀ + b` with `W` `[out, in]` row-major, as PyTorch stores it.
 #[derive(Clone, Debug)]
 pub struct Dense {
-    weight: Vec<f32>,
-    /// The same weights packed once for inputs of few rows (see [`PACKED_MAX_ROWS`]).
+    /// The weights, packed once into panels of output columns.
     packed: PackedMatrix,
     bias: Option<Vec<f32>>,
     /// Output width.
@@ -61,7 +54,6 @@ impl Dense {
         );
         Dense {
             packed: PackedMatrix::pack(&weight, out, inp),
-            weight,
             bias,
             out,
             inp,
@@ -73,12 +65,11 @@ impl Dense {
         self.forward_act(x, n, y, Nonlin::Identity);
     }
 
-    /// `y[n, out] = act(x[n, in]·Wᵀ + b)`. The output columns are split into one block per
-    /// thread, each a sequential faer SGEMM followed by the bias and the activation on the
-    /// block while it is still in cache: at the encoder's shapes this beats faer's own
-    /// threading (which splits rows and packs every weight panel on every thread), most of all
-    /// for short inputs, where each thread then reads only its share of the weights
-    /// (`examples/gemm_shapes.rs` measures the choices).
+    /// `y[n, out] = act(x[n, in]·Wᵀ + b)`, on the packed weights: the output columns are
+    /// split into one block of whole panels per thread, each thread reading only its share of
+    /// the weights, with the bias and the activation applied to each tile as it is stored. At
+    /// 16–128 rows this takes about half the time of faer's SGEMM, which repacks every weight
+    /// panel on every call, and at 2,048 rows about the same (`examples/gemm_shapes.rs`).
     pub fn forward_act(&self, x: &[f32], n: usize, y: &mut [f32], act: Nonlin) {
         debug_assert_eq!(x.len(), n * self.inp);
         debug_assert_eq!(y.len(), n * self.out);
@@ -86,66 +77,23 @@ impl Dense {
             return;
         }
         let threads = rayon::current_num_threads().max(1);
-        let packed = n <= PACKED_MAX_ROWS;
-        // Whole panels (packed) or 16-column vectors per block, and no block so thin that its
-        // call costs more than it computes.
-        let chunk = match packed {
-            true => self.out.div_ceil(threads).next_multiple_of(PANEL),
-            false => self.out.div_ceil(threads).next_multiple_of(16).max(64),
+        let chunk = self.out.div_ceil(threads).next_multiple_of(PANEL);
+        let epilogue = Epilogue {
+            bias: self.bias.as_deref(),
+            act: act.as_activation(),
         };
-        let xm = MatRef::from_row_major_slice(x, n, self.inp);
-        let ym = MatMut::from_row_major_slice_mut(y, n, self.out);
-        let activation = act.as_activation();
-        ym.par_col_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(c, mut block)| {
-                let cols = c * chunk..c * chunk + block.ncols();
-                if packed {
-                    // SAFETY: the block's rows are `cols.len()` floats each, `self.out` apart,
-                    // in the output this task alone writes those columns of; the slice ends
-                    // at the last row's last column of the block.
-                    let y = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            block.as_mut().ptr_at_mut(0, 0),
-                            (n - 1) * self.out + cols.len(),
-                        )
-                    };
-                    self.packed.matmul_cols(x, n, cols.clone(), y, self.out);
-                } else {
-                    let w = &self.weight[cols.start * self.inp..cols.end * self.inp];
-                    let wt = MatRef::from_row_major_slice(w, cols.len(), self.inp).transpose();
-                    matmul(block.as_mut(), Accum::Replace, xm, wt, 1.0f32, Par::Seq);
-                }
-                if self.bias.is_none() && act == Nonlin::Identity {
-                    return;
-                }
-                let bias = self.bias.as_ref().map(|b| &b[cols.clone()]);
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for r in 0..n {
-                            // SAFETY: row r of the block is `cols.len()` contiguous floats of
-                            // the row-major output, which this task alone writes.
-                            let row = unsafe {
-                                std::slice::from_raw_parts_mut(
-                                    block.as_mut().ptr_at_mut(r, 0),
-                                    cols.len(),
-                                )
-                            };
-                            if let Some(b) = bias {
-                                row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
-                            }
-                            // GELU by name, so that its loop vectorizes without a match per
-                            // element.
-                            match act {
-                                Nonlin::Identity => {}
-                                Nonlin::Gelu => row.iter_mut().for_each(|v| *v = fast_gelu(*v)),
-                                _ => row.iter_mut().for_each(|v| *v = activation.apply_fast(*v)),
-                            }
-                        }
-                    },
-                )
-            });
+        let out = SharedRows(y.as_mut_ptr());
+        let blocks = self.out.div_ceil(chunk);
+        (0..blocks).into_par_iter().for_each(|b| {
+            let cols = b * chunk..((b + 1) * chunk).min(self.out);
+            let out = &out;
+            // SAFETY: `y` is `[n, out]`; this task writes only columns `cols` of each row, and
+            // the slice from the block's first column to the last row's end lies within `y`.
+            let y = unsafe {
+                std::slice::from_raw_parts_mut(out.0.add(cols.start), n * self.out - cols.start)
+            };
+            self.packed.matmul_cols(x, n, cols, y, self.out, epilogue);
+        });
     }
 
     /// Allocating form of [`Dense::forward`].
@@ -155,6 +103,11 @@ impl Dense {
         y
     }
 }
+
+/// The output of a projection, shared by tasks that each write their own columns of it.
+struct SharedRows(*mut f32);
+// SAFETY: the tasks sharing it write disjoint elements.
+unsafe impl Sync for SharedRows {}
 
 /// LayerNorm over rows of width `weight.len()`, as PyTorch computes it (biased variance, `eps`
 /// inside the square root).
@@ -472,8 +425,8 @@ mod tests {
 
     #[test]
     fn dense_matches_an_f64_reference_at_every_split() {
-        // Widths below, at and across the blocks; rows on both sides of PACKED_MAX_ROWS (the
-        // packed kernel and faer); 1 to 3 threads.
+        // Widths below, at and across the panels; rows below, at and past the register tiles
+        // and the row blocks; 1 to 3 threads.
         for (seed, &(n, inp, out)) in [
             (1, 1, 1),
             (3, 17, 5),

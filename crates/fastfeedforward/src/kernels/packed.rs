@@ -10,11 +10,18 @@
 //! panel row and broadcasting one input per tile row. The plain triple loop in
 //! [`PackedMatrix::matmul_reference`] is the reference the tests hold it to.
 
-use super::simd::{dispatch, Simd, SimdLevel, SimdTask};
+use super::simd::{dispatch, prefetch_line, Simd, SimdLevel, SimdTask, HINT_L1};
+use crate::Activation;
 use std::ops::Range;
 
 /// Output columns per packed panel (two AVX-512 vectors, four AVX2 ones).
 pub const PANEL: usize = 32;
+
+/// Bytes of input rows processed against every panel before the next rows (kept in L2).
+const ROW_BLOCK_BYTES: usize = 128 << 10;
+
+/// How many panel rows ahead of the one being multiplied are prefetched.
+const PREFETCH_ROWS: usize = 8;
 
 /// A `[out, in]` row-major weight matrix packed into panels of [`PANEL`] output columns.
 #[derive(Clone, Debug, PartialEq)]
@@ -57,10 +64,39 @@ impl PackedMatrix {
         self.out.div_ceil(PANEL)
     }
 
-    /// Writes columns `cols` of `y = x·Wᵀ` for `n` rows: `x` is `[n, in]` row-major, `y` the
-    /// rows' outputs with row stride `ldy`, column `cols.start` at `y[0]`. `cols` must start at a
-    /// panel boundary (a multiple of [`PANEL`]) and end at one or at `out`.
-    pub fn matmul_cols(&self, x: &[f32], n: usize, cols: Range<usize>, y: &mut [f32], ldy: usize) {
+    /// Writes columns `cols` of `y = act(x·Wᵀ + b)` for `n` rows: `x` is `[n, in]` row-major,
+    /// `y` the rows' outputs with row stride `ldy`, column `cols.start` at `y[0]`; `bias`, when
+    /// given, holds the `out` biases. `cols` must start at a panel boundary (a multiple of
+    /// [`PANEL`]) and end at one or at `out`. The bias and the activation are applied to each
+    /// tile as it is stored, while it is in L1.
+    pub fn matmul_cols(
+        &self,
+        x: &[f32],
+        n: usize,
+        cols: Range<usize>,
+        y: &mut [f32],
+        ldy: usize,
+        epilogue: Epilogue,
+    ) {
+        self.matmul_cols_at(SimdLevel::detect(), x, n, cols, y, ldy, epilogue)
+    }
+
+    /// [`matmul_cols`](Self::matmul_cols) at instruction set `level` (the portable code where
+    /// this CPU lacks it), for tests and comparisons.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_cols_at(
+        &self,
+        level: SimdLevel,
+        x: &[f32],
+        n: usize,
+        cols: Range<usize>,
+        y: &mut [f32],
+        ldy: usize,
+        epilogue: Epilogue,
+    ) {
+        if let Some(b) = epilogue.bias {
+            assert_eq!(b.len(), self.out, "one bias per output column");
+        }
         assert!(
             cols.start % PANEL == 0 && cols.end <= self.out,
             "columns on panel bounds"
@@ -78,7 +114,7 @@ impl PackedMatrix {
             "y holds the rows"
         );
         dispatch(
-            SimdLevel::detect(),
+            level,
             Task {
                 m: self,
                 x,
@@ -86,6 +122,7 @@ impl PackedMatrix {
                 cols,
                 y,
                 ldy,
+                epilogue,
             },
         )
     }
@@ -104,6 +141,25 @@ impl PackedMatrix {
     }
 }
 
+/// What happens to each tile of the product before it is stored: `act(tile + bias)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a> {
+    /// One bias per output column, or none.
+    pub bias: Option<&'a [f32]>,
+    /// The activation (identity for none).
+    pub act: Activation,
+}
+
+impl Default for Epilogue<'_> {
+    /// No bias, no activation: the plain product.
+    fn default() -> Self {
+        Epilogue {
+            bias: None,
+            act: Activation::Identity,
+        }
+    }
+}
+
 struct Task<'a> {
     m: &'a PackedMatrix,
     x: &'a [f32],
@@ -111,6 +167,7 @@ struct Task<'a> {
     cols: Range<usize>,
     y: &'a mut [f32],
     ldy: usize,
+    epilogue: Epilogue<'a>,
 }
 
 impl SimdTask for Task<'_> {
@@ -139,73 +196,55 @@ impl Task<'_> {
             cols,
             y,
             ldy,
+            epilogue,
         } = self;
         let k = m.inp;
         let width = V * S::LANES;
         debug_assert!(PANEL % width == 0);
         let first = cols.start / PANEL;
-        for p in first..cols.end.div_ceil(PANEL) {
-            let panel = &m.panels[p * k * PANEL..(p + 1) * k * PANEL];
-            for part in (0..PANEL).step_by(width) {
-                let col = p * PANEL + part;
-                if col >= cols.end {
-                    break;
-                }
-                let valid = width.min(cols.end - col);
-                let y_col = col - cols.start;
-                let mut r = 0;
-                while r + MR <= n {
-                    tile::<S, MR, V>(
-                        s,
-                        &x[r * k..],
-                        k,
-                        panel,
-                        part,
-                        &mut y[r * ldy + y_col..],
-                        ldy,
-                        valid,
-                    );
-                    r += MR;
-                }
-                // The last rows, fewer than MR: in tiles of 4, 2 and 1.
-                while r + 4 <= n && MR > 4 {
-                    tile::<S, 4, V>(
-                        s,
-                        &x[r * k..],
-                        k,
-                        panel,
-                        part,
-                        &mut y[r * ldy + y_col..],
-                        ldy,
-                        valid,
-                    );
-                    r += 4;
-                }
-                while r + 2 <= n && MR > 2 {
-                    tile::<S, 2, V>(
-                        s,
-                        &x[r * k..],
-                        k,
-                        panel,
-                        part,
-                        &mut y[r * ldy + y_col..],
-                        ldy,
-                        valid,
-                    );
-                    r += 2;
-                }
-                while r < n {
-                    tile::<S, 1, V>(
-                        s,
-                        &x[r * k..],
-                        k,
-                        panel,
-                        part,
-                        &mut y[r * ldy + y_col..],
-                        ldy,
-                        valid,
-                    );
-                    r += 1;
+        // Rows in blocks whose inputs stay in L2 (about 128 KiB) while every panel streams
+        // past them; a few-row input is one block.
+        let block = (ROW_BLOCK_BYTES / (4 * k.max(1)))
+            .max(MR)
+            .next_multiple_of(MR);
+        for rows in (0..n).step_by(block) {
+            let rows = rows..(rows + block).min(n);
+            for p in first..cols.end.div_ceil(PANEL) {
+                let panel = &m.panels[p * k * PANEL..(p + 1) * k * PANEL];
+                for part in (0..PANEL).step_by(width) {
+                    let col = p * PANEL + part;
+                    if col >= cols.end {
+                        break;
+                    }
+                    let valid = width.min(cols.end - col);
+                    let y_col = col - cols.start;
+                    let at = |r: usize| (&x[r * k..], r * ldy + y_col);
+                    let ep = TileEpilogue {
+                        bias: epilogue.bias.map(|b| &b[col..col + valid]),
+                        act: epilogue.act,
+                    };
+                    let mut r = rows.start;
+                    while r + MR <= rows.end {
+                        let (xr, yo) = at(r);
+                        tile::<S, MR, V>(s, xr, k, panel, part, &mut y[yo..], ldy, valid, ep);
+                        r += MR;
+                    }
+                    // The last rows, fewer than MR: in tiles of 4, 2 and 1.
+                    while r + 4 <= rows.end && MR > 4 {
+                        let (xr, yo) = at(r);
+                        tile::<S, 4, V>(s, xr, k, panel, part, &mut y[yo..], ldy, valid, ep);
+                        r += 4;
+                    }
+                    while r + 2 <= rows.end && MR > 2 {
+                        let (xr, yo) = at(r);
+                        tile::<S, 2, V>(s, xr, k, panel, part, &mut y[yo..], ldy, valid, ep);
+                        r += 2;
+                    }
+                    while r < rows.end {
+                        let (xr, yo) = at(r);
+                        tile::<S, 1, V>(s, xr, k, panel, part, &mut y[yo..], ldy, valid, ep);
+                        r += 1;
+                    }
                 }
             }
         }
@@ -225,15 +264,29 @@ fn tile<S: Simd, const MR: usize, const V: usize>(
     y: &mut [f32],
     ldy: usize,
     valid: usize,
+    ep: TileEpilogue,
 ) {
     let lanes = S::LANES;
+    let width = V * lanes;
+    // Every index of the loop below is checked here once, so that the loop itself carries no
+    // bounds checks (they kept it from keeping up with the FMA units).
+    assert!(x.len() >= (MR - 1) * k + k, "x holds MR rows of k");
+    assert!(
+        panel.len() >= k * PANEL && part + width <= PANEL,
+        "panel holds k rows"
+    );
+    let (xp, pp) = (x.as_ptr(), panel.as_ptr());
     let mut acc = [[s.zero(); V]; MR];
-    let rows: [&[f32]; MR] = std::array::from_fn(|r| &x[r * k..(r + 1) * k]);
     for i in 0..k {
-        let w_row = &panel[i * PANEL + part..];
+        // The panel streams from L3 on every call (the model's weights exceed L2): ask for
+        // the rows a few steps ahead; a prefetch never faults, past the end included.
+        prefetch_line::<HINT_L1>(pp.wrapping_add((i + PREFETCH_ROWS) * PANEL + part));
+        // SAFETY: i < k, and the asserts above bound every offset read here.
+        let w_row = unsafe { std::slice::from_raw_parts(pp.add(i * PANEL + part), width) };
         let w: [S::V; V] = std::array::from_fn(|v| s.load(&w_row[v * lanes..]));
         for r in 0..MR {
-            let xv = s.splat(rows[r][i]);
+            // SAFETY: r < MR and i < k: within x's first MR rows.
+            let xv = s.splat(unsafe { *xp.add(r * k + i) });
             for v in 0..V {
                 acc[r][v] = s.mul_add(xv, w[v], acc[r][v]);
             }
@@ -249,7 +302,24 @@ fn tile<S: Simd, const MR: usize, const V: usize>(
                 s.store_partial(&mut out[start..valid], a);
             }
         }
+        let row = &mut out[..valid];
+        if let Some(b) = ep.bias {
+            row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+        }
+        // GELU by name, so that its loop vectorizes without a match per element.
+        match ep.act {
+            Activation::Identity => {}
+            Activation::Gelu => row.iter_mut().for_each(|v| *v = crate::math::gelu(*v)),
+            act => row.iter_mut().for_each(|v| *v = act.apply_fast(*v)),
+        }
     }
+}
+
+/// The epilogue of one tile: its columns' biases.
+#[derive(Clone, Copy)]
+struct TileEpilogue<'a> {
+    bias: Option<&'a [f32]>,
+    act: Activation,
 }
 
 #[cfg(test)]
@@ -279,7 +349,19 @@ mod tests {
             // Whole width, and the columns of each panel boundary range separately with a
             // wider row stride.
             let mut y = vec![f32::NAN; n * out];
-            m.matmul_cols(&x, n, 0..out, &mut y, out);
+            m.matmul_cols(&x, n, 0..out, &mut y, out, Epilogue::default());
+            // Every instruction set this CPU has gives the same within rounding.
+            for level in SimdLevel::available() {
+                let mut yl = vec![f32::NAN; n * out];
+                m.matmul_cols_at(level, &x, n, 0..out, &mut yl, out, Epilogue::default());
+                for (i, (a, b)) in yl.iter().zip(&want).enumerate() {
+                    let bound = 4e-5 * (inp as f64).sqrt().max(1.0);
+                    assert!(
+                        (*a as f64 - b).abs() < bound,
+                        "{level:?} {n}x{inp}->{out} [{i}]"
+                    );
+                }
+            }
             let mut ranges = Vec::new();
             let mut start = 0;
             while start < out {
@@ -290,7 +372,14 @@ mod tests {
             let ld = out + 3;
             let mut y2 = vec![f32::NAN; n * ld];
             for c in &ranges {
-                m.matmul_cols(&x, n, c.clone(), &mut y2[c.start..], ld);
+                m.matmul_cols(
+                    &x,
+                    n,
+                    c.clone(),
+                    &mut y2[c.start..],
+                    ld,
+                    Epilogue::default(),
+                );
             }
             for r in 0..n {
                 for c in 0..out {
@@ -305,6 +394,21 @@ mod tests {
                 }
                 // Nothing past the row's columns is written.
                 assert!(y2[r * ld + out..(r + 1) * ld].iter().all(|v| v.is_nan()));
+            }
+            // The epilogue: relu(x·Wᵀ + b).
+            let b: Vec<f32> = (0..out).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let ep = Epilogue {
+                bias: Some(&b),
+                act: Activation::Relu,
+            };
+            let mut y3 = vec![f32::NAN; n * out];
+            m.matmul_cols(&x, n, 0..out, &mut y3, out, ep);
+            for (i, got) in y3.iter().enumerate() {
+                let want = (want[i] + b[i % out] as f64).max(0.0);
+                assert!(
+                    (*got as f64 - want).abs() < 1e-4,
+                    "epilogue [{i}]: {got} vs {want}"
+                );
             }
         }
     }

@@ -147,7 +147,7 @@ pub(crate) const HINT_L1: i32 = 3;
 pub(crate) const HINT_L2: i32 = 2;
 
 #[inline(always)]
-fn prefetch_line<const HINT: i32>(p: *const f32) {
+pub(crate) fn prefetch_line<const HINT: i32>(p: *const f32) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: prefetch never faults, whatever the address; SSE is part of x86-64.
     unsafe {
