@@ -429,7 +429,9 @@ impl Ffn {
         clock: &mut Clock,
     ) -> Result<()> {
         let result = self.forward_timed(x, n, mode, mid, out, clock);
-        clock.lap(|p| &mut p.fff);
+        if let Ffn::Fff(_) = self {
+            clock.lap(|p| &mut p.fff);
+        }
         result
     }
 

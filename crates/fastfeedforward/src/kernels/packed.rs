@@ -21,7 +21,7 @@ pub const PANEL: usize = 32;
 const ROW_BLOCK_BYTES: usize = 128 << 10;
 
 /// How many panel rows ahead of the one being multiplied are prefetched.
-const PREFETCH_ROWS: usize = 8;
+const PREFETCH_ROWS: usize = 32;
 
 /// A `[out, in]` row-major weight matrix packed into panels of [`PANEL`] output columns.
 #[derive(Clone, Debug, PartialEq)]
