@@ -49,7 +49,7 @@ fn main() {
     println!("{threads} threads");
     println!("| m | k | n | plain, faer threads | plain, split | yᵀ, faer threads | yᵀ, split | yᵀ seq | packed, split | packed AVX2 | GFLOP/s best |");
     println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for m in [16usize, 128, 2048] {
+    for m in [16usize, 128, 512, 2048] {
         for &(k, n) in &shapes {
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)

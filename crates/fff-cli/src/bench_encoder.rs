@@ -50,6 +50,9 @@ pub struct EncoderBenchArgs {
     /// The command that runs the peers (it makes its virtual environment on first use).
     #[arg(long, default_value = "bash tools/encoder_peers.sh")]
     peers_command: String,
+    /// Where the peers keep the ONNX graphs they export [default: ~/.cache/fff-peers].
+    #[arg(long)]
+    peers_cache: Option<PathBuf>,
     /// Workload texts whose embeddings each peer must reproduce before it is timed.
     #[arg(long, default_value_t = 64)]
     check_texts: usize,
@@ -88,7 +91,7 @@ pub fn run(args: EncoderBenchArgs) -> Result<()> {
             .map(String::from)
             .collect(),
         runtimes: args.peers.clone(),
-        cache_dir: None,
+        cache_dir: args.peers_cache.clone(),
     });
     let opts = EncoderBenchOptions {
         model_dir: dir.clone(),
