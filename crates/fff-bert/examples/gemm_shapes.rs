@@ -17,6 +17,7 @@ fn median_us(mut f: impl FnMut()) -> f64 {
 }
 
 /// `y[:, cols] = x·W[cols]ᵀ`, plain (`transposed` false) or as `yᵀ = W·xᵀ`.
+#[allow(clippy::too_many_arguments)]
 fn call(
     x: &[f32],
     w: &[f32],

@@ -323,16 +323,16 @@ mod tests {
         for i in 0..n {
             let row = &x[i * dim..(i + 1) * dim];
             let r = c * (sigmoid(m.decision(row)) - f64::from(u8::from(y[i])));
-            for j in 0..dim {
-                g[j] += r * row[j] as f64;
+            for (gj, &v) in g.iter_mut().zip(row) {
+                *gj += r * v as f64;
             }
             g[dim] += r;
         }
-        for j in 0..dim {
-            g[j] += m.w[j];
+        for (gj, w) in g.iter_mut().zip(&m.w) {
+            *gj += w;
         }
         assert!(g.iter().all(|v| v.abs() < 1e-7), "{g:?}");
-        // A perturbed solution has a larger objective.
+        // The fitted probe separates the clouds.
         let probe = Probe::fit(
             &x,
             &y.iter().map(|&b| usize::from(b)).collect::<Vec<_>>(),

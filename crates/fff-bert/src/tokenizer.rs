@@ -515,7 +515,7 @@ impl HfTokenizerSettings {
         let Some(tokenizers::NormalizerWrapper::BertNormalizer(n)) = inner.get_normalizer() else {
             return Ok(());
         };
-        let mut n = n.clone();
+        let mut n = *n;
         if let Some(v) = self.lowercase {
             n.lowercase = v;
         }

@@ -98,11 +98,11 @@ impl PackedMatrix {
             assert_eq!(b.len(), self.out, "one bias per output column");
         }
         assert!(
-            cols.start % PANEL == 0 && cols.end <= self.out,
+            cols.start.is_multiple_of(PANEL) && cols.end <= self.out,
             "columns on panel bounds"
         );
         assert!(
-            cols.end == self.out || cols.end % PANEL == 0,
+            cols.end == self.out || cols.end.is_multiple_of(PANEL),
             "columns on panel bounds"
         );
         assert_eq!(x.len(), n * self.inp, "x is [n, in]");
@@ -200,7 +200,7 @@ impl Task<'_> {
         } = self;
         let k = m.inp;
         let width = V * S::LANES;
-        debug_assert!(PANEL % width == 0);
+        debug_assert!(PANEL.is_multiple_of(width));
         let first = cols.start / PANEL;
         // Rows in blocks whose inputs stay in L2 (about 128 KiB) while every panel streams
         // past them; a few-row input is one block.
@@ -284,11 +284,11 @@ fn tile<S: Simd, const MR: usize, const V: usize>(
         // SAFETY: i < k, and the asserts above bound every offset read here.
         let w_row = unsafe { std::slice::from_raw_parts(pp.add(i * PANEL + part), width) };
         let w: [S::V; V] = std::array::from_fn(|v| s.load(&w_row[v * lanes..]));
-        for r in 0..MR {
+        for (r, acc) in acc.iter_mut().enumerate() {
             // SAFETY: r < MR and i < k: within x's first MR rows.
             let xv = s.splat(unsafe { *xp.add(r * k + i) });
-            for v in 0..V {
-                acc[r][v] = s.mul_add(xv, w[v], acc[r][v]);
+            for (a, &w) in acc.iter_mut().zip(&w) {
+                *a = s.mul_add(xv, w, *a);
             }
         }
     }
