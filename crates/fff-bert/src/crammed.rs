@@ -117,7 +117,7 @@ fn ffn(w: &Weights, prefix: &str, c: &BertConfig) -> Result<Ffn> {
                 tensors.insert(full, t);
             }
             let layer = Fff::from_tensors(config, &tensors, &format!("{prefix}."), w.path())?;
-            Ffn::fff(layer)
+            Ffn::fff(layer, None)
         }
         IntermedType::Dense { width, glu } => Ffn::Dense {
             dense_in: linear(w, &format!("{prefix}.dense_in"), width, h, c.use_bias)?,

@@ -47,6 +47,36 @@ pub struct HfBertConfig {
     pub pad_token_id: Option<u32>,
     /// Label names by index (`id2label`; `LABEL_0`, `LABEL_1` when absent, as transformers).
     pub labels: Vec<String>,
+    /// FFF blocks in place of some layers' dense FFNs (the `fff` key), if any.
+    pub fff: Option<FffBlocks>,
+}
+
+/// The `fff` key of a BERT `config.json`: the listed layers' FFNs (`intermediate.dense` and
+/// `output.dense.weight`) are FFF layers of `trees` trees of depth `depth`, stored under
+/// UltraFastBERT's names at `encoder.layer.{i}.fff.` (`linear_in.weight`, `linear_in.bias`,
+/// `linear_out.weight`), the block's `output.dense.bias` kept as the FFF's output bias.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FffBlocks {
+    /// Trees per layer.
+    pub trees: usize,
+    /// Depth of each tree.
+    pub depth: usize,
+    /// The node activation.
+    pub activation: fastfeedforward::Activation,
+    /// The layers whose FFN is an FFF, ascending.
+    pub layers: Vec<usize>,
+}
+
+impl FffBlocks {
+    /// The JSON object of the `fff` key.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "trees": self.trees,
+            "depth": self.depth,
+            "node_activation": self.activation.name(),
+            "layers": self.layers,
+        })
+    }
 }
 
 impl HfBertConfig {
@@ -119,6 +149,10 @@ impl HfBertConfig {
                 format!("= {pad} is outside the vocabulary of vocab_size = {vocab_size} tokens"),
             ));
         }
+        let fff = match c.get("fff") {
+            None => None,
+            Some(v) => Some(parse_fff(v, path, layers, hidden)?),
+        };
         let num_labels = c.opt_usize("num_labels")?;
         let labels = crate::section::parse_labels(path, root.get("id2label"), num_labels)?;
         let labels = if labels.is_empty() {
@@ -150,6 +184,7 @@ impl HfBertConfig {
             act,
             pad_token_id: pad_token_id.map(|p| p as u32),
             labels,
+            fff,
         })
     }
 
@@ -157,6 +192,88 @@ impl HfBertConfig {
     pub fn head_dim(&self) -> usize {
         self.hidden / self.heads
     }
+}
+
+/// The `fff` object: `trees`, `depth`, `node_activation` and optionally `layers` (all by
+/// default), every key checked.
+fn parse_fff(v: &Value, path: &Path, layers: usize, hidden: usize) -> Result<FffBlocks> {
+    let mut f = Section::new(path, "fff", v)?;
+    let trees = f.usize("trees")?;
+    let depth = f.usize("depth")?;
+    let act = f
+        .opt_str("node_activation")?
+        .ok_or_else(|| f.missing("node_activation"))?;
+    let activation: fastfeedforward::Activation = act
+        .parse()
+        .map_err(|_| f.unsupported("node_activation", &act, "gelu, identity, relu or tanh"))?;
+    let list = match f.get("layers") {
+        None => (0..layers).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_u64().map(|i| i as usize).filter(|&i| i < layers))
+            .collect::<Option<Vec<usize>>>()
+            .ok_or_else(|| {
+                f.error(
+                    "layers",
+                    format!("= {v} must list layer indices below num_hidden_layers = {layers}"),
+                )
+            })?,
+        Some(other) => return Err(f.error("layers", format!("= {other} must be a list"))),
+    };
+    let mut sorted = list.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != list.len() {
+        return Err(f.error("layers", "lists a layer twice".into()));
+    }
+    if trees == 0 || depth > fastfeedforward::MAX_DEPTH {
+        return Err(f.error(
+            "trees",
+            format!(
+                "trees = {trees}, depth = {depth}: expected at least 1 tree of depth 0..={}",
+                fastfeedforward::MAX_DEPTH
+            ),
+        ));
+    }
+    let nodes = trees.checked_mul((2usize << depth) - 1);
+    if nodes
+        .and_then(|n| n.checked_mul(hidden))
+        .is_none_or(|n| n > crate::config::MAX_ELEMENTS)
+    {
+        return Err(f.error(
+            "trees",
+            format!("{trees} trees of depth {depth} are too large"),
+        ));
+    }
+    f.finish()?;
+    Ok(FffBlocks {
+        trees,
+        depth,
+        activation,
+        layers: sorted,
+    })
+}
+
+/// Layer `l`'s FFF block (see [`FffBlocks`]).
+fn fff_block(w: &Weights, l: &str, c: &HfBertConfig, spec: &FffBlocks) -> Result<Ffn> {
+    let h = c.hidden;
+    let config = fastfeedforward::FffConfig::new(h, h, spec.depth, spec.trees)
+        .with_activation(spec.activation);
+    config.validate()?;
+    let rows = config.total_nodes();
+    let prefix = format!("{l}.fff.");
+    let mut tensors = std::collections::HashMap::new();
+    for (name, shape) in [
+        (fastfeedforward::W_IN, vec![rows, h]),
+        (fastfeedforward::B_IN, vec![rows]),
+        (fastfeedforward::W_OUT, vec![h, rows]),
+    ] {
+        let full = format!("{prefix}{name}");
+        tensors.insert(full.clone(), w.get(&full, &shape)?);
+    }
+    let layer = fastfeedforward::Fff::from_tensors(config, &tensors, &prefix, w.path())?;
+    let bias = table(&w.get(&format!("{l}.output.dense.bias"), &[h])?)?;
+    Ok(Ffn::fff(layer, Some(bias)))
 }
 
 /// LayerNorm at `prefix`, under today's names (`weight`, `bias`) or the `gamma` / `beta` of
@@ -258,17 +375,26 @@ pub(crate) fn load(c: &HfBertConfig, w: &Weights) -> Result<Model> {
                     },
                 },
                 norm1: norm(w, &format!("{l}.attention.output.LayerNorm"), c)?,
-                ffn: Ffn::Dense {
-                    dense_in: linear(
-                        w,
-                        &format!("{l}.intermediate.dense"),
-                        c.intermediate,
-                        h,
-                        true,
-                    )?,
-                    dense_out: linear(w, &format!("{l}.output.dense"), h, c.intermediate, true)?,
-                    act: c.act,
-                    glu: false,
+                ffn: match &c.fff {
+                    Some(spec) if spec.layers.contains(&i) => fff_block(w, &l, c, spec)?,
+                    _ => Ffn::Dense {
+                        dense_in: linear(
+                            w,
+                            &format!("{l}.intermediate.dense"),
+                            c.intermediate,
+                            h,
+                            true,
+                        )?,
+                        dense_out: linear(
+                            w,
+                            &format!("{l}.output.dense"),
+                            h,
+                            c.intermediate,
+                            true,
+                        )?,
+                        act: c.act,
+                        glu: false,
+                    },
                 },
                 norm2: norm(w, &format!("{l}.output.LayerNorm"), c)?,
             })

@@ -20,6 +20,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod convert;
 mod crammed;
 pub mod error;
 pub mod evaluate;
@@ -38,7 +39,7 @@ pub use batch::{Batch, Packed};
 pub use config::{BertConfig, IntermedType};
 pub use error::{BertError, Result};
 pub use fastfeedforward::WeightFormat;
-pub use hf_bert::HfBertConfig;
+pub use hf_bert::{FffBlocks, HfBertConfig};
 pub use hub::resolve_model;
 pub use model::{
     Encoded, EncoderConfig, Family, FfnMode, Model, ModelConfig, NormPlacement, PackedEncoded,

@@ -357,6 +357,9 @@ pub(crate) struct FffBlock {
     pub(crate) workspace: Mutex<Workspace>,
     /// Dense copies of the weights for `FfnMode::Masked`, made on first use.
     pub(crate) masked: OnceLock<MaskedFff>,
+    /// A bias added to the layer's output (a BERT block's FFN output bias, kept when its FFN
+    /// became an FFF); `None` in UltraFastBERT.
+    pub(crate) out_bias: Option<Vec<f32>>,
 }
 
 /// The original code's FFF: all `K·M` neurons through two dense projections (faer, like the
@@ -408,13 +411,14 @@ pub(crate) enum Ffn {
 }
 
 impl Ffn {
-    /// An FFF block around `layer`.
-    pub(crate) fn fff(layer: Fff) -> Ffn {
+    /// An FFF block around `layer`, with a bias on its output where given.
+    pub(crate) fn fff(layer: Fff, out_bias: Option<Vec<f32>>) -> Ffn {
         Ffn::Fff(Box::new(FffBlock {
             layer,
             quantized: None,
             workspace: Mutex::new(Workspace::new()),
             masked: OnceLock::new(),
+            out_bias,
         }))
     }
 
@@ -435,6 +439,40 @@ impl Ffn {
         result
     }
 
+    /// An FFF block's layer on `x`, without its output bias.
+    fn forward_fff(
+        &self,
+        block: &FffBlock,
+        x: &[f32],
+        n: usize,
+        mode: FfnMode,
+        mid: &mut Buffer,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let layer = &block.layer;
+        match mode {
+            FfnMode::Masked => {
+                if block.masked.get().is_none() {
+                    // A race here only builds the copy twice; `set` keeps one.
+                    let _ = block.masked.set(MaskedFff::new(layer)?);
+                }
+                let masked = block.masked.get().expect("set above");
+                masked.forward(layer, x, n, mid, out);
+            }
+            FfnMode::Kernel => {
+                // A poisoned lock only means another thread panicked mid-call; the workspace
+                // holds scratch space, not state, so it is still usable.
+                let mut ws = block.workspace.lock().unwrap_or_else(|e| e.into_inner());
+                let opts = InferOptions::default();
+                match &block.quantized {
+                    Some(q) => q.forward_infer_with(x, n, out, &mut ws, opts)?,
+                    None => layer.forward_infer_with(x, n, out, &mut ws, opts)?,
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// [`Ffn::forward`]; dense forms lap their own phases, so what is left is an FFF's.
     fn forward_timed(
         &self,
@@ -447,29 +485,15 @@ impl Ffn {
     ) -> Result<()> {
         match self {
             Ffn::Fff(block) => {
-                let layer = &block.layer;
-                match mode {
-                    FfnMode::Masked => {
-                        if block.masked.get().is_none() {
-                            // A race here only builds the copy twice; `set` keeps one.
-                            let _ = block.masked.set(MaskedFff::new(layer)?);
+                self.forward_fff(block, x, n, mode, mid, out)?;
+                if let Some(b) = &block.out_bias {
+                    out.par_chunks_mut(b.len() * 16).for_each(|rows| {
+                        for row in rows.chunks_mut(b.len()) {
+                            row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
                         }
-                        let masked = block.masked.get().expect("set above");
-                        masked.forward(layer, x, n, mid, out);
-                        Ok(())
-                    }
-                    FfnMode::Kernel => {
-                        // A poisoned lock only means another thread panicked mid-call; the
-                        // workspace holds scratch space, not state, so it is still usable.
-                        let mut ws = block.workspace.lock().unwrap_or_else(|e| e.into_inner());
-                        let opts = InferOptions::default();
-                        match &block.quantized {
-                            Some(q) => q.forward_infer_with(x, n, out, &mut ws, opts)?,
-                            None => layer.forward_infer_with(x, n, out, &mut ws, opts)?,
-                        }
-                        Ok(())
-                    }
+                    });
                 }
+                Ok(())
             }
             Ffn::Dense {
                 dense_in,

@@ -170,6 +170,25 @@ impl Weights {
         self.get_opt(name, shape)?.ok_or_else(|| self.missing(name))
     }
 
+    /// Tensor `name` with the shape it is stored with, as f32 (checked like [`Weights::get`]).
+    pub fn get_stored(&self, name: &str) -> Result<Tensor> {
+        let shape = match &self.store {
+            Store::Mapped { file, names } => match names.get(name) {
+                Some(stored) => Some(file.get(stored)?.shape().to_vec()),
+                None => None,
+            },
+            Store::Torch { file, names, .. } => names
+                .get(name)
+                .and_then(|stored| file.tensor_infos().get(stored))
+                .map(|info| info.layout.dims().to_vec()),
+            Store::Random(_) => None,
+        };
+        match shape {
+            Some(shape) => self.get(name, &shape),
+            None => Err(self.missing(name)),
+        }
+    }
+
     /// Like [`Weights::get`], but `None` when absent.
     pub fn get_opt(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
         match self.read(name, Some(shape))? {
