@@ -362,6 +362,41 @@ pub(crate) struct FffBlock {
     pub(crate) out_bias: Option<Vec<f32>>,
 }
 
+impl FffBlock {
+    /// An FFF block's layer on `x`, without its output bias.
+    fn forward(
+        &self,
+        x: &[f32],
+        n: usize,
+        mode: FfnMode,
+        mid: &mut Buffer,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let (block, layer) = (self, &self.layer);
+        match mode {
+            FfnMode::Masked => {
+                if block.masked.get().is_none() {
+                    // A race here only builds the copy twice; `set` keeps one.
+                    let _ = block.masked.set(MaskedFff::new(layer)?);
+                }
+                let masked = block.masked.get().expect("set above");
+                masked.forward(layer, x, n, mid, out);
+            }
+            FfnMode::Kernel => {
+                // A poisoned lock only means another thread panicked mid-call; the workspace
+                // holds scratch space, not state, so it is still usable.
+                let mut ws = block.workspace.lock().unwrap_or_else(|e| e.into_inner());
+                let opts = InferOptions::default();
+                match &block.quantized {
+                    Some(q) => q.forward_infer_with(x, n, out, &mut ws, opts)?,
+                    None => layer.forward_infer_with(x, n, out, &mut ws, opts)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The original code's FFF: all `K·M` neurons through two dense projections (faer, like the
 /// dense FF), the activation on all of them, then everything off the hard path masked to 0.
 pub(crate) struct MaskedFff {
@@ -439,40 +474,6 @@ impl Ffn {
         result
     }
 
-    /// An FFF block's layer on `x`, without its output bias.
-    fn forward_fff(
-        &self,
-        block: &FffBlock,
-        x: &[f32],
-        n: usize,
-        mode: FfnMode,
-        mid: &mut Buffer,
-        out: &mut [f32],
-    ) -> Result<()> {
-        let layer = &block.layer;
-        match mode {
-            FfnMode::Masked => {
-                if block.masked.get().is_none() {
-                    // A race here only builds the copy twice; `set` keeps one.
-                    let _ = block.masked.set(MaskedFff::new(layer)?);
-                }
-                let masked = block.masked.get().expect("set above");
-                masked.forward(layer, x, n, mid, out);
-            }
-            FfnMode::Kernel => {
-                // A poisoned lock only means another thread panicked mid-call; the workspace
-                // holds scratch space, not state, so it is still usable.
-                let mut ws = block.workspace.lock().unwrap_or_else(|e| e.into_inner());
-                let opts = InferOptions::default();
-                match &block.quantized {
-                    Some(q) => q.forward_infer_with(x, n, out, &mut ws, opts)?,
-                    None => layer.forward_infer_with(x, n, out, &mut ws, opts)?,
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// [`Ffn::forward`]; dense forms lap their own phases, so what is left is an FFF's.
     fn forward_timed(
         &self,
@@ -485,7 +486,7 @@ impl Ffn {
     ) -> Result<()> {
         match self {
             Ffn::Fff(block) => {
-                self.forward_fff(block, x, n, mode, mid, out)?;
+                block.forward(x, n, mode, mid, out)?;
                 if let Some(b) = &block.out_bias {
                     out.par_chunks_mut(b.len() * 16).for_each(|rows| {
                         for row in rows.chunks_mut(b.len()) {
