@@ -1,5 +1,5 @@
-//! `fff bert`: fill-mask, embeddings and classification with a crammedBERT / UltraFastBERT
-//! checkpoint (a folder, or a Hugging Face model id).
+//! `fff bert`: fill-mask, embeddings and classification with a BERT, sentence-transformers or
+//! UltraFastBERT checkpoint (a folder, or a Hugging Face model id).
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -11,7 +11,8 @@ use std::io::BufRead;
 /// What to do with the model.
 #[derive(Subcommand, Debug)]
 pub enum BertCommand {
-    /// The most likely tokens at each `<mask>` of a text.
+    /// The most likely tokens at each mask token of a text (`[MASK]` in BERT, `<mask>` in
+    /// UltraFastBERT).
     FillMask(FillMaskArgs),
     /// One embedding per text, as JSON lines (texts from the arguments, or stdin lines).
     Embed(EmbedArgs),
@@ -23,8 +24,9 @@ pub enum BertCommand {
 /// Options every `fff bert` command takes.
 #[derive(Args, Debug)]
 pub struct ModelArgs {
-    /// Model folder (config.json, tokenizer.json, model.safetensors or pytorch_model.bin), or a
-    /// Hugging Face model id such as pbelcak/UltraFastBERT-1x11-long.
+    /// Model folder (config.json, tokenizer.json, model.safetensors or pytorch_model.bin, and a
+    /// sentence-transformers folder's files), or a Hugging Face model id such as
+    /// sentence-transformers/all-MiniLM-L6-v2 or pbelcak/UltraFastBERT-1x11-long.
     #[arg(long)]
     model: String,
     /// How FFF layers run: `kernel` (K·(D+1) neurons per token) or `masked` (all neurons,
@@ -51,7 +53,7 @@ pub struct FillMaskArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-    /// Text with one or more `<mask>` tokens.
+    /// Text with one or more mask tokens.
     text: String,
 }
 
@@ -161,7 +163,12 @@ fn fill_mask(args: FillMaskArgs) -> Result<()> {
         return Ok(());
     }
     for (i, m) in out.value.iter().enumerate() {
-        outln!("<mask> {} (token position {}):", i + 1, m.position);
+        outln!(
+            "{} {} (token position {}):",
+            p.tokenizer.mask_token,
+            i + 1,
+            m.position
+        );
         outln!("| rank | token | id | score |\n|---|---|---|---|");
         for (rank, (id, tok, pr)) in m.top.iter().enumerate() {
             outln!("| {} | {tok} | {id} | {pr:.4} |", rank + 1);

@@ -50,10 +50,11 @@ enum Command {
     /// Speed benchmarks with correctness checks, as tables, JSON and plots.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Serve a crammedBERT / UltraFastBERT model over HTTP (OpenAI-compatible embeddings,
-    /// fill-mask, classification, health, metrics) with dynamic batching.
+    /// Serve a BERT, sentence-transformers or UltraFastBERT model over HTTP (OpenAI-compatible
+    /// embeddings, fill-mask, classification, health, metrics) with dynamic batching.
     Serve(serve::ServeArgs),
-    /// Run a crammedBERT / UltraFastBERT checkpoint: fill-mask, embeddings, classification.
+    /// Run a BERT, sentence-transformers or UltraFastBERT checkpoint: fill-mask, embeddings,
+    /// classification.
     #[command(subcommand)]
     Bert(bert::BertCommand),
 }

@@ -1,4 +1,4 @@
-//! `fff serve` (an HTTP server for a crammedBERT / UltraFastBERT model) and `fff bench serve`
+//! `fff serve` (an HTTP server for a BERT-family model) and `fff bench serve`
 //! (its load test), thin over `fff-serve`.
 
 use anyhow::{bail, ensure, Result};

@@ -1,4 +1,5 @@
-//! `fff serve`: an HTTP server for crammedBERT / UltraFastBERT models.
+//! `fff serve`: an HTTP server for BERT-family models (Hugging Face BERT, sentence-transformers,
+//! UltraFastBERT / crammedBERT).
 //!
 //! - [`api`]: the endpoints (OpenAI's `/v1/embeddings`, text-embeddings-inference's `/embed`,
 //!   `/fill-mask`, `/classify`, `/health`, `/info`, `/metrics`) and their JSON errors;
