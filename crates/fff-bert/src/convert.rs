@@ -5,7 +5,7 @@
 //! shape in `config.json`'s `fff` key; see [`FffBlocks`]), loadable everywhere a model goes.
 
 use crate::error::{BertError, Result};
-use crate::hf_bert::{FffBlocks, HfBertConfig};
+use crate::hf_bert::{encoder_prefix, FffBlocks, HfBertConfig};
 use crate::weights::Weights;
 use candle_core::{Device, Tensor};
 use fastfeedforward::{Activation, ConditionalLayer, Fff, FffConfig};
@@ -15,22 +15,13 @@ use std::path::Path;
 /// Weight files of a model folder, replaced by the written `model.safetensors`.
 const WEIGHT_FILES: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
 
-/// The encoder's tensor prefix in `w` (`bert.` in task checkpoints, none in a `BertModel`).
-fn prefix(w: &Weights) -> &'static str {
-    if w.contains("bert.embeddings.word_embeddings.weight") {
-        "bert."
-    } else {
-        ""
-    }
-}
-
 /// Layer `layer`'s dense FFN of a BERT checkpoint as a forest of `intermediate_size` trees of
 /// depth 0 with `act` nodes: tree `n` is neuron `n` (`intermediate.dense` row `n` in, column
 /// `n` of `output.dense.weight` out), so with the checkpoint's own activation it computes the
 /// dense FFN exactly (less its output bias, which the FFF block keeps).
 pub fn ffn_as_forest(c: &HfBertConfig, w: &Weights, layer: usize, act: Activation) -> Result<Fff> {
     let (h, width) = (c.hidden, c.intermediate);
-    let l = format!("{}encoder.layer.{layer}", prefix(w));
+    let l = format!("{}encoder.layer.{layer}", encoder_prefix(w)?);
     let config = FffConfig::new(h, h, 0, width).with_activation(act);
     let tensors = HashMap::from([
         (
@@ -99,7 +90,7 @@ pub fn write_with_fff(
     })?;
     config["fff"] = spec.to_json();
     let w = Weights::from_dir(src)?;
-    let p = prefix(&w);
+    let p = encoder_prefix(&w)?;
     let replaced = |name: &str| {
         layers.iter().any(|(i, _)| {
             let l = format!("{p}encoder.layer.{i}.");

@@ -313,7 +313,7 @@ fn fused_qkv(w: &Weights, prefix: &str, c: &HfBertConfig) -> Result<Dense> {
 
 /// The weight prefix of the encoder: `bert.` in task checkpoints (`BertForMaskedLM`, ...),
 /// none in a saved `BertModel`.
-fn encoder_prefix(w: &Weights) -> Result<&'static str> {
+pub(crate) fn encoder_prefix(w: &Weights) -> Result<&'static str> {
     const WORD: &str = "embeddings.word_embeddings.weight";
     if w.contains(&format!("bert.{WORD}")) {
         Ok("bert.")
