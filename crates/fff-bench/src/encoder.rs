@@ -450,30 +450,15 @@ fn run_peers(
     Ok((results, meta))
 }
 
-/// Reads the workload: a CSV file's first two columns (STS Benchmark's `sentence1,sentence2,
-/// score` rows; both sentences of every row), or one text per non-empty line of any other file.
+/// Reads the workload: both sentences of every row of a CSV of scored pairs (the STS
+/// Benchmark's `sentence1,sentence2,score`), or one text per non-empty line of any other file.
 pub fn read_workload(path: &Path) -> Result<Vec<String>> {
     let is_csv = path.extension().is_some_and(|e| e == "csv");
-    let texts = if is_csv {
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .from_path(path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let mut texts = Vec::new();
-        for (i, row) in reader.records().enumerate() {
-            let row = row.with_context(|| format!("{}: row {}", path.display(), i + 1))?;
-            ensure!(
-                row.len() >= 2,
-                "{}: row {} has {} columns; expected sentence1,sentence2[,score]",
-                path.display(),
-                i + 1,
-                row.len()
-            );
-            texts.push(row[0].to_string());
-            texts.push(row[1].to_string());
-        }
-        texts
+    let texts: Vec<String> = if is_csv {
+        fff_data::text::read_scored_pairs(path)?
+            .into_iter()
+            .flat_map(|p| [p.a, p.b])
+            .collect()
     } else {
         std::fs::read_to_string(path)
             .with_context(|| format!("reading {}", path.display()))?

@@ -503,17 +503,10 @@ impl Ffn {
                 glu,
             } => {
                 let z = mid.sized(n * dense_in.out);
-                if !*glu {
-                    // The activation is fused into the projection's pass over its output.
-                    dense_in.forward_act(x, n, z, *act);
+                if *glu {
+                    dense_in.forward(x, n, z);
                     clock.lap(|p| &mut p.ffn_in);
-                    dense_out.forward(z, n, out);
-                    clock.lap(|p| &mut p.ffn_out);
-                    return Ok(());
-                }
-                dense_in.forward(x, n, z);
-                clock.lap(|p| &mut p.ffn_in);
-                {
+                    // The first half of each row is the value, the second half its gate.
                     let half = dense_in.out / 2;
                     let mut a = vec![0f32; n * half];
                     let act = act.as_activation();
@@ -527,6 +520,11 @@ impl Ffn {
                         });
                     clock.lap(|p| &mut p.activation);
                     dense_out.forward(&a, n, out);
+                } else {
+                    // The activation is fused into the projection's pass over its output.
+                    dense_in.forward_act(x, n, z, *act);
+                    clock.lap(|p| &mut p.ffn_in);
+                    dense_out.forward(z, n, out);
                 }
                 clock.lap(|p| &mut p.ffn_out);
                 Ok(())
@@ -961,9 +959,7 @@ impl Model {
         let (rows, _) = hidden.dims2()?;
         let mut x = hidden.flatten_all()?.to_vec1::<f32>()?;
         if let Some((dense, act, norm)) = &head.transform {
-            let mut t = dense.apply(&x, rows);
-            ops::activate(&mut t, *act);
-            x = norm.apply(&t);
+            x = norm.apply(&dense.apply_act(&x, rows, *act));
         }
         let logits = head.decoder.apply(&x, rows);
         Ok(Tensor::from_vec(

@@ -98,8 +98,13 @@ impl Dense {
 
     /// Allocating form of [`Dense::forward`].
     pub fn apply(&self, x: &[f32], n: usize) -> Vec<f32> {
+        self.apply_act(x, n, Nonlin::Identity)
+    }
+
+    /// Allocating form of [`Dense::forward_act`].
+    pub fn apply_act(&self, x: &[f32], n: usize, act: Nonlin) -> Vec<f32> {
         let mut y = vec![0f32; n * self.out];
-        self.forward(x, n, &mut y);
+        self.forward_act(x, n, &mut y, act);
         y
     }
 }

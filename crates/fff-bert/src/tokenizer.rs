@@ -409,7 +409,7 @@ impl BertTokenizer {
 fn check_unique_ids(inner: &tokenizers::Tokenizer, path: &Path) -> Result<()> {
     let vocab = inner.get_vocab(true);
     let mut seen: HashSet<u32> = HashSet::with_capacity(vocab.len());
-    let mut shared: Vec<(&String, u32)> = vocab
+    let shared: Vec<(&String, u32)> = vocab
         .iter()
         .filter(|&(_, &id)| !seen.insert(id))
         .map(|(t, &id)| (t, id))
@@ -417,7 +417,6 @@ fn check_unique_ids(inner: &tokenizers::Tokenizer, path: &Path) -> Result<()> {
     let Some(&(token, id)) = shared.iter().min_by_key(|(_, id)| *id) else {
         return Ok(());
     };
-    shared.sort_by_key(|&(_, id)| id);
     let other = vocab
         .iter()
         .find(|&(t, &i)| i == id && t != token)

@@ -20,8 +20,9 @@ pub struct EncoderBenchArgs {
     /// Encoder-only shapes, BATCHxTOKENS (specials included).
     #[arg(long, value_delimiter = ',', default_value = "1x16,1x128,32x64")]
     shapes: Vec<Shape>,
-    /// Sentences embedded end to end (tokenization and pooling included): a CSV's first two
-    /// columns (STS Benchmark rows), or one text per line of any other file.
+    /// Sentences embedded end to end (tokenization and pooling included): both sentences of
+    /// every row of a `sentence1,sentence2,score` CSV (the STS Benchmark), or one text per line
+    /// of any other file.
     #[arg(long)]
     workload: Option<PathBuf>,
     /// Texts per batch in the workload.
