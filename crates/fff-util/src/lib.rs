@@ -2,6 +2,7 @@
 //!
 //! - [`bandwidth`]: this machine's read and write rates for a working set, for traffic floors;
 //! - [`fs`]: files written to a unique temporary name and renamed into place;
+//! - [`memory`]: how much memory this process may still allocate, and which limit says so;
 //! - [`timing`]: medians of repeated runs and durations in a readable unit;
 //! - [`chart`] (feature `chart`): line charts as PNG, with an embedded font;
 //! - [`offline`]: whether `FFF_OFFLINE` forbids the network;
@@ -13,6 +14,7 @@ pub mod bandwidth;
 #[cfg(feature = "chart")]
 pub mod chart;
 pub mod fs;
+pub mod memory;
 pub mod timing;
 
 /// Whether an `FFF_OFFLINE` value forbids the network: any value but `0`, `false`, `no` or
