@@ -40,34 +40,39 @@ pub fn ffn_as_forest(c: &HfBertConfig, w: &Weights, layer: usize, act: Activatio
     Ok(Fff::from_tensors(config, &tensors, "", w.path())?)
 }
 
-/// Writes the model folder `src` to `dst` with the FFNs of the layers in `layers` (layer
-/// index, FFF layer, all of `spec`'s shape) in place of the dense ones: `model.safetensors`
-/// (written to a temporary name and renamed), `config.json` with `spec` under `fff`, and every
-/// other file and folder of `src` (tokenizer, sentence-transformers files) copied.
+/// A layer's dense FFN as the teacher of a compression: the forest of
+/// [`ffn_as_forest`] with the checkpoint's own activation, and the output bias.
+pub fn teacher_ffn(c: &HfBertConfig, w: &Weights, layer: usize) -> Result<(Fff, Vec<f32>)> {
+    let forest = ffn_as_forest(c, w, layer, c.act.as_activation())?;
+    let l = format!("{}encoder.layer.{layer}", encoder_prefix(w)?);
+    let bias = w
+        .get(&format!("{l}.output.dense.bias"), &[c.hidden])?
+        .to_vec1::<f32>()?;
+    Ok((forest, bias))
+}
+
+/// One layer written by [`write_with_fff`] or [`write_with_dense`]: its index, its FFF, and
+/// the bias added to the FFN's output (`output.dense.bias`).
+pub type WrittenLayer<'a> = (usize, &'a Fff, &'a [f32]);
+
+/// Writes the model folder `src` to `dst` with the FFNs of the layers in `layers` replaced by
+/// FFF layers (all of `spec`'s shape) and their output biases: `model.safetensors` (written to
+/// a temporary name and renamed), `config.json` with `spec` under `fff`, and every other file
+/// and folder of `src` (tokenizer, sentence-transformers files) copied.
 pub fn write_with_fff(
     src: &Path,
     dst: &Path,
     spec: &FffBlocks,
-    layers: &[(usize, &Fff)],
+    layers: &[WrittenLayer<'_>],
 ) -> Result<()> {
-    let io = |path: &Path, e: std::io::Error| BertError::Io {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    };
-    if dst.exists() && dst.canonicalize().ok() == src.canonicalize().ok() {
-        return Err(BertError::Io {
-            path: dst.to_path_buf(),
-            message: "the output folder is the model folder itself; choose another".into(),
-        });
-    }
-    let listed: Vec<usize> = layers.iter().map(|(i, _)| *i).collect();
+    let listed: Vec<usize> = layers.iter().map(|(i, _, _)| *i).collect();
     if listed != spec.layers {
         return Err(BertError::Input(format!(
             "FFF layers {listed:?} do not match the config's layers {:?}",
             spec.layers
         )));
     }
-    for (i, fff) in layers {
+    for (i, fff, _) in layers {
         let c = fff.config();
         if (c.trees, c.depth, c.activation) != (spec.trees, spec.depth, spec.activation) {
             return Err(BertError::Input(format!(
@@ -82,40 +87,140 @@ pub fn write_with_fff(
             )));
         }
     }
+    let json = spec.to_json();
+    write_replaced(
+        src,
+        dst,
+        layers,
+        |config| config["fff"] = json,
+        |at, fff| {
+            let mut out = Vec::new();
+            for (name, t) in fff.named_tensors(&format!("{at}fff."))? {
+                out.push((name, t.to_device(&Device::Cpu)?));
+            }
+            Ok(out)
+        },
+    )
+}
+
+/// Writes the model folder `src` to `dst` with every layer's FFN replaced by the depth-0
+/// forest in `layers` written as a plain, narrower dense FFN (`intermediate_size` = the
+/// forest's tree count): the form a pruned FFN takes, loadable by any BERT implementation.
+/// Every layer must be listed, with forests of one width whose node activation is the
+/// model's `hidden_act`.
+pub fn write_with_dense(src: &Path, dst: &Path, layers: &[WrittenLayer<'_>]) -> Result<()> {
+    let c = match crate::ModelConfig::from_file(&src.join("config.json"))? {
+        crate::ModelConfig::Bert(c) => c,
+        crate::ModelConfig::Crammed(_) => {
+            return Err(BertError::Input(
+                "a narrower dense FFN is written for Hugging Face BERT models only".into(),
+            ))
+        }
+    };
+    let listed: Vec<usize> = layers.iter().map(|(i, _, _)| *i).collect();
+    if listed != (0..c.layers).collect::<Vec<_>>() {
+        return Err(BertError::Input(format!(
+            "a dense FFN is written for every layer (0..{}); got layers {listed:?}",
+            c.layers
+        )));
+    }
+    let width = layers.first().map_or(0, |(_, f, _)| f.config().trees);
+    for (i, fff, _) in layers {
+        let fc = fff.config();
+        if fc.depth != 0 || fc.trees != width || fc.activation != c.act.as_activation() {
+            return Err(BertError::Input(format!(
+                "layer {i}: a dense FFN is written from a forest of {width} depth-0 trees with \
+                 the model's activation ({}); got {} trees of depth {} ({})",
+                c.act.as_activation().name(),
+                fc.trees,
+                fc.depth,
+                fc.activation.name()
+            )));
+        }
+    }
+    let hidden = c.hidden;
+    write_replaced(
+        src,
+        dst,
+        layers,
+        |config| config["intermediate_size"] = width.into(),
+        |at, fff| {
+            let w_in = fff.w_in().to_device(&Device::Cpu)?;
+            let b_in = fff.b_in().to_device(&Device::Cpu)?;
+            let w_out = fff.w_out_t().t()?.contiguous()?;
+            debug_assert_eq!(w_out.dims(), [hidden, width]);
+            Ok(vec![
+                (format!("{at}intermediate.dense.weight"), w_in),
+                (format!("{at}intermediate.dense.bias"), b_in),
+                (format!("{at}output.dense.weight"), w_out),
+            ])
+        },
+    )
+}
+
+/// The writer under [`write_with_fff`] and [`write_with_dense`]: every tensor of `src` but the
+/// listed layers' FFN weights, plus `tensors(layer prefix, fff)` and the new output biases;
+/// `edit` changes `config.json`.
+fn write_replaced(
+    src: &Path,
+    dst: &Path,
+    layers: &[WrittenLayer<'_>],
+    edit: impl FnOnce(&mut serde_json::Value),
+    tensors: impl Fn(&str, &Fff) -> Result<Vec<(String, Tensor)>>,
+) -> Result<()> {
+    let io = |path: &Path, e: std::io::Error| BertError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    if dst.exists() && dst.canonicalize().ok() == src.canonicalize().ok() {
+        return Err(BertError::Io {
+            path: dst.to_path_buf(),
+            message: "the output folder is the model folder itself; choose another".into(),
+        });
+    }
     let config_path = src.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| io(&config_path, e))?;
     let mut config: serde_json::Value = serde_json::from_str(&text).map_err(|e| BertError::Io {
         path: config_path.clone(),
         message: format!("not valid JSON: {e}"),
     })?;
-    config["fff"] = spec.to_json();
+    edit(&mut config);
     let w = Weights::from_dir(src)?;
     let p = encoder_prefix(&w)?;
     let replaced = |name: &str| {
-        layers.iter().any(|(i, _)| {
+        layers.iter().any(|(i, _, _)| {
             let l = format!("{p}encoder.layer.{i}.");
             name.strip_prefix(&l).is_some_and(|rest| {
-                rest.starts_with("intermediate.dense.") || rest == "output.dense.weight"
+                rest.starts_with("intermediate.dense.") || rest.starts_with("output.dense.")
             })
         })
     };
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let mut out: HashMap<String, Tensor> = HashMap::new();
     for name in w.names() {
         if !replaced(name) {
-            tensors.insert(name.to_string(), w.get_stored(name)?);
+            out.insert(name.to_string(), w.get_stored(name)?);
         }
     }
-    for (i, fff) in layers {
-        let at = format!("{p}encoder.layer.{i}.fff.");
-        for (name, t) in fff.named_tensors(&at)? {
-            tensors.insert(name, t.to_device(&Device::Cpu)?);
+    for (i, fff, bias) in layers {
+        let at = format!("{p}encoder.layer.{i}.");
+        let hidden = fff.config().output_width;
+        if bias.len() != hidden {
+            return Err(BertError::Input(format!(
+                "layer {i}: an output bias of {} values for a hidden size of {hidden}",
+                bias.len()
+            )));
         }
+        for (name, t) in tensors(&at, fff)? {
+            out.insert(name, t);
+        }
+        let bias = Tensor::from_slice(bias, hidden, &Device::Cpu)?;
+        out.insert(format!("{at}output.dense.bias"), bias);
     }
     std::fs::create_dir_all(dst).map_err(|e| io(dst, e))?;
     copy_other_files(src, dst, true)?;
     let weights = dst.join("model.safetensors");
     fff_util::fs::write_with(&weights, |tmp| {
-        candle_core::safetensors::save(&tensors, tmp).map_err(std::io::Error::other)
+        candle_core::safetensors::save(&out, tmp).map_err(std::io::Error::other)
     })
     .map_err(|e| io(&weights, e))?;
     let json = serde_json::to_string_pretty(&config).expect("a JSON value serializes");

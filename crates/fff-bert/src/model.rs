@@ -692,6 +692,43 @@ impl Model {
         }
     }
 
+    /// Puts `layer` (with `out_bias` added to its output) in place of block `i`'s FFN. The
+    /// layer's variables are shared, not copied: an optimizer stepping them changes what this
+    /// model computes, which is how a student being distilled runs on the inference engine.
+    pub fn set_ffn_fff(&mut self, i: usize, layer: Fff, out_bias: Vec<f32>) -> Result<()> {
+        let (hidden, layers) = (self.config.hidden, self.blocks.len());
+        let c = *layer.config();
+        if (c.input_width, c.output_width, out_bias.len()) != (hidden, hidden, hidden) {
+            return Err(BertError::Input(format!(
+                "an FFF block must map {hidden} to {hidden} with a bias of {hidden}; got \
+                 {}-{} with a bias of {}",
+                c.input_width,
+                c.output_width,
+                out_bias.len()
+            )));
+        }
+        let block = self.blocks.get_mut(i).ok_or_else(|| {
+            BertError::Input(format!("block {i} does not exist (the model has {layers})"))
+        })?;
+        block.ffn = Ffn::fff(layer, Some(out_bias));
+        Ok(())
+    }
+
+    /// Replaces the output bias of block `i`'s FFF layer (one value per hidden unit).
+    pub fn set_fff_out_bias(&mut self, i: usize, bias: &[f32]) -> Result<()> {
+        let hidden = self.config.hidden;
+        match self.blocks.get_mut(i).map(|b| &mut b.ffn) {
+            Some(Ffn::Fff(block)) if bias.len() == hidden => {
+                block.out_bias = Some(bias.to_vec());
+                Ok(())
+            }
+            _ => Err(BertError::Input(format!(
+                "block {i} has no FFF layer, or the bias has {} values, not {hidden}",
+                bias.len()
+            ))),
+        }
+    }
+
     /// The quantized copy of block `i`'s FFF layer that the kernel path runs, if that block
     /// has an FFF layer and [`set_weight_format`](Self::set_weight_format) chose bf16 or int8.
     pub fn quantized_fff_layer(&self, i: usize) -> Option<&QuantizedFff> {

@@ -5,7 +5,7 @@
 //! refused by name.
 
 use fastfeedforward::Activation;
-use fff_bert::convert::{ffn_as_forest, write_with_fff};
+use fff_bert::convert::{ffn_as_forest, teacher_ffn, write_with_fff};
 use fff_bert::{FffBlocks, HfBertConfig, ModelConfig, Pipeline, Weights};
 use std::path::{Path, PathBuf};
 
@@ -53,7 +53,15 @@ fn converted(dir: &Path, act: Activation, source: impl Fn(usize) -> usize) -> Pi
         activation: act,
         layers: (0..c.layers).collect(),
     };
-    let layers: Vec<_> = forests.iter().enumerate().collect();
+    let biases: Vec<Vec<f32>> = (0..c.layers)
+        .map(|i| teacher_ffn(&c, &w, source(i)).unwrap().1)
+        .collect();
+    let layers: Vec<_> = forests
+        .iter()
+        .zip(&biases)
+        .enumerate()
+        .map(|(i, (f, b))| (i, f, b.as_slice()))
+        .collect();
     write_with_fff(&teacher(), dir, &spec, &layers).unwrap();
     Pipeline::load(dir).unwrap()
 }

@@ -1,0 +1,283 @@
+//! Students initialised from the teacher's FFN.
+//!
+//! A dense FFN is a sum of neurons, and an FFF node is one neuron, so a forest can start from
+//! the teacher's own neurons; the question is which neuron each node gets. Here the choice is
+//! routing-aware and greedy, level by level: every token of a sample carries the importance of
+//! each teacher neuron to it (`|act(z)| · ‖w_out‖`), a node takes the neuron with the largest
+//! total importance over the tokens that reach it, and its own sign then splits those tokens
+//! (right where the neuron fires), so a node's children are the neurons that matter where
+//! their parent does or does not fire: the co-activation grouping of MoEfication, made to
+//! follow the tree's routing. A chosen neuron's importance is spent for the tokens that reached
+//! it, so no token gets one neuron twice. With depth 0 this picks the most important neurons
+//! overall: the teacher-initialised dense shrink.
+//!
+//! The output bias then absorbs the mean of what the unchosen neurons contributed.
+
+use anyhow::{ensure, Result};
+use candle_core::{Device, Tensor};
+use fastfeedforward::{Fff, FffConfig, Init};
+use rayon::prelude::*;
+
+/// The teacher's FFN as a forest of depth-0 trees (one per neuron) and its output bias.
+pub struct TeacherFfn<'a> {
+    /// One tree per neuron, with the teacher's activation.
+    pub neurons: &'a Fff,
+    /// `output.dense.bias`.
+    pub bias: &'a [f32],
+}
+
+/// A sample of one layer's FFN inputs and the teacher's outputs, `[rows, hidden]` each.
+pub struct Sample<'a> {
+    /// FFN inputs.
+    pub x: &'a [f32],
+    /// The teacher FFN's outputs (with its bias).
+    pub y: &'a [f32],
+}
+
+/// A student FFF of `config` whose nodes are teacher neurons chosen as the module docs say,
+/// with its output bias.
+pub fn from_teacher(
+    teacher: &TeacherFfn<'_>,
+    sample: &Sample<'_>,
+    config: FffConfig,
+) -> Result<(Fff, Vec<f32>)> {
+    let tc = *teacher.neurons.config();
+    let (h, width) = (tc.input_width, tc.trees);
+    ensure!(
+        tc.depth == 0,
+        "the teacher must be a forest of depth-0 trees"
+    );
+    let rows = sample.x.len() / h;
+    ensure!(rows > 0 && sample.x.len() == rows * h && sample.y.len() == rows * h);
+    let x = Tensor::from_slice(sample.x, (rows, h), &Device::Cpu)?;
+    let z = x
+        .matmul(&teacher.neurons.w_in().t()?)?
+        .broadcast_add(teacher.neurons.b_in())?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let w_out_t = teacher.neurons.w_out_t().flatten_all()?.to_vec1::<f32>()?;
+    let norms: Vec<f32> = w_out_t
+        .chunks(h)
+        .map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt())
+        .collect();
+    let act = tc.activation;
+    let mut importance: Vec<f32> = z
+        .par_chunks(width)
+        .flat_map_iter(|zr| {
+            zr.iter()
+                .zip(&norms)
+                .map(move |(&v, n)| act.apply(v).abs() * n)
+        })
+        .collect();
+
+    let m = config.nodes_per_tree();
+    let mut chosen = vec![0usize; config.trees * m];
+    // The sample rows reaching each node of the level being filled, per tree.
+    let mut reach: Vec<Vec<Vec<u32>>> = vec![vec![(0..rows as u32).collect()]; config.trees];
+    for level in 0..=config.depth {
+        let first = (1 << level) - 1;
+        let mut next: Vec<Vec<Vec<u32>>> = Vec::with_capacity(config.trees);
+        for (t, level_rows) in reach.iter().enumerate() {
+            let mut children = Vec::with_capacity(2 * level_rows.len());
+            for (k, rows_here) in level_rows.iter().enumerate() {
+                let mut path = Vec::with_capacity(level);
+                let mut n = first + k;
+                while n > 0 {
+                    n = (n - 1) / 2;
+                    path.push(chosen[t * m + n]);
+                }
+                let j = best_neuron(&importance, width, rows_here, &path);
+                chosen[t * m + first + k] = j;
+                for &r in rows_here {
+                    importance[r as usize * width + j] = 0.0;
+                }
+                let (right, left): (Vec<u32>, Vec<u32>) = rows_here
+                    .iter()
+                    .partition(|&&r| z[r as usize * width + j] > 0.0);
+                children.push(left);
+                children.push(right);
+            }
+            next.push(children);
+        }
+        reach = next;
+    }
+
+    let w_in = teacher.neurons.w_in().flatten_all()?.to_vec1::<f32>()?;
+    let b_in = teacher.neurons.b_in().to_vec1::<f32>()?;
+    let (mut wi, mut bi, mut wo) = (Vec::new(), Vec::new(), Vec::new());
+    for &j in &chosen {
+        wi.extend_from_slice(&w_in[j * h..(j + 1) * h]);
+        bi.push(b_in[j]);
+        wo.extend_from_slice(&w_out_t[j * h..(j + 1) * h]);
+    }
+    let student = Fff::from_node_major(config, wi, bi, wo)?;
+    let bias = residual_mean(&student, sample)?;
+    Ok((student, bias))
+}
+
+/// A student of `config` with the library's initialisation (`init`, `seed`) and the output bias
+/// that makes its mean output the teacher's on the sample.
+pub fn random(
+    config: FffConfig,
+    init: Init,
+    seed: u64,
+    sample: &Sample<'_>,
+) -> Result<(Fff, Vec<f32>)> {
+    let student = Fff::new(config, init, seed)?;
+    let bias = residual_mean(&student, sample)?;
+    Ok((student, bias))
+}
+
+/// The neuron outside `path` with the largest importance summed over `rows` (the most important
+/// one overall where no row reaches the node).
+fn best_neuron(importance: &[f32], width: usize, rows: &[u32], path: &[usize]) -> usize {
+    let sum = |rows: &mut dyn Iterator<Item = usize>| -> Vec<f64> {
+        let mut acc = vec![0f64; width];
+        for r in rows {
+            for (a, &v) in acc.iter_mut().zip(&importance[r * width..(r + 1) * width]) {
+                *a += v as f64;
+            }
+        }
+        acc
+    };
+    let totals: Vec<f64> = if rows.is_empty() {
+        let all = importance.len() / width;
+        (0..all)
+            .into_par_iter()
+            .fold(
+                || vec![0f64; width],
+                |mut acc, r| {
+                    for (a, &v) in acc.iter_mut().zip(&importance[r * width..(r + 1) * width]) {
+                        *a += v as f64;
+                    }
+                    acc
+                },
+            )
+            .reduce(|| vec![0f64; width], add)
+    } else {
+        rows.par_chunks(256)
+            .map(|c| sum(&mut c.iter().map(|&r| r as usize)))
+            .reduce(|| vec![0f64; width], add)
+    };
+    // Ties (an all-zero column) go to the lowest index, so the choice is deterministic.
+    let mut best: Option<usize> = None;
+    for (j, &t) in totals.iter().enumerate() {
+        if !path.contains(&j) && best.is_none_or(|b| t > totals[b]) {
+            best = Some(j);
+        }
+    }
+    best.unwrap_or(0)
+}
+
+fn add(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
+    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+    a
+}
+
+/// The mean over the sample of the teacher's output less the student's (without bias).
+pub fn residual_mean(student: &Fff, sample: &Sample<'_>) -> Result<Vec<f32>> {
+    let h = student.config().output_width;
+    let rows = sample.x.len() / h;
+    let x = Tensor::from_slice(sample.x, (rows, h), &Device::Cpu)?;
+    let y = fastfeedforward::train_op::forward(
+        student.config(),
+        &x,
+        student.w_in(),
+        student.b_in(),
+        student.w_out_t(),
+    )?
+    .flatten_all()?
+    .to_vec1::<f32>()?;
+    let mut mean = vec![0f64; h];
+    for (ys, ts) in y.chunks(h).zip(sample.y.chunks(h)) {
+        for ((m, a), b) in mean.iter_mut().zip(ys).zip(ts) {
+            *m += (b - a) as f64;
+        }
+    }
+    Ok(mean.iter().map(|m| (m / rows as f64) as f32).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fastfeedforward::{Activation, ConditionalLayer};
+    use rand::{Rng, SeedableRng};
+
+    /// A random teacher of `width` GELU neurons and a sample of its inputs and outputs.
+    fn teacher(h: usize, width: usize, rows: usize) -> (Fff, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let c = FffConfig::new(h, h, 0, width).with_activation(Activation::Gelu);
+        let t = Fff::new(c, Init::Normal { std: 0.5 }, 1).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let x: Vec<f32> = (0..rows * h).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let bias: Vec<f32> = (0..h).map(|i| i as f32 * 0.01).collect();
+        let xt = Tensor::from_slice(&x, (rows, h), &Device::Cpu).unwrap();
+        let y = t
+            .forward_train(&xt)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let y: Vec<f32> = y
+            .chunks(h)
+            .flat_map(|r| r.iter().zip(&bias).map(|(a, b)| a + b))
+            .collect();
+        (t, bias, x, y)
+    }
+
+    #[test]
+    fn a_depth_0_forest_of_every_neuron_is_the_teacher_itself() {
+        let (t, bias, x, y) = teacher(8, 12, 64);
+        let teacher = TeacherFfn {
+            neurons: &t,
+            bias: &bias,
+        };
+        let c = FffConfig::new(8, 8, 0, 12).with_activation(Activation::Gelu);
+        let (s, b) = from_teacher(&teacher, &Sample { x: &x, y: &y }, c).unwrap();
+        // Every neuron chosen once, so the output (and the bias, the unchosen remainder) match.
+        for (a, e) in b.iter().zip(&bias) {
+            assert!((a - e).abs() < 1e-4, "{a} vs {e}");
+        }
+        let mut rows = s.w_in().to_vec2::<f32>().unwrap();
+        let mut want = t.w_in().to_vec2::<f32>().unwrap();
+        rows.sort_by(|a, b| a[0].total_cmp(&b[0]));
+        want.sort_by(|a, b| a[0].total_cmp(&b[0]));
+        assert_eq!(rows, want);
+    }
+
+    #[test]
+    fn children_split_on_their_parents_sign_and_never_repeat_a_path_neuron() {
+        let (t, bias, x, y) = teacher(6, 40, 200);
+        let teacher = TeacherFfn {
+            neurons: &t,
+            bias: &bias,
+        };
+        let c = FffConfig::new(6, 6, 3, 2).with_activation(Activation::Gelu);
+        let (s, _) = from_teacher(&teacher, &Sample { x: &x, y: &y }, c).unwrap();
+        // Rows of w_in identify the neurons (the teacher's biases are all zero).
+        let tw = t.w_in().to_vec2::<f32>().unwrap();
+        let sw = s.w_in().to_vec2::<f32>().unwrap();
+        let neuron = |row: usize| tw.iter().position(|r| *r == sw[row]).unwrap();
+        let m = c.nodes_per_tree();
+        for tree in 0..2 {
+            for leaf in 7..15 {
+                let mut path = vec![leaf];
+                let mut n = leaf;
+                while n > 0 {
+                    n = (n - 1) / 2;
+                    path.push(n);
+                }
+                let mut ids: Vec<usize> = path.iter().map(|&n| neuron(tree * m + n)).collect();
+                ids.sort();
+                ids.dedup();
+                assert_eq!(
+                    ids.len(),
+                    4,
+                    "tree {tree} leaf {leaf}: a neuron twice on a path"
+                );
+            }
+        }
+        // The two roots are the two most important neurons overall, distinct.
+        assert_ne!(neuron(0), neuron(m));
+    }
+}

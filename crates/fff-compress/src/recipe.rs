@@ -1,0 +1,145 @@
+//! The settings of a compression: the student's shape, where it starts, and how much text
+//! each distillation stage reads.
+
+use crate::shape::Student;
+use anyhow::{ensure, Result};
+use serde::{Deserialize, Serialize};
+
+/// Where a student's FFN starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Start {
+    /// The teacher's own neurons, chosen per node by routed importance (see [`crate::init`]).
+    Teacher,
+    /// The library's hyperspherical initialisation.
+    Random,
+}
+
+/// The distillation stages, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Each layer's student FFN learns the teacher FFN's outputs from the teacher's own inputs.
+    Layerwise,
+    /// Each layer's student FFN takes the inputs the student itself produces (earlier layers
+    /// already compressed) and learns what makes its block's output match the teacher's
+    /// (`teacher input + teacher output − student input`, the sum the block's LayerNorm sees),
+    /// so later layers correct the errors of earlier ones.
+    Chained,
+}
+
+impl Stage {
+    /// The stages in order.
+    pub const ALL: [Stage; 2] = [Stage::Layerwise, Stage::Chained];
+
+    /// The stage's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Layerwise => "layerwise",
+            Stage::Chained => "chained",
+        }
+    }
+}
+
+/// Everything that decides what a compression computes; a resumed run must have the same.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recipe {
+    /// What each FFN becomes.
+    pub student: Student,
+    /// Where the student starts.
+    pub start: Start,
+    /// Tokens of text the layer-wise stage reads.
+    pub layerwise_tokens: u64,
+    /// Tokens of text the chained stage reads.
+    pub chained_tokens: u64,
+    /// Peak learning rate (AdamW), reached after a short warm-up and decayed on a cosine.
+    pub learning_rate: f64,
+    /// Token rows per optimizer step (per layer).
+    pub step_rows: usize,
+    /// Tokens per teacher pass (the rows of one pass are shuffled into steps).
+    pub chunk_tokens: usize,
+    /// Longest passage in tokens; longer ones are truncated.
+    pub max_tokens: usize,
+    /// Tokens of text the teacher initialisation samples.
+    pub init_tokens: usize,
+    /// Passages held out to measure agreement with the teacher.
+    pub holdout: usize,
+    /// Tokens between agreement measurements.
+    pub eval_every: u64,
+    /// Seed of the text order and the initialisation.
+    pub seed: u64,
+}
+
+impl Recipe {
+    /// The defaults for `student`.
+    pub fn new(student: Student) -> Recipe {
+        Recipe {
+            student,
+            start: Start::Teacher,
+            layerwise_tokens: 2_000_000,
+            chained_tokens: 2_000_000,
+            learning_rate: 1e-3,
+            step_rows: 512,
+            chunk_tokens: 8192,
+            max_tokens: 128,
+            init_tokens: 16384,
+            holdout: 1000,
+            eval_every: 1_000_000,
+            seed: 0,
+        }
+    }
+
+    /// Tokens the stage reads.
+    pub fn tokens(&self, stage: Stage) -> u64 {
+        match stage {
+            Stage::Layerwise => self.layerwise_tokens,
+            Stage::Chained => self.chained_tokens,
+        }
+    }
+
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.learning_rate.is_finite() && self.learning_rate > 0.0 && self.learning_rate < 1.0,
+            "--lr {}: expected a learning rate in (0, 1)",
+            self.learning_rate
+        );
+        ensure!(self.step_rows >= 1, "--step-rows must be at least 1");
+        ensure!(
+            self.chunk_tokens >= self.step_rows,
+            "--chunk-tokens {} must be at least --step-rows {}",
+            self.chunk_tokens,
+            self.step_rows
+        );
+        ensure!(self.max_tokens >= 2, "--max-tokens must be at least 2");
+        ensure!(self.init_tokens >= 1, "--init-tokens must be at least 1");
+        ensure!(self.eval_every >= 1, "--eval-every must be at least 1");
+        Ok(())
+    }
+
+    /// The first field in which `other` differs from this recipe, as `(name, ours, theirs)`.
+    pub fn difference(&self, other: &Recipe) -> Option<(String, String, String)> {
+        let a = serde_json::to_value(self).expect("a recipe serializes");
+        let b = serde_json::to_value(other).expect("a recipe serializes");
+        let (a, b) = (a.as_object()?, b.as_object()?);
+        a.iter().find_map(|(k, v)| {
+            let w = b.get(k).cloned().unwrap_or(serde_json::Value::Null);
+            (*v != w).then(|| (k.clone(), v.to_string(), w.to_string()))
+        })
+    }
+
+    /// The learning rate after `fraction` of a stage: a linear warm-up over its first 2%, then
+    /// a cosine down to a tenth of the peak.
+    pub fn learning_rate_at(&self, fraction: f64) -> f64 {
+        let f = fraction.clamp(0.0, 1.0);
+        let warm = 0.02;
+        if f < warm {
+            return self.learning_rate * (f / warm).max(0.01);
+        }
+        let t = (f - warm) / (1.0 - warm);
+        let floor = 0.1;
+        self.learning_rate
+            * (floor + (1.0 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
+    }
+}
