@@ -56,13 +56,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         activation: args.activation,
     };
     config.validate()?;
-    let nodes = config.total_nodes();
-    let batch = args.batches.iter().copied().max().unwrap_or(0);
-    crate::limits::MemoryEstimate::default()
-        .floats("FFF and dense weights", &[4, nodes, args.width])
-        .floats("inputs and outputs", &[8, batch, args.width])
-        .floats("dense hidden layer", &[2, batch, nodes])
-        .check(None, "--width, --depth, --trees or --batches")?;
+    demo_memory(&config, &args.batches).check(None, "--width, --depth, --trees or --batches")?;
     let layer = Fff::new(config, Init::Uniform, args.seed)?;
     let dense = DenseFf::new(
         args.width,
@@ -179,6 +173,46 @@ fn train_spirals(epochs: usize, seed: u64) -> Result<()> {
     Ok(())
 }
 
+/// Rows of the check against the dense masked reference.
+const CHECK_ROWS: usize = 256;
+
+/// The demo's largest buffers at once: both layers' weights, the check's dense reference
+/// (every neuron of every row: its logits, their copy and mask, the activations and the masked
+/// product, all alive at once), and the timing of the largest batch (inputs and outputs, the
+/// dense layer's hidden activations, the kernel's copy of its top levels and their logits).
+/// The spirals' small net is left out.
+fn demo_memory(config: &FffConfig, batches: &[usize]) -> crate::limits::MemoryEstimate {
+    let (nodes, width) = (config.total_nodes(), config.input_width);
+    let batch = batches.iter().copied().max().unwrap_or(0);
+    // The GEMM walk copies at most the top 12 levels of each tree, and holds at most 32 MiB of
+    // their logits or 16 rows of them.
+    let top = nodes.min(config.trees.saturating_mul(4095));
+    let logits = (8usize << 20)
+        .max(top.saturating_mul(16))
+        .min(top.saturating_mul(batch));
+    crate::limits::MemoryEstimate::default()
+        .floats("FFF and dense weights", &[4, nodes, width])
+        .floats("biases", &[2, nodes])
+        .floats(
+            &format!("the check's dense reference over {CHECK_ROWS} rows"),
+            &[4, CHECK_ROWS, nodes],
+        )
+        .floats(
+            "the check's inputs, outputs and node logits",
+            &[CHECK_ROWS, 8 * width + 4 * config.used_nodes()],
+        )
+        .floats(
+            &format!("the timed batch of {batch}: inputs and outputs"),
+            &[4, batch, width],
+        )
+        .floats(
+            &format!("the dense layer's hidden activations over {batch} rows"),
+            &[3, batch, nodes],
+        )
+        .floats("the kernel's copy of the top levels", &[2, top, width])
+        .floats("the kernel's top-level logits", &[logits])
+}
+
 fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| StandardNormal.sample(rng)).collect()
 }
@@ -186,7 +220,7 @@ fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
 /// Checks the kernel and the training op against the dense masked reference on one batch.
 fn check(layer: &Fff, rng: &mut StdRng) -> Result<()> {
     let c = *layer.config();
-    let batch = 256;
+    let batch = CHECK_ROWS;
     let x = random(rng, batch * c.input_width);
     let xt = Tensor::from_vec(x.clone(), (batch, c.input_width), &Device::Cpu)?;
     let oracle = layer
@@ -257,4 +291,40 @@ fn check(layer: &Fff, rng: &mut StdRng) -> Result<()> {
     );
     outln!("check: PASS");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fff_util::memory::Limit;
+
+    #[test]
+    fn the_demo_counts_the_checks_dense_reference() {
+        // Width 8, depth 20: 2 M neurons. The weights are small, but the check's reference
+        // holds 256 rows of every neuron four times over: 8 GiB, past a 7 GB cap.
+        let deep = FffConfig::new(8, 8, 20, 1);
+        let estimate = demo_memory(&deep, &[1]);
+        let nodes = (1u128 << 21) - 1;
+        assert!(estimate.total() > 4 * 4 * 256 * nodes, "{estimate:?}");
+        let cap = Limit {
+            bytes: 7_000_000 * 1024,
+            source: "the address-space limit RLIMIT_AS (ulimit -v)".into(),
+        };
+        let err = estimate
+            .check(Some(cap.clone()), "--width, --depth, --trees or --batches")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the check's dense reference over 256 rows 8.0 GiB")
+                && err.contains("RLIMIT_AS")
+                && err.contains("lower --width, --depth, --trees or --batches"),
+            "{err}"
+        );
+        // The default demo fits easily.
+        let default = FffConfig::new(768, 768, 11, 1);
+        demo_memory(&default, &[1, 128, 2048])
+            .check(Some(cap), "--x")
+            .unwrap();
+        assert!(demo_memory(&default, &[1, 128, 2048]).total() < 1 << 30);
+    }
 }

@@ -23,13 +23,20 @@ const SET: [&str; 4] = [
     "state.json",
 ];
 
-/// Size and SHA-256 of a file.
+/// Size and SHA-256 of a file, read in pieces: the optimizer's file is twice the model, and
+/// reading it whole beside the state it was written from would double a save's memory.
 fn digest(path: &Path) -> Result<FileDigest> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let hash = Sha256::digest(&bytes);
+    let cannot = || format!("cannot read {}", path.display());
+    let mut file = std::fs::File::open(path).with_context(cannot)?;
+    let mut hasher = Sha256::new();
+    let bytes = std::io::copy(&mut file, &mut hasher).with_context(cannot)?;
     Ok(FileDigest {
-        bytes: bytes.len() as u64,
-        sha256: hash.iter().map(|b| format!("{b:02x}")).collect(),
+        bytes,
+        sha256: hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
     })
 }
 

@@ -5,13 +5,15 @@
 //! - [`model`]: the model a description builds, a list of conditional layers;
 //! - [`trainer`]: mini-batch training with AdamW and cross-entropy, per-epoch evaluation;
 //! - [`frontier`]: the accuracy-against-compute sweep (grid, resumable runs, summaries);
-//! - [`inspect`]: routing statistics of conditional layers (region usage, |z|, path changes).
+//! - [`inspect`]: routing statistics of conditional layers (region usage, |z|, path changes);
+//! - [`memory`]: the memory a training run holds at once, estimated before it starts.
 
 #![warn(missing_docs)]
 
 pub mod checkpoint;
 pub mod frontier;
 pub mod inspect;
+pub mod memory;
 pub mod model;
 pub mod optim;
 pub mod spec;

@@ -183,7 +183,7 @@ pub fn evaluate_rows(
     let n = rows.len();
     let idx: Vec<usize> = rows.collect();
     let (mut loss, mut right) = (0.0, 0);
-    for chunk in idx.chunks(1024) {
+    for chunk in idx.chunks(crate::memory::EVAL_CHUNK) {
         let (x, y) = gather(data, chunk)?;
         let logits = model.forward_infer(&x)?;
         loss += candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64
@@ -204,7 +204,7 @@ fn soft_accuracy(
     let n = rows.len();
     let idx: Vec<usize> = rows.collect();
     let mut right = 0;
-    for chunk in idx.chunks(1024) {
+    for chunk in idx.chunks(crate::memory::EVAL_CHUNK) {
         let (x, y) = gather(data, chunk)?;
         right += correct(&model.forward_soft(&x, soft)?, &y)?;
     }
@@ -231,7 +231,7 @@ pub struct Agreement {
 pub fn compare(a: &Model, b: &Model, data: &Dataset) -> Result<Agreement> {
     let idx: Vec<usize> = (0..data.len()).collect();
     let (mut right_a, mut right_b, mut same, mut max_diff) = (0, 0, 0, 0f64);
-    for chunk in idx.chunks(1024) {
+    for chunk in idx.chunks(crate::memory::EVAL_CHUNK) {
         let (x, y) = gather(data, chunk)?;
         let (la, lb) = (a.forward_infer(&x)?, b.forward_infer(&x)?);
         right_a += correct(&la, &y)?;
