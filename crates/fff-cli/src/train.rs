@@ -10,8 +10,9 @@ use fff_data::Split;
 use fff_train::checkpoint::{check_dataset, load_model, load_optimizer, load_state};
 use fff_train::frontier::{grid_entry, run_one, DEFAULT_FAMILY, TEACHER_FAMILY};
 use fff_train::inspect::RoutingTracker;
+use fff_train::memory::{training_memory, RunSize};
 use fff_train::trainer::{evaluate, optimizer_for, train_from, Interrupted};
-use fff_train::{EpochMetrics, Model};
+use fff_train::{EpochMetrics, Model, TrainConfig};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -26,7 +27,10 @@ pub struct TrainArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     settings: TrainSettings,
-    /// Continue the run checkpointed in this folder (settings come from its state.json).
+    /// Continue the run checkpointed in this folder, with the settings of its state.json:
+    /// --epochs sets the total to reach, --dataset and --data-dir where its data is read (the
+    /// dataset must be the checkpoint's), --threads the worker threads; any other setting given
+    /// must equal the checkpoint's, or the run is refused.
     #[arg(long, conflicts_with = "out")]
     resume: Option<PathBuf>,
     /// After every epoch, route 512 test inputs and print each conditional layer's region
@@ -214,9 +218,11 @@ fn run_with(
     };
     let history = if let Some(dir) = resume {
         let state = load_state(dir)?;
+        s.check_resume(dir, &state.config, &state.model)?;
         // The spirals' points come from the seed; image sets ignore it.
         let (data, _) = load_data(&data_args, state.config.seed)?;
         check_dataset(dir, &state, &data.train.name)?;
+        check_memory(&state.model, &state.config, &data, true, Some(dir))?;
         let model = load_model(dir, &state)?;
         let mut opt = optimizer_for(&model, &state.config);
         load_optimizer(dir, &state, &mut opt, model.vars().len())?;
@@ -272,7 +278,7 @@ fn run_with(
             Some(e) => e.model.as_str(),
             None => s.model.as_deref().unwrap_or(default_model),
         };
-        check_memory(spec, cfg.batch_size)?;
+        check_memory(spec, &cfg, &data, s.out.is_some(), None)?;
         let model = Model::new(spec, cfg.seed)?;
         describe(&model, &data, cfg.validation);
         let mut opt = optimizer_for(&model, &cfg);
@@ -415,25 +421,133 @@ fn default_teacher(s: &TrainSettings, data: &Split, seed: u64) -> Result<PathBuf
     Ok(dir)
 }
 
-/// Refuses a model and batch size whose parameters (with gradients and two optimizer moments)
-/// and a batch's activations would not fit in the memory available, before building it.
-fn check_memory(spec: &str, batch_size: usize) -> Result<()> {
+/// Refuses a run whose largest buffers at once (parameters, optimizer state, and the largest of
+/// a training step, an evaluation pass, a checkpoint save or read; see
+/// [`fff_train::memory::training_memory`]) would not fit in what this process may allocate,
+/// before the model is built. `resume` names the checkpoint being continued.
+fn check_memory(
+    spec: &str,
+    cfg: &TrainConfig,
+    data: &Split,
+    checkpoint: bool,
+    resume: Option<&Path>,
+) -> Result<()> {
     let spec: fff_train::ModelSpec = spec.parse()?;
-    let (params, widths) = spec.layers().iter().fold((0usize, 0usize), |(p, w), l| {
-        let out = l.widths().map_or(0, |(_, o)| o);
-        (
-            p.saturating_add(l.parameter_bound().unwrap_or(usize::MAX)),
-            w.saturating_add(out),
-        )
-    });
-    crate::limits::MemoryEstimate::default()
-        .floats("parameters, gradients and optimizer moments", &[4, params])
-        .floats(
-            "a batch's activations and their gradients",
-            &[3, batch_size, widths],
-        )
-        .check(
+    // An unreadable teacher is reported, with its path, when training loads it.
+    let teacher = cfg
+        .distill
+        .as_ref()
+        .and_then(|d| load_state(&d.teacher).ok())
+        .and_then(|state| state.model.parse::<fff_train::ModelSpec>().ok());
+    let run = RunSize {
+        train_rows: data.train.len().saturating_sub(cfg.validation),
+        eval_rows: cfg.validation.max(data.test.len()),
+        checkpoint,
+        resume: resume.is_some(),
+        teacher: teacher.as_ref(),
+    };
+    let estimate = crate::limits::MemoryEstimate::default().parts(training_memory(&spec, cfg, run));
+    match resume {
+        None => estimate.check(
             None,
             "the model's widths, trees or depth (--model), or --batch-size",
+        ),
+        Some(dir) => estimate.refuse(
+            None,
+            &format!(
+                "{}'s model and batch size are fixed; resume it where more memory is available",
+                dir.display()
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train_config::OptimizerChoice;
+
+    fn go(s: &TrainSettings, resume: Option<&Path>) -> Result<()> {
+        run_with(s, resume, false, false, Arc::new(AtomicBool::new(false)))
+    }
+
+    #[test]
+    fn a_resume_with_flags_that_change_the_run_is_refused_and_trains_nothing() {
+        let root = std::env::temp_dir().join(format!("fff-cli-resume-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("run");
+        let fresh = TrainSettings {
+            epochs: Some(1),
+            out: Some(dir.clone()),
+            ..TrainSettings::default()
+        };
+        go(&fresh, None).unwrap();
+        let saved = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let changed = TrainSettings {
+            epochs: Some(2),
+            lr: Some(1e30),
+            optimizer: Some(OptimizerChoice::Sgd),
+            ..TrainSettings::default()
+        };
+        let err = go(&changed, Some(&dir)).unwrap_err().to_string();
+        assert!(
+            err.contains("--lr 1e30 (the checkpoint's: 0.001)")
+                && err.contains("--optimizer sgd (the checkpoint's: adamw)"),
+            "{err}"
+        );
+        assert_eq!(load_state(&dir).unwrap().epoch, 1);
+        assert_eq!(std::fs::read(dir.join("model.safetensors")).unwrap(), saved);
+        // With the checkpoint's own values it continues to the total asked for.
+        let same = TrainSettings {
+            epochs: Some(2),
+            lr: Some(TrainConfig::default().lr),
+            ..TrainSettings::default()
+        };
+        go(&same, Some(&dir)).unwrap();
+        assert_eq!(load_state(&dir).unwrap().epoch, 2);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_run_too_large_for_the_memory_is_refused_naming_its_parts() {
+        let data = fff_data::synthetic::spirals(3, 800, 0.03, 0);
+        let cfg = TrainConfig::default();
+        // Far past any machine: 2 G nodes of 65536-wide output weights.
+        let err = check_memory("fff:2-65536:d20:k1000", &cfg, &data, false, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("parameters ")
+                && err.contains("AdamW's two moments ")
+                && err.contains("a batch of 64 rows' activations and their gradients ")
+                && err.contains(" available under ")
+                && err.contains(
+                    "lower the model's widths, trees or depth (--model), or --batch-size"
+                ),
+            "{err}"
+        );
+        let err = check_memory(
+            "fff:2-65536:d20:k1000",
+            &cfg,
+            &data,
+            true,
+            Some(Path::new("r")),
         )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("r's model and batch size are fixed"), "{err}");
+        // A batch larger than the training set counts the rows it has.
+        let big = TrainConfig {
+            batch_size: 1 << 40,
+            ..TrainConfig::default()
+        };
+        check_memory(
+            "fff:2-32:d4:k4, relu, linear:32-3",
+            &big,
+            &data,
+            false,
+            None,
+        )
+        .unwrap();
+    }
 }

@@ -9,7 +9,9 @@ use crate::data::Dataset;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::{Args, ValueEnum};
 use fff_train::optim::{OptimizerKind, DEFAULT_SGD_MOMENTUM};
-use fff_train::state::{Distillation, DEFAULT_DISTILL_ALPHA, DEFAULT_DISTILL_TEMPERATURE};
+use fff_train::state::{
+    Distillation, SoftSchedule, DEFAULT_DISTILL_ALPHA, DEFAULT_DISTILL_TEMPERATURE,
+};
 use fff_train::{Schedule, TrainConfig};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -242,6 +244,146 @@ impl TrainSettings {
             load_balance: Some(r.load_balance),
             ..TrainSettings::default()
         }
+    }
+
+    /// Checks the settings given with `--resume DIR` against those of the checkpoint there
+    /// (`cfg`, its model description `model`): a resumed run continues exactly as it started,
+    /// so every setting that would change it (the model, the optimizer and its settings, the
+    /// learning rate and its schedule, the batch size, the data's handling, distillation,
+    /// routing, the seed) is refused where it differs from the checkpoint's, naming the flag,
+    /// the checkpoint's value and the one given. Giving a setting with the checkpoint's own
+    /// value is accepted. `--epochs` (the total to reach), `--dataset` and `--data-dir` (where
+    /// to read the data, whose name must match the checkpoint's) and `--threads` apply.
+    pub fn check_resume(&self, dir: &Path, cfg: &TrainConfig, model: &str) -> Result<()> {
+        let mut differ: Vec<String> = Vec::new();
+        let mut compare = |flag: &str, given: Option<String>, theirs: String| {
+            if let Some(given) = given.filter(|g| *g != theirs) {
+                differ.push(format!("--{flag} {given} (the checkpoint's: {theirs})"));
+            }
+        };
+        let num = |v: f64| format!("{v:?}");
+        let name = |v: Option<clap::builder::PossibleValue>| {
+            v.map_or(String::new(), |v| v.get_name().to_string())
+        };
+        if let Some(given) = &self.model {
+            let given: fff_train::ModelSpec = given
+                .parse()
+                .with_context(|| format!("--model `{given}`"))?;
+            compare("model", Some(given.to_string()), model.to_string());
+        }
+        compare(
+            "batch-size",
+            self.batch_size.map(|b| b.to_string()),
+            cfg.batch_size.to_string(),
+        );
+        let (theirs, betas, momentum) = match cfg.optimizer {
+            OptimizerKind::AdamW { beta1, beta2, .. } => (
+                OptimizerChoice::Adamw,
+                Some(format!("{beta1:?},{beta2:?}")),
+                None,
+            ),
+            OptimizerKind::Sgd { momentum } => (OptimizerChoice::Sgd, None, Some(num(momentum))),
+        };
+        compare(
+            "optimizer",
+            self.optimizer.map(|o| name(o.to_possible_value())),
+            name(theirs.to_possible_value()),
+        );
+        let none = |what: &str| format!("none: {what}");
+        compare(
+            "betas",
+            self.betas
+                .as_ref()
+                .map(|b| b.iter().map(|v| num(*v)).collect::<Vec<_>>().join(",")),
+            betas.unwrap_or_else(|| none("it trains with SGD")),
+        );
+        compare(
+            "momentum",
+            self.momentum.map(num),
+            momentum.unwrap_or_else(|| none("it trains with AdamW")),
+        );
+        compare("lr", self.lr.map(num), num(cfg.lr));
+        compare(
+            "weight-decay",
+            self.weight_decay.map(num),
+            num(cfg.weight_decay),
+        );
+        compare(
+            "schedule",
+            self.schedule.map(|v| name(v.to_possible_value())),
+            name(cfg.schedule.to_possible_value()),
+        );
+        compare(
+            "warmup-steps",
+            self.warmup_steps.map(|v| v.to_string()),
+            cfg.warmup_steps.to_string(),
+        );
+        compare(
+            "clip-norm",
+            self.clip_norm.map(num),
+            cfg.clip_norm.map_or_else(|| none("no clipping"), num),
+        );
+        compare(
+            "validation",
+            self.validation.map(|v| v.to_string()),
+            cfg.validation.to_string(),
+        );
+        compare(
+            "label-smoothing",
+            self.label_smoothing.map(num),
+            num(cfg.label_smoothing),
+        );
+        compare(
+            "shift",
+            self.shift.map(|v| v.to_string()),
+            cfg.shift.to_string(),
+        );
+        let distill = cfg.distill.as_ref();
+        let undistilled = || none("no distillation");
+        compare(
+            "teacher",
+            self.teacher.as_ref().map(|t| t.display().to_string()),
+            distill.map_or_else(undistilled, |d| d.teacher.display().to_string()),
+        );
+        compare(
+            "distill-alpha",
+            self.distill_alpha.map(num),
+            distill.map_or_else(undistilled, |d| num(d.alpha)),
+        );
+        compare(
+            "distill-temperature",
+            self.distill_temperature.map(num),
+            distill.map_or_else(undistilled, |d| num(d.temperature)),
+        );
+        let soft = self
+            .soft_routing
+            .as_deref()
+            .map(str::parse::<SoftSchedule>)
+            .transpose()?;
+        compare(
+            "soft-routing",
+            soft.map(|s| s.to_string()),
+            cfg.soft_routing
+                .map_or_else(|| none("hard routing"), |s| s.to_string()),
+        );
+        compare(
+            "load-balance",
+            self.load_balance.map(num),
+            num(cfg.load_balance),
+        );
+        compare(
+            "seed",
+            self.seed.map(|v| v.to_string()),
+            cfg.seed.to_string(),
+        );
+        ensure!(
+            differ.is_empty(),
+            "--resume {}: a resumed run keeps the settings it was started with (its state.json), \
+             and these flags would change them: {}; leave them out, or start a new run with --out",
+            dir.display(),
+            differ.join(", ")
+        );
+        Ok(())
     }
 
     /// The dataset, or the default.
@@ -544,6 +686,148 @@ out = "runs/a"
             err.contains("key `optimizer`") && err.contains("`lion`") && err.contains("adamw"),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod resume_tests {
+    use super::*;
+    use crate::train::TrainArgs;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: TrainArgs,
+    }
+
+    /// The settings given on a `fff train --resume run` command line.
+    fn given(flags: &[&str]) -> TrainSettings {
+        let argv = ["fff", "--resume", "run"]
+            .into_iter()
+            .chain(flags.iter().copied());
+        Cli::try_parse_from(argv).unwrap().args.settings().unwrap()
+    }
+
+    const MODEL: &str = "fff:2-32:d4:k4:identity, relu, linear:32-3";
+
+    fn check(flags: &[&str], cfg: &TrainConfig) -> Result<()> {
+        given(flags).check_resume(Path::new("run"), cfg, MODEL)
+    }
+
+    #[test]
+    fn flags_that_would_change_the_run_are_refused_naming_both_values() {
+        let cfg = TrainConfig::default();
+        let err = check(&["--lr", "1e30", "--optimizer", "sgd"], &cfg)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--resume run: a resumed run keeps the settings")
+                && err.contains("--optimizer sgd (the checkpoint's: adamw)")
+                && err.contains("--lr 1e30 (the checkpoint's: 0.001)")
+                && err.contains("leave them out, or start a new run with --out"),
+            "{err}"
+        );
+        for (flags, want) in [
+            (
+                &["--batch-size", "7"][..],
+                "--batch-size 7 (the checkpoint's: 64)",
+            ),
+            (
+                &["--model", "linear:2-3"],
+                "--model linear:2-3 (the checkpoint's: fff:2-32",
+            ),
+            (
+                &["--betas", "0.8,0.99"],
+                "--betas 0.8,0.99 (the checkpoint's: 0.9,0.999)",
+            ),
+            (
+                &["--momentum", "0.5"],
+                "(the checkpoint's: none: it trains with AdamW)",
+            ),
+            (&["--weight-decay", "0.1"], "--weight-decay 0.1"),
+            (
+                &["--schedule", "cosine"],
+                "--schedule cosine (the checkpoint's: constant)",
+            ),
+            (&["--warmup-steps", "5"], "--warmup-steps 5"),
+            (
+                &["--clip-norm", "1"],
+                "--clip-norm 1.0 (the checkpoint's: none: no clipping)",
+            ),
+            (&["--validation", "100"], "--validation 100"),
+            (&["--label-smoothing", "0.1"], "--label-smoothing 0.1"),
+            (&["--shift", "1"], "--shift 1"),
+            (
+                &["--teacher", "t"],
+                "--teacher t (the checkpoint's: none: no distillation)",
+            ),
+            (
+                &["--soft-routing", "1:1:0.1:0.2"],
+                "--soft-routing 1:1:0.1:0.2",
+            ),
+            (&["--load-balance", "0.5"], "--load-balance 0.5"),
+            (&["--seed", "3"], "--seed 3 (the checkpoint's: 0)"),
+        ] {
+            let err = check(flags, &cfg).unwrap_err().to_string();
+            assert!(err.contains(want), "{flags:?}: {err}");
+        }
+        // A bad value is an error of its own, not a panic.
+        let err = check(&["--soft-routing", "1:x"], &cfg).unwrap_err();
+        assert!(err.to_string().contains("soft routing `1:x`"), "{err}");
+        // SGD checkpoints: momentum compared, betas do not apply.
+        let sgd = TrainConfig {
+            optimizer: OptimizerKind::Sgd { momentum: 0.9 },
+            ..TrainConfig::default()
+        };
+        check(&["--optimizer", "sgd", "--momentum", "0.9"], &sgd).unwrap();
+        let err = check(&["--momentum", "0.5"], &sgd).unwrap_err().to_string();
+        assert!(
+            err.contains("--momentum 0.5 (the checkpoint's: 0.9)"),
+            "{err}"
+        );
+        let err = check(&["--betas", "0.9,0.999"], &sgd)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("none: it trains with SGD"), "{err}");
+    }
+
+    #[test]
+    fn the_checkpoints_own_values_and_the_run_level_flags_are_accepted() {
+        let cfg = TrainConfig::default();
+        check(&[], &cfg).unwrap();
+        check(
+            &[
+                "--epochs",
+                "20",
+                "--threads",
+                "1",
+                "--dataset",
+                "spirals",
+                "--data-dir",
+                "d",
+                "--lr",
+                "0.001",
+                "--batch-size",
+                "64",
+                "--optimizer",
+                "adamw",
+                "--seed",
+                "0",
+                "--betas",
+                "0.9,0.999",
+                "--schedule",
+                "constant",
+            ],
+            &cfg,
+        )
+        .unwrap();
+        // The model is compared by its meaning, not its spelling.
+        check(
+            &["--model", "fff:2-32:d4:k4:identity,relu,linear:32-3"],
+            &cfg,
+        )
+        .unwrap();
     }
 }
 
