@@ -133,7 +133,7 @@ pub fn write_json(path: &Path, records: &[Record]) -> Result<()> {
 
 /// Draws speedup against depth for each batch size and weight format (the kernel's own walk,
 /// most threads), with the limit (neurons total / used) as a dashed line; and, beside it
-/// (`<name>_floor.png`), each kernel row's time over its traffic floor.
+/// (`<name>_floor.<ext>`, the same format), each kernel row's time over its traffic floor.
 pub fn plot(path: &Path, records: &[Record]) -> Result<()> {
     let threads = records
         .iter()
@@ -195,8 +195,7 @@ pub fn plot(path: &Path, records: &[Record]) -> Result<()> {
     };
     draw(path, &chart, &series)?;
     if !floor_series.is_empty() {
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("bench");
-        let floor_path = path.with_file_name(format!("{stem}_floor.png"));
+        let floor_path = fff_util::chart::beside(path, "floor");
         let title = format!("FFF kernel time over its traffic floor ({threads} threads)");
         let chart = Chart {
             title: &title,

@@ -79,8 +79,8 @@ pub struct LayerArgs {
     /// Write one JSON record per row to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Draw speedup against depth per batch size and format, with the limit, to this PNG file,
-    /// and time over traffic floor to `<name>_floor.png` beside it.
+    /// Draw speedup against depth per batch size and format, with the limit, to this PNG or SVG
+    /// file (by the extension), and time over traffic floor to `<name>_floor.<ext>` beside it.
     #[arg(long)]
     plot: Option<PathBuf>,
 }
@@ -120,7 +120,7 @@ fn layer(args: LayerArgs) -> Result<()> {
         fff_util::fs::check_output_file(path, "--json")?;
     }
     if let Some(path) = &args.plot {
-        fff_util::fs::check_output_file(path, "--plot")?;
+        fff_util::chart::check_file(path, "--plot")?;
     }
     let defaults = BenchOptions::default();
     let opts = BenchOptions {

@@ -21,6 +21,10 @@ pub enum ExperimentCommand {
     /// Accuracy against compute: a grid of dense and FFF configurations and training recipes,
     /// each over seeds, chosen on a validation split and tested once; resumable.
     Frontier(FrontierArgs),
+    /// A sentence encoder's FFNs compressed at several budgets: FFF of deep and of shallow
+    /// trees against the dense FFN shrunk to the same multiply-adds, with STS, probe, cosine to
+    /// the original, size, multiply-adds and speed beside the original; resumable.
+    Compress(Box<crate::experiment_compress::CompressFrontierArgs>),
 }
 
 /// Options of `fff experiment frontier`.
@@ -56,8 +60,8 @@ pub struct FrontierArgs {
     /// Write the frontier and ablation tables to this markdown file.
     #[arg(long)]
     table: Option<PathBuf>,
-    /// Draw test accuracy against multiply-adds per input to PNG files named after this
-    /// path, one per dataset (`frontier.png` → `frontier_mnist.png`).
+    /// Draw test accuracy against multiply-adds per input to PNG or SVG files (by the
+    /// extension) named after this path, one per dataset (`frontier.png` → `frontier_mnist.png`).
     #[arg(long)]
     plot: Option<PathBuf>,
 }
@@ -90,7 +94,8 @@ pub struct NodeActivationArgs {
     /// Write every run (with per-epoch figures) and the summary to this JSON file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Draw mean test accuracy per epoch for each variant to this PNG file.
+    /// Draw mean test accuracy per epoch for each variant to this PNG or SVG file (by the
+    /// extension).
     #[arg(long)]
     plot: Option<PathBuf>,
 }
@@ -98,6 +103,7 @@ pub struct NodeActivationArgs {
 pub fn run(cmd: ExperimentCommand) -> Result<()> {
     let (args, mut chosen, title) = match cmd {
         ExperimentCommand::Frontier(a) => return frontier(a),
+        ExperimentCommand::Compress(a) => return crate::experiment_compress::run(*a),
         ExperimentCommand::NodeActivation(a) => (a, variants(), "Node-activation study"),
         ExperimentCommand::Variants(a) => (a, variants_study(), "FFF variants study"),
     };
@@ -110,7 +116,7 @@ pub fn run(cmd: ExperimentCommand) -> Result<()> {
         fff_util::fs::check_output_file(path, "--json")?;
     }
     if let Some(path) = &args.plot {
-        fff_util::fs::check_output_file(path, "--plot")?;
+        fff_util::chart::check_file(path, "--plot")?;
     }
     if !args.variants.is_empty() {
         for v in &args.variants {
@@ -191,14 +197,13 @@ fn frontier(args: FrontierArgs) -> Result<()> {
         check_grid, first_dataset_only, image_grid, run_dir, run_one, seeds_of,
     };
     ensure!(args.seeds > 0, "--seeds must be at least 1");
-    for (path, flag) in [
-        (&args.json, "--json"),
-        (&args.table, "--table"),
-        (&args.plot, "--plot"),
-    ] {
+    for (path, flag) in [(&args.json, "--json"), (&args.table, "--table")] {
         if let Some(path) = path {
             fff_util::fs::check_output_file(path, flag)?;
         }
+    }
+    if let Some(path) = &args.plot {
+        fff_util::chart::check_file(path, "--plot")?;
     }
     let mut grid = image_grid();
     let mut seeds = args.seeds;
@@ -325,11 +330,7 @@ fn write_frontier(
             if !rows.iter().any(|r| r.dataset == dataset) {
                 continue;
             }
-            let stem = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("frontier");
-            let file = path.with_file_name(format!("{stem}_{dataset}.png"));
+            let file = fff_util::chart::beside(path, &dataset);
             frontier_plot(&file, &dataset, &rows)?;
             say(&file);
         }
@@ -410,4 +411,46 @@ fn frontier_plot(
         legend: Legend::LowerRight,
     };
     Ok(draw(path, &chart, &series)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: ExperimentCommand,
+    }
+
+    fn run_args(argv: &[&str]) -> Result<()> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("experiment").chain(argv.iter().copied())).unwrap();
+        run(cli.command)
+    }
+
+    #[test]
+    fn a_plot_name_without_a_chart_extension_is_refused_before_any_work() {
+        // The data folder does not exist: the runs would fail on it, after the plot's check.
+        let data = "/nonexistent/fff-data";
+        for (command, bad) in [
+            ("frontier", "/tmp/x.tmp"),
+            ("node-activation", "out"),
+            ("variants", "plot.jpg"),
+        ] {
+            let err = run_args(&[command, "--data-dir", data, "--plot", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("--plot {bad}: ")) && err.contains(".png or .svg"),
+                "{command}: {err}"
+            );
+        }
+        // An accepted name gets past the check, to the data.
+        let err = run_args(&["frontier", "--data-dir", data, "--plot", "/tmp/f.svg"])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("--plot"), "{err}");
+    }
 }

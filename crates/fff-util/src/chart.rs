@@ -1,9 +1,10 @@
-//! Line charts as PNG files, drawn with plotters and an embedded font (no system fonts needed),
-//! written atomically.
+//! Line charts as PNG or SVG files (the format chosen by the file name's extension), drawn with
+//! plotters and an embedded font (no system fonts needed), written atomically.
 
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::coord::Shift;
 use plotters::prelude::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
@@ -23,6 +24,56 @@ impl From<std::io::Error> for ChartError {
     fn from(e: std::io::Error) -> Self {
         ChartError(e.to_string())
     }
+}
+
+/// The file formats a chart is drawn in, chosen by the file name's extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// A 900×600 bitmap (`.png`).
+    Png,
+    /// Vector graphics (`.svg`).
+    Svg,
+}
+
+/// The extensions a chart's file name may end in, for messages.
+pub const EXTENSIONS: &str = ".png or .svg";
+
+/// The format of a chart written to `path`, by its extension (any case); `None` for another or
+/// none.
+pub fn format_of(path: &Path) -> Option<Format> {
+    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+    match ext.as_str() {
+        "png" => Some(Format::Png),
+        "svg" => Some(Format::Svg),
+        _ => None,
+    }
+}
+
+/// Checks, before any work is done, that a chart can later be written at `path` (given with
+/// `flag`): its name ends in one of [`EXTENSIONS`], its folder exists and it is not a folder.
+/// The error names the flag, the path and what is expected.
+pub fn check_file(path: &Path, flag: &str) -> std::io::Result<()> {
+    if format_of(path).is_none() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{flag} {}: a chart's file name must end in {EXTENSIONS}, which chooses its \
+                 format",
+                path.display()
+            ),
+        ));
+    }
+    crate::fs::check_output_file(path, flag)
+}
+
+/// A second chart's path beside `path`: `<stem>_<suffix>` with `path`'s extension (`.png`
+/// where it has none), e.g. `bench.svg` → `bench_floor.svg`.
+pub fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let ext = path
+        .extension()
+        .map_or("png".into(), |e| e.to_string_lossy());
+    path.with_file_name(format!("{stem}_{suffix}.{ext}"))
 }
 
 /// One named line of points.
@@ -73,11 +124,44 @@ pub struct Chart<'a> {
     pub legend: Legend,
 }
 
-/// Draws `series` on `chart`'s axes into the PNG file `path`.
+/// Draws `series` on `chart`'s axes into the file `path`, a PNG or an SVG by its extension
+/// (see [`format_of`]).
 pub fn draw(path: &Path, chart: &Chart<'_>, series: &[Series]) -> Result<(), ChartError> {
     let named = |e: &dyn std::fmt::Display| ChartError(format!("{}: {e}", path.display()));
+    let format = format_of(path).ok_or_else(|| {
+        named(&format!(
+            "a chart's file name must end in {EXTENSIONS}, which chooses its format"
+        ))
+    })?;
     // Registering twice is harmless.
     let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    // The temporary name keeps the extension, from which plotters' bitmap writer picks PNG.
+    crate::fs::write_with(path, |tmp| {
+        match format {
+            Format::Png => render(
+                BitMapBackend::new(tmp, SIZE).into_drawing_area(),
+                chart,
+                series,
+            ),
+            Format::Svg => render(
+                SVGBackend::new(tmp, SIZE).into_drawing_area(),
+                chart,
+                series,
+            ),
+        }
+        .map_err(|e| named(&e))
+    })
+}
+
+/// Pixels of a chart.
+const SIZE: (u32, u32) = (900, 600);
+
+/// Draws the chart on `root` and writes it out; the error is plotters' own, in words.
+fn render<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    chart: &Chart<'_>,
+    series: &[Series],
+) -> Result<(), String> {
     let pts = || series.iter().flat_map(|s| s.points.iter().copied());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for (x, y) in pts() {
@@ -87,7 +171,7 @@ pub fn draw(path: &Path, chart: &Chart<'_>, series: &[Series]) -> Result<(), Cha
         (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
     }
     if x0 > x1 {
-        return Err(named(&"nothing to plot"));
+        return Err("nothing to plot".into());
     }
     let pad = ((y1 - y0) * 0.05).max(1e-3);
     let (xs, ys) = ((x0 - 0.2)..(x1 + 0.2), (y0 - pad)..(y1 + pad));
@@ -95,40 +179,38 @@ pub fn draw(path: &Path, chart: &Chart<'_>, series: &[Series]) -> Result<(), Cha
     let decades =
         |lo: f64, hi: f64| 10f64.powf(lo.log10().floor())..10f64.powf((hi.log10() + 1e-9).ceil());
     let (log_xs, log_ys) = (decades(x0, x1), decades(y0, y1));
-    crate::fs::write_with(path, |tmp| {
-        let root = BitMapBackend::new(tmp, (900, 600)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| named(&e))?;
-        let mut builder = ChartBuilder::on(&root);
-        builder
-            .caption(chart.title, ("sans-serif", 22))
-            .margin(15)
-            .x_label_area_size(45)
-            .y_label_area_size(60);
-        match (chart.log_x, chart.log_y) {
-            (false, false) => mesh_and_series(&mut builder, xs, ys, chart, series),
-            (false, true) => mesh_and_series(&mut builder, xs, log_ys.log_scale(), chart, series),
-            (true, false) => mesh_and_series(&mut builder, log_xs.log_scale(), ys, chart, series),
-            (true, true) => mesh_and_series(
-                &mut builder,
-                log_xs.log_scale(),
-                log_ys.log_scale(),
-                chart,
-                series,
-            ),
-        }
-        .map_err(|e| named(&e))?;
-        root.present().map_err(|e| named(&e))
-    })
+    let text = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(text)?;
+    let mut builder = ChartBuilder::on(&root);
+    builder
+        .caption(chart.title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60);
+    match (chart.log_x, chart.log_y) {
+        (false, false) => mesh_and_series(&mut builder, xs, ys, chart, series),
+        (false, true) => mesh_and_series(&mut builder, xs, log_ys.log_scale(), chart, series),
+        (true, false) => mesh_and_series(&mut builder, log_xs.log_scale(), ys, chart, series),
+        (true, true) => mesh_and_series(
+            &mut builder,
+            log_xs.log_scale(),
+            log_ys.log_scale(),
+            chart,
+            series,
+        ),
+    }
+    .map_err(text)?;
+    root.present().map_err(text)
 }
 
 /// Builds the axes of ranges `x` and `y`, draws the mesh and the series.
-fn mesh_and_series<'a, X, Y>(
-    builder: &mut ChartBuilder<'_, '_, BitMapBackend<'a>>,
+fn mesh_and_series<DB: DrawingBackend, X, Y>(
+    builder: &mut ChartBuilder<'_, '_, DB>,
     x: X,
     y: Y,
     chart: &Chart<'_>,
     series: &[Series],
-) -> DrawResult
+) -> DrawResult<DB>
 where
     X: AsRangedCoord<Value = f64>,
     Y: AsRangedCoord<Value = f64>,
@@ -193,14 +275,13 @@ pub fn line_chart(
     draw(path, &chart, &series)
 }
 
-type DrawResult =
-    Result<(), DrawingAreaErrorKind<<BitMapBackend<'static> as DrawingBackend>::ErrorType>>;
+type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
-fn draw_series<'a, X, Y>(
-    c: &mut ChartContext<'a, BitMapBackend<'a>, Cartesian2d<X, Y>>,
+fn draw_series<'a, DB: DrawingBackend + 'a, X, Y>(
+    c: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
     legend: Legend,
     series: &[Series],
-) -> DrawResult
+) -> DrawResult<DB>
 where
     X: Ranged<ValueType = f64>,
     Y: Ranged<ValueType = f64>,
@@ -241,6 +322,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn chart_files_are_checked_by_extension_before_the_work() {
+        assert_eq!(format_of(Path::new("a/b.png")), Some(Format::Png));
+        assert_eq!(format_of(Path::new("b.Svg")), Some(Format::Svg));
+        assert_eq!(format_of(Path::new("b.tmp")), None);
+        assert_eq!(format_of(Path::new("out")), None);
+        check_file(Path::new("x.png"), "--plot").unwrap();
+        check_file(Path::new("x.svg"), "--plot").unwrap();
+        for bad in ["/tmp/x.tmp", "out", "x.png.bak"] {
+            let err = check_file(Path::new(bad), "--plot")
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "--plot {bad}: a chart's file name must end in .png or .svg, which chooses \
+                     its format"
+                )
+            );
+        }
+        // The folder is checked too.
+        let err = check_file(Path::new("/no/such/folder/x.png"), "--plot").unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        assert_eq!(
+            beside(Path::new("d/f.svg"), "mnist"),
+            Path::new("d/f_mnist.svg")
+        );
+        assert_eq!(
+            beside(Path::new("d/f.png"), "floor"),
+            Path::new("d/f_floor.png")
+        );
+        assert_eq!(beside(Path::new("f"), "floor"), Path::new("f_floor.png"));
+    }
+
+    #[test]
     fn draws_a_png_and_names_the_file_on_failure() {
         let dir = std::env::temp_dir().join(format!("fff-util-chart-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -263,6 +378,23 @@ mod tests {
         ];
         draw(&path, &chart, &series).unwrap();
         assert_eq!(&std::fs::read(&path).unwrap()[1..4], b"PNG");
+        // The format follows the extension, in any case.
+        let svg = dir.join("c.SVG");
+        draw(&svg, &chart, &series).unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(text.starts_with("<svg") && text.contains("limit"), "{text}");
+        for name in ["c.tmp", "c"] {
+            let err = draw(&dir.join(name), &chart, &series)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name) && err.contains(".png or .svg"), "{err}");
+        }
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["c.SVG", "c.png"], "temporaries left behind");
         let bad = dir.join("no-such-folder").join("c.png");
         let err = draw(&bad, &chart, &series).unwrap_err();
         assert!(err.to_string().contains("no-such-folder"), "{err}");

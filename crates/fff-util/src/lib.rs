@@ -4,7 +4,7 @@
 //! - [`fs`]: files written to a unique temporary name and renamed into place;
 //! - [`memory`]: how much memory this process may still allocate, and which limit says so;
 //! - [`timing`]: medians of repeated runs and durations in a readable unit;
-//! - [`chart`] (feature `chart`): line charts as PNG, with an embedded font;
+//! - [`chart`] (feature `chart`): line charts as PNG or SVG, with an embedded font;
 //! - [`offline`]: whether `FFF_OFFLINE` forbids the network;
 //! - [`machine`]: the CPU a figure was measured on, in words.
 
