@@ -189,9 +189,16 @@ impl Weights {
         }
     }
 
+    /// Tensor `name` exactly as stored, any dtype and unchecked: for copying it into another
+    /// checkpoint (integer buffers such as `position_ids` included).
+    pub fn get_as_stored(&self, name: &str) -> Result<Tensor> {
+        self.read(name, None, false)?
+            .ok_or_else(|| self.missing(name))
+    }
+
     /// Like [`Weights::get`], but `None` when absent.
     pub fn get_opt(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
-        match self.read(name, Some(shape))? {
+        match self.read(name, Some(shape), true)? {
             None => Ok(None),
             Some(t) => self.check(name, &t, shape).map(Some),
         }
@@ -202,7 +209,9 @@ impl Weights {
         if let Store::Random(_) = self.store {
             return Ok(default);
         }
-        let t = self.read(name, None)?.ok_or_else(|| self.missing(name))?;
+        let t = self
+            .read(name, None, true)?
+            .ok_or_else(|| self.missing(name))?;
         if t.elem_count() != 1 {
             return Err(BertError::Shape {
                 path: self.path.clone(),
@@ -218,7 +227,7 @@ impl Weights {
     /// The stored tensor `name`, `None` when absent. From a mapped file, a tensor whose header
     /// shape is not `shape` (or, for `None`, holds more than one value) is refused before its
     /// bytes are read.
-    fn read(&self, name: &str, shape: Option<&[usize]>) -> Result<Option<Tensor>> {
+    fn read(&self, name: &str, shape: Option<&[usize]>, checked: bool) -> Result<Option<Tensor>> {
         match &self.store {
             Store::Random(_) => Ok(None),
             Store::Mapped { file, names } => {
@@ -226,13 +235,17 @@ impl Weights {
                     return Ok(None);
                 };
                 let view = file.get(stored)?;
-                self.check_stored_shape(name, view.shape(), shape)?;
+                if checked {
+                    self.check_stored_shape(name, view.shape(), shape)?;
+                }
                 use safetensors::Dtype;
                 let float = matches!(
                     view.dtype(),
                     Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64
                 );
-                self.check_float(name, float, &format!("{:?}", view.dtype()))?;
+                if checked {
+                    self.check_float(name, float, &format!("{:?}", view.dtype()))?;
+                }
                 let t = view.load(&Device::Cpu).map_err(|e| BertError::Io {
                     path: self.path.clone(),
                     message: format!("cannot read tensor `{name}`: {e}"),
@@ -250,9 +263,13 @@ impl Weights {
                 let Some(info) = file.tensor_infos().get(stored) else {
                     return Ok(None);
                 };
-                self.check_stored_shape(name, info.layout.dims(), shape)?;
+                if checked {
+                    self.check_stored_shape(name, info.layout.dims(), shape)?;
+                }
                 let float = info.dtype.is_float();
-                self.check_float(name, float, info.dtype.as_str())?;
+                if checked {
+                    self.check_float(name, float, info.dtype.as_str())?;
+                }
                 self.check_torch_entry(name, info, entry_bytes.get(&info.path).copied())?;
                 let t = file
                     .get(stored)

@@ -5,8 +5,9 @@ use anyhow::{ensure, Context, Result};
 use clap::Args;
 use fff_bert::evaluate::{cosine, embed_unique, spearman, Probe};
 use fff_bert::Pipeline;
+use fff_data::text::{LabelledText, ScoredPair};
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Options of `fff eval embed`.
@@ -80,14 +81,7 @@ pub fn run(args: EmbedEvalArgs) -> Result<()> {
         "threads": rayon::current_num_threads(),
     });
     if let (Some(pairs), Some(path)) = (&pairs, &args.sts) {
-        let texts: Vec<&str> = pairs
-            .iter()
-            .flat_map(|q| [q.a.as_str(), q.b.as_str()])
-            .collect();
-        let vectors = embed_unique(&p, &texts, &pooling, args.batch_size)?;
-        let cos: Vec<f64> = vectors.chunks(2).map(|v| cosine(&v[0], &v[1])).collect();
-        let gold: Vec<f64> = pairs.iter().map(|q| q.score).collect();
-        let rho = 100.0 * spearman(&cos, &gold);
+        let rho = sts_spearman(&p, pairs, args.batch_size)?;
         outln!(
             "STS {}: Spearman x100 = {rho:.4} over {} pairs",
             path.display(),
@@ -97,44 +91,20 @@ pub fn run(args: EmbedEvalArgs) -> Result<()> {
             json!({"file": path.display().to_string(), "pairs": pairs.len(), "spearman": rho});
     }
     if let (Some(rows), Some(path)) = (&labelled, &args.probe) {
-        let split = |name: &str| -> Vec<&fff_data::text::LabelledText> {
-            rows.iter().filter(|r| r.split == name).collect()
-        };
-        let (train, test) = (split("train"), split("test"));
-        ensure!(
-            !train.is_empty() && !test.is_empty(),
-            "{}: the probe needs `train` and `test` rows (found {} and {})",
-            path.display(),
-            train.len(),
-            test.len()
-        );
-        let embed = |rows: &[&fff_data::text::LabelledText]| -> Result<Vec<f32>> {
-            let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
-            Ok(embed_unique(&p, &texts, &pooling, args.batch_size)?.concat())
-        };
-        let dim = pooling.width(p.model.config().hidden);
-        let x_train = embed(&train)?;
-        let labels: Vec<usize> = train.iter().map(|r| r.label).collect();
-        let probe = Probe::fit(&x_train, &labels, dim, args.probe_c)?;
-        let x_test = embed(&test)?;
-        let correct = test
-            .iter()
-            .enumerate()
-            .filter(|(i, r)| probe.predict(&x_test[i * dim..(i + 1) * dim]) == r.label)
-            .count();
-        let accuracy = 100.0 * correct as f64 / test.len() as f64;
+        let r = probe_accuracy(&p, rows, args.probe_c, args.batch_size, path)?;
         outln!(
-            "probe {}: accuracy {accuracy:.4}% on {} test rows (logistic regression, C = {}, on {} train rows)",
+            "probe {}: accuracy {:.4}% on {} test rows (logistic regression, C = {}, on {} train rows)",
             path.display(),
-            test.len(),
+            r.accuracy,
+            r.test,
             args.probe_c,
-            train.len()
+            r.train
         );
-        let first = &probe.models[0];
+        let first = &r.probe.models[0];
         out["probe"] = json!({
-            "file": path.display().to_string(), "train": train.len(), "test": test.len(),
-            "classes": probe.classes, "accuracy": accuracy, "c": args.probe_c,
-            "newton_iterations": probe.models.iter().map(|m| m.iterations).collect::<Vec<_>>(),
+            "file": path.display().to_string(), "train": r.train, "test": r.test,
+            "classes": r.probe.classes, "accuracy": r.accuracy, "c": args.probe_c,
+            "newton_iterations": r.probe.models.iter().map(|m| m.iterations).collect::<Vec<_>>(),
             "objective": first.objective, "intercept": first.b,
             "coef_norm": first.w.iter().map(|w| w * w).sum::<f64>().sqrt(),
         });
@@ -145,4 +115,71 @@ pub fn run(args: EmbedEvalArgs) -> Result<()> {
         outln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// STS Spearman (x100) of the cosines of `p`'s embeddings (its own pooling) of each pair.
+pub fn sts_spearman(p: &Pipeline, pairs: &[ScoredPair], batch_size: usize) -> Result<f64> {
+    let pooling = p.pooling(None, None);
+    let texts: Vec<&str> = pairs
+        .iter()
+        .flat_map(|q| [q.a.as_str(), q.b.as_str()])
+        .collect();
+    let vectors = embed_unique(p, &texts, &pooling, batch_size)?;
+    let cos: Vec<f64> = vectors.chunks(2).map(|v| cosine(&v[0], &v[1])).collect();
+    let gold: Vec<f64> = pairs.iter().map(|q| q.score).collect();
+    Ok(100.0 * spearman(&cos, &gold))
+}
+
+/// A linear probe's result.
+pub struct ProbeResult {
+    /// Accuracy on the `test` rows, %.
+    pub accuracy: f64,
+    /// Rows trained on and tested on.
+    pub train: usize,
+    /// Rows tested on.
+    pub test: usize,
+    /// The fitted probe.
+    pub probe: Probe,
+}
+
+/// Logistic regression (inverse strength `c`) on `p`'s frozen embeddings of the `train` rows,
+/// measured on the `test` rows; `path` names the file in errors.
+pub fn probe_accuracy(
+    p: &Pipeline,
+    rows: &[LabelledText],
+    c: f64,
+    batch_size: usize,
+    path: &Path,
+) -> Result<ProbeResult> {
+    let pooling = p.pooling(None, None);
+    let split =
+        |name: &str| -> Vec<&LabelledText> { rows.iter().filter(|r| r.split == name).collect() };
+    let (train, test) = (split("train"), split("test"));
+    ensure!(
+        !train.is_empty() && !test.is_empty(),
+        "{}: the probe needs `train` and `test` rows (found {} and {})",
+        path.display(),
+        train.len(),
+        test.len()
+    );
+    let embed = |rows: &[&LabelledText]| -> Result<Vec<f32>> {
+        let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
+        Ok(embed_unique(p, &texts, &pooling, batch_size)?.concat())
+    };
+    let dim = pooling.width(p.model.config().hidden);
+    let x_train = embed(&train)?;
+    let labels: Vec<usize> = train.iter().map(|r| r.label).collect();
+    let probe = Probe::fit(&x_train, &labels, dim, c)?;
+    let x_test = embed(&test)?;
+    let correct = test
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| probe.predict(&x_test[i * dim..(i + 1) * dim]) == r.label)
+        .count();
+    Ok(ProbeResult {
+        accuracy: 100.0 * correct as f64 / test.len() as f64,
+        train: train.len(),
+        test: test.len(),
+        probe,
+    })
 }

@@ -10,10 +10,12 @@ mod bench_bert;
 mod bench_encoder;
 mod bench_train;
 mod bert;
+mod compress;
 mod data;
 mod demo;
 mod eval_embed;
 mod experiment;
+mod experiment_compress;
 mod inspect;
 mod limits;
 mod progress;
@@ -44,6 +46,9 @@ enum Command {
     /// How a checkpoint's FFF layers route a dataset: region usage and entropy, |z| per level,
     /// and path changes against a second checkpoint.
     Inspect(inspect::InspectArgs),
+    /// Turn a pretrained BERT-family encoder's feedforward blocks into FFF layers by
+    /// distillation on text (resumable; writes a normal model folder).
+    Compress(Box<compress::CompressArgs>),
     /// Studies that answer a question with real figures.
     #[command(subcommand)]
     Experiment(experiment::ExperimentCommand),
@@ -100,6 +105,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Inspect(args) => inspect::run(args),
         Command::Experiment(cmd) => experiment::run(cmd),
         Command::Bert(cmd) => bert::run(cmd),
+        Command::Compress(args) => compress::run(*args),
         Command::Serve(args) => serve::run(args),
     }
 }

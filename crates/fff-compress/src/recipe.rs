@@ -79,7 +79,7 @@ impl Recipe {
             start: Start::Teacher,
             layerwise_tokens: 2_000_000,
             chained_tokens: 2_000_000,
-            learning_rate: 1e-3,
+            learning_rate: 3e-3,
             step_rows: 512,
             chunk_tokens: 8192,
             max_tokens: 128,

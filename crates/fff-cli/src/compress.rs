@@ -1,0 +1,290 @@
+//! `fff compress`: a pretrained BERT-family encoder's FFNs distilled into FFF layers, as a
+//! resumable job with progress, written as a normal model folder.
+
+use crate::limits::MemoryEstimate;
+use anyhow::{ensure, Context, Result};
+use clap::Args;
+use fastfeedforward::Activation;
+use fff_compress::job::{run as run_job, Job, Observer, Outcome, Progress};
+use fff_compress::{Agreement, Recipe, Stage, Start, Student};
+use indicatif::{ProgressBar, ProgressStyle};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// `fff compress` flags.
+#[derive(Args, Debug)]
+pub struct CompressArgs {
+    /// The model to compress: a folder or a Hugging Face model id (BERT family, e.g. a
+    /// sentence-transformers model).
+    #[arg(long)]
+    model: String,
+    /// Text to distil on: files of one passage a line, plain or gzip (where a line has tabs,
+    /// its last field).
+    #[arg(long, num_args = 1.., required = true)]
+    text: Vec<PathBuf>,
+    /// The model folder to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Checkpoint folder; an existing one is resumed. [default: OUT.work]
+    #[arg(long)]
+    work: Option<PathBuf>,
+    /// FFN multiply-adds per token kept, as a fraction of the original's (0.1 = 10%).
+    #[arg(long, conflicts_with_all = ["trees", "width"])]
+    ffn_budget: Option<f64>,
+    /// Trees per layer (instead of --ffn-budget).
+    #[arg(long)]
+    trees: Option<usize>,
+    /// Depth of each tree.
+    #[arg(long, default_value_t = 4)]
+    depth: usize,
+    /// The FFF nodes' activation (gelu lets nodes start as the original's neurons).
+    #[arg(long, value_enum, default_value_t = Activation::Gelu)]
+    node_activation: Activation,
+    /// Instead of an FFF, a narrower dense FFN of the budget's neurons (the equal-compute
+    /// baseline: a pruned FFN distilled the same way).
+    #[arg(long, conflicts_with = "trees")]
+    dense: bool,
+    /// Neurons of the dense FFN (with --dense, instead of --ffn-budget).
+    #[arg(long, requires = "dense")]
+    width: Option<usize>,
+    /// Where the student starts: the original's neurons, or random.
+    #[arg(long, value_enum, default_value_t = Start::Teacher)]
+    start: Start,
+    /// Tokens the layer-wise stage reads (inputs and targets from the original).
+    #[arg(long, default_value_t = 2_000_000)]
+    layerwise_tokens: u64,
+    /// Tokens the chained stage reads (inputs from the student, targets from the original).
+    #[arg(long, default_value_t = 2_000_000)]
+    chained_tokens: u64,
+    /// Peak learning rate (AdamW; warm-up, then cosine to a tenth).
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f64,
+    /// Token rows per optimizer step.
+    #[arg(long, default_value_t = 512)]
+    step_rows: usize,
+    /// Tokens per pass of the original model.
+    #[arg(long, default_value_t = 8192)]
+    chunk_tokens: usize,
+    /// Longest passage in tokens (longer ones are truncated).
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Tokens sampled to choose the starting neurons.
+    #[arg(long, default_value_t = 16384)]
+    init_tokens: usize,
+    /// Passages held out to measure agreement with the original.
+    #[arg(long, default_value_t = 1000)]
+    holdout: usize,
+    /// Tokens between agreement measurements.
+    #[arg(long, default_value_t = 1_000_000)]
+    eval_every: u64,
+    /// Seed of the text order and the initialisation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Minutes between checkpoints.
+    #[arg(long, default_value_t = 5.0)]
+    checkpoint_minutes: f64,
+    /// Worker threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl CompressArgs {
+    fn recipe(&self, intermediate: usize) -> Result<Recipe> {
+        let student = match (self.ffn_budget, self.trees, self.width) {
+            (Some(b), None, None) => Student::from_budget(
+                b,
+                intermediate,
+                self.depth,
+                self.node_activation,
+                self.dense,
+            )?,
+            (None, Some(trees), None) => Student::Fff {
+                trees,
+                depth: self.depth,
+                activation: self.node_activation,
+            },
+            (None, None, Some(width)) => Student::Dense { width },
+            _ => anyhow::bail!(
+                "give the FFN's size: --ffn-budget FRACTION, or --trees K (FFF), or --dense \
+                 --width N"
+            ),
+        };
+        Ok(Recipe {
+            start: self.start,
+            layerwise_tokens: self.layerwise_tokens,
+            chained_tokens: self.chained_tokens,
+            learning_rate: self.lr,
+            step_rows: self.step_rows,
+            chunk_tokens: self.chunk_tokens,
+            max_tokens: self.max_tokens,
+            init_tokens: self.init_tokens,
+            holdout: self.holdout,
+            eval_every: self.eval_every,
+            seed: self.seed,
+            ..Recipe::new(student)
+        })
+    }
+}
+
+/// Bars per stage with tokens/s, loss and ETA; agreement and news as lines.
+#[derive(Default)]
+pub(crate) struct Bars {
+    bar: Option<ProgressBar>,
+}
+
+impl Bars {
+    fn println(&self, line: &str) {
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+}
+
+impl Observer for Bars {
+    fn message(&mut self, text: &str) {
+        self.println(text);
+    }
+
+    fn stage_started(&mut self, stage: Stage, tokens: u64, total: u64) {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>9} [{bar:25}] {human_pos}/{human_len} tokens, {msg}, ETA {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(stage.name());
+        bar.set_position(tokens);
+        self.bar = Some(bar);
+    }
+
+    fn progress(&mut self, p: &Progress) {
+        if let Some(b) = &self.bar {
+            b.set_position(p.tokens);
+            b.set_message(format!(
+                "loss {:.4}, {:.0} tokens/s",
+                p.loss, p.tokens_per_second
+            ));
+        }
+    }
+
+    fn agreement(&mut self, a: &Agreement) {
+        self.println(&format!(
+            "{:>9} at {:>10} tokens: cosine to the original mean {:.4}, p5 {:.4}, min {:.4}",
+            a.stage, a.tokens, a.cosine_mean, a.cosine_p5, a.cosine_min
+        ));
+    }
+
+    fn stage_finished(&mut self, _stage: Stage) {
+        if let Some(b) = self.bar.take() {
+            b.finish();
+        }
+    }
+}
+
+/// Runs `fff compress`.
+pub fn run(args: CompressArgs) -> Result<()> {
+    // candle splits element-wise ops over 64k elements across its own spinning worker pool,
+    // which on a machine of few cores fights rayon's workers for them (measured: 1.7x slower
+    // distillation on 2 cores). The job's parallel work is rayon's; candle's ops stay on the
+    // calling thread. Set before candle starts its pool, while this is the only thread.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    let model = fff_bert::resolve_model(&args.model)?;
+    let config = match fff_bert::ModelConfig::from_file(&model.join("config.json"))? {
+        fff_bert::ModelConfig::Bert(c) => c,
+        fff_bert::ModelConfig::Crammed(_) => anyhow::bail!(
+            "{}: a crammedBERT / UltraFastBERT checkpoint; fff compress takes Hugging Face BERT \
+             models",
+            model.display()
+        ),
+    };
+    let recipe = args.recipe(config.intermediate)?;
+    ensure!(
+        args.checkpoint_minutes.is_finite() && args.checkpoint_minutes > 0.0,
+        "--checkpoint-minutes {}: expected a positive number",
+        args.checkpoint_minutes
+    );
+    let work = args.work.clone().unwrap_or_else(|| {
+        let mut name = args.out.as_os_str().to_owned();
+        name.push(".work");
+        PathBuf::from(name)
+    });
+    MemoryEstimate::default()
+        .parts(fff_compress::job::memory_estimate(
+            &model, &args.text, &recipe,
+        )?)
+        .check(None, "--chunk-tokens or --init-tokens, or give less text")?;
+    let job = Job {
+        model,
+        texts: args.text.clone(),
+        out: args.out.clone(),
+        work,
+        recipe,
+        checkpoint_seconds: args.checkpoint_minutes * 60.0,
+    };
+    // The first SIGINT/SIGTERM asks the job to stop after its chunk (with a checkpoint); a
+    // second one ends the process at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    outln!(
+        "compressing {} into {}: {} per layer, on {}",
+        job.model.display(),
+        job.out.display(),
+        job.recipe.student.describe(),
+        fff_util::machine()
+    );
+    let go = || run_job(&job, &mut Bars::default(), &stop);
+    let outcome = match args.threads {
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .context("cannot start the thread pool")?
+            .install(go)?,
+        None => go()?,
+    };
+    match outcome {
+        Outcome::Stopped { stage, tokens } => {
+            outln!(
+                "stopped in the {} stage after {tokens} tokens; checkpoint in {}: run the same \
+                 command to resume",
+                stage.name(),
+                job.work.display()
+            );
+        }
+        Outcome::Finished(report) => {
+            let last = report.agreement.last();
+            outln!(
+                "wrote {}: {} ({:.1}% of the FFN's multiply-adds per token, {} → {} FFN \
+                 parameters)",
+                job.out.display(),
+                report.student,
+                100.0 * report.ffn_budget,
+                report.ffn_parameters.0,
+                report.ffn_parameters.1
+            );
+            if let Some(a) = last {
+                outln!(
+                    "cosine to the original on held-out text: mean {:.4}, p5 {:.4}",
+                    a.cosine_mean,
+                    a.cosine_p5
+                );
+            }
+            let secs: f64 = report.seconds.values().sum();
+            outln!(
+                "{:.2} hours of compression; figures in {}",
+                secs / 3600.0,
+                job.out.join("compression.json").display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,448 @@
+//! `fff experiment compress`: the compression frontier of a sentence encoder. Rows: the
+//! original, and for each FFN budget an FFF of deep trees, an FFF of shallow trees and the
+//! dense FFN shrunk to the same multiply-adds (the teacher's most important neurons, distilled
+//! the same way). Each row has its quality (STS, probe, cosine to the original on held-out
+//! text), size, multiply-adds and speed; the speeds of all rows are measured in one phase, the
+//! original first and last, so that their ratios are side by side. Resumable: a finished row's
+//! model and figures are kept in the work folder; an interrupted compression resumes.
+
+use crate::compress::Bars;
+use crate::eval_embed::{probe_accuracy, sts_spearman};
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+use fastfeedforward::Activation;
+use fff_bench::encoder::{
+    read_workload, run_encoder, EncoderBenchOptions, PeersOptions, Shape, ENGINE,
+};
+use fff_bert::Pipeline;
+use fff_compress::job::{run as run_job, Job, Outcome};
+use fff_compress::{Recipe, Report, Student};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Options of `fff experiment compress`.
+#[derive(Args, Debug)]
+pub struct CompressFrontierArgs {
+    /// The model to compress (folder or Hugging Face id).
+    #[arg(long)]
+    model: String,
+    /// Text to distil on (as `fff compress --text`).
+    #[arg(long, num_args = 1.., required = true)]
+    text: Vec<PathBuf>,
+    /// STS pairs (`sentence1,sentence2,score` CSV) for the Spearman column: a dev split.
+    #[arg(long)]
+    sts: PathBuf,
+    /// Labelled sentences for the probe column (as `fff eval embed --probe`).
+    #[arg(long)]
+    probe: PathBuf,
+    /// FFN budgets: fractions of the original FFN's multiply-adds per token.
+    #[arg(long, value_delimiter = ',', default_value = "0.02,0.05,0.1,0.25")]
+    budgets: Vec<f64>,
+    /// Row kinds per budget: fff-deep, fff-shallow, dense.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "fff-deep,fff-shallow,dense"
+    )]
+    kinds: Vec<String>,
+    /// Tree depth of the deep rows.
+    #[arg(long, default_value_t = 4)]
+    deep_depth: usize,
+    /// Tree depth of the shallow rows.
+    #[arg(long, default_value_t = 1)]
+    shallow_depth: usize,
+    /// Tokens of the layer-wise stage per row.
+    #[arg(long, default_value_t = 2_000_000)]
+    layerwise_tokens: u64,
+    /// Tokens of the chained stage per row.
+    #[arg(long, default_value_t = 2_000_000)]
+    chained_tokens: u64,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f64,
+    /// Rows' models, figures and checkpoints.
+    #[arg(long, default_value = "runs/compress")]
+    work_dir: PathBuf,
+    /// Encoder-only shapes timed per row.
+    #[arg(long, value_delimiter = ',', default_value = "1x128,32x64")]
+    shapes: Vec<Shape>,
+    /// Timed calls per shape.
+    #[arg(long, default_value_t = 20)]
+    reps: usize,
+    /// Sentences embedded end to end per row (an STS CSV: both sentences of each pair).
+    #[arg(long)]
+    workload: Option<PathBuf>,
+    /// Time ONNX Runtime fp32 and int8 beside the original (tools/encoder_peers.sh).
+    #[arg(long)]
+    peers: bool,
+    /// Compress nothing: report the rows finished in --work-dir.
+    #[arg(long)]
+    report_only: bool,
+    /// Write the rows as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the rows as a markdown table here.
+    #[arg(long)]
+    table: Option<PathBuf>,
+    /// Draw STS against end-to-end speed (PNG or SVG by the extension).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+/// One row's quality and size (speed is added in the timing phase).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Row {
+    name: String,
+    kind: String,
+    budget: f64,
+    student: String,
+    /// FFN neurons evaluated per token and layer.
+    neurons_per_token: usize,
+    /// FFN multiply-adds per token over all layers.
+    ffn_macs_per_token: usize,
+    ffn_parameters: usize,
+    sts: f64,
+    probe: f64,
+    cosine_mean: Option<f64>,
+    cosine_p5: Option<f64>,
+    hours: Option<f64>,
+}
+
+/// The rows' names and students, in order.
+fn grid(
+    args: &CompressFrontierArgs,
+    intermediate: usize,
+) -> Result<Vec<(String, String, f64, Student)>> {
+    let mut rows: Vec<(String, String, f64, Student)> = Vec::new();
+    for &b in &args.budgets {
+        for kind in &args.kinds {
+            let (depth, dense) = match kind.as_str() {
+                "fff-deep" => (args.deep_depth, false),
+                "fff-shallow" => (args.shallow_depth, false),
+                "dense" => (0, true),
+                other => bail!("--kinds: `{other}` is not one of fff-deep, fff-shallow, dense"),
+            };
+            let s = Student::from_budget(b, intermediate, depth, Activation::Gelu, dense)?;
+            let name = match s {
+                Student::Fff { trees, depth, .. } => format!("fff-{trees}x{depth}"),
+                Student::Dense { width } => format!("dense-{width}"),
+            };
+            if !rows.iter().any(|(n, ..)| *n == name) {
+                rows.push((name, kind.clone(), b, s));
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            Ok(Some(serde_json::from_str(&text).with_context(|| {
+                format!("{}: unreadable", path.display())
+            })?))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// STS and probe of the model in `dir`, cached in `cache`.
+fn quality(dir: &Path, args: &CompressFrontierArgs, cache: &Path) -> Result<(f64, f64)> {
+    if let Some(v) = read_json::<(f64, f64)>(cache)? {
+        return Ok(v);
+    }
+    let p = Pipeline::load(dir)?;
+    let pairs = fff_data::text::read_scored_pairs(&args.sts)?;
+    let rows = fff_data::text::read_labelled_texts(&args.probe)?;
+    let sts = sts_spearman(&p, &pairs, 32)?;
+    let probe = probe_accuracy(&p, &rows, 1.0, 32, &args.probe)?.accuracy;
+    fff_util::fs::write_atomic(cache, serde_json::to_string(&(sts, probe))?.as_bytes())?;
+    Ok((sts, probe))
+}
+
+/// Runs `fff experiment compress`.
+pub fn run(args: CompressFrontierArgs) -> Result<()> {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    for path in [&args.json, &args.table].into_iter().flatten() {
+        fff_util::fs::check_output_file(path, "--json/--table")?;
+    }
+    let model = fff_bert::resolve_model(&args.model)?;
+    let config = match fff_bert::ModelConfig::from_file(&model.join("config.json"))? {
+        fff_bert::ModelConfig::Bert(c) => c,
+        _ => bail!("{}: not a Hugging Face BERT model", model.display()),
+    };
+    let (h, inter, layers) = (config.hidden, config.intermediate, config.layers);
+    let grid = grid(&args, inter)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    std::fs::create_dir_all(&args.work_dir)
+        .with_context(|| format!("cannot create {}", args.work_dir.display()))?;
+
+    let (sts, probe) = quality(&model, &args, &args.work_dir.join("original.quality.json"))?;
+    let mut rows = vec![Row {
+        name: "original".into(),
+        kind: "original".into(),
+        budget: 1.0,
+        student: format!("dense {inter}"),
+        neurons_per_token: inter,
+        ffn_macs_per_token: layers * 2 * h * inter,
+        ffn_parameters: layers * (2 * h * inter + inter),
+        sts,
+        probe,
+        cosine_mean: Some(1.0),
+        cosine_p5: Some(1.0),
+        hours: None,
+    }];
+    outln!("original: STS {sts:.2}, probe {probe:.2}%");
+    let mut models: Vec<(String, PathBuf)> = vec![("original".into(), model.clone())];
+    for (name, kind, budget, student) in &grid {
+        let dir = args.work_dir.join(name);
+        let out = dir.join("model");
+        let report_path = out.join("compression.json");
+        let recipe = Recipe {
+            layerwise_tokens: args.layerwise_tokens,
+            chained_tokens: args.chained_tokens,
+            learning_rate: args.lr,
+            ..Recipe::new(*student)
+        };
+        let mut report: Option<Report> = read_json(&report_path)?;
+        if let Some(r) = &report {
+            if let Some((field, ours, theirs)) = r.recipe.difference(&recipe) {
+                bail!(
+                    "{}: row {name} was compressed with `{field}` {ours}, this run asks for \
+                     {theirs}; move the row's folder away to redo it",
+                    report_path.display()
+                );
+            }
+        }
+        if report.is_none() {
+            if args.report_only {
+                outln!("{name}: not finished");
+                continue;
+            }
+            outln!("{name}: compressing ({})", student.describe());
+            let job = Job {
+                model: model.clone(),
+                texts: args.text.clone(),
+                out: out.clone(),
+                work: dir.join("model.work"),
+                recipe,
+                checkpoint_seconds: 300.0,
+            };
+            match run_job(&job, &mut Bars::default(), &stop)? {
+                Outcome::Finished(r) => report = Some(*r),
+                Outcome::Stopped { .. } => {
+                    outln!("stopped; run the same command to resume");
+                    return Ok(());
+                }
+            }
+        }
+        let report = report.expect("finished above");
+        let (sts, probe) = quality(&out, &args, &dir.join("quality.json"))?;
+        let last = report.agreement.last();
+        let n = student.neurons_per_token();
+        rows.push(Row {
+            name: name.clone(),
+            kind: kind.clone(),
+            budget: *budget,
+            student: student.describe(),
+            neurons_per_token: n,
+            ffn_macs_per_token: layers * 2 * h * n,
+            ffn_parameters: report.ffn_parameters.1,
+            sts,
+            probe,
+            cosine_mean: last.map(|a| a.cosine_mean),
+            cosine_p5: last.map(|a| a.cosine_p5),
+            hours: Some(report.seconds.values().sum::<f64>() / 3600.0),
+        });
+        outln!(
+            "{name}: STS {sts:.2}, probe {probe:.2}%, cosine {:.4}",
+            last.map_or(f64::NAN, |a| a.cosine_mean)
+        );
+        models.push((name.clone(), out));
+    }
+
+    // Speed: every model in one phase, the original first and last.
+    let workload = args.workload.as_deref().map(read_workload).transpose()?;
+    let mut speed: BTreeMap<String, Value> = BTreeMap::new();
+    let mut order = models.clone();
+    order.push(("original (again)".into(), model.clone()));
+    for (i, (name, dir)) in order.iter().enumerate() {
+        outln!("timing {name}");
+        let p = Pipeline::load(dir)?;
+        let peers = (args.peers && i == 0).then(|| PeersOptions {
+            command: vec!["bash".into(), "tools/encoder_peers.sh".into()],
+            runtimes: vec!["ort-fp32".into(), "ort-int8".into()],
+            cache_dir: None,
+        });
+        let opts = EncoderBenchOptions {
+            model_dir: dir.clone(),
+            shapes: args.shapes.clone(),
+            workload: workload.clone().map(|w| (w, 32)),
+            reps: args.reps,
+            warmup: 10,
+            workload_reps: 3,
+            check_texts: 64,
+            peers,
+            seed: 0,
+        };
+        let r = run_encoder(&p, &opts, |line| errln!("  {line}"))?;
+        let tokens_per_shape: BTreeMap<String, usize> = args
+            .shapes
+            .iter()
+            .map(|s| (s.name(), s.batch * s.seq))
+            .collect();
+        for (runtime, res) in &r.runtimes {
+            let key = if runtime == ENGINE {
+                name.clone()
+            } else {
+                format!("{runtime} (original)")
+            };
+            let mut v = json!({});
+            for (shape, t) in &res.shapes {
+                v[shape] = json!(tokens_per_shape[shape] as f64 / t.median_s);
+            }
+            if let (Some(t), Some(w)) = (&res.workload, &workload) {
+                v["workload"] = json!(w.len() as f64 / t.median_s);
+            }
+            speed.insert(key, v);
+        }
+    }
+    let machine = fff_util::machine();
+    let doc = json!({
+        "model": model.display().to_string(),
+        "machine": machine,
+        "threads": rayon::current_num_threads(),
+        "units": "shapes: tokens/s (median); workload: sentences/s (median)",
+        "rows": rows,
+        "speed": speed,
+    });
+    let table = markdown(&rows, &speed, &args.shapes, workload.is_some());
+    out!("{table}");
+    if let Some(path) = &args.json {
+        fff_util::fs::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+        outln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.table {
+        let text = format!(
+            "Machine: {machine}; {} threads; model {}.\n\n{table}",
+            rayon::current_num_threads(),
+            model.display()
+        );
+        fff_util::fs::write_atomic(path, text.as_bytes())?;
+        outln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        plot(path, &rows, &speed, &args.shapes)?;
+        outln!("wrote {}", path.display());
+    }
+    ensure!(!rows.is_empty());
+    Ok(())
+}
+
+fn markdown(
+    rows: &[Row],
+    speed: &BTreeMap<String, Value>,
+    shapes: &[Shape],
+    workload: bool,
+) -> String {
+    let base = speed.get("original");
+    let ratio = |name: &str, key: &str| -> String {
+        let v = speed.get(name).and_then(|s| s[key].as_f64());
+        let b = base.and_then(|s| s[key].as_f64());
+        match (v, b) {
+            (Some(v), Some(b)) => format!("{v:.0} ({:.2}x)", v / b),
+            (Some(v), None) => format!("{v:.0}"),
+            _ => "–".into(),
+        }
+    };
+    let mut keys: Vec<String> = shapes.iter().map(|s| s.name()).collect();
+    if workload {
+        keys.push("workload".into());
+    }
+    let mut t = String::from(
+        "| row | FFN | budget | STS | probe % | cos mean | cos p5 | FFN params | FFN MACs/token |",
+    );
+    for k in &keys {
+        t.push_str(&format!(" {k} |"));
+    }
+    t.push_str(" hours |\n|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    t.push_str(&"---:|".repeat(keys.len() + 1));
+    t.push('\n');
+    let f = |v: Option<f64>, d: usize| v.map_or("–".into(), |v| format!("{v:.d$}"));
+    for r in rows {
+        t.push_str(&format!(
+            "| {} | {} | {:.1}% | {:.2} | {:.2} | {} | {} | {} | {} |",
+            r.name,
+            r.student,
+            100.0 * r.neurons_per_token as f64 / rows[0].neurons_per_token as f64,
+            r.sts,
+            r.probe,
+            f(r.cosine_mean, 4),
+            f(r.cosine_p5, 4),
+            r.ffn_parameters,
+            r.ffn_macs_per_token
+        ));
+        for k in &keys {
+            t.push_str(&format!(" {} |", ratio(&r.name, k)));
+        }
+        t.push_str(&format!(" {} |\n", f(r.hours, 2)));
+    }
+    for name in speed.keys().filter(|k| k.contains("(")) {
+        t.push_str(&format!("| {name} | | | | | | | | |"));
+        for k in &keys {
+            t.push_str(&format!(" {} |", ratio(name, k)));
+        }
+        t.push_str(" |\n");
+    }
+    t.push_str("\nSpeeds: tokens/s for the shapes, sentences/s for the workload (medians), with the ratio to the original measured in the same run.\n");
+    t
+}
+
+fn plot(
+    path: &Path,
+    rows: &[Row],
+    speed: &BTreeMap<String, Value>,
+    shapes: &[Shape],
+) -> Result<()> {
+    use fff_util::chart::{draw, Chart, Legend, Series};
+    let key = shapes.last().map(|s| s.name()).unwrap_or_default();
+    let mut by_kind: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in rows {
+        if let Some(v) = speed.get(&r.name).and_then(|s| s[&key].as_f64()) {
+            by_kind.entry(r.kind.as_str()).or_default().push((v, r.sts));
+        }
+    }
+    let series: Vec<Series> = by_kind
+        .into_iter()
+        .map(|(k, mut pts)| {
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            Series::line(k, pts)
+        })
+        .collect();
+    let x = format!("tokens/s at {key}");
+    draw(
+        path,
+        &Chart {
+            title: "Compressed encoders: STS against speed",
+            x_desc: &x,
+            y_desc: "STS Spearman x100",
+            log_x: false,
+            log_y: false,
+            legend: Legend::LowerRight,
+        },
+        &series,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
