@@ -198,7 +198,7 @@ fn write_replaced(
     let mut out: HashMap<String, Tensor> = HashMap::new();
     for name in w.names() {
         if !replaced(name) {
-            out.insert(name.to_string(), w.get_stored(name)?);
+            out.insert(name.to_string(), w.get_as_stored(name)?);
         }
     }
     for (i, fff, bias) in layers {
