@@ -51,6 +51,12 @@ pub fn teacher_ffn(c: &HfBertConfig, w: &Weights, layer: usize) -> Result<(Fff, 
     Ok((forest, bias))
 }
 
+/// The prefix of a BERT checkpoint's encoder tensors: `bert.` in a checkpoint saved with a
+/// head, empty in a bare `BertModel`'s.
+pub fn encoder_prefix_of(w: &Weights) -> Result<String> {
+    Ok(encoder_prefix(w)?.to_string())
+}
+
 /// One layer written by [`write_with_fff`] or [`write_with_dense`]: its index, its FFF, and
 /// the bias added to the FFN's output (`output.dense.bias`).
 pub type WrittenLayer<'a> = (usize, &'a Fff, &'a [f32]);

@@ -58,6 +58,13 @@ pub struct CompressArgs {
     /// Tokens the chained stage reads (inputs from the student, targets from the original).
     #[arg(long, default_value_t = 2_000_000)]
     chained_tokens: u64,
+    /// Tokens the joint stage reads (the whole student against the original's final hidden
+    /// states and embeddings).
+    #[arg(long, default_value_t = 0)]
+    joint_tokens: u64,
+    /// Peak learning rate of the joint stage.
+    #[arg(long, default_value_t = 5e-4)]
+    joint_lr: f64,
     /// Peak learning rate (AdamW; warm-up, then cosine to a tenth).
     #[arg(long, default_value_t = 3e-3)]
     lr: f64,
@@ -115,7 +122,9 @@ impl CompressArgs {
             start: self.start,
             layerwise_tokens: self.layerwise_tokens,
             chained_tokens: self.chained_tokens,
+            joint_tokens: self.joint_tokens,
             learning_rate: self.lr,
+            joint_learning_rate: self.joint_lr,
             step_rows: self.step_rows,
             chunk_tokens: self.chunk_tokens,
             max_tokens: self.max_tokens,

@@ -62,6 +62,13 @@ pub struct CompressFrontierArgs {
     /// Tokens of the chained stage per row.
     #[arg(long, default_value_t = 2_000_000)]
     chained_tokens: u64,
+    /// Tokens the joint stage reads (the whole student against the original's final hidden
+    /// states and embeddings).
+    #[arg(long, default_value_t = 0)]
+    joint_tokens: u64,
+    /// Peak learning rate of the joint stage.
+    #[arg(long, default_value_t = 5e-4)]
+    joint_lr: f64,
     /// Peak learning rate.
     #[arg(long, default_value_t = 3e-3)]
     lr: f64,
@@ -119,13 +126,26 @@ fn grid(
     intermediate: usize,
 ) -> Result<Vec<(String, String, f64, Student)>> {
     let mut rows: Vec<(String, String, f64, Student)> = Vec::new();
+    if args.kinds.iter().any(|k| k == "removed") {
+        // The floor: each FFN replaced by its single most important neuron and its mean output
+        // (no distillation), 1 of the FFN's neurons.
+        rows.push((
+            "removed".into(),
+            "removed".into(),
+            1.0 / intermediate as f64,
+            Student::Dense { width: 1 },
+        ));
+    }
     for &b in &args.budgets {
         for kind in &args.kinds {
             let (depth, dense) = match kind.as_str() {
                 "fff-deep" => (args.deep_depth, false),
                 "fff-shallow" => (args.shallow_depth, false),
                 "dense" => (0, true),
-                other => bail!("--kinds: `{other}` is not one of fff-deep, fff-shallow, dense"),
+                "removed" => continue,
+                other => {
+                    bail!("--kinds: `{other}` is not one of fff-deep, fff-shallow, dense, removed")
+                }
             };
             let s = Student::from_budget(b, intermediate, depth, Activation::Gelu, dense)?;
             let name = match s {
@@ -210,9 +230,12 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
         let dir = args.work_dir.join(name);
         let out = dir.join("model");
         let report_path = out.join("compression.json");
+        let distilled = kind != "removed";
         let recipe = Recipe {
-            layerwise_tokens: args.layerwise_tokens,
-            chained_tokens: args.chained_tokens,
+            layerwise_tokens: if distilled { args.layerwise_tokens } else { 0 },
+            chained_tokens: if distilled { args.chained_tokens } else { 0 },
+            joint_tokens: if distilled { args.joint_tokens } else { 0 },
+            joint_learning_rate: args.joint_lr,
             learning_rate: args.lr,
             ..Recipe::new(*student)
         };

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// Version of the checkpoint layout.
-const STATE_FORMAT: u32 = 1;
+const STATE_FORMAT: u32 = 2;
 
 /// What a compression reads and writes.
 #[derive(Clone, Debug)]
@@ -168,9 +168,9 @@ struct State {
 }
 
 /// One layer's student: the FFF and the bias added to its output.
-struct Layer {
-    fff: Fff,
-    bias: Var,
+pub(crate) struct Layer {
+    pub(crate) fff: Fff,
+    pub(crate) bias: Var,
 }
 
 impl Layer {
@@ -307,6 +307,12 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
         save_checkpoint(&checkpoint, &state, &layers, None)?;
     }
 
+    let frozen = if r.joint_tokens > 0 {
+        let prefix = fff_bert::convert::encoder_prefix_of(&weights)?;
+        Some(crate::joint::Frozen::load(&c, &weights, &prefix)?)
+    } else {
+        None
+    };
     let vars: Vec<Var> = layers.iter().flat_map(|l| l.vars()).collect();
     let mut moments = moments;
     let mut stream = Stream::new(corpus.train.len(), r.seed, state.cursor);
@@ -330,33 +336,41 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
             let encs = next_chunk(&mut stream, &corpus, &tokenizer, r.chunk_tokens)?;
             let packed = BertTokenizer::pack(&encs);
             let n = packed.ids.len();
-            let teacher_taps = taps(&teacher, &packed, c.layers, true)?;
-            let (inputs, targets) = match stage {
-                Stage::Layerwise => (teacher_taps.0, teacher_taps.1),
-                Stage::Chained => {
-                    let (xs, _) = taps(&student, &packed, c.layers, false)?;
-                    let targets = teacher_taps
-                        .0
-                        .iter()
-                        .zip(&teacher_taps.1)
-                        .zip(&xs)
-                        .map(|((xt, yt), xs)| {
-                            xt.iter()
-                                .zip(yt)
-                                .zip(xs)
-                                .map(|((a, b), s)| a + b - s)
-                                .collect()
-                        })
-                        .collect();
-                    (xs, targets)
-                }
-            };
             let seed = r.seed ^ (state.stage as u64) << 56 ^ state.chunks;
             let before = state.tokens;
             let fraction = |rows: usize| (before + rows as u64) as f64 / total as f64;
-            let loss = train_chunk(
-                &layers, &mut opt, &inputs, &targets, c.hidden, r, seed, fraction,
-            )?;
+            let loss = match stage {
+                Stage::Layerwise | Stage::Chained => {
+                    let (xt, yt) = taps(&teacher, &packed, c.layers, true)?;
+                    let (inputs, targets) = if stage == Stage::Layerwise {
+                        (xt, yt)
+                    } else {
+                        let (xs, _) = taps(&student, &packed, c.layers, false)?;
+                        let targets = xt
+                            .iter()
+                            .zip(&yt)
+                            .zip(&xs)
+                            .map(|((xt, yt), xs)| {
+                                xt.iter()
+                                    .zip(yt)
+                                    .zip(xs)
+                                    .map(|((a, b), s)| a + b - s)
+                                    .collect()
+                            })
+                            .collect();
+                        (xs, targets)
+                    };
+                    train_chunk(
+                        &layers, &mut opt, &inputs, &targets, c.hidden, r, seed, fraction,
+                    )?
+                }
+                Stage::Joint => {
+                    let frozen = frozen.as_ref().expect("loaded when the joint stage runs");
+                    joint_chunk(
+                        frozen, &teacher, &packed, &layers, &mut opt, c.hidden, r, fraction,
+                    )?
+                }
+            };
             for (i, l) in layers.iter().enumerate() {
                 student.model.set_fff_out_bias(i, &l.bias()?)?;
             }
@@ -659,12 +673,60 @@ fn train_chunk(
         let total = total.expect("at least one layer");
         let grads = total.backward()?;
         done += idx.len();
-        opt.set_learning_rate(r.learning_rate_at(fraction(done)));
+        opt.set_learning_rate(r.learning_rate_at(Stage::Layerwise, fraction(done)));
         opt.step(&grads, 1.0)?;
         loss_sum += total.to_scalar::<f32>()? as f64 / layers.len() as f64;
         steps += 1;
     }
     Ok(loss_sum / steps.max(1) as f64)
+}
+
+/// Trains every layer jointly on one chunk: its passages, longest first, in steps of at most
+/// `joint_step_tokens` padded tokens; returns the mean loss.
+#[allow(clippy::too_many_arguments)]
+fn joint_chunk(
+    frozen: &crate::joint::Frozen,
+    teacher: &Pipeline,
+    packed: &fff_bert::Packed,
+    layers: &[Layer],
+    opt: &mut Optimizer,
+    hidden: usize,
+    r: &Recipe,
+    fraction: impl Fn(usize) -> f64,
+) -> Result<f64> {
+    let mut embedded = Vec::new();
+    let out = teacher.model.encode_packed_with(packed, |name, states| {
+        if name == "embedding" {
+            embedded = states.to_vec();
+        }
+        Ok(())
+    })?;
+    let target = out.hidden.flatten_all()?.to_vec1::<f32>()?;
+    let offsets = &out.offsets;
+    let len = |i: usize| offsets[i + 1] - offsets[i];
+    let mut order: Vec<usize> = (0..offsets.len() - 1).collect();
+    // Longest first (stable), so each step pads little.
+    order.sort_by_key(|&i| std::cmp::Reverse(len(i)));
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for i in order {
+        match groups.last_mut() {
+            Some(g) if (g.len() + 1) * len(g[0]) <= r.joint_step_tokens => g.push(i),
+            _ => groups.push(vec![i]),
+        }
+    }
+    let (mut sum, mut done) = (0f64, 0usize);
+    for g in &groups {
+        let (x0, mask) = crate::joint::pad(&embedded, hidden, offsets, g)?;
+        let (t, _) = crate::joint::pad(&target, hidden, offsets, g)?;
+        let h = frozen.forward(&x0, &mask, layers)?;
+        let loss = crate::joint::loss(&h, &t, &mask)?;
+        let grads = loss.backward()?;
+        done += g.iter().map(|&i| len(i)).sum::<usize>();
+        opt.set_learning_rate(r.learning_rate_at(Stage::Joint, fraction(done)));
+        opt.step(&grads, 1.0)?;
+        sum += loss.to_scalar::<f32>()? as f64;
+    }
+    Ok(sum / groups.len().max(1) as f64)
 }
 
 /// Cosines between the student's and the teacher's (`held`) embeddings of `texts`.

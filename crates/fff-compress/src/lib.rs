@@ -7,6 +7,7 @@
 //!   shuffled order a resumed run re-enters exactly;
 //! - [`init`]: students that start from the teacher's own neurons, chosen per tree node;
 //! - [`recipe`]: the settings and the distillation stages;
+//! - [`joint`]: the whole student in candle ops, for the joint stage;
 //! - [`job`]: the resumable job that runs the stages and writes the model folder.
 
 #![warn(missing_docs)]
@@ -14,6 +15,7 @@
 pub mod corpus;
 pub mod init;
 pub mod job;
+pub mod joint;
 pub mod recipe;
 pub mod shape;
 

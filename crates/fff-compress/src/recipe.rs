@@ -27,17 +27,21 @@ pub enum Stage {
     /// (`teacher input + teacher output − student input`, the sum the block's LayerNorm sees),
     /// so later layers correct the errors of earlier ones.
     Chained,
+    /// The whole student against the teacher's final hidden states and pooled embeddings,
+    /// gradients through every block (see [`crate::joint`]).
+    Joint,
 }
 
 impl Stage {
     /// The stages in order.
-    pub const ALL: [Stage; 2] = [Stage::Layerwise, Stage::Chained];
+    pub const ALL: [Stage; 3] = [Stage::Layerwise, Stage::Chained, Stage::Joint];
 
     /// The stage's name.
     pub fn name(self) -> &'static str {
         match self {
             Stage::Layerwise => "layerwise",
             Stage::Chained => "chained",
+            Stage::Joint => "joint",
         }
     }
 }
@@ -53,8 +57,18 @@ pub struct Recipe {
     pub layerwise_tokens: u64,
     /// Tokens of text the chained stage reads.
     pub chained_tokens: u64,
-    /// Peak learning rate (AdamW), reached after a short warm-up and decayed on a cosine.
+    /// Tokens of text the joint stage reads.
+    #[serde(default)]
+    pub joint_tokens: u64,
+    /// Peak learning rate (AdamW) of the layer-wise and chained stages, reached after a short
+    /// warm-up and decayed on a cosine.
     pub learning_rate: f64,
+    /// Peak learning rate of the joint stage.
+    #[serde(default = "default_joint_learning_rate")]
+    pub joint_learning_rate: f64,
+    /// Most tokens (padding included) per optimizer step of the joint stage.
+    #[serde(default = "default_joint_step_tokens")]
+    pub joint_step_tokens: usize,
     /// Token rows per optimizer step (per layer).
     pub step_rows: usize,
     /// Tokens per teacher pass (the rows of one pass are shuffled into steps).
@@ -79,7 +93,10 @@ impl Recipe {
             start: Start::Teacher,
             layerwise_tokens: 2_000_000,
             chained_tokens: 2_000_000,
+            joint_tokens: 0,
             learning_rate: 3e-3,
+            joint_learning_rate: default_joint_learning_rate(),
+            joint_step_tokens: default_joint_step_tokens(),
             step_rows: 512,
             chunk_tokens: 8192,
             max_tokens: 128,
@@ -95,6 +112,7 @@ impl Recipe {
         match stage {
             Stage::Layerwise => self.layerwise_tokens,
             Stage::Chained => self.chained_tokens,
+            Stage::Joint => self.joint_tokens,
         }
     }
 
@@ -104,6 +122,19 @@ impl Recipe {
             self.learning_rate.is_finite() && self.learning_rate > 0.0 && self.learning_rate < 1.0,
             "--lr {}: expected a learning rate in (0, 1)",
             self.learning_rate
+        );
+        ensure!(
+            self.joint_learning_rate.is_finite()
+                && self.joint_learning_rate > 0.0
+                && self.joint_learning_rate < 1.0,
+            "--joint-lr {}: expected a learning rate in (0, 1)",
+            self.joint_learning_rate
+        );
+        ensure!(
+            self.joint_step_tokens >= self.max_tokens,
+            "--joint-step-tokens {} must be at least --max-tokens {} (one passage a step)",
+            self.joint_step_tokens,
+            self.max_tokens
         );
         ensure!(self.step_rows >= 1, "--step-rows must be at least 1");
         ensure!(
@@ -129,17 +160,28 @@ impl Recipe {
         })
     }
 
-    /// The learning rate after `fraction` of a stage: a linear warm-up over its first 2%, then
-    /// a cosine down to a tenth of the peak.
-    pub fn learning_rate_at(&self, fraction: f64) -> f64 {
+    /// The learning rate after `fraction` of `stage`: a linear warm-up over its first 2%, then
+    /// a cosine down to a tenth of the stage's peak.
+    pub fn learning_rate_at(&self, stage: Stage, fraction: f64) -> f64 {
+        let peak = match stage {
+            Stage::Joint => self.joint_learning_rate,
+            Stage::Layerwise | Stage::Chained => self.learning_rate,
+        };
         let f = fraction.clamp(0.0, 1.0);
         let warm = 0.02;
         if f < warm {
-            return self.learning_rate * (f / warm).max(0.01);
+            return peak * (f / warm).max(0.01);
         }
         let t = (f - warm) / (1.0 - warm);
         let floor = 0.1;
-        self.learning_rate
-            * (floor + (1.0 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
+        peak * (floor + (1.0 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
     }
+}
+
+fn default_joint_learning_rate() -> f64 {
+    5e-4
+}
+
+fn default_joint_step_tokens() -> usize {
+    2048
 }

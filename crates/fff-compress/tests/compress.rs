@@ -58,6 +58,8 @@ fn recipe(student: Student) -> Recipe {
     Recipe {
         layerwise_tokens: 1500,
         chained_tokens: 1500,
+        joint_tokens: 1000,
+        joint_step_tokens: 128,
         learning_rate: 3e-3,
         step_rows: 64,
         chunk_tokens: 256,
@@ -155,11 +157,19 @@ fn a_compressed_model_loads_and_runs_its_fff_layers() {
     );
     assert_eq!(report.neurons_per_token, (48, 9));
     assert!(report.written_gap < 1e-5);
-    // init, one mid-stage and one end-of-stage measurement per stage
+    // init, one mid-stage and one end-of-stage measurement per stage (the joint stage is too
+    // short for a mid-stage one)
     let stages: Vec<&str> = report.agreement.iter().map(|a| a.stage.as_str()).collect();
     assert_eq!(
         stages,
-        ["init", "layerwise", "layerwise", "chained", "chained"]
+        [
+            "init",
+            "layerwise",
+            "layerwise",
+            "chained",
+            "chained",
+            "joint"
+        ]
     );
     for a in &report.agreement {
         assert!(a.cosine_mean.is_finite() && a.cosine_p5 <= a.cosine_mean + 1e-12);
@@ -175,7 +185,11 @@ fn a_run_stopped_and_resumed_in_either_stage_writes_what_an_uninterrupted_run_wr
     let whole = job(dir.path(), "whole", recipe(fff()));
     finished(run(&whole, &mut Quiet, &AtomicBool::new(false)).unwrap());
     let want = std::fs::read(whole.out.join("model.safetensors")).unwrap();
-    for (stage, after) in [(Stage::Layerwise, 2), (Stage::Chained, 3)] {
+    for (stage, after) in [
+        (Stage::Layerwise, 2),
+        (Stage::Chained, 3),
+        (Stage::Joint, 2),
+    ] {
         let name = format!("resumed-{}", stage.name());
         let j = job(dir.path(), &name, recipe(fff()));
         let flag = AtomicBool::new(false);
@@ -208,7 +222,7 @@ fn a_run_stopped_and_resumed_in_either_stage_writes_what_an_uninterrupted_run_wr
 fn a_full_width_dense_student_from_the_teacher_reproduces_it_and_a_random_one_does_not() {
     let dir = tempfile::tempdir().unwrap();
     let mut r = recipe(Student::Dense { width: 48 });
-    (r.layerwise_tokens, r.chained_tokens) = (0, 0);
+    (r.layerwise_tokens, r.chained_tokens, r.joint_tokens) = (0, 0, 0);
     let j = job(dir.path(), "dense", r.clone());
     finished(run(&j, &mut Quiet, &AtomicBool::new(false)).unwrap());
     let p = Pipeline::load(&j.out).unwrap();
@@ -231,7 +245,7 @@ fn a_full_width_dense_student_from_the_teacher_reproduces_it_and_a_random_one_do
 
     // Narrower: written with the narrower intermediate size.
     let mut r = recipe(Student::Dense { width: 5 });
-    (r.layerwise_tokens, r.chained_tokens) = (300, 0);
+    (r.layerwise_tokens, r.chained_tokens, r.joint_tokens) = (300, 0, 300);
     let j = job(dir.path(), "narrow", r);
     finished(run(&j, &mut Quiet, &AtomicBool::new(false)).unwrap());
     let config = std::fs::read_to_string(j.out.join("config.json")).unwrap();
@@ -283,7 +297,7 @@ fn bad_inputs_are_refused_by_name() {
     // A compressed model is not compressed again.
     let j = job(dir.path(), "f", {
         let mut r = recipe(fff());
-        (r.layerwise_tokens, r.chained_tokens) = (0, 0);
+        (r.layerwise_tokens, r.chained_tokens, r.joint_tokens) = (0, 0, 0);
         r
     });
     finished(run(&j, &mut Quiet, &AtomicBool::new(false)).unwrap());

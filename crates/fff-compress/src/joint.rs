@@ -1,0 +1,250 @@
+//! Joint distillation: the whole student, every block in sequence, against the teacher's final
+//! hidden states and sentence embeddings, with gradients through attention and LayerNorm into
+//! every FFF block (the layer-wise stages see one block at a time).
+//!
+//! The student is written out in candle ops on padded batches, its frozen tensors (attention,
+//! LayerNorms) as constants, its FFF blocks on the O(depth) training op. The engine computes
+//! the same function on packed batches; a test holds the two together.
+
+use crate::job::Layer;
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::ops::{layer_norm_slow, softmax};
+use fff_bert::{HfBertConfig, Weights};
+
+/// The frozen tensors of one post-LN BERT block, projections transposed for `x · Wᵀ`.
+struct Block {
+    q: (Tensor, Tensor),
+    k: (Tensor, Tensor),
+    v: (Tensor, Tensor),
+    o: (Tensor, Tensor),
+    norm1: (Tensor, Tensor),
+    norm2: (Tensor, Tensor),
+}
+
+/// The student's frozen parts: every block's attention and LayerNorms.
+pub struct Frozen {
+    blocks: Vec<Block>,
+    heads: usize,
+    hidden: usize,
+    eps: f32,
+}
+
+impl Frozen {
+    /// The frozen tensors of the checkpoint `w` of config `c`.
+    pub fn load(c: &HfBertConfig, w: &Weights, prefix: &str) -> Result<Frozen> {
+        let h = c.hidden;
+        let linear = |name: &str| -> Result<(Tensor, Tensor)> {
+            Ok((
+                w.get(&format!("{name}.weight"), &[h, h])?
+                    .t()?
+                    .contiguous()?,
+                w.get(&format!("{name}.bias"), &[h])?,
+            ))
+        };
+        let norm = |name: &str| -> Result<(Tensor, Tensor)> {
+            let (g, b) = if w.contains(&format!("{name}.weight")) {
+                ("weight", "bias")
+            } else {
+                ("gamma", "beta")
+            };
+            Ok((
+                w.get(&format!("{name}.{g}"), &[h])?,
+                w.get(&format!("{name}.{b}"), &[h])?,
+            ))
+        };
+        let blocks = (0..c.layers)
+            .map(|i| {
+                let l = format!("{prefix}encoder.layer.{i}");
+                Ok(Block {
+                    q: linear(&format!("{l}.attention.self.query"))?,
+                    k: linear(&format!("{l}.attention.self.key"))?,
+                    v: linear(&format!("{l}.attention.self.value"))?,
+                    o: linear(&format!("{l}.attention.output.dense"))?,
+                    norm1: norm(&format!("{l}.attention.output.LayerNorm"))?,
+                    norm2: norm(&format!("{l}.output.LayerNorm"))?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Frozen {
+            blocks,
+            heads: c.heads,
+            hidden: h,
+            eps: c.norm_eps as f32,
+        })
+    }
+
+    /// The final hidden states `[batch·seq, hidden]` of the student whose FFN blocks are
+    /// `layers`, from the embedding output `x0 [batch, seq, hidden]` and the key mask
+    /// `mask [batch, seq]` (1 for tokens, 0 for padding).
+    pub(crate) fn forward(&self, x0: &Tensor, mask: &Tensor, layers: &[Layer]) -> Result<Tensor> {
+        let (b, s, h) = x0.dims3()?;
+        let (heads, d) = (self.heads, self.hidden / self.heads);
+        // Padding keys get a large negative score; their softmax weight underflows to 0.
+        let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, s))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let mut x = x0.reshape((b * s, h))?;
+        for (block, layer) in self.blocks.iter().zip(layers) {
+            let proj = |(w, bias): &(Tensor, Tensor), x: &Tensor| x.matmul(w)?.broadcast_add(bias);
+            let split = |t: Tensor| -> candle_core::Result<Tensor> {
+                t.reshape((b, s, heads, d))?.transpose(1, 2)?.contiguous()
+            };
+            let q = split(proj(&block.q, &x)?)?;
+            let k = split(proj(&block.k, &x)?)?;
+            let v = split(proj(&block.v, &x)?)?;
+            let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&bias)?;
+            let ctx = softmax(&scores, D::Minus1)?
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((b * s, h))?;
+            let a = proj(&block.o, &ctx)?;
+            let h1 = layer_norm_slow(&(a + &x)?, &block.norm1.0, &block.norm1.1, self.eps)?;
+            let f = fastfeedforward::train_op::forward(
+                layer.fff.config(),
+                &h1,
+                layer.fff.w_in(),
+                layer.fff.b_in(),
+                layer.fff.w_out_t(),
+            )?
+            .broadcast_add(layer.bias.as_tensor())?;
+            x = layer_norm_slow(&(f + h1)?, &block.norm2.0, &block.norm2.1, self.eps)?;
+        }
+        Ok(x)
+    }
+}
+
+/// Rows of packed `[tokens, hidden]` states for the passages `which` (by `offsets`), padded to
+/// `[which.len(), longest, hidden]`, with the mask `[which.len(), longest]`.
+pub fn pad(
+    packed: &[f32],
+    hidden: usize,
+    offsets: &[usize],
+    which: &[usize],
+) -> Result<(Tensor, Tensor)> {
+    let longest = which
+        .iter()
+        .map(|&i| offsets[i + 1] - offsets[i])
+        .max()
+        .unwrap_or(0);
+    let mut x = vec![0f32; which.len() * longest * hidden];
+    let mut m = vec![0f32; which.len() * longest];
+    for (row, &i) in which.iter().enumerate() {
+        let (a, b) = (offsets[i], offsets[i + 1]);
+        let dst = row * longest * hidden;
+        x[dst..dst + (b - a) * hidden].copy_from_slice(&packed[a * hidden..b * hidden]);
+        m[row * longest..row * longest + (b - a)].fill(1.0);
+    }
+    let dev = &Device::Cpu;
+    Ok((
+        Tensor::from_vec(x, (which.len(), longest, hidden), dev)?,
+        Tensor::from_vec(m, (which.len(), longest), dev)?,
+    ))
+}
+
+/// The joint loss: squared error of the final hidden states over the real tokens relative to
+/// the target's power, plus the mean of `1 − cosine` of the mean-pooled embeddings.
+pub fn loss(student: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (b, s, h) = target.dims3()?;
+    let student = student.reshape((b, s, h))?;
+    let m = mask.reshape((b, s, 1))?;
+    let tokens = mask.sum_all()?.to_scalar::<f32>()? as f64;
+    let power = (target
+        .sqr()?
+        .broadcast_mul(&m)?
+        .sum_all()?
+        .to_scalar::<f32>()? as f64
+        / (tokens * h as f64))
+        .max(1e-12);
+    let diff = (&student - target)?.broadcast_mul(&m)?;
+    let mse = (diff.sqr()?.sum_all()? / (tokens * h as f64 * power))?;
+    let counts = mask.sum_keepdim(1)?;
+    let pool = |t: &Tensor| -> candle_core::Result<Tensor> {
+        t.broadcast_mul(&m)?.sum(1)?.broadcast_div(&counts)
+    };
+    let (ps, pt) = (pool(&student)?, pool(target)?);
+    let dot = (&ps * &pt)?.sum(1)?;
+    let norms = (ps.sqr()?.sum(1)?.sqrt()? * pt.sqr()?.sum(1)?.sqrt()?)?;
+    let cos = (dot / (norms + 1e-12)?)?;
+    let cos_loss = (1.0 - cos)?.mean_all()?;
+    Ok((mse + cos_loss)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fff_bert::{BertTokenizer, ModelConfig, Pipeline};
+    use std::path::Path;
+
+    /// The candle student and the engine run the same compressed model (FFF blocks) on the same
+    /// texts: the final hidden states of every real token agree.
+    #[test]
+    fn the_candle_student_computes_what_the_engine_computes() {
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../fff-bert/tests/fixtures/hf/tiny-st-fff");
+        let p = Pipeline::load(&dir).unwrap();
+        let ModelConfig::Bert(c) = ModelConfig::from_file(&dir.join("config.json")).unwrap() else {
+            panic!("a BERT config")
+        };
+        let w = Weights::from_dir(&dir).unwrap();
+        let frozen = Frozen::load(&c, &w, "").unwrap();
+        let layers: Vec<Layer> = (0..c.layers)
+            .map(|i| {
+                let bias = w
+                    .get(&format!("encoder.layer.{i}.output.dense.bias"), &[c.hidden])
+                    .unwrap();
+                Layer {
+                    fff: p.model.fff_layer(i).unwrap().clone(),
+                    bias: candle_core::Var::from_tensor(&bias).unwrap(),
+                }
+            })
+            .collect();
+        let texts = [
+            "the quick brown fox",
+            "a",
+            "hello world, this is a longer test of it",
+        ];
+        let encs: Vec<_> = texts
+            .iter()
+            .map(|t| p.tokenizer.encode_text(t).unwrap())
+            .collect();
+        let packed = BertTokenizer::pack(&encs);
+        let mut embedded = Vec::new();
+        let out = p
+            .model
+            .encode_packed_with(&packed, |name, states| {
+                if name == "embedding" {
+                    embedded = states.to_vec();
+                }
+                Ok(())
+            })
+            .unwrap();
+        let engine = out.hidden.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let which: Vec<usize> = (0..texts.len()).collect();
+        let (x0, mask) = pad(&embedded, c.hidden, &out.offsets, &which).unwrap();
+        let h = frozen.forward(&x0, &mask, &layers).unwrap();
+        let (padded, _) = pad(&engine, c.hidden, &out.offsets, &which).unwrap();
+        let m = mask
+            .unsqueeze(2)
+            .unwrap()
+            .broadcast_as(padded.shape())
+            .unwrap();
+        let gap = ((h.reshape(padded.shape()).unwrap() - &padded)
+            .unwrap()
+            .abs()
+            .unwrap()
+            * m)
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(gap < 1e-4, "candle student vs engine: {gap}");
+        // The loss of the student against itself is zero.
+        let l = loss(&padded, &padded, &mask)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(l.abs() < 1e-5, "{l}");
+    }
+}
