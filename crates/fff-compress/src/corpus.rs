@@ -71,11 +71,10 @@ pub fn read(paths: &[PathBuf], holdout: usize) -> Result<Corpus> {
             );
         }
     }
-    let stride = if holdout == 0 {
-        usize::MAX
-    } else {
-        (all.len() / holdout).max(2)
-    };
+    let stride = all
+        .len()
+        .checked_div(holdout)
+        .map_or(usize::MAX, |s| s.max(2));
     let (mut train, mut held) = (Vec::new(), Vec::new());
     for (i, text) in all.into_iter().enumerate() {
         if i % stride == stride / 2 && held.len() < holdout {

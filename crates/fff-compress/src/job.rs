@@ -205,12 +205,6 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
         .collect::<fff_bert::Result<Vec<_>>>()?;
     let teacher_act = c.act.as_activation();
     let config = r.student.fff_config(c.hidden, teacher_act);
-    if let Student::Dense { .. } = r.student {
-        ensure!(
-            r.start == Start::Teacher || config.trees <= c.intermediate,
-            "a dense student is narrower than the teacher"
-        );
-    }
 
     observer.message("reading the text");
     let corpus = corpus::read(&job.texts, r.holdout)?;
@@ -563,7 +557,7 @@ fn taps(
     packed: &fff_bert::Packed,
     layers: usize,
     outputs: bool,
-) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+) -> Result<(PerLayer, PerLayer)> {
     let mut xs = vec![Vec::new(); layers];
     let mut ys = vec![Vec::new(); if outputs { layers } else { 0 }];
     p.model.encode_packed_with(packed, |name, states| {
@@ -788,7 +782,7 @@ fn save_checkpoint(
     dir: &Path,
     state: &State,
     layers: &[Layer],
-    moments: Option<(&[Vec<f32>], &[Vec<f32>])>,
+    moments: MomentsRef<'_>,
 ) -> Result<()> {
     let tmp = fff_util::fs::temporary_path(dir);
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -824,7 +818,14 @@ fn save_checkpoint(
     Ok(())
 }
 
+/// Per-variable AdamW moments (first, second), when a checkpoint holds them.
 type Moments = Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)>;
+
+/// One `[tokens, hidden]` buffer per layer.
+type PerLayer = Vec<Vec<f32>>;
+
+/// Borrowed AdamW moments (first, second).
+type MomentsRef<'a> = Option<(&'a [Vec<f32>], &'a [Vec<f32>])>;
 
 /// A checkpoint's `state.json`.
 fn load_state(dir: &Path) -> Result<State> {
