@@ -137,10 +137,12 @@ impl CompressArgs {
     }
 }
 
-/// Bars per stage with tokens/s, loss and ETA; agreement and news as lines.
+/// Bars per stage with tokens/s, loss and ETA; agreement and news as lines. Where stderr is
+/// not a terminal (a log file) the bar is hidden, and a progress line is printed each minute.
 #[derive(Default)]
 pub(crate) struct Bars {
     bar: Option<ProgressBar>,
+    last_line: Option<std::time::Instant>,
 }
 
 impl Bars {
@@ -172,12 +174,26 @@ impl Observer for Bars {
     }
 
     fn progress(&mut self, p: &Progress) {
-        if let Some(b) = &self.bar {
-            b.set_position(p.tokens);
-            b.set_message(format!(
-                "loss {:.4}, {:.0} tokens/s",
-                p.loss, p.tokens_per_second
-            ));
+        let Some(b) = &self.bar else { return };
+        b.set_position(p.tokens);
+        b.set_message(format!(
+            "loss {:.4}, {:.0} tokens/s",
+            p.loss, p.tokens_per_second
+        ));
+        let due = self.last_line.is_none_or(|t| t.elapsed().as_secs() >= 60);
+        if b.is_hidden() && due {
+            self.last_line = Some(std::time::Instant::now());
+            let eta = b.eta().as_secs();
+            eprintln!(
+                "{:>9} {}/{} tokens, loss {:.4}, {:.0} tokens/s, ETA {}m{:02}s",
+                p.stage.name(),
+                p.tokens,
+                p.total,
+                p.loss,
+                p.tokens_per_second,
+                eta / 60,
+                eta % 60
+            );
         }
     }
 
