@@ -56,7 +56,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
         activation: args.activation,
     };
     config.validate()?;
-    demo_memory(&config, &args.batches).check(None, "--width, --depth, --trees or --batches")?;
+    demo_memory(&config, &args.batches)
+        .gemm_scratch(rayon::current_num_threads())
+        .check(None, "--width, --depth, --trees or --batches")?;
     let layer = Fff::new(config, Init::Uniform, args.seed)?;
     let dense = DenseFf::new(
         args.width,
@@ -309,6 +311,7 @@ mod tests {
         let cap = Limit {
             bytes: 7_000_000 * 1024,
             source: "the address-space limit RLIMIT_AS (ulimit -v)".into(),
+            counts_reserved: true,
         };
         let err = estimate
             .check(Some(cap.clone()), "--width, --depth, --trees or --batches")

@@ -446,7 +446,10 @@ fn check_memory(
         resume: resume.is_some(),
         teacher: teacher.as_ref(),
     };
-    let estimate = crate::limits::MemoryEstimate::default().parts(training_memory(&spec, cfg, run));
+    // The evaluation passes run the FFF inference walk on the pool's threads.
+    let estimate = crate::limits::MemoryEstimate::default()
+        .parts(training_memory(&spec, cfg, run))
+        .gemm_scratch(rayon::current_num_threads());
     match resume {
         None => estimate.check(
             None,

@@ -5,14 +5,16 @@
 //! What lives throughout the run (parameters, optimizer moments, a distillation teacher) is
 //! added to the largest of its phases: a training step (gradients, a batch's activations and
 //! their gradients), an evaluation pass, a checkpoint save, reading a checkpoint back. The
-//! per-layer figures follow the buffers the layers' code makes, rounded up: candle keeps every
-//! intermediate tensor of the forward pass until the backward pass is done and makes a fresh
-//! buffer for every op, so a layer holds several tensors of its widest shape per input row.
+//! per-layer figures follow the buffers the layers' code makes, rounded up, and were checked
+//! against the peak resident memory of training runs: candle keeps every intermediate tensor of
+//! the forward pass until the backward pass is done and makes a fresh buffer for every op, so a
+//! layer holds several tensors of its widest shape per input row.
 //! Products are taken in `u128` and saturate, so no description overflows the estimate.
 
 use crate::optim::OptimizerKind;
 use crate::spec::{LayerSpec, ModelSpec};
 use crate::state::TrainConfig;
+use fastfeedforward::Activation;
 
 /// Rows the evaluation passes run at once.
 pub const EVAL_CHUNK: usize = 1024;
@@ -69,9 +71,7 @@ pub fn training_memory(
         ),
         (
             format!("a batch of {batch} rows' activations and their gradients"),
-            bytes(step.per_row.saturating_mul(batch as u128))
-                .saturating_add(step.index_bytes_per_row.saturating_mul(batch as u128))
-                .saturating_add(step.index_bytes),
+            bytes(step.per_row.saturating_mul(batch as u128)).saturating_add(step.index_bytes),
         ),
     ];
     if step.soft > 0 {
@@ -155,8 +155,6 @@ struct Step {
     /// f32 values per batch row: each layer's activations, their gradients and the
     /// temporaries of both passes, plus the input rows and the loss.
     per_row: u128,
-    /// Bytes of index buffers per batch row (the FFF backward's visit lists).
-    index_bytes_per_row: u128,
     /// Bytes of index buffers independent of the batch (the FFF backward's row offsets).
     index_bytes: u128,
     /// f32 values of gradients made twice (a linear layer's weight gradient is made transposed
@@ -175,6 +173,20 @@ fn product(factors: &[u128]) -> u128 {
 /// Saturating sum of `terms`.
 fn sum(terms: &[u128]) -> u128 {
     terms.iter().fold(0u128, |s, &t| s.saturating_add(t))
+}
+
+/// f32 values per element that an activation's backward pass holds beyond its input, output and
+/// gradient, as measured: the peak memory of FFF training steps grows per visited node and row
+/// by about 4.4 values with identity nodes, 11 with ReLU, 12 with tanh and 21 with GELU (the
+/// exact erf form, whose derivative candle builds from many temporaries).
+fn activation_temporaries(a: Activation) -> u128 {
+    match a {
+        Activation::Identity => 0,
+        Activation::Relu => 7,
+        Activation::Tanh => 8,
+        // GELU, and any activation added later: the most measured so far.
+        _ => 17,
+    }
 }
 
 /// `2^n` as u128, saturating.
@@ -198,12 +210,11 @@ fn training_step(spec: &ModelSpec, soft_levels: usize) -> Step {
             .map_or((width, width), |(i, o)| (i as u128, o as u128));
         let per_row = match layer {
             LayerSpec::Fff { config, master, .. } => {
+                let act = activation_temporaries(config.activation);
                 let (k, d) = (config.trees as u128, config.depth);
                 let levels = d as u128 + 1;
                 let rows = product(&[k, pow2(d + 1).saturating_sub(1)]);
                 let soft = soft_levels.min(d);
-                // The visited nodes' logits, activations and both gradients, the activation's
-                // derivative temporaries; the backward's visit lists are indices (8 bytes).
                 let (visited, extra) = if soft == 0 {
                     (product(&[k, levels]), 0)
                 } else {
@@ -211,16 +222,18 @@ fn training_step(spec: &ModelSpec, soft_levels: usize) -> Step {
                     // per tree; the soft nodes' log-probabilities and reach weights besides.
                     let (top, frontier) = (pow2(soft) - 1, pow2(soft));
                     let hard = product(&[k, frontier, levels - soft as u128]);
-                    let soft_nodes = product(&[12, k, top + frontier]);
+                    let soft_nodes = product(&[12 + act, k, top + frontier]);
                     let weights = layer.parameter_bound().map_or(u128::MAX, |n| n as u128);
                     let reach = product(&[2, k, top, k, top + frontier]);
                     s.soft = sum(&[s.soft, product(&[2, weights]), reach, rows]);
                     (hard, soft_nodes)
                 };
-                s.index_bytes_per_row = sum(&[s.index_bytes_per_row, product(&[8, visited])]);
+                // Per visited node: its logit, the gradients of its activation and logit, its
+                // entry in the backward's visit list (8 bytes), and the activation's backward
+                // temporaries.
                 s.index_bytes = sum(&[s.index_bytes, product(&[16, rows.saturating_add(1)])]);
                 sum(&[
-                    product(&[8, visited]),
+                    product(&[5 + act, visited]),
                     extra,
                     product(&[2, i + o]),
                     product(&[4, *master as u128]),
@@ -231,7 +244,7 @@ fn training_step(spec: &ModelSpec, soft_levels: usize) -> Step {
                 s.gradient_copies = sum(&[s.gradient_copies, product(&[i, o])]);
                 sum(&[product(&[3, o]), product(&[2, i])])
             }
-            LayerSpec::Act(_) => product(&[6, width]),
+            LayerSpec::Act(a) => product(&[2 + activation_temporaries(*a), width]),
             LayerSpec::Original(c) => {
                 let (d, lw) = (c.depth as u128, c.leaf_width.max(1) as u128);
                 let leaves = pow2(c.depth);
@@ -245,7 +258,7 @@ fn training_step(spec: &ModelSpec, soft_levels: usize) -> Step {
                     product(&[34, nodes]),
                     product(&[4, d, leaves]),
                     product(&[2, leaves]),
-                    product(&[8, leaves, lw]),
+                    product(&[8 + activation_temporaries(c.activation), leaves, lw]),
                     product(&[6, leaves, o]),
                     product(&[2, i]),
                 ])
@@ -336,14 +349,21 @@ mod tests {
         assert_eq!(part(&parts, "parameters"), 4 * params);
         assert_eq!(part(&parts, "AdamW's two moments"), 8 * params);
         assert_eq!(part(&parts, "gradients"), 4 * params);
-        // Per row: 8 f32 values and 8 index bytes per visited node, the widths and the loss;
-        // row offsets of 16 bytes per node.
+        // Per row: 22 values per visited GELU node (its logit, two gradients, its visit-list
+        // entry and the activation's backward), the widths and the loss; row offsets of 16
+        // bytes per node.
         let visited = 5_000_000u128;
-        let per_row = 4 * (8 * visited + 2 * 5 + 2 * 3 + 2 * 2 + 8 * 3) + 8 * visited;
+        let per_row = 4 * (22 * visited + 2 * 5 + 2 * 3 + 2 * 2 + 8 * 3);
         let activations = part(&parts, "a batch of 64 rows'");
         assert_eq!(activations, 64 * per_row + 16 * (31_000_000 + 1));
-        // More than a 7 GiB cap, most of it the batch's activations.
+        // More than a 7 GiB cap, most of it the batch's activations; identity nodes hold less.
         assert!(total(&parts) > 7 << 30 && activations > total(&parts) / 2);
+        let identity: ModelSpec = "fff:2-3:d4:k1000000:identity".parse().unwrap();
+        let parts = training_memory(&identity, &cfg, run(2400));
+        assert_eq!(
+            part(&parts, "a batch of 64 rows'"),
+            64 * 4 * (5 * visited + 2 * 5 + 2 * 3 + 2 * 2 + 8 * 3) + 16 * (31_000_000 + 1)
+        );
         // SGD keeps one buffer per parameter, not two.
         let sgd = TrainConfig {
             optimizer: OptimizerKind::Sgd { momentum: 0.9 },

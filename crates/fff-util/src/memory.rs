@@ -20,6 +20,10 @@ pub struct Limit {
     /// What sets the bound, in words, with its figures (e.g. `cgroup v2 memory.max of
     /// /sys/fs/cgroup/job (8.0 GiB, 2.5 GiB of it in use)`).
     pub source: String,
+    /// Whether address space that is reserved but never touched counts against the bound, as
+    /// it does for `RLIMIT_AS` and `RLIMIT_DATA`; `MemAvailable` and the cgroups count only
+    /// pages in use.
+    pub counts_reserved: bool,
 }
 
 impl fmt::Display for Limit {
@@ -37,6 +41,7 @@ pub fn limits() -> Vec<Limit> {
         found.push(Limit {
             bytes: b,
             source: "the machine's MemAvailable (/proc/meminfo)".into(),
+            counts_reserved: false,
         });
     }
     found.extend(cgroup_limits());
@@ -99,6 +104,44 @@ fn kib_field(text: &str, name: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with(name))?;
     let kib: u64 = line[name.len()..].split_whitespace().next()?.parse().ok()?;
     kib.checked_mul(1024)
+}
+
+/// The size of this machine's level-`level` data or unified cache in bytes (of the first CPU,
+/// from `/sys/devices/system/cpu/cpu0/cache`); `None` where unknown. Some matrix kernels size
+/// their per-thread scratch by it.
+pub fn cache_bytes(level: u32) -> Option<u64> {
+    let dir = Path::new("/sys/devices/system/cpu/cpu0/cache");
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|entry| {
+        let path = entry.path();
+        let this_level: u32 = read(path.join("level"))?.trim().parse().ok()?;
+        let kind = read(path.join("type"))?;
+        let data = matches!(kind.trim(), "Data" | "Unified");
+        (this_level == level && data)
+            .then(|| {
+                read(path.join("size"))
+                    .as_deref()
+                    .and_then(parse_cache_size)
+            })
+            .flatten()
+    })
+}
+
+/// A sysfs cache size (`266240K`, `32M`, `512`) in bytes.
+pub fn parse_cache_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, ""),
+    };
+    let n: u64 = digits.parse().ok()?;
+    let scale = match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(scale)
 }
 
 /// Which cgroup hierarchy a path or limit belongs to.
@@ -296,6 +339,7 @@ pub fn cgroup_limits_from(cgroup: &str, mountinfo: &str) -> Vec<Limit> {
                     bytes(limit),
                     bytes(used)
                 ),
+                counts_reserved: false,
             })
         });
         found.extend(tightest(bounds.collect()));
@@ -304,7 +348,9 @@ pub fn cgroup_limits_from(cgroup: &str, mountinfo: &str) -> Vec<Limit> {
 }
 
 /// The bounds `RLIMIT_AS` (`ulimit -v`) and `RLIMIT_DATA` (`ulimit -d`) leave: each soft limit
-/// less what this process has already mapped (`VmSize`, `VmData`).
+/// less what this process has already mapped (`VmSize`, `VmData`), where the untouched part of
+/// the allocator's arenas ([`parse_smaps_reserve`]) counts as free: new allocations land there
+/// without mapping more.
 #[cfg(target_os = "linux")]
 fn rlimits() -> Vec<Limit> {
     let (vm_size, vm_data) = read("/proc/self/status")
@@ -313,8 +359,14 @@ fn rlimits() -> Vec<Limit> {
     // SAFETY (both closures): `l` is a valid, writable rlimit for the duration of the call.
     let address_space = rlimit(|l| unsafe { libc::getrlimit(libc::RLIMIT_AS, l) });
     let data = rlimit(|l| unsafe { libc::getrlimit(libc::RLIMIT_DATA, l) });
+    if address_space.is_none() && data.is_none() {
+        return Vec::new();
+    }
+    let reserve = read("/proc/self/smaps")
+        .as_deref()
+        .map_or(0, parse_smaps_reserve);
     let mut found = Vec::new();
-    for (limit, name, used, what) in [
+    for (limit, name, mapped, what) in [
         (
             address_space,
             "the address-space limit RLIMIT_AS (ulimit -v)",
@@ -331,13 +383,72 @@ fn rlimits() -> Vec<Limit> {
         let Some(limit) = limit else {
             continue;
         };
-        let used = used.unwrap_or(0);
+        let mapped = mapped.unwrap_or(0);
+        let free = reserve.min(mapped);
+        let used = mapped - free;
+        let spare = match free {
+            0 => String::new(),
+            f => format!(" (and {} reserved by the allocator, free)", bytes(f)),
+        };
         found.push(Limit {
             bytes: limit.saturating_sub(used),
-            source: format!("{name} of {}, {} already {what}", bytes(limit), bytes(used)),
+            source: format!(
+                "{name} of {}, {} already {what}{spare}",
+                bytes(limit),
+                bytes(used)
+            ),
+            counts_reserved: true,
         });
     }
     found
+}
+
+/// Smallest mapping taken for an allocator's arena by [`parse_smaps_reserve`]: thread stacks and
+/// libc's per-thread heaps are smaller (8 and 64 MiB).
+const ARENA_MIN: u64 = 256 << 20;
+
+/// The bytes of `/proc/self/smaps` text that allocators have reserved but never touched: the
+/// part of each large (at least 256 MiB) private, writable, anonymous mapping that is not
+/// resident. mimalloc reserves its arenas a GiB at a time and hands out their untouched space
+/// without mapping more, so that space is no more "used" than unmapped address space.
+pub fn parse_smaps_reserve(text: &str) -> u64 {
+    let mut total = 0u64;
+    let mut current: Option<(u64, Option<u64>)> = None; // (size, rss) of an arena-like mapping
+    let mut flush = |c: &mut Option<(u64, Option<u64>)>| {
+        if let Some((size, Some(rss))) = c.take() {
+            total = total.saturating_add(size.saturating_sub(rss));
+        }
+    };
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            flush(&mut current);
+            // `START-END PERMS OFFSET DEV INODE [PATH]`
+            let perms = fields.next().unwrap_or_default();
+            let inode = fields.nth(2).unwrap_or_default();
+            let anonymous = inode == "0" && fields.next().is_none();
+            let size = first.split_once('-').and_then(|(a, b)| {
+                let (a, b) = (
+                    u64::from_str_radix(a, 16).ok()?,
+                    u64::from_str_radix(b, 16).ok()?,
+                );
+                b.checked_sub(a)
+            });
+            current = match size {
+                Some(size) if anonymous && perms == "rw-p" && size >= ARENA_MIN => {
+                    Some((size, None))
+                }
+                _ => None,
+            };
+        } else if first == "Rss:" {
+            if let Some((_, rss)) = &mut current {
+                *rss = kib_field(line, "Rss:");
+            }
+        }
+    }
+    flush(&mut current);
+    total
 }
 
 /// The soft limit `get` reads, `None` when unlimited or unreadable. (`getrlimit`'s resource
@@ -372,6 +483,50 @@ mod tests {
         let status = "Name:\tfff\nVmPeak:\t 9000 kB\nVmSize:\t  8000 kB\nVmData:\t 3000 kB\n";
         assert_eq!(parse_status(status), (Some(8000 * 1024), Some(3000 * 1024)));
         assert_eq!(parse_status("Name: x\n"), (None, None));
+    }
+
+    const SMAPS: &str = "\
+20000000000-20040000000 rw-p 00000000 00:00 0 
+Size:            1048576 kB
+Rss:               70796 kB
+Pss:               70796 kB
+55b037403000-55b0385e1000 r-xp 005de000 fe:00 5312044                    /work/main/fff
+Size:              18296 kB
+Rss:                6636 kB
+7fa684021000-7fa688000000 ---p 00000000 00:00 0 
+Size:              65404 kB
+Rss:                   0 kB
+7fa700000000-7fa740000000 rw-p 00000000 00:00 0                          [heap]
+Size:            1048576 kB
+Rss:                   4 kB
+7fa800000000-7fa820000000 rw-p 00000000 00:00 0 
+Size:             524288 kB
+Rss:              524288 kB
+";
+
+    #[test]
+    fn the_allocators_untouched_arenas_count_as_free() {
+        // The 1 GiB arena less its 69 MiB in use; the binary, the PROT_NONE reservation, the
+        // named mapping and the fully touched one do not count.
+        assert_eq!(parse_smaps_reserve(SMAPS), (1_048_576 - 70_796) * 1024);
+        assert_eq!(parse_smaps_reserve(""), 0);
+        // A mapping without an Rss line (a truncated read) counts as used.
+        assert_eq!(
+            parse_smaps_reserve("20000000000-20040000000 rw-p 0 00:00 0\n"),
+            0
+        );
+    }
+
+    #[test]
+    fn cache_sizes_are_read_in_bytes() {
+        assert_eq!(parse_cache_size("266240K\n"), Some(266_240 * 1024));
+        assert_eq!(parse_cache_size("32M"), Some(32 << 20));
+        assert_eq!(parse_cache_size("512"), Some(512));
+        assert_eq!(parse_cache_size("lots"), None);
+        assert_eq!(parse_cache_size("3X"), None);
+        if let Some(l3) = cache_bytes(3) {
+            assert!(l3 >= 1 << 16, "{l3}");
+        }
     }
 
     #[test]
@@ -555,6 +710,7 @@ mod tests {
         let limit = |bytes, source: &str| Limit {
             bytes,
             source: source.into(),
+            counts_reserved: false,
         };
         let all = vec![
             limit(20 << 30, "MemAvailable"),
@@ -576,6 +732,10 @@ mod tests {
             assert!(!all.is_empty());
             let a = available().unwrap();
             assert!(all.iter().all(|l| l.bytes >= a.bytes), "{all:?}");
+            // Only the resource limits count reservations.
+            for l in &all {
+                assert_eq!(l.counts_reserved, l.source.contains("RLIMIT"), "{l:?}");
+            }
             // The figure moves with the machine: only its presence is checked.
             assert!(available_bytes().is_some());
         }
