@@ -148,8 +148,9 @@ pub(crate) struct Bars {
 impl Bars {
     fn println(&self, line: &str) {
         match &self.bar {
-            Some(b) => b.println(line),
-            None => eprintln!("{line}"),
+            // A hidden bar (stderr not a terminal) drops what it is asked to print.
+            Some(b) if !b.is_hidden() => b.println(line),
+            _ => eprintln!("{line}"),
         }
     }
 }
