@@ -13,6 +13,44 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+/// The distillation stages' lengths and learning rates (the defaults: the recipe of the
+/// frontier's rows), shared by `fff compress` and `fff experiment compress`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct StageArgs {
+    /// Tokens the layer-wise stage reads (inputs and targets from the original).
+    #[arg(long, default_value_t = 1_000_000)]
+    layerwise_tokens: u64,
+    /// Tokens the chained stage reads (inputs from the student, targets from the original).
+    #[arg(long, default_value_t = 1_000_000)]
+    chained_tokens: u64,
+    /// Tokens the joint stage reads (the whole student against the original's final hidden
+    /// states and embeddings).
+    #[arg(long, default_value_t = 600_000)]
+    joint_tokens: u64,
+    /// Peak learning rate of the layer-wise and chained stages (AdamW; warm-up, then cosine to
+    /// a tenth).
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f64,
+    /// Peak learning rate of the joint stage.
+    #[arg(long, default_value_t = 5e-4)]
+    joint_lr: f64,
+}
+
+impl StageArgs {
+    /// `recipe` with these stages; with `distil` false, no stage reads any text.
+    pub(crate) fn apply(&self, recipe: Recipe, distil: bool) -> Recipe {
+        let n = |t: u64| if distil { t } else { 0 };
+        Recipe {
+            layerwise_tokens: n(self.layerwise_tokens),
+            chained_tokens: n(self.chained_tokens),
+            joint_tokens: n(self.joint_tokens),
+            learning_rate: self.lr,
+            joint_learning_rate: self.joint_lr,
+            ..recipe
+        }
+    }
+}
+
 /// `fff compress` flags.
 #[derive(Args, Debug)]
 pub struct CompressArgs {
@@ -52,22 +90,8 @@ pub struct CompressArgs {
     /// Where the student starts: the original's neurons, or random.
     #[arg(long, value_enum, default_value_t = Start::Teacher)]
     start: Start,
-    /// Tokens the layer-wise stage reads (inputs and targets from the original).
-    #[arg(long, default_value_t = 2_000_000)]
-    layerwise_tokens: u64,
-    /// Tokens the chained stage reads (inputs from the student, targets from the original).
-    #[arg(long, default_value_t = 2_000_000)]
-    chained_tokens: u64,
-    /// Tokens the joint stage reads (the whole student against the original's final hidden
-    /// states and embeddings).
-    #[arg(long, default_value_t = 0)]
-    joint_tokens: u64,
-    /// Peak learning rate of the joint stage.
-    #[arg(long, default_value_t = 5e-4)]
-    joint_lr: f64,
-    /// Peak learning rate (AdamW; warm-up, then cosine to a tenth).
-    #[arg(long, default_value_t = 3e-3)]
-    lr: f64,
+    #[command(flatten)]
+    stages: StageArgs,
     /// Token rows per optimizer step.
     #[arg(long, default_value_t = 512)]
     step_rows: usize,
@@ -118,13 +142,8 @@ impl CompressArgs {
                  --width N"
             ),
         };
-        Ok(Recipe {
+        let recipe = Recipe {
             start: self.start,
-            layerwise_tokens: self.layerwise_tokens,
-            chained_tokens: self.chained_tokens,
-            joint_tokens: self.joint_tokens,
-            learning_rate: self.lr,
-            joint_learning_rate: self.joint_lr,
             step_rows: self.step_rows,
             chunk_tokens: self.chunk_tokens,
             max_tokens: self.max_tokens,
@@ -133,7 +152,8 @@ impl CompressArgs {
             eval_every: self.eval_every,
             seed: self.seed,
             ..Recipe::new(student)
-        })
+        };
+        Ok(self.stages.apply(recipe, true))
     }
 }
 

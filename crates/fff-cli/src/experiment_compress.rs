@@ -6,7 +6,7 @@
 //! original first and last, so that their ratios are side by side. Resumable: a finished row's
 //! model and figures are kept in the work folder; an interrupted compression resumes.
 
-use crate::compress::Bars;
+use crate::compress::{Bars, StageArgs};
 use crate::eval_embed::{probe_accuracy, sts_spearman};
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
@@ -56,22 +56,8 @@ pub struct CompressFrontierArgs {
     /// Tree depth of the shallow rows.
     #[arg(long, default_value_t = 1)]
     shallow_depth: usize,
-    /// Tokens of the layer-wise stage per row.
-    #[arg(long, default_value_t = 2_000_000)]
-    layerwise_tokens: u64,
-    /// Tokens of the chained stage per row.
-    #[arg(long, default_value_t = 2_000_000)]
-    chained_tokens: u64,
-    /// Tokens the joint stage reads (the whole student against the original's final hidden
-    /// states and embeddings).
-    #[arg(long, default_value_t = 0)]
-    joint_tokens: u64,
-    /// Peak learning rate of the joint stage.
-    #[arg(long, default_value_t = 5e-4)]
-    joint_lr: f64,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 3e-3)]
-    lr: f64,
+    #[command(flatten)]
+    stages: StageArgs,
     /// Rows' models, figures and checkpoints.
     #[arg(long, default_value = "runs/compress")]
     work_dir: PathBuf,
@@ -230,15 +216,7 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
         let dir = args.work_dir.join(name);
         let out = dir.join("model");
         let report_path = out.join("compression.json");
-        let distilled = kind != "removed";
-        let recipe = Recipe {
-            layerwise_tokens: if distilled { args.layerwise_tokens } else { 0 },
-            chained_tokens: if distilled { args.chained_tokens } else { 0 },
-            joint_tokens: if distilled { args.joint_tokens } else { 0 },
-            joint_learning_rate: args.joint_lr,
-            learning_rate: args.lr,
-            ..Recipe::new(*student)
-        };
+        let recipe = args.stages.apply(Recipe::new(*student), kind != "removed");
         let mut report: Option<Report> = read_json(&report_path)?;
         if let Some(r) = &report {
             if let Some((field, ours, theirs)) = r.recipe.difference(&recipe) {

@@ -293,9 +293,13 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
 
     let pooling = teacher.pooling(None, None);
     let held = teacher.embed(&corpus.holdout, &pooling, 64)?;
-    let held: Vec<Vec<f32>> = held.into_iter().map(|o| o.value).collect();
+    let holdout = Holdout {
+        texts: &corpus.holdout,
+        held: held.into_iter().map(|o| o.value).collect(),
+        pooling: pooling.clone(),
+    };
     if state.agreement.is_empty() && !corpus.holdout.is_empty() {
-        let a = agreement(&student, &corpus.holdout, &held, &pooling, "init", 0)?;
+        let a = agreement(&student, holdout.texts, &holdout.held, &pooling, "init", 0)?;
         observer.agreement(&a);
         state.agreement.push(a);
         save_checkpoint(&checkpoint, &state, &layers, None)?;
@@ -380,34 +384,16 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
                 loss,
             });
             let crossed = before / r.eval_every != state.tokens / r.eval_every;
-            if crossed && state.tokens < total && !corpus.holdout.is_empty() {
-                let a = agreement(
-                    &student,
-                    &corpus.holdout,
-                    &held,
-                    &pooling,
-                    stage.name(),
-                    state.tokens,
-                )?;
-                observer.agreement(&a);
-                state.agreement.push(a);
+            if crossed && state.tokens < total {
+                holdout.measure(&student, stage, &mut state, observer)?;
             }
             if last_save.elapsed().as_secs_f64() >= job.checkpoint_seconds {
                 save_with_optimizer(&checkpoint, &mut state, &layers, &opt, &stream)?;
                 last_save = Instant::now();
             }
         }
-        if total > 0 && !corpus.holdout.is_empty() {
-            let a = agreement(
-                &student,
-                &corpus.holdout,
-                &held,
-                &pooling,
-                stage.name(),
-                state.tokens,
-            )?;
-            observer.agreement(&a);
-            state.agreement.push(a);
+        if total > 0 {
+            holdout.measure(&student, stage, &mut state, observer)?;
         }
         observer.stage_finished(stage);
         state.stage += 1;
@@ -721,6 +707,39 @@ fn joint_chunk(
         sum += loss.to_scalar::<f32>()? as f64;
     }
     Ok(sum / groups.len().max(1) as f64)
+}
+
+/// The held-out passages, the teacher's embeddings of them and the pooling that made them.
+struct Holdout<'a> {
+    texts: &'a [String],
+    held: Vec<Vec<f32>>,
+    pooling: PoolingConfig,
+}
+
+impl Holdout<'_> {
+    /// Measures the student's agreement (when there is held-out text), reports and records it.
+    fn measure(
+        &self,
+        student: &Pipeline,
+        stage: Stage,
+        state: &mut State,
+        observer: &mut dyn Observer,
+    ) -> Result<()> {
+        if self.texts.is_empty() {
+            return Ok(());
+        }
+        let a = agreement(
+            student,
+            self.texts,
+            &self.held,
+            &self.pooling,
+            stage.name(),
+            state.tokens,
+        )?;
+        observer.agreement(&a);
+        state.agreement.push(a);
+        Ok(())
+    }
 }
 
 /// Cosines between the student's and the teacher's (`held`) embeddings of `texts`.

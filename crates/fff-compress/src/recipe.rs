@@ -91,9 +91,9 @@ impl Recipe {
         Recipe {
             student,
             start: Start::Teacher,
-            layerwise_tokens: 2_000_000,
-            chained_tokens: 2_000_000,
-            joint_tokens: 0,
+            layerwise_tokens: 1_000_000,
+            chained_tokens: 1_000_000,
+            joint_tokens: 600_000,
             learning_rate: 3e-3,
             joint_learning_rate: default_joint_learning_rate(),
             joint_step_tokens: default_joint_step_tokens(),
