@@ -8,10 +8,7 @@ use fastfeedforward::Activation;
 use fff_compress::job::{run as run_job, Job, Observer, Outcome, Progress};
 use fff_compress::{Agreement, Recipe, Stage, Start, Student};
 use indicatif::{ProgressBar, ProgressStyle};
-use signal_hook::consts::{SIGINT, SIGTERM};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 /// The distillation stages' lengths and learning rates (the defaults: the recipe of the
 /// frontier's rows), shared by `fff compress` and `fff experiment compress`.
@@ -232,15 +229,20 @@ impl Observer for Bars {
     }
 }
 
-/// Runs `fff compress`.
-pub fn run(args: CompressArgs) -> Result<()> {
-    // candle splits element-wise ops over 64k elements across its own spinning worker pool,
-    // which on a machine of few cores fights rayon's workers for them (measured: 1.7x slower
-    // distillation on 2 cores). The job's parallel work is rayon's; candle's ops stay on the
-    // calling thread. Set before candle starts its pool, while this is the only thread.
+/// Keeps candle's element-wise ops on the calling thread (unless `CANDLE_NUM_THREADS` says
+/// otherwise). candle splits ops over 64k elements across its own spinning worker pool, which
+/// on a machine of few cores fights rayon's workers for them (measured: 1.75x slower
+/// distillation on 2 cores); a compression's parallel work is rayon's. Call it first, before
+/// candle starts its pool and while this is the only thread.
+pub(crate) fn keep_candle_ops_on_caller() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+}
+
+/// Runs `fff compress`.
+pub fn run(args: CompressArgs) -> Result<()> {
+    keep_candle_ops_on_caller();
     let model = fff_bert::resolve_model(&args.model)?;
     let config = match fff_bert::ModelConfig::from_file(&model.join("config.json"))? {
         fff_bert::ModelConfig::Bert(c) => c,
@@ -274,13 +276,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
         recipe,
         checkpoint_seconds: args.checkpoint_minutes * 60.0,
     };
-    // The first SIGINT/SIGTERM asks the job to stop after its chunk (with a checkpoint); a
-    // second one ends the process at once.
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [SIGINT, SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))?;
-        signal_hook::flag::register(signal, Arc::clone(&stop))?;
-    }
+    let stop = crate::progress::stop_on_signals()?;
     outln!(
         "compressing {} into {}: {} per layer, on {}",
         job.model.display(),

@@ -8,7 +8,7 @@
 
 use crate::compress::{Bars, StageArgs};
 use crate::eval_embed::{probe_accuracy, sts_spearman};
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use fastfeedforward::Activation;
 use fff_bench::encoder::{
@@ -19,11 +19,8 @@ use fff_compress::job::{run as run_job, Job, Outcome};
 use fff_compress::{Recipe, Report, Student};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use signal_hook::consts::{SIGINT, SIGTERM};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 /// Options of `fff experiment compress`.
 #[derive(Args, Debug)]
@@ -174,9 +171,7 @@ fn quality(dir: &Path, args: &CompressFrontierArgs, cache: &Path) -> Result<(f64
 
 /// Runs `fff experiment compress`.
 pub fn run(args: CompressFrontierArgs) -> Result<()> {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
+    crate::compress::keep_candle_ops_on_caller();
     for path in [&args.json, &args.table].into_iter().flatten() {
         fff_util::fs::check_output_file(path, "--json/--table")?;
     }
@@ -187,11 +182,7 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
     };
     let (h, inter, layers) = (config.hidden, config.intermediate, config.layers);
     let grid = grid(&args, inter)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [SIGINT, SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))?;
-        signal_hook::flag::register(signal, Arc::clone(&stop))?;
-    }
+    let stop = crate::progress::stop_on_signals()?;
     std::fs::create_dir_all(&args.work_dir)
         .with_context(|| format!("cannot create {}", args.work_dir.display()))?;
 
@@ -348,7 +339,6 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
         plot(path, &rows, &speed, &args.shapes)?;
         outln!("wrote {}", path.display());
     }
-    ensure!(!rows.is_empty());
     Ok(())
 }
 

@@ -112,3 +112,16 @@ impl fff_bench::runner::BenchObserver for MeasurementProgress {
         }
     }
 }
+
+/// A flag the first SIGINT or SIGTERM sets, asking a long run to stop after its current step
+/// with a checkpoint; a second one, with the flag already set, ends the process at once (exit
+/// status 130).
+pub fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    Ok(stop)
+}

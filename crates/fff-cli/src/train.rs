@@ -13,7 +13,6 @@ use fff_train::inspect::RoutingTracker;
 use fff_train::memory::{training_memory, RunSize};
 use fff_train::trainer::{evaluate, optimizer_for, train_from, Interrupted};
 use fff_train::{EpochMetrics, Model, TrainConfig};
-use signal_hook::consts::{SIGINT, SIGTERM};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -139,13 +138,7 @@ fn save_tracker(tracker: Option<&RoutingTracker>, dir: Option<&Path>) -> Result<
 pub fn run(args: TrainArgs) -> Result<()> {
     let settings = args.settings()?;
     let resume = args.resume.as_deref();
-    // The first SIGINT/SIGTERM asks the run to stop after its step (and checkpoint); a second
-    // one, with the flag already set, ends the process at once.
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [SIGINT, SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))?;
-        signal_hook::flag::register(signal, Arc::clone(&stop))?;
-    }
+    let stop = crate::progress::stop_on_signals()?;
     let run = |stop| run_with(&settings, resume, args.track_routing, args.force, stop);
     let result = match settings.threads {
         Some(n) => {

@@ -18,14 +18,6 @@ use candle_core::{Device, Tensor};
 use fastfeedforward::{Fff, FffConfig, Init};
 use rayon::prelude::*;
 
-/// The teacher's FFN as a forest of depth-0 trees (one per neuron) and its output bias.
-pub struct TeacherFfn<'a> {
-    /// One tree per neuron, with the teacher's activation.
-    pub neurons: &'a Fff,
-    /// `output.dense.bias`.
-    pub bias: &'a [f32],
-}
-
 /// A sample of one layer's FFN inputs and the teacher's outputs, `[rows, hidden]` each.
 pub struct Sample<'a> {
     /// FFN inputs.
@@ -34,14 +26,16 @@ pub struct Sample<'a> {
     pub y: &'a [f32],
 }
 
-/// A student FFF of `config` whose nodes are teacher neurons chosen as the module docs say,
-/// with its output bias.
+/// A student FFF of `config` whose nodes are neurons of the teacher's FFN (`teacher`: a forest
+/// of depth-0 trees, one per neuron, with the teacher's activation) chosen as the module docs
+/// say, with its output bias (the sample's mean residual, so the teacher's own bias need not be
+/// given).
 pub fn from_teacher(
-    teacher: &TeacherFfn<'_>,
+    teacher: &Fff,
     sample: &Sample<'_>,
     config: FffConfig,
 ) -> Result<(Fff, Vec<f32>)> {
-    let tc = *teacher.neurons.config();
+    let tc = *teacher.config();
     let (h, width) = (tc.input_width, tc.trees);
     ensure!(
         tc.depth == 0,
@@ -51,11 +45,11 @@ pub fn from_teacher(
     ensure!(rows > 0 && sample.x.len() == rows * h && sample.y.len() == rows * h);
     let x = Tensor::from_slice(sample.x, (rows, h), &Device::Cpu)?;
     let z = x
-        .matmul(&teacher.neurons.w_in().t()?)?
-        .broadcast_add(teacher.neurons.b_in())?
+        .matmul(&teacher.w_in().t()?)?
+        .broadcast_add(teacher.b_in())?
         .flatten_all()?
         .to_vec1::<f32>()?;
-    let w_out_t = teacher.neurons.w_out_t().flatten_all()?.to_vec1::<f32>()?;
+    let w_out_t = teacher.w_out_t().flatten_all()?.to_vec1::<f32>()?;
     let norms: Vec<f32> = w_out_t
         .chunks(h)
         .map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt())
@@ -72,10 +66,14 @@ pub fn from_teacher(
 
     let m = config.nodes_per_tree();
     let mut chosen = vec![0usize; config.trees * m];
+    let everyone: Vec<u32> = (0..rows as u32).collect();
     // The sample rows reaching each node of the level being filled, per tree.
-    let mut reach: Vec<Vec<Vec<u32>>> = vec![vec![(0..rows as u32).collect()]; config.trees];
+    let mut reach: Vec<Vec<Vec<u32>>> = vec![vec![everyone.clone()]; config.trees];
     for level in 0..=config.depth {
         let first = (1 << level) - 1;
+        // Where no sample row reaches a node any choice is a guess: the neuron most important
+        // overall at the level's start, summed once per level, not once per empty node.
+        let mut overall: Option<Vec<f64>> = None;
         let mut next: Vec<Vec<Vec<u32>>> = Vec::with_capacity(config.trees);
         for (t, level_rows) in reach.iter().enumerate() {
             let mut children = Vec::with_capacity(2 * level_rows.len());
@@ -86,7 +84,13 @@ pub fn from_teacher(
                     n = (n - 1) / 2;
                     path.push(chosen[t * m + n]);
                 }
-                let j = best_neuron(&importance, width, rows_here, &path);
+                let j = if rows_here.is_empty() {
+                    let totals =
+                        overall.get_or_insert_with(|| column_totals(&importance, width, &everyone));
+                    best_neuron(totals, &path)
+                } else {
+                    best_neuron(&column_totals(&importance, width, rows_here), &path)
+                };
                 chosen[t * m + first + k] = j;
                 for &r in rows_here {
                     importance[r as usize * width + j] = 0.0;
@@ -102,8 +106,8 @@ pub fn from_teacher(
         reach = next;
     }
 
-    let w_in = teacher.neurons.w_in().flatten_all()?.to_vec1::<f32>()?;
-    let b_in = teacher.neurons.b_in().to_vec1::<f32>()?;
+    let w_in = teacher.w_in().flatten_all()?.to_vec1::<f32>()?;
+    let b_in = teacher.b_in().to_vec1::<f32>()?;
     let (mut wi, mut bi, mut wo) = (Vec::new(), Vec::new(), Vec::new());
     for &j in &chosen {
         wi.extend_from_slice(&w_in[j * h..(j + 1) * h]);
@@ -128,37 +132,24 @@ pub fn random(
     Ok((student, bias))
 }
 
-/// The neuron outside `path` with the largest importance summed over `rows` (the most important
-/// one overall where no row reaches the node).
-fn best_neuron(importance: &[f32], width: usize, rows: &[u32], path: &[usize]) -> usize {
-    let sum = |rows: &mut dyn Iterator<Item = usize>| -> Vec<f64> {
-        let mut acc = vec![0f64; width];
-        for r in rows {
-            for (a, &v) in acc.iter_mut().zip(&importance[r * width..(r + 1) * width]) {
-                *a += v as f64;
+/// Each neuron's importance summed over `rows`.
+fn column_totals(importance: &[f32], width: usize, rows: &[u32]) -> Vec<f64> {
+    rows.par_chunks(256)
+        .map(|c| {
+            let mut acc = vec![0f64; width];
+            for &r in c {
+                let r = r as usize;
+                for (a, &v) in acc.iter_mut().zip(&importance[r * width..(r + 1) * width]) {
+                    *a += v as f64;
+                }
             }
-        }
-        acc
-    };
-    let totals: Vec<f64> = if rows.is_empty() {
-        let all = importance.len() / width;
-        (0..all)
-            .into_par_iter()
-            .fold(
-                || vec![0f64; width],
-                |mut acc, r| {
-                    for (a, &v) in acc.iter_mut().zip(&importance[r * width..(r + 1) * width]) {
-                        *a += v as f64;
-                    }
-                    acc
-                },
-            )
-            .reduce(|| vec![0f64; width], add)
-    } else {
-        rows.par_chunks(256)
-            .map(|c| sum(&mut c.iter().map(|&r| r as usize)))
-            .reduce(|| vec![0f64; width], add)
-    };
+            acc
+        })
+        .reduce(|| vec![0f64; width], add)
+}
+
+/// The neuron outside `path` with the largest total.
+fn best_neuron(totals: &[f64], path: &[usize]) -> usize {
     // Ties (an all-zero column) go to the lowest index, so the choice is deterministic.
     let mut best: Option<usize> = None;
     for (j, &t) in totals.iter().enumerate() {
@@ -228,12 +219,8 @@ mod tests {
     #[test]
     fn a_depth_0_forest_of_every_neuron_is_the_teacher_itself() {
         let (t, bias, x, y) = teacher(8, 12, 64);
-        let teacher = TeacherFfn {
-            neurons: &t,
-            bias: &bias,
-        };
         let c = FffConfig::new(8, 8, 0, 12).with_activation(Activation::Gelu);
-        let (s, b) = from_teacher(&teacher, &Sample { x: &x, y: &y }, c).unwrap();
+        let (s, b) = from_teacher(&t, &Sample { x: &x, y: &y }, c).unwrap();
         // Every neuron chosen once, so the output (and the bias, the unchosen remainder) match.
         for (a, e) in b.iter().zip(&bias) {
             assert!((a - e).abs() < 1e-4, "{a} vs {e}");
@@ -247,13 +234,9 @@ mod tests {
 
     #[test]
     fn children_split_on_their_parents_sign_and_never_repeat_a_path_neuron() {
-        let (t, bias, x, y) = teacher(6, 40, 200);
-        let teacher = TeacherFfn {
-            neurons: &t,
-            bias: &bias,
-        };
+        let (t, _, x, y) = teacher(6, 40, 200);
         let c = FffConfig::new(6, 6, 3, 2).with_activation(Activation::Gelu);
-        let (s, _) = from_teacher(&teacher, &Sample { x: &x, y: &y }, c).unwrap();
+        let (s, _) = from_teacher(&t, &Sample { x: &x, y: &y }, c).unwrap();
         // Rows of w_in identify the neurons (the teacher's biases are all zero).
         let tw = t.w_in().to_vec2::<f32>().unwrap();
         let sw = s.w_in().to_vec2::<f32>().unwrap();

@@ -8,13 +8,13 @@
 //! from any checkpoint computes what the uninterrupted run computes.
 
 use crate::corpus::{self, Corpus, Cursor, Stream, TextFile};
-use crate::init::{self, Sample, TeacherFfn};
+use crate::init::{self, Sample};
 use crate::recipe::{Recipe, Stage, Start};
 use crate::shape::Student;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use candle_core::{Device, Tensor, Var};
 use fastfeedforward::{ConditionalLayer, Fff, FffConfig, Init};
-use fff_bert::convert::{teacher_ffn, write_with_dense, write_with_fff, WrittenLayer};
+use fff_bert::convert::{ffn_as_forest, write_with_dense, write_with_fff, WrittenLayer};
 use fff_bert::tokenizer::Encoding;
 use fff_bert::{
     BertTokenizer, FffBlocks, HfBertConfig, ModelConfig, Pipeline, PoolingConfig, Weights,
@@ -24,7 +24,6 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -200,10 +199,11 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
     }
     let r = &job.recipe;
     r.student.validate(c.hidden, c.intermediate)?;
-    let ffns = (0..c.layers)
-        .map(|i| teacher_ffn(&c, &weights, i))
-        .collect::<fff_bert::Result<Vec<_>>>()?;
     let teacher_act = c.act.as_activation();
+    // Each layer's FFN as one depth-0 tree per neuron: the neurons a student starts from.
+    let ffns = (0..c.layers)
+        .map(|i| ffn_as_forest(&c, &weights, i, teacher_act))
+        .collect::<fff_bert::Result<Vec<_>>>()?;
     let config = r.student.fff_config(c.hidden, teacher_act);
 
     observer.message("reading the text");
@@ -497,13 +497,8 @@ fn bert_config(dir: &Path) -> Result<(HfBertConfig, Weights)> {
 
 /// SHA-256 of the model folder's config and weights.
 fn model_digest(dir: &Path) -> Result<ModelDigest> {
-    let hash = |p: &Path| -> Result<String> {
-        let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
-        Ok(Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect())
-    };
+    // Streamed: a model's weights need not be held twice to be hashed.
+    let hash = |p: &Path| -> Result<String> { Ok(fff_train::checkpoint::digest(p)?.sha256) };
     let weights = ["model.safetensors", "pytorch_model.bin"]
         .iter()
         .map(|n| dir.join(n))
@@ -570,7 +565,7 @@ fn initialise(
     teacher: &Pipeline,
     tokenizer: &BertTokenizer,
     corpus: &Corpus,
-    ffns: &[(Fff, Vec<f32>)],
+    ffns: &[Fff],
     config: FffConfig,
     r: &Recipe,
 ) -> Result<Vec<Layer>> {
@@ -578,17 +573,10 @@ fn initialise(
     let encs = next_chunk(&mut stream, corpus, tokenizer, r.init_tokens)?;
     let (xs, ys) = taps(teacher, &BertTokenizer::pack(&encs), ffns.len(), true)?;
     let mut layers = Vec::with_capacity(ffns.len());
-    for (i, ((teacher_fff, bias), (x, y))) in ffns.iter().zip(xs.iter().zip(&ys)).enumerate() {
+    for (i, (teacher_fff, (x, y))) in ffns.iter().zip(xs.iter().zip(&ys)).enumerate() {
         let sample = Sample { x, y };
         let (fff, bias) = match r.start {
-            Start::Teacher => init::from_teacher(
-                &TeacherFfn {
-                    neurons: teacher_fff,
-                    bias,
-                },
-                &sample,
-                config,
-            )?,
+            Start::Teacher => init::from_teacher(teacher_fff, &sample, config)?,
             Start::Random => {
                 init::random(config, Init::Hyperspherical, r.seed + i as u64, &sample)?
             }
@@ -755,7 +743,7 @@ fn agreement(
     let mut cos: Vec<f64> = got
         .iter()
         .zip(held)
-        .map(|(a, b)| cosine(&a.value, b))
+        .map(|(a, b)| fff_bert::evaluate::cosine(&a.value, b))
         .collect();
     cos.sort_by(f64::total_cmp);
     let n = cos.len();
@@ -766,21 +754,6 @@ fn agreement(
         cosine_p5: cos[(n as f64 * 0.05) as usize],
         cosine_min: cos[0],
     })
-}
-
-/// Cosine of two vectors (0 where either is zero).
-pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        ab += x as f64 * y as f64;
-        aa += x as f64 * x as f64;
-        bb += y as f64 * y as f64;
-    }
-    if aa == 0.0 || bb == 0.0 {
-        0.0
-    } else {
-        ab / (aa.sqrt() * bb.sqrt())
-    }
 }
 
 fn save_with_optimizer(

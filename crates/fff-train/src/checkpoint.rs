@@ -25,7 +25,7 @@ const SET: [&str; 4] = [
 
 /// Size and SHA-256 of a file, read in pieces: the optimizer's file is twice the model, and
 /// reading it whole beside the state it was written from would double a save's memory.
-fn digest(path: &Path) -> Result<FileDigest> {
+pub fn digest(path: &Path) -> Result<FileDigest> {
     let cannot = || format!("cannot read {}", path.display());
     let mut file = std::fs::File::open(path).with_context(cannot)?;
     let mut hasher = Sha256::new();
