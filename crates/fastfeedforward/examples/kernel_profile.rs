@@ -1,7 +1,8 @@
-//! Runs the inference kernel on a layer of width 768 in a loop, for profilers:
+//! Runs the inference kernel on a layer in a loop, for profilers:
 //! `cargo run --release -p fastfeedforward --example kernel_profile [batch] [iterations]
-//! [strategy] [KxD] [simd]` (strategy: auto, per-token, bucketed, grouped or gemm; layer: K trees of
-//! depth D, default 1x11; simd: portable, avx2+fma or avx512f, default the best this CPU has).
+//! [strategy] [KxD] [simd] [width]` (strategy: auto, per-token, bucketed, grouped or gemm; layer: K
+//! trees of depth D, default 1x11; simd: portable, avx2+fma or avx512f, default the best this CPU
+//! has; width: input and output width, default 768, 384 for MiniLM's blocks).
 //! With `--features phase-timing`, also prints where a bucketed call's time goes.
 
 use fastfeedforward::{Fff, FffConfig, InferOptions, Init, SimdLevel, Strategy, Workspace};
@@ -39,23 +40,24 @@ fn main() -> fastfeedforward::Result<()> {
             .find(|l| l.name() == a)
             .expect("a SIMD level this CPU has: portable, avx2+fma or avx512f")
     });
+    let width = number(5, 768);
     let opts = InferOptions { strategy, simd };
-    let layer = Fff::new(FffConfig::new(768, 768, depth, trees), Init::Uniform, 0)?;
+    let layer = Fff::new(FffConfig::new(width, width, depth, trees), Init::Uniform, 0)?;
     // Standard normal inputs, and a new batch of them each call from a pool of at least 1024
     // rows, as in `fff bench layer`: the same inputs every call would find their rows in cache.
     let mut rng = StdRng::seed_from_u64(1);
     let pool_rows = (2 * batch).max(1024);
-    let pool: Vec<f32> = (0..pool_rows * 768)
+    let pool: Vec<f32> = (0..pool_rows * width)
         .map(|_| StandardNormal.sample(&mut rng))
         .collect();
-    let mut y = vec![0f32; batch * 768];
+    let mut y = vec![0f32; batch * width];
     let mut ws = Workspace::new();
     let mut offset = 0;
     let mut times = Vec::new();
     #[cfg(feature = "phase-timing")]
     let mut phase_sums = [std::time::Duration::ZERO; 5];
     for _ in 0..iterations {
-        let x = &pool[offset * 768..(offset + batch) * 768];
+        let x = &pool[offset * width..(offset + batch) * width];
         offset = (offset + batch) % (pool_rows - batch + 1);
         let s = Instant::now();
         layer.forward_infer_with(x, batch, &mut y, &mut ws, opts)?;

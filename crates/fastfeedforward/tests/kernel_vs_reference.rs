@@ -118,6 +118,33 @@ fn large_batch_threads_and_single_thread_agree() {
     }
 }
 
+/// An encoder-sized forest (MiniLM's width, 31 trees of depth 4): the GEMM walk takes its
+/// bottom levels in several passes of trees, each pass over the whole batch, so every tree
+/// must be walked exactly once, at every SIMD level and thread count (the formats run the same
+/// walk: tests/quantized.rs).
+#[test]
+fn encoder_forest_in_several_passes_matches_reference() {
+    let config = FffConfig::new(384, 384, 4, 31);
+    let layer = random_layer(config, 17);
+    let batch = 70;
+    let x = normal_vec(&mut rng(9), batch * config.input_width);
+    let expected = Expected::new(&layer, &x, batch);
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        for simd in SimdLevel::available() {
+            for strategy in [Strategy::Auto, Strategy::Gemm] {
+                let opts = InferOptions { strategy, simd };
+                let (got, routes) = pool.install(|| run_kernel(&layer, &x, batch, opts));
+                let what = format!("{threads} threads {simd:?} {strategy:?}");
+                expected.check(&got, Some(&routes), &what);
+            }
+        }
+    }
+}
+
 /// Outputs over the kernel's streaming threshold (16 MiB) and a batch over its chunk (16384
 /// inputs): streamed stores on 64-byte boundaries and off them (the output buffer placed at
 /// both), a short last chunk, and K = 2 (only the last tree streams).

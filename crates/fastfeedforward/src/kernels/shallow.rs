@@ -19,9 +19,9 @@
 //! bf16 and int8 weights the top rows are widened (scales applied) into the same copy, once per
 //! call, so they compute exactly what the format's reference does.
 
-use super::simd::{dispatch, vectorized, Simd, SimdLevel, SimdTask};
-use super::tile::{accumulate_rows, route_tile, RouteSink, TileRecord, MAX_LEVELS, TOKEN_TILE};
-use super::{child, FffWeightsView, WeightElem, Workspace};
+use super::simd::{dispatch, dot_rows, vectorized, Simd, SimdLevel, SimdTask};
+use super::tile::{accumulate_rows, RouteSink, MAX_LEVELS, TOKEN_TILE};
+use super::{child, FffWeightsView, WeightElem, WeightFormat, Workspace};
 use crate::config::Activation;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -91,7 +91,11 @@ pub(super) fn gemm_walk<E: WeightElem>(
     let c = &w.config;
     let (cin, cout) = (c.input_width, c.output_width);
     let (k, m, levels) = (c.trees, c.nodes_per_tree(), c.depth + 1);
-    let g = g.clamp(1, levels);
+    let g = std::env::var("FFF_G")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(g)
+        .clamp(1, levels);
     let top = (1usize << g) - 1;
     let cols = k * top;
     // The top rows of each tree, together, as f32; the weights themselves when that is all of
@@ -174,32 +178,42 @@ pub(super) fn gemm_walk<E: WeightElem>(
         );
         if g < levels {
             let reached = &ws.reached[..n * k];
-            let tile = |(j, (xt, yt)): (usize, (&[f32], &mut [f32]))| {
-                let start = j * TOKEN_TILE;
-                dispatch(
-                    level,
-                    BottomTile {
-                        w,
-                        g,
-                        x: xt,
-                        y: yt,
-                        reached: Some(&reached[start * k..(start + xt.len() / cin) * k]),
-                        first: first + start,
-                        trees: 0..k,
-                        routes,
-                    },
-                )
-            };
-            if rayon::current_num_threads() == 1 {
-                xc.chunks(TOKEN_TILE * cin)
-                    .zip(yc.chunks_mut(TOKEN_TILE * cout))
-                    .enumerate()
-                    .for_each(tile);
-            } else {
-                xc.par_chunks(TOKEN_TILE * cin)
-                    .zip(yc.par_chunks_mut(TOKEN_TILE * cout))
-                    .enumerate()
-                    .for_each(tile);
+            // Trees in passes whose bottom rows fit in a quarter of L2, each pass over the
+            // whole chunk: the rows stay cached across all its inputs, which stream past once
+            // per pass. Walking every tree per tile instead fetched all the bottom rows again
+            // for each tile (31 trees of depth 4 at width 384: 2.2 MB per tile of 8 inputs).
+            let row_bytes = (cin + cout) * std::mem::size_of::<E>();
+            let tree_bytes = ((m + 1) - (1usize << g)) * row_bytes;
+            let pass = (BOTTOM_PASS_BYTES / tree_bytes.max(1)).clamp(1, k);
+            for t in (0..k).step_by(pass) {
+                let trees = t..(t + pass).min(k);
+                let tile = |(j, (xt, yt)): (usize, (&[f32], &mut [f32]))| {
+                    let start = j * TOKEN_TILE;
+                    dispatch(
+                        level,
+                        BottomTile {
+                            w,
+                            g,
+                            x: xt,
+                            y: yt,
+                            reached: Some(&reached[start * k..(start + xt.len() / cin) * k]),
+                            first: first + start,
+                            trees: trees.clone(),
+                            routes,
+                        },
+                    )
+                };
+                if rayon::current_num_threads() == 1 {
+                    xc.chunks(TOKEN_TILE * cin)
+                        .zip(yc.chunks_mut(TOKEN_TILE * cout))
+                        .enumerate()
+                        .for_each(tile);
+                } else {
+                    xc.par_chunks(TOKEN_TILE * cin)
+                        .zip(yc.par_chunks_mut(TOKEN_TILE * cout))
+                        .enumerate()
+                        .for_each(tile);
+                }
             }
         }
     }
@@ -246,24 +260,41 @@ fn mask_top<E: WeightElem>(
             }
         }
     } else {
-        let mut nodes = [0usize; MAX_LEVELS];
-        let mut zs = [0f32; MAX_LEVELS];
-        for (t, (zt, r)) in zb.chunks_exact_mut(top).zip(reached.iter_mut()).enumerate() {
-            let mut n = 0;
+        // Four trees' descents interleaved: each level's logit load waits on the level above,
+        // and four independent chains keep the loads overlapped.
+        const LANES: usize = 4;
+        for (c4, (zc, rc)) in zb
+            .chunks_mut(LANES * top)
+            .zip(reached.chunks_mut(LANES))
+            .enumerate()
+        {
+            let trees = rc.len();
+            let mut n = [0usize; LANES];
+            let mut nodes = [[0usize; MAX_LEVELS]; LANES];
+            let mut zs = [[0f32; MAX_LEVELS]; LANES];
             for l in 0..g {
-                let z = zt[n] + w.b_in[t * m + n];
-                nodes[l] = n;
-                zs[l] = z;
-                n = child(n, z);
-            }
-            zt.fill(0.0);
-            for l in 0..g {
-                zt[nodes[l]] = zs[l];
-                if let Some((sink, input)) = routes {
-                    sink.record_level(input, t, l, t * m + nodes[l]);
+                for q in 0..trees {
+                    let z = zc[q * top + n[q]] + w.b_in[(c4 * LANES + q) * m + n[q]];
+                    nodes[q][l] = n[q];
+                    zs[q][l] = z;
+                    n[q] = child(n[q], z);
                 }
             }
-            *r = n as u32;
+            zc.fill(0.0);
+            for q in 0..trees {
+                for l in 0..g {
+                    zc[q * top + nodes[q][l]] = zs[q][l];
+                    if let Some((sink, input)) = routes {
+                        sink.record_level(
+                            input,
+                            c4 * LANES + q,
+                            l,
+                            (c4 * LANES + q) * m + nodes[q][l],
+                        );
+                    }
+                }
+                rc[q] = n[q] as u32;
+            }
         }
     }
     activate(c.activation, zb);
@@ -289,6 +320,14 @@ fn activate(act: Activation, v: &mut [f32]) {
 /// Rows of a tile's inputs gathered over several trees before they are added to `y`: one pass
 /// over each output row per group of trees instead of one per tree.
 const ROWS_PER_PASS: usize = 32;
+/// Bytes of bottom rows (input and output) the GEMM walk keeps cached per pass over a chunk:
+/// a quarter of a 2 MiB L2, leaving room for the inputs and outputs streaming past and for a
+/// sibling hyperthread.
+const BOTTOM_PASS_BYTES: usize = 512 << 10;
+/// Trees an input is routed through side by side: each vector of the input is loaded once for
+/// this many rows (see [`dot_rows`]), and four rows with two accumulators each fill the FMA
+/// pipes without spilling AVX2's sixteen registers.
+const TREES_PER_DOT: usize = 4;
 
 /// Levels `g..=D` of every tree for a tile of at most `TOKEN_TILE` inputs, added to `y`.
 struct BottomTile<'w, 'a, E: WeightElem> {
@@ -312,47 +351,71 @@ impl<E: WeightElem> SimdTask for BottomTile<'_, '_, E> {
     fn run<S: Simd>(self, s: S) {
         let w = self.w;
         let c = &w.config;
-        let (cin, cout, k) = (c.input_width, c.output_width, c.trees);
+        let (cin, cout, k, m) = (c.input_width, c.output_width, c.trees, c.nodes_per_tree());
         let levels = c.depth + 1;
         let per_tree = levels - self.g;
-        let group = (ROWS_PER_PASS / per_tree).max(1);
+        let group = (ROWS_PER_PASS / per_tree).clamp(1, ROWS_PER_PASS);
         let tile = self.x.len() / cin;
-        let mut xs: [&[f32]; TOKEN_TILE] = [&[]; TOKEN_TILE];
-        for (j, x) in self.x.chunks_exact(cin).enumerate() {
-            xs[j] = x;
-        }
-        let mut rec = TileRecord::new();
+        // Per input, the node each tree of the group stands at, then the rows it visited and
+        // their logits (activations once the group is routed), slot `tree · per_tree + level`.
+        let mut nodes = [[0usize; ROWS_PER_PASS]; TOKEN_TILE];
         let mut rows = [[0usize; ROWS_PER_PASS + MAX_LEVELS]; TOKEN_TILE];
         let mut acts = [[0f32; ROWS_PER_PASS + MAX_LEVELS]; TOKEN_TILE];
         let mut t0 = self.trees.start;
         while t0 < self.trees.end {
             let t1 = (t0 + group).min(self.trees.end);
-            let mut used = 0;
-            for t in t0..t1 {
-                for j in 0..tile {
-                    rec.nodes[j] = self.reached.map_or(0, |r| r[j * k + t] as usize);
+            let trees = t1 - t0;
+            for (j, nj) in nodes.iter_mut().enumerate().take(tile) {
+                for (i, n) in nj.iter_mut().enumerate().take(trees) {
+                    *n = self.reached.map_or(0, |r| r[j * k + t0 + i] as usize);
                 }
-                route_tile(
-                    s,
-                    w,
-                    t * c.nodes_per_tree(),
-                    &xs[..tile],
-                    self.g..levels,
-                    &mut rec,
-                    &[],
-                );
-                for j in 0..tile {
-                    for l in self.g..levels {
-                        rows[j][used + l - self.g] = rec.rows[j][l];
-                        acts[j][used + l - self.g] = rec.acts[j][l];
-                        if let Some(sink) = self.routes {
-                            sink.record_level(self.first + j, t, l, rec.rows[j][l]);
+            }
+            // Level by level, each input through [`TREES_PER_DOT`] trees at a time: the inputs
+            // of one level are independent, so their dot products overlap while each waits on
+            // the previous level's signs.
+            for l in self.g..levels {
+                for (j, x) in self.x.chunks_exact(cin).enumerate() {
+                    let mut i = 0;
+                    while i < trees {
+                        let r = TREES_PER_DOT.min(trees - i);
+                        let mut at = [0usize; TREES_PER_DOT];
+                        for (q, a) in at.iter_mut().enumerate().take(r) {
+                            *a = (t0 + i + q) * m + nodes[j][i + q];
                         }
+                        let row = |q: usize| w.w_in_row(at[q]);
+                        let mut z = [0f32; TREES_PER_DOT];
+                        match r {
+                            4 => z = dot_rows(s, [0, 1, 2, 3].map(row), x),
+                            3 => z[..3].copy_from_slice(&dot_rows(s, [0, 1, 2].map(row), x)),
+                            2 => z[..2].copy_from_slice(&dot_rows(s, [0, 1].map(row), x)),
+                            _ => z[0] = dot_rows(s, [row(0)], x)[0],
+                        }
+                        for (q, (&zq, &at)) in z.iter().zip(&at).enumerate().take(r) {
+                            let zq = zq * w.w_in_scale(at) + w.b_in[at];
+                            let slot = (i + q) * per_tree + l - self.g;
+                            rows[j][slot] = at;
+                            acts[j][slot] = zq;
+                            nodes[j][i + q] = child(nodes[j][i + q], zq);
+                            if let Some(sink) = self.routes {
+                                sink.record_level(self.first + j, t0 + i + q, l, at);
+                            }
+                        }
+                        i += r;
                     }
                 }
-                used += per_tree;
             }
+            let used = trees * per_tree;
             for (j, y) in self.y.chunks_exact_mut(cout).enumerate() {
+                // The activations in one vectorized pass, off the routing's critical path (a
+                // scalar GELU per visited node was a seventh of the walk); the output rows'
+                // scales ride on them (1 unless the weights are int8).
+                let a = &mut acts[j][..used];
+                activate(c.activation, a);
+                if E::FORMAT == WeightFormat::Int8 {
+                    for (a, &row) in a.iter_mut().zip(&rows[j][..used]) {
+                        *a *= w.w_out_scale(row);
+                    }
+                }
                 accumulate_rows(s, w, &rows[j][..used], &acts[j][..used], y, false, false);
             }
             t0 = t1;
