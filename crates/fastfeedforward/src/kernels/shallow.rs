@@ -29,8 +29,10 @@ use rayon::prelude::*;
 
 /// Cost of one visited neuron in the gather walk relative to one neuron in the SGEMM, measured
 /// on the machines of docs/benchmarks.md (between 3 and 8: the walk loads each weight row
-/// per input, the SGEMM reuses what it holds in registers and L1 across inputs).
-const WALK_COST: usize = 4;
+/// per input, the SGEMM reuses what it holds in registers and L1 across inputs; 3 since the
+/// walk routes four trees per load of an input: at 31x4 and width 384 it then picks 2 top
+/// levels, 0.9x the time of 3 at 2048 inputs).
+const WALK_COST: usize = 3;
 /// Smallest batch for the GEMM walk: below it an SGEMM is a handful of GEMVs.
 pub(super) const GEMM_MIN_BATCH: usize = 16;
 /// Logits held per chunk at most (floats): 32 MiB of `Z`. Each chunk's SGEMMs pack the weights
