@@ -8,18 +8,100 @@
 
 use crate::job::Layer;
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, D};
 use candle_nn::ops::{layer_norm_slow, softmax};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
 use fff_bert::{HfBertConfig, Weights};
+use std::sync::Arc;
 
-/// The frozen tensors of one post-LN BERT block, projections transposed for `x · Wᵀ`.
+/// The frozen tensors of one post-LN BERT block.
 struct Block {
-    q: (Tensor, Tensor),
-    k: (Tensor, Tensor),
-    v: (Tensor, Tensor),
-    o: (Tensor, Tensor),
+    q: FrozenLinear,
+    k: FrozenLinear,
+    v: FrozenLinear,
+    o: FrozenLinear,
     norm1: (Tensor, Tensor),
     norm2: (Tensor, Tensor),
+}
+
+/// A linear layer whose weights never train: `x · Wᵀ + b` forward, and backward the input's
+/// gradient `g · W` alone. candle's matmul backward also computes the gradient of the weights
+/// (and the bias's through its broadcast add), as much work again as the input's, for tensors
+/// the joint stage never updates.
+#[derive(Clone)]
+struct FrozenLinear {
+    /// `Wᵀ`, `[in, out]` row-major, for the forward.
+    w_t: Arc<Vec<f32>>,
+    /// `[out]`.
+    bias: Arc<Vec<f32>>,
+    /// `W`, `[out, in]` (the checkpoint's layout), for the backward.
+    w: Tensor,
+}
+
+impl FrozenLinear {
+    /// The layer of weight `w` (`[out, in]`) and bias `bias` (`[out]`).
+    fn new(w: Tensor, bias: &Tensor) -> Result<FrozenLinear> {
+        Ok(FrozenLinear {
+            w_t: Arc::new(w.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?),
+            bias: Arc::new(bias.to_vec1::<f32>()?),
+            w,
+        })
+    }
+
+    /// `x · Wᵀ + b` for `x` of `[rows, in]`.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.apply_op1(self.clone())
+    }
+}
+
+impl CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, inp) = layout.shape().dims2()?;
+        let out = self.bias.len();
+        if inp * out != self.w_t.len() {
+            bail!(
+                "frozen-linear: input of width {inp}, weights of {} for {out} outputs",
+                self.w_t.len()
+            );
+        }
+        let x = match (storage, layout.contiguous_offsets()) {
+            (CpuStorage::F32(x), Some((a, b))) => &x[a..b],
+            _ => bail!("frozen-linear: expected a contiguous f32 input"),
+        };
+        let mut y: Vec<f32> = self.bias.iter().copied().cycle().take(rows * out).collect();
+        let par = if rayon::current_num_threads() > 1 {
+            Par::rayon(0)
+        } else {
+            Par::Seq
+        };
+        matmul(
+            MatMut::from_row_major_slice_mut(&mut y, rows, out),
+            Accum::Add,
+            MatRef::from_row_major_slice(x, rows, inp),
+            MatRef::from_row_major_slice(&self.w_t, inp, out),
+            1.0f32,
+            par,
+        );
+        Ok((CpuStorage::F32(y), Shape::from((rows, out))))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.w)?))
+    }
 }
 
 /// The student's frozen parts: every block's attention and LayerNorms.
@@ -34,13 +116,11 @@ impl Frozen {
     /// The frozen tensors of the checkpoint `w` of config `c`.
     pub fn load(c: &HfBertConfig, w: &Weights, prefix: &str) -> Result<Frozen> {
         let h = c.hidden;
-        let linear = |name: &str| -> Result<(Tensor, Tensor)> {
-            Ok((
-                w.get(&format!("{name}.weight"), &[h, h])?
-                    .t()?
-                    .contiguous()?,
-                w.get(&format!("{name}.bias"), &[h])?,
-            ))
+        let linear = |name: &str| -> Result<FrozenLinear> {
+            FrozenLinear::new(
+                w.get(&format!("{name}.weight"), &[h, h])?,
+                &w.get(&format!("{name}.bias"), &[h])?,
+            )
         };
         let norm = |name: &str| -> Result<(Tensor, Tensor)> {
             let (g, b) = if w.contains(&format!("{name}.weight")) {
@@ -85,20 +165,19 @@ impl Frozen {
         let scale = 1.0 / (d as f64).sqrt();
         let mut x = x0.reshape((b * s, h))?;
         for (block, layer) in self.blocks.iter().zip(layers) {
-            let proj = |(w, bias): &(Tensor, Tensor), x: &Tensor| x.matmul(w)?.broadcast_add(bias);
             let split = |t: Tensor| -> candle_core::Result<Tensor> {
                 t.reshape((b, s, heads, d))?.transpose(1, 2)?.contiguous()
             };
-            let q = split(proj(&block.q, &x)?)?;
-            let k = split(proj(&block.k, &x)?)?;
-            let v = split(proj(&block.v, &x)?)?;
+            let q = split(block.q.forward(&x)?)?;
+            let k = split(block.k.forward(&x)?)?;
+            let v = split(block.v.forward(&x)?)?;
             let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&bias)?;
             let ctx = softmax(&scores, D::Minus1)?
                 .matmul(&v)?
                 .transpose(1, 2)?
                 .contiguous()?
                 .reshape((b * s, h))?;
-            let a = proj(&block.o, &ctx)?;
+            let a = block.o.forward(&ctx)?;
             let h1 = layer_norm_slow(&(a + &x)?, &block.norm1.0, &block.norm1.1, self.eps)?;
             let f = fastfeedforward::train_op::forward(
                 layer.fff.config(),
@@ -175,6 +254,50 @@ mod tests {
     use super::*;
     use fff_bert::{BertTokenizer, ModelConfig, Pipeline};
     use std::path::Path;
+
+    /// The frozen linear computes what candle's `x · Wᵀ + b` computes, and the same gradient
+    /// for its input, on random shapes (a non-contiguous gradient included: it meets a
+    /// transpose in the attention).
+    #[test]
+    fn frozen_linear_matches_candle_forward_and_input_gradient() {
+        use candle_core::Var;
+        let dev = &Device::Cpu;
+        for (rows, inp, out) in [(1, 1, 1), (5, 7, 3), (33, 16, 40), (64, 24, 24)] {
+            let w = Tensor::randn(0f32, 1.0, (out, inp), dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, out, dev).unwrap();
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (rows, inp), dev).unwrap()).unwrap();
+            let target = Tensor::randn(0f32, 1.0, (out, rows), dev)
+                .unwrap()
+                .t()
+                .unwrap();
+            let frozen = FrozenLinear::new(w.clone(), &b).unwrap();
+            let ours = frozen.forward(x.as_tensor()).unwrap();
+            let plain = x
+                .matmul(&w.t().unwrap())
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap();
+            let grad = |y: &Tensor| {
+                let loss = (y * &target).unwrap().sum_all().unwrap();
+                loss.backward().unwrap().get(x.as_tensor()).unwrap().clone()
+            };
+            let gap = |a: &Tensor, b: &Tensor| {
+                (a - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            };
+            assert!(gap(&ours, &plain) < 1e-4, "{rows}x{inp}x{out} forward");
+            assert!(
+                gap(&grad(&ours), &grad(&plain)) < 1e-4,
+                "{rows}x{inp}x{out} gradient"
+            );
+        }
+    }
 
     /// The candle student and the engine run the same compressed model (FFF blocks) on the same
     /// texts: the final hidden states of every real token agree.
