@@ -93,11 +93,7 @@ pub(super) fn gemm_walk<E: WeightElem>(
     let c = &w.config;
     let (cin, cout) = (c.input_width, c.output_width);
     let (k, m, levels) = (c.trees, c.nodes_per_tree(), c.depth + 1);
-    let g = std::env::var("FFF_G")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(g)
-        .clamp(1, levels);
+    let g = g.clamp(1, levels);
     let top = (1usize << g) - 1;
     let cols = k * top;
     // The top rows of each tree, together, as f32; the weights themselves when that is all of
