@@ -15,21 +15,21 @@ use std::path::PathBuf;
 #[derive(Args, Debug, Clone)]
 pub(crate) struct StageArgs {
     /// Tokens the layer-wise stage reads (inputs and targets from the original).
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = Recipe::LAYERWISE_TOKENS)]
     layerwise_tokens: u64,
     /// Tokens the chained stage reads (inputs from the student, targets from the original).
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = Recipe::CHAINED_TOKENS)]
     chained_tokens: u64,
     /// Tokens the joint stage reads (the whole student against the original's final hidden
     /// states and embeddings).
-    #[arg(long, default_value_t = 600_000)]
+    #[arg(long, default_value_t = Recipe::JOINT_TOKENS)]
     joint_tokens: u64,
     /// Peak learning rate of the layer-wise and chained stages (AdamW; warm-up, then cosine to
     /// a tenth).
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = Recipe::LEARNING_RATE)]
     lr: f64,
     /// Peak learning rate of the joint stage.
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = Recipe::JOINT_LEARNING_RATE)]
     joint_lr: f64,
 }
 

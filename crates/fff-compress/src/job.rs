@@ -299,9 +299,7 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
         pooling: pooling.clone(),
     };
     if state.agreement.is_empty() && !corpus.holdout.is_empty() {
-        let a = agreement(&student, holdout.texts, &holdout.held, &pooling, "init", 0)?;
-        observer.agreement(&a);
-        state.agreement.push(a);
+        holdout.measure(&student, "init", &mut state, observer)?;
         save_checkpoint(&checkpoint, &state, &layers, None)?;
     }
 
@@ -385,7 +383,7 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
             });
             let crossed = before / r.eval_every != state.tokens / r.eval_every;
             if crossed && state.tokens < total {
-                holdout.measure(&student, stage, &mut state, observer)?;
+                holdout.measure(&student, stage.name(), &mut state, observer)?;
             }
             if last_save.elapsed().as_secs_f64() >= job.checkpoint_seconds {
                 save_with_optimizer(&checkpoint, &mut state, &layers, &opt, &stream)?;
@@ -393,7 +391,7 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
             }
         }
         if total > 0 {
-            holdout.measure(&student, stage, &mut state, observer)?;
+            holdout.measure(&student, stage.name(), &mut state, observer)?;
         }
         observer.stage_finished(stage);
         state.stage += 1;
@@ -705,11 +703,12 @@ struct Holdout<'a> {
 }
 
 impl Holdout<'_> {
-    /// Measures the student's agreement (when there is held-out text), reports and records it.
+    /// Measures the student's agreement (when there is held-out text) at the end of `stage`'s
+    /// tokens so far, reports and records it.
     fn measure(
         &self,
         student: &Pipeline,
-        stage: Stage,
+        stage: &str,
         state: &mut State,
         observer: &mut dyn Observer,
     ) -> Result<()> {
@@ -721,7 +720,7 @@ impl Holdout<'_> {
             self.texts,
             &self.held,
             &self.pooling,
-            stage.name(),
+            stage,
             state.tokens,
         )?;
         observer.agreement(&a);

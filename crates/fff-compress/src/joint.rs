@@ -10,8 +10,7 @@ use crate::job::Layer;
 use anyhow::Result;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, D};
 use candle_nn::ops::{layer_norm_slow, softmax};
-use faer::linalg::matmul::matmul;
-use faer::{Accum, MatMut, MatRef, Par};
+use fff_bert::ops::Dense;
 use fff_bert::{HfBertConfig, Weights};
 use std::sync::Arc;
 
@@ -25,16 +24,14 @@ struct Block {
     norm2: (Tensor, Tensor),
 }
 
-/// A linear layer whose weights never train: `x · Wᵀ + b` forward, and backward the input's
-/// gradient `g · W` alone. candle's matmul backward also computes the gradient of the weights
-/// (and the bias's through its broadcast add), as much work again as the input's, for tensors
-/// the joint stage never updates.
+/// A linear layer whose weights never train: forward the engine's `x · Wᵀ + b` (weights
+/// packed once, bias in the epilogue), backward the input's gradient `g · W` alone. candle's
+/// matmul backward also computes the gradient of the weights (and the bias's through its
+/// broadcast add), as much work again as the input's, for tensors the joint stage never updates.
 #[derive(Clone)]
 struct FrozenLinear {
-    /// `Wᵀ`, `[in, out]` row-major, for the forward.
-    w_t: Arc<Vec<f32>>,
-    /// `[out]`.
-    bias: Arc<Vec<f32>>,
+    /// The forward.
+    dense: Arc<Dense>,
     /// `W`, `[out, in]` (the checkpoint's layout), for the backward.
     w: Tensor,
 }
@@ -43,8 +40,7 @@ impl FrozenLinear {
     /// The layer of weight `w` (`[out, in]`) and bias `bias` (`[out]`).
     fn new(w: Tensor, bias: &Tensor) -> Result<FrozenLinear> {
         Ok(FrozenLinear {
-            w_t: Arc::new(w.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?),
-            bias: Arc::new(bias.to_vec1::<f32>()?),
+            dense: Arc::new(Dense::from_tensors(&w, Some(bias))?),
             w,
         })
     }
@@ -66,32 +62,16 @@ impl CustomOp1 for FrozenLinear {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (rows, inp) = layout.shape().dims2()?;
-        let out = self.bias.len();
-        if inp * out != self.w_t.len() {
-            bail!(
-                "frozen-linear: input of width {inp}, weights of {} for {out} outputs",
-                self.w_t.len()
-            );
+        let (d_in, d_out) = (self.dense.inp, self.dense.out);
+        if inp != d_in {
+            bail!("frozen-linear: input of width {inp}, weights of width {d_in}");
         }
         let x = match (storage, layout.contiguous_offsets()) {
             (CpuStorage::F32(x), Some((a, b))) => &x[a..b],
             _ => bail!("frozen-linear: expected a contiguous f32 input"),
         };
-        let mut y: Vec<f32> = self.bias.iter().copied().cycle().take(rows * out).collect();
-        let par = if rayon::current_num_threads() > 1 {
-            Par::rayon(0)
-        } else {
-            Par::Seq
-        };
-        matmul(
-            MatMut::from_row_major_slice_mut(&mut y, rows, out),
-            Accum::Add,
-            MatRef::from_row_major_slice(x, rows, inp),
-            MatRef::from_row_major_slice(&self.w_t, inp, out),
-            1.0f32,
-            par,
-        );
-        Ok((CpuStorage::F32(y), Shape::from((rows, out))))
+        let y = self.dense.apply(x, rows);
+        Ok((CpuStorage::F32(y), Shape::from((rows, d_out))))
     }
 
     fn bwd(

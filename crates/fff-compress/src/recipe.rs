@@ -86,15 +86,26 @@ pub struct Recipe {
 }
 
 impl Recipe {
+    /// Default tokens of the layer-wise stage (the frontier's recipe).
+    pub const LAYERWISE_TOKENS: u64 = 1_000_000;
+    /// Default tokens of the chained stage.
+    pub const CHAINED_TOKENS: u64 = 1_000_000;
+    /// Default tokens of the joint stage.
+    pub const JOINT_TOKENS: u64 = 600_000;
+    /// Default peak learning rate of the layer-wise and chained stages.
+    pub const LEARNING_RATE: f64 = 3e-3;
+    /// Default peak learning rate of the joint stage.
+    pub const JOINT_LEARNING_RATE: f64 = 5e-4;
+
     /// The defaults for `student`.
     pub fn new(student: Student) -> Recipe {
         Recipe {
             student,
             start: Start::Teacher,
-            layerwise_tokens: 1_000_000,
-            chained_tokens: 1_000_000,
-            joint_tokens: 600_000,
-            learning_rate: 3e-3,
+            layerwise_tokens: Self::LAYERWISE_TOKENS,
+            chained_tokens: Self::CHAINED_TOKENS,
+            joint_tokens: Self::JOINT_TOKENS,
+            learning_rate: Self::LEARNING_RATE,
             joint_learning_rate: default_joint_learning_rate(),
             joint_step_tokens: default_joint_step_tokens(),
             step_rows: 512,
@@ -179,7 +190,7 @@ impl Recipe {
 }
 
 fn default_joint_learning_rate() -> f64 {
-    5e-4
+    Recipe::JOINT_LEARNING_RATE
 }
 
 fn default_joint_step_tokens() -> usize {
