@@ -3,8 +3,9 @@
 //! dense FFN shrunk to the same multiply-adds (the teacher's most important neurons, distilled
 //! the same way). Each row has its quality (STS, probe, cosine to the original on held-out
 //! text), size, multiply-adds and speed; the speeds of all rows are measured in one phase, the
-//! original first and last, so that their ratios are side by side. Resumable: a finished row's
-//! model and figures are kept in the work folder; an interrupted compression resumes.
+//! original first and last, so that their ratios are side by side. An ablation takes the
+//! recipe's ingredients away from one row, one at a time. Resumable: a finished row's model and
+//! figures are kept in the work folder; an interrupted compression resumes.
 
 use crate::compress::{Bars, StageArgs};
 use crate::eval_embed::{probe_accuracy, sts_spearman};
@@ -16,7 +17,7 @@ use fff_bench::encoder::{
 };
 use fff_bert::Pipeline;
 use fff_compress::job::{run as run_job, Job, Outcome};
-use fff_compress::{Recipe, Report, Student};
+use fff_compress::{Recipe, Report, Start, Student};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -55,6 +56,11 @@ pub struct CompressFrontierArgs {
     shallow_depth: usize,
     #[command(flatten)]
     stages: StageArgs,
+    /// A row to ablate (its name, e.g. fff-31x4): rows with the recipe's ingredients taken
+    /// away (no distillation, the layer-wise stage alone, no chained stage, no joint stage)
+    /// and the whole recipe from a random start. Quality only: their speed is the row's.
+    #[arg(long)]
+    ablate: Option<String>,
     /// Rows' models, figures and checkpoints.
     #[arg(long, default_value = "runs/compress")]
     work_dir: PathBuf,
@@ -103,21 +109,94 @@ struct Row {
     hours: Option<f64>,
 }
 
-/// The rows' names and students, in order.
-fn grid(
-    args: &CompressFrontierArgs,
-    intermediate: usize,
-) -> Result<Vec<(String, String, f64, Student)>> {
-    let mut rows: Vec<(String, String, f64, Student)> = Vec::new();
+/// One ingredient of the recipe taken away (or changed) in an ablation row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ablation {
+    /// The teacher initialisation alone: no stage reads text.
+    NoDistillation,
+    /// The layer-wise stage alone.
+    LayerwiseOnly,
+    /// No chained stage.
+    NoChained,
+    /// No joint stage.
+    NoJoint,
+    /// Every stage, from the library's random initialisation instead of the teacher's neurons.
+    RandomStart,
+}
+
+impl Ablation {
+    const ALL: [Ablation; 5] = [
+        Ablation::NoDistillation,
+        Ablation::LayerwiseOnly,
+        Ablation::NoChained,
+        Ablation::NoJoint,
+        Ablation::RandomStart,
+    ];
+
+    /// The suffix of the row's name.
+    fn suffix(self) -> &'static str {
+        match self {
+            Ablation::NoDistillation => "no-distillation",
+            Ablation::LayerwiseOnly => "layerwise-only",
+            Ablation::NoChained => "no-chained",
+            Ablation::NoJoint => "no-joint",
+            Ablation::RandomStart => "random-start",
+        }
+    }
+
+    /// `recipe` without this ingredient.
+    fn apply(self, recipe: Recipe) -> Recipe {
+        match self {
+            Ablation::NoDistillation => Recipe {
+                layerwise_tokens: 0,
+                chained_tokens: 0,
+                joint_tokens: 0,
+                ..recipe
+            },
+            Ablation::LayerwiseOnly => Recipe {
+                chained_tokens: 0,
+                joint_tokens: 0,
+                ..recipe
+            },
+            Ablation::NoChained => Recipe {
+                chained_tokens: 0,
+                ..recipe
+            },
+            Ablation::NoJoint => Recipe {
+                joint_tokens: 0,
+                ..recipe
+            },
+            Ablation::RandomStart => Recipe {
+                start: Start::Random,
+                ..recipe
+            },
+        }
+    }
+}
+
+/// A row of the grid: what to compress and how.
+struct GridRow {
+    name: String,
+    kind: String,
+    budget: f64,
+    student: Student,
+    /// Set on the rows of an ablation.
+    ablation: Option<Ablation>,
+}
+
+/// The rows, in order: the floor, each budget's kinds, then the ablation's rows.
+fn grid(args: &CompressFrontierArgs, intermediate: usize) -> Result<Vec<GridRow>> {
+    let mut rows: Vec<GridRow> = Vec::new();
     if args.kinds.iter().any(|k| k == "removed") {
         // The floor: each FFN replaced by its single most important neuron and its mean output
         // (no distillation), 1 of the FFN's neurons.
-        rows.push((
-            "removed".into(),
-            "removed".into(),
-            1.0 / intermediate as f64,
-            Student::Dense { width: 1 },
-        ));
+        rows.push(GridRow {
+            name: "removed".into(),
+            kind: "removed".into(),
+            budget: 1.0 / intermediate as f64,
+            student: Student::Dense { width: 1 },
+            ablation: None,
+        });
     }
     for &b in &args.budgets {
         for kind in &args.kinds {
@@ -135,9 +214,41 @@ fn grid(
                 Student::Fff { trees, depth, .. } => format!("fff-{trees}x{depth}"),
                 Student::Dense { width } => format!("dense-{width}"),
             };
-            if !rows.iter().any(|(n, ..)| *n == name) {
-                rows.push((name, kind.clone(), b, s));
+            if !rows.iter().any(|r| r.name == name) {
+                rows.push(GridRow {
+                    name,
+                    kind: kind.clone(),
+                    budget: b,
+                    student: s,
+                    ablation: None,
+                });
             }
+        }
+    }
+    if let Some(target) = &args.ablate {
+        let Some(base) = rows
+            .iter()
+            .find(|r| r.name == *target && r.kind != "removed")
+        else {
+            let names: Vec<&str> = rows
+                .iter()
+                .filter(|r| r.kind != "removed")
+                .map(|r| r.name.as_str())
+                .collect();
+            bail!(
+                "--ablate: `{target}` is not a distilled row of this grid (its rows: {})",
+                names.join(", ")
+            );
+        };
+        let (budget, student) = (base.budget, base.student);
+        for a in Ablation::ALL {
+            rows.push(GridRow {
+                name: format!("{target}-{}", a.suffix()),
+                kind: "ablation".into(),
+                budget,
+                student,
+                ablation: Some(a),
+            });
         }
     }
     Ok(rows)
@@ -203,11 +314,22 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
     }];
     outln!("original: STS {sts:.2}, probe {probe:.2}%");
     let mut models: Vec<(String, PathBuf)> = vec![("original".into(), model.clone())];
-    for (name, kind, budget, student) in &grid {
+    for GridRow {
+        name,
+        kind,
+        budget,
+        student,
+        ablation,
+    } in &grid
+    {
         let dir = args.work_dir.join(name);
         let out = dir.join("model");
         let report_path = out.join("compression.json");
         let recipe = args.stages.apply(Recipe::new(*student), kind != "removed");
+        let recipe = match ablation {
+            Some(a) => a.apply(recipe),
+            None => recipe,
+        };
         let mut report: Option<Report> = read_json(&report_path)?;
         if let Some(r) = &report {
             if let Some((field, ours, theirs)) = r.recipe.difference(&recipe) {
@@ -262,7 +384,9 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
             "{name}: STS {sts:.2}, probe {probe:.2}%, cosine {:.4}",
             last.map_or(f64::NAN, |a| a.cosine_mean)
         );
-        models.push((name.clone(), out));
+        if ablation.is_none() {
+            models.push((name.clone(), out));
+        }
     }
 
     // Speed: every model in one phase, the original first and last.
@@ -409,17 +533,22 @@ fn plot(
 ) -> Result<()> {
     use fff_util::chart::{draw, Chart, Legend, Series};
     let key = shapes.last().map(|s| s.name()).unwrap_or_default();
-    let mut by_kind: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    // Each kind's points joined in the order of their budgets (the speeds of neighbouring
+    // budgets can be within noise of each other).
+    let mut by_kind: BTreeMap<&str, Vec<(f64, f64, f64)>> = BTreeMap::new();
     for r in rows {
         if let Some(v) = speed.get(&r.name).and_then(|s| s[&key].as_f64()) {
-            by_kind.entry(r.kind.as_str()).or_default().push((v, r.sts));
+            by_kind
+                .entry(r.kind.as_str())
+                .or_default()
+                .push((r.budget, v, r.sts));
         }
     }
     let series: Vec<Series> = by_kind
         .into_iter()
         .map(|(k, mut pts)| {
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-            Series::line(k, pts)
+            Series::line(k, pts.into_iter().map(|(_, v, sts)| (v, sts)).collect())
         })
         .collect();
     let x = format!("tokens/s at {key}");
@@ -436,4 +565,109 @@ fn plot(
         &series,
     )
     .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: CompressFrontierArgs,
+    }
+
+    fn args(extra: &[&str]) -> CompressFrontierArgs {
+        let mut argv = vec![
+            "x", "--model", "m", "--text", "t", "--sts", "s", "--probe", "p",
+        ];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).expect("valid flags").args
+    }
+
+    #[test]
+    fn ablation_rows_take_one_ingredient_at_a_time_from_the_named_row() {
+        let a = args(&[
+            "--budgets",
+            "0.1",
+            "--kinds",
+            "fff-deep,dense",
+            "--ablate",
+            "fff-31x4",
+        ]);
+        let rows = grid(&a, 1536).unwrap();
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "fff-31x4",
+                "dense-154",
+                "fff-31x4-no-distillation",
+                "fff-31x4-layerwise-only",
+                "fff-31x4-no-chained",
+                "fff-31x4-no-joint",
+                "fff-31x4-random-start",
+            ]
+        );
+        let base = a.stages.apply(Recipe::new(rows[0].student), true);
+        let (l, c, j) = (
+            base.layerwise_tokens,
+            base.chained_tokens,
+            base.joint_tokens,
+        );
+        assert!(l > 0 && c > 0 && j > 0 && base.start == Start::Teacher);
+        for r in &rows[2..] {
+            assert_eq!((r.kind.as_str(), r.student), ("ablation", rows[0].student));
+            assert_eq!(r.budget, rows[0].budget);
+            let ablated = r.ablation.expect("an ablation row").apply(base.clone());
+            let got = (
+                ablated.layerwise_tokens,
+                ablated.chained_tokens,
+                ablated.joint_tokens,
+                ablated.start,
+            );
+            let want = match r.ablation.unwrap() {
+                Ablation::NoDistillation => (0, 0, 0, Start::Teacher),
+                Ablation::LayerwiseOnly => (l, 0, 0, Start::Teacher),
+                Ablation::NoChained => (l, 0, j, Start::Teacher),
+                Ablation::NoJoint => (l, c, 0, Start::Teacher),
+                Ablation::RandomStart => (l, c, j, Start::Random),
+            };
+            assert_eq!(got, want, "{}", r.name);
+            // Nothing else of the recipe changes.
+            let restored = Recipe {
+                layerwise_tokens: l,
+                chained_tokens: c,
+                joint_tokens: j,
+                start: Start::Teacher,
+                ..ablated
+            };
+            assert_eq!(restored, base, "{}", r.name);
+        }
+    }
+
+    #[test]
+    fn ablating_a_row_outside_the_grid_is_refused_with_the_grids_rows() {
+        let a = args(&[
+            "--budgets",
+            "0.1",
+            "--kinds",
+            "removed,fff-deep",
+            "--ablate",
+            "removed",
+        ]);
+        let e = grid(&a, 1536).err().expect("refused").to_string();
+        assert!(e.contains("--ablate") && e.contains("fff-31x4"), "{e}");
+        let a = args(&[
+            "--budgets",
+            "0.1",
+            "--kinds",
+            "dense",
+            "--ablate",
+            "fff-31x4",
+        ]);
+        let e = grid(&a, 1536).err().expect("refused").to_string();
+        assert!(e.contains("dense-154"), "{e}");
+    }
 }
