@@ -130,6 +130,9 @@ pub struct EncoderReport {
     pub machine: String,
     /// Threads every runtime ran on.
     pub threads: usize,
+    /// The weight format of the engine's FFF layers (f32, bf16 or int8; the rest is f32).
+    #[serde(default)]
+    pub ffn_weights: String,
     /// The shapes, in order.
     pub shapes: Vec<Shape>,
     /// Workload texts, tokens (specials included) and batch size.
@@ -289,6 +292,7 @@ pub fn run_encoder(
         model: opts.model_dir.display().to_string(),
         machine: fff_util::machine(),
         threads: rayon::current_num_threads(),
+        ffn_weights: p.model.weight_format().to_string(),
         shapes: opts.shapes.clone(),
         workload: None,
         runtimes: BTreeMap::new(),

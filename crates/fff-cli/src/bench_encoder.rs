@@ -25,6 +25,10 @@ pub struct EncoderBenchArgs {
     /// of any other file.
     #[arg(long)]
     workload: Option<PathBuf>,
+    /// Weight format of the model's FFF layers in the engine: f32, bf16 or int8 (per-row
+    /// scales); attention, embeddings and dense FFNs stay f32.
+    #[arg(long, default_value = "f32")]
+    weights: fastfeedforward::WeightFormat,
     /// Texts per batch in the workload.
     #[arg(long, value_parser = crate::limits::count::<{crate::limits::ROWS}>, default_value_t = 32)]
     batch_size: usize,
@@ -80,7 +84,11 @@ pub fn run(args: EncoderBenchArgs) -> Result<()> {
             .context("setting the thread count")?;
     }
     let dir = fff_bert::resolve_model(&args.model)?;
-    let pipeline = Pipeline::load(&dir)?;
+    let mut pipeline = Pipeline::load(&dir)?;
+    pipeline
+        .model
+        .set_weight_format(args.weights)
+        .with_context(|| format!("storing the FFF layers as {}", args.weights))?;
     let workload = match &args.workload {
         Some(path) => Some((read_workload(path)?, args.batch_size)),
         None => None,
@@ -106,10 +114,11 @@ pub fn run(args: EncoderBenchArgs) -> Result<()> {
         seed: args.seed,
     };
     outln!(
-        "fff bench encoder: {} ({} layers, hidden {}); {} threads; {}",
+        "fff bench encoder: {} ({} layers, hidden {}, FFF weights {}); {} threads; {}",
         dir.display(),
         pipeline.model.config().layers,
         pipeline.model.config().hidden,
+        args.weights,
         rayon::current_num_threads(),
         fff_util::machine()
     );
@@ -126,8 +135,8 @@ pub fn run(args: EncoderBenchArgs) -> Result<()> {
     }
     if let Some(path) = &args.table {
         let text = format!(
-            "Machine: {}; {} threads; model {}.\n\n{tables}",
-            report.machine, report.threads, report.model
+            "Machine: {}; {} threads; model {}; FFF weights {}.\n\n{tables}",
+            report.machine, report.threads, report.model, report.ffn_weights
         );
         fff_util::fs::write_atomic(path, text.as_bytes())?;
         outln!("wrote {}", path.display());
