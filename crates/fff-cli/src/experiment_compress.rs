@@ -61,6 +61,11 @@ pub struct CompressFrontierArgs {
     /// and the whole recipe from a random start. Quality only: their speed is the row's.
     #[arg(long)]
     ablate: Option<String>,
+    /// Seeds of the text order and initialisation: each budget's rows are compressed once per
+    /// seed (rows of seeds after the first are named `ROW-seedN`; quality only), and the table
+    /// gives each row's mean and range over them.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    seeds: Vec<u64>,
     /// Rows' models, figures and checkpoints.
     #[arg(long, default_value = "runs/compress")]
     work_dir: PathBuf,
@@ -107,6 +112,12 @@ struct Row {
     cosine_mean: Option<f64>,
     cosine_p5: Option<f64>,
     hours: Option<f64>,
+    /// The recipe's seed.
+    #[serde(default)]
+    seed: u64,
+    /// The row this one repeats with another seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    repeats: Option<String>,
 }
 
 /// One ingredient of the recipe taken away (or changed) in an ablation row.
@@ -182,6 +193,18 @@ struct GridRow {
     student: Student,
     /// Set on the rows of an ablation.
     ablation: Option<Ablation>,
+    /// The recipe's seed.
+    seed: u64,
+    /// The row this one repeats with another seed.
+    repeats: Option<String>,
+}
+
+impl GridRow {
+    /// Whether the row is timed: the first seed's rows of each shape (the others compute the
+    /// same shape).
+    fn timed(&self, first_seed: u64) -> bool {
+        self.ablation.is_none() && self.seed == first_seed
+    }
 }
 
 /// The rows, in order: the floor, each budget's kinds, then the ablation's rows.
@@ -196,8 +219,13 @@ fn grid(args: &CompressFrontierArgs, intermediate: usize) -> Result<Vec<GridRow>
             budget: 1.0 / intermediate as f64,
             student: Student::Dense { width: 1 },
             ablation: None,
+            seed: 0,
+            repeats: None,
         });
     }
+    let Some(&first_seed) = args.seeds.first() else {
+        bail!("--seeds: give at least one seed");
+    };
     for &b in &args.budgets {
         for kind in &args.kinds {
             let (depth, dense) = match kind.as_str() {
@@ -214,14 +242,23 @@ fn grid(args: &CompressFrontierArgs, intermediate: usize) -> Result<Vec<GridRow>
                 Student::Fff { trees, depth, .. } => format!("fff-{trees}x{depth}"),
                 Student::Dense { width } => format!("dense-{width}"),
             };
-            if !rows.iter().any(|r| r.name == name) {
-                rows.push(GridRow {
-                    name,
-                    kind: kind.clone(),
-                    budget: b,
-                    student: s,
-                    ablation: None,
-                });
+            for &seed in &args.seeds {
+                let (row, repeats) = if seed == first_seed {
+                    (name.clone(), None)
+                } else {
+                    (format!("{name}-seed{seed}"), Some(name.clone()))
+                };
+                if !rows.iter().any(|r| r.name == row) {
+                    rows.push(GridRow {
+                        name: row,
+                        kind: kind.clone(),
+                        budget: b,
+                        student: s,
+                        ablation: None,
+                        seed,
+                        repeats,
+                    });
+                }
             }
         }
     }
@@ -240,7 +277,7 @@ fn grid(args: &CompressFrontierArgs, intermediate: usize) -> Result<Vec<GridRow>
                 names.join(", ")
             );
         };
-        let (budget, student) = (base.budget, base.student);
+        let (budget, student, seed) = (base.budget, base.student, base.seed);
         for a in Ablation::ALL {
             rows.push(GridRow {
                 name: format!("{target}-{}", a.suffix()),
@@ -248,6 +285,8 @@ fn grid(args: &CompressFrontierArgs, intermediate: usize) -> Result<Vec<GridRow>
                 budget,
                 student,
                 ablation: Some(a),
+                seed,
+                repeats: None,
             });
         }
     }
@@ -311,21 +350,29 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
         cosine_mean: Some(1.0),
         cosine_p5: Some(1.0),
         hours: None,
+        seed: 0,
+        repeats: None,
     }];
     outln!("original: STS {sts:.2}, probe {probe:.2}%");
     let mut models: Vec<(String, PathBuf)> = vec![("original".into(), model.clone())];
-    for GridRow {
-        name,
-        kind,
-        budget,
-        student,
-        ablation,
-    } in &grid
-    {
+    let first_seed = args.seeds[0];
+    for row in &grid {
+        let GridRow {
+            name,
+            kind,
+            budget,
+            student,
+            ablation,
+            seed,
+            repeats,
+        } = row;
         let dir = args.work_dir.join(name);
         let out = dir.join("model");
         let report_path = out.join("compression.json");
-        let recipe = args.stages.apply(Recipe::new(*student), kind != "removed");
+        let recipe = Recipe {
+            seed: *seed,
+            ..args.stages.apply(Recipe::new(*student), kind != "removed")
+        };
         let recipe = match ablation {
             Some(a) => a.apply(recipe),
             None => recipe,
@@ -379,12 +426,14 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
             cosine_mean: last.map(|a| a.cosine_mean),
             cosine_p5: last.map(|a| a.cosine_p5),
             hours: Some(report.seconds.values().sum::<f64>() / 3600.0),
+            seed: *seed,
+            repeats: repeats.clone(),
         });
         outln!(
             "{name}: STS {sts:.2}, probe {probe:.2}%, cosine {:.4}",
             last.map_or(f64::NAN, |a| a.cosine_mean)
         );
-        if ablation.is_none() {
+        if row.timed(first_seed) {
             models.push((name.clone(), out));
         }
     }
@@ -522,6 +571,52 @@ fn markdown(
         t.push_str(" |\n");
     }
     t.push_str("\nSpeeds: tokens/s for the shapes, sentences/s for the workload (medians), with the ratio to the original measured in the same run.\n");
+    t.push_str(&seeds_table(rows));
+    t
+}
+
+/// Each row compressed with several seeds: the mean and range of its quality over them (empty
+/// when no row was).
+fn seeds_table(rows: &[Row]) -> String {
+    let mut groups: Vec<(&str, Vec<&Row>)> = Vec::new();
+    for r in rows {
+        let base = r.repeats.as_deref().unwrap_or(&r.name);
+        match groups.iter_mut().find(|(b, _)| *b == base) {
+            Some((_, g)) => g.push(r),
+            None => groups.push((base, vec![r])),
+        }
+    }
+    groups.retain(|(_, g)| g.len() > 1);
+    if groups.is_empty() {
+        return String::new();
+    }
+    let mut t = String::from(
+        "\nOver seeds (mean, min–max):\n\n| row | seeds | STS | probe % | cos mean | cos p5 |\n|---|---|---:|---:|---:|---:|\n",
+    );
+    let stat = |g: &[&Row], f: &dyn Fn(&Row) -> Option<f64>, d: usize| -> String {
+        let v: Vec<f64> = g.iter().filter_map(|r| f(r)).collect();
+        if v.is_empty() {
+            return "–".into();
+        }
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            });
+        format!("{mean:.d$} ({lo:.d$}–{hi:.d$})")
+    };
+    for (base, g) in &groups {
+        let seeds: Vec<String> = g.iter().map(|r| r.seed.to_string()).collect();
+        t.push_str(&format!(
+            "| {base} | {} | {} | {} | {} | {} |\n",
+            seeds.join(", "),
+            stat(g, &|r| Some(r.sts), 2),
+            stat(g, &|r| Some(r.probe), 2),
+            stat(g, &|r| r.cosine_mean, 4),
+            stat(g, &|r| r.cosine_p5, 4),
+        ));
+    }
     t
 }
 
@@ -645,6 +740,60 @@ mod tests {
             };
             assert_eq!(restored, base, "{}", r.name);
         }
+    }
+
+    #[test]
+    fn seeds_repeat_each_budgets_rows_and_the_table_gives_their_spread() {
+        let a = args(&[
+            "--budgets",
+            "0.1",
+            "--kinds",
+            "removed,fff-deep,dense",
+            "--seeds",
+            "0,3",
+        ]);
+        let rows = grid(&a, 1536).unwrap();
+        let got: Vec<(&str, u64, Option<&str>, bool)> = rows
+            .iter()
+            .map(|r| (r.name.as_str(), r.seed, r.repeats.as_deref(), r.timed(0)))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("removed", 0, None, true),
+                ("fff-31x4", 0, None, true),
+                ("fff-31x4-seed3", 3, Some("fff-31x4"), false),
+                ("dense-154", 0, None, true),
+                ("dense-154-seed3", 3, Some("dense-154"), false),
+            ]
+        );
+        let row = |name: &str, sts: f64, seed: u64, repeats: Option<&str>| Row {
+            name: name.into(),
+            kind: "fff-deep".into(),
+            budget: 0.1,
+            student: "fff 31x4 gelu".into(),
+            neurons_per_token: 155,
+            ffn_macs_per_token: 1,
+            ffn_parameters: 1,
+            sts,
+            probe: 70.0 + sts / 10.0,
+            cosine_mean: Some(sts / 100.0),
+            cosine_p5: None,
+            hours: None,
+            seed,
+            repeats: repeats.map(String::from),
+        };
+        assert_eq!(seeds_table(&[row("fff-31x4", 85.0, 0, None)]), "");
+        let t = seeds_table(&[
+            row("fff-31x4", 85.0, 0, None),
+            row("dense-154", 84.0, 0, None),
+            row("fff-31x4-seed3", 86.0, 3, Some("fff-31x4")),
+        ]);
+        assert!(
+            t.contains("| fff-31x4 | 0, 3 | 85.50 (85.00–86.00) | 78.55 (78.50–78.60) | 0.8550 (0.8500–0.8600) | – |"),
+            "{t}"
+        );
+        assert!(!t.contains("dense-154"), "{t}");
     }
 
     #[test]
