@@ -57,29 +57,66 @@ pub fn encoder_prefix_of(w: &Weights) -> Result<String> {
     Ok(encoder_prefix(w)?.to_string())
 }
 
-/// One layer written by [`write_with_fff`] or [`write_with_dense`]: its index, its FFF, and
-/// the bias added to the FFN's output (`output.dense.bias`).
-pub type WrittenLayer<'a> = (usize, &'a Fff, &'a [f32]);
+/// One layer written by [`write_with_fff`] or [`write_with_dense`].
+#[derive(Clone, Copy)]
+pub struct WrittenLayer<'a> {
+    /// The layer's index.
+    pub index: usize,
+    /// Its FFF (for [`write_with_dense`], a forest of depth-0 trees).
+    pub fff: &'a Fff,
+    /// The dense branch beside the FFF (depth-0 trees), where the spec has one.
+    pub branch: Option<&'a Fff>,
+    /// The bias added to the FFN's output (`output.dense.bias`).
+    pub out_bias: &'a [f32],
+}
 
 /// Writes the model folder `src` to `dst` with the FFNs of the layers in `layers` replaced by
-/// FFF layers (all of `spec`'s shape) and their output biases: `model.safetensors` (written to
-/// a temporary name and renamed), `config.json` with `spec` under `fff`, and every other file
-/// and folder of `src` (tokenizer, sentence-transformers files) copied.
+/// FFF layers (all of `spec`'s shape, with its dense branch where it has one) and their output
+/// biases: `model.safetensors` (written to a temporary name and renamed), `config.json` with
+/// `spec` under `fff`, and every other file and folder of `src` (tokenizer,
+/// sentence-transformers files) copied.
 pub fn write_with_fff(
     src: &Path,
     dst: &Path,
     spec: &FffBlocks,
     layers: &[WrittenLayer<'_>],
 ) -> Result<()> {
-    let listed: Vec<usize> = layers.iter().map(|(i, _, _)| *i).collect();
+    let listed: Vec<usize> = layers.iter().map(|l| l.index).collect();
     if listed != spec.layers {
         return Err(BertError::Input(format!(
             "FFF layers {listed:?} do not match the config's layers {:?}",
             spec.layers
         )));
     }
-    for (i, fff, _) in layers {
-        let c = fff.config();
+    // A dense branch runs the model's own activation, as its loader reads it.
+    let model_act = match spec.dense_branch {
+        0 => None,
+        _ => match crate::ModelConfig::from_file(&src.join("config.json"))? {
+            crate::ModelConfig::Bert(c) => Some(c.act.as_activation()),
+            crate::ModelConfig::Crammed(_) => {
+                return Err(BertError::Input(
+                    "a dense branch is written for Hugging Face BERT models only".into(),
+                ))
+            }
+        },
+    };
+    for l in layers {
+        let (i, c) = (l.index, l.fff.config());
+        let branch = l.branch.map(|b| *b.config());
+        let width = branch.map_or(0, |b| b.trees);
+        let fits = branch.is_none_or(|b| b.depth == 0 && Some(b.activation) == model_act);
+        if width != spec.dense_branch || !fits {
+            return Err(BertError::Input(format!(
+                "layer {i}: a dense branch of {width} neurons{}; the config's has {} (depth-0 \
+                 trees with the model's hidden_act)",
+                branch.map_or(String::new(), |b| format!(
+                    ", depth {} ({})",
+                    b.depth,
+                    b.activation.name()
+                )),
+                spec.dense_branch
+            )));
+        }
         if (c.trees, c.depth, c.activation) != (spec.trees, spec.depth, spec.activation) {
             return Err(BertError::Input(format!(
                 "layer {i}: an FFF of {} trees of depth {} ({}) is not the config's {} trees of \
@@ -99,14 +136,36 @@ pub fn write_with_fff(
         dst,
         layers,
         |config| config["fff"] = json,
-        |at, fff| {
+        |at, l| {
             let mut out = Vec::new();
-            for (name, t) in fff.named_tensors(&format!("{at}fff."))? {
+            for (name, t) in l.fff.named_tensors(&format!("{at}fff."))? {
                 out.push((name, t.to_device(&Device::Cpu)?));
+            }
+            if let Some(b) = l.branch {
+                out.extend(dense_tensors(at, b)?);
             }
             Ok(out)
         },
     )
+}
+
+/// A forest of depth-0 trees as a BERT block's dense FFN tensors (`intermediate.dense`,
+/// `output.dense.weight`) at the layer prefix `at`.
+fn dense_tensors(at: &str, fff: &Fff) -> Result<Vec<(String, Tensor)>> {
+    Ok(vec![
+        (
+            format!("{at}intermediate.dense.weight"),
+            fff.w_in().to_device(&Device::Cpu)?,
+        ),
+        (
+            format!("{at}intermediate.dense.bias"),
+            fff.b_in().to_device(&Device::Cpu)?,
+        ),
+        (
+            format!("{at}output.dense.weight"),
+            fff.w_out_t().t()?.contiguous()?,
+        ),
+    ])
 }
 
 /// Writes the model folder `src` to `dst` with every layer's FFN replaced by the depth-0
@@ -123,16 +182,21 @@ pub fn write_with_dense(src: &Path, dst: &Path, layers: &[WrittenLayer<'_>]) -> 
             ))
         }
     };
-    let listed: Vec<usize> = layers.iter().map(|(i, _, _)| *i).collect();
+    let listed: Vec<usize> = layers.iter().map(|l| l.index).collect();
     if listed != (0..c.layers).collect::<Vec<_>>() {
         return Err(BertError::Input(format!(
             "a dense FFN is written for every layer (0..{}); got layers {listed:?}",
             c.layers
         )));
     }
-    let width = layers.first().map_or(0, |(_, f, _)| f.config().trees);
-    for (i, fff, _) in layers {
-        let fc = fff.config();
+    let width = layers.first().map_or(0, |l| l.fff.config().trees);
+    for l in layers {
+        let (i, fc) = (l.index, l.fff.config());
+        if l.branch.is_some() {
+            return Err(BertError::Input(format!(
+                "layer {i}: a dense FFN is written without a branch"
+            )));
+        }
         if fc.depth != 0 || fc.trees != width || fc.activation != c.act.as_activation() {
             return Err(BertError::Input(format!(
                 "layer {i}: a dense FFN is written from a forest of {width} depth-0 trees with \
@@ -144,35 +208,24 @@ pub fn write_with_dense(src: &Path, dst: &Path, layers: &[WrittenLayer<'_>]) -> 
             )));
         }
     }
-    let hidden = c.hidden;
     write_replaced(
         src,
         dst,
         layers,
         |config| config["intermediate_size"] = width.into(),
-        |at, fff| {
-            let w_in = fff.w_in().to_device(&Device::Cpu)?;
-            let b_in = fff.b_in().to_device(&Device::Cpu)?;
-            let w_out = fff.w_out_t().t()?.contiguous()?;
-            debug_assert_eq!(w_out.dims(), [hidden, width]);
-            Ok(vec![
-                (format!("{at}intermediate.dense.weight"), w_in),
-                (format!("{at}intermediate.dense.bias"), b_in),
-                (format!("{at}output.dense.weight"), w_out),
-            ])
-        },
+        |at, l| dense_tensors(at, l.fff),
     )
 }
 
 /// The writer under [`write_with_fff`] and [`write_with_dense`]: every tensor of `src` but the
-/// listed layers' FFN weights, plus `tensors(layer prefix, fff)` and the new output biases;
+/// listed layers' FFN weights, plus `tensors(layer prefix, layer)` and the new output biases;
 /// `edit` changes `config.json`.
 fn write_replaced(
     src: &Path,
     dst: &Path,
     layers: &[WrittenLayer<'_>],
     edit: impl FnOnce(&mut serde_json::Value),
-    tensors: impl Fn(&str, &Fff) -> Result<Vec<(String, Tensor)>>,
+    tensors: impl Fn(&str, &WrittenLayer<'_>) -> Result<Vec<(String, Tensor)>>,
 ) -> Result<()> {
     let io = |path: &Path, e: std::io::Error| BertError::Io {
         path: path.to_path_buf(),
@@ -194,8 +247,8 @@ fn write_replaced(
     let w = Weights::from_dir(src)?;
     let p = encoder_prefix(&w)?;
     let replaced = |name: &str| {
-        layers.iter().any(|(i, _, _)| {
-            let l = format!("{p}encoder.layer.{i}.");
+        layers.iter().any(|l| {
+            let l = format!("{p}encoder.layer.{}.", l.index);
             name.strip_prefix(&l).is_some_and(|rest| {
                 rest.starts_with("intermediate.dense.") || rest.starts_with("output.dense.")
             })
@@ -207,16 +260,17 @@ fn write_replaced(
             out.insert(name.to_string(), w.get_as_stored(name)?);
         }
     }
-    for (i, fff, bias) in layers {
+    for l in layers {
+        let (i, bias) = (l.index, l.out_bias);
         let at = format!("{p}encoder.layer.{i}.");
-        let hidden = fff.config().output_width;
+        let hidden = l.fff.config().output_width;
         if bias.len() != hidden {
             return Err(BertError::Input(format!(
                 "layer {i}: an output bias of {} values for a hidden size of {hidden}",
                 bias.len()
             )));
         }
-        for (name, t) in tensors(&at, fff)? {
+        for (name, t) in tensors(&at, l)? {
             out.insert(name, t);
         }
         let bias = Tensor::from_slice(bias, hidden, &Device::Cpu)?;

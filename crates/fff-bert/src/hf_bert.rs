@@ -54,7 +54,10 @@ pub struct HfBertConfig {
 /// The `fff` key of a BERT `config.json`: the listed layers' FFNs (`intermediate.dense` and
 /// `output.dense.weight`) are FFF layers of `trees` trees of depth `depth`, stored under
 /// UltraFastBERT's names at `encoder.layer.{i}.fff.` (`linear_in.weight`, `linear_in.bias`,
-/// `linear_out.weight`), the block's `output.dense.bias` kept as the FFF's output bias.
+/// `linear_out.weight`), the block's `output.dense.bias` kept as the FFF's output bias. With
+/// `dense_branch` = `n` > 0 each such block also keeps a dense FFN of `n` neurons (the model's
+/// `hidden_act`) that every token runs beside the trees, under the block's own FFN names
+/// (`intermediate.dense` `[n, hidden]`, `output.dense.weight` `[hidden, n]`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FffBlocks {
     /// Trees per layer.
@@ -65,17 +68,23 @@ pub struct FffBlocks {
     pub activation: fastfeedforward::Activation,
     /// The layers whose FFN is an FFF, ascending.
     pub layers: Vec<usize>,
+    /// Neurons of the dense branch beside the trees (0: none).
+    pub dense_branch: usize,
 }
 
 impl FffBlocks {
     /// The JSON object of the `fff` key.
     pub fn to_json(&self) -> Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "trees": self.trees,
             "depth": self.depth,
             "node_activation": self.activation.name(),
             "layers": self.layers,
-        })
+        });
+        if self.dense_branch > 0 {
+            v["dense_branch"] = self.dense_branch.into();
+        }
+        v
     }
 }
 
@@ -194,8 +203,8 @@ impl HfBertConfig {
     }
 }
 
-/// The `fff` object: `trees`, `depth`, `node_activation` and optionally `layers` (all by
-/// default), every key checked.
+/// The `fff` object: `trees`, `depth`, `node_activation`, optionally `layers` (all by
+/// default) and `dense_branch` (0 by default), every key checked.
 fn parse_fff(v: &Value, path: &Path, layers: usize, hidden: usize) -> Result<FffBlocks> {
     let mut f = Section::new(path, "fff", v)?;
     let trees = f.usize("trees")?;
@@ -220,6 +229,13 @@ fn parse_fff(v: &Value, path: &Path, layers: usize, hidden: usize) -> Result<Fff
             })?,
         Some(other) => return Err(f.error("layers", format!("= {other} must be a list"))),
     };
+    let dense_branch = f.opt_usize("dense_branch")?.unwrap_or(0);
+    if dense_branch.saturating_mul(hidden) > crate::config::MAX_ELEMENTS {
+        return Err(f.error(
+            "dense_branch",
+            format!("= {dense_branch} neurons is too large"),
+        ));
+    }
     let mut sorted = list.clone();
     sorted.sort_unstable();
     sorted.dedup();
@@ -251,6 +267,7 @@ fn parse_fff(v: &Value, path: &Path, layers: usize, hidden: usize) -> Result<Fff
         depth,
         activation,
         layers: sorted,
+        dense_branch,
     })
 }
 
@@ -273,7 +290,34 @@ fn fff_block(w: &Weights, l: &str, c: &HfBertConfig, spec: &FffBlocks) -> Result
     }
     let layer = fastfeedforward::Fff::from_tensors(config, &tensors, &prefix, w.path())?;
     let bias = table(&w.get(&format!("{l}.output.dense.bias"), &[h])?)?;
-    Ok(Ffn::fff(layer, Some(bias)))
+    let branch = match spec.dense_branch {
+        0 => None,
+        n => {
+            let config =
+                fastfeedforward::FffConfig::new(h, h, 0, n).with_activation(c.act.as_activation());
+            let tensors = std::collections::HashMap::from([
+                (
+                    fastfeedforward::W_IN.to_string(),
+                    w.get(&format!("{l}.intermediate.dense.weight"), &[n, h])?,
+                ),
+                (
+                    fastfeedforward::B_IN.to_string(),
+                    w.get(&format!("{l}.intermediate.dense.bias"), &[n])?,
+                ),
+                (
+                    fastfeedforward::W_OUT.to_string(),
+                    w.get(&format!("{l}.output.dense.weight"), &[h, n])?,
+                ),
+            ]);
+            Some(fastfeedforward::Fff::from_tensors(
+                config,
+                &tensors,
+                "",
+                w.path(),
+            )?)
+        }
+    };
+    Ok(Ffn::fff_with_branch(layer, branch, Some(bias)))
 }
 
 /// LayerNorm at `prefix`, under today's names (`weight`, `bias`) or the `gamma` / `beta` of

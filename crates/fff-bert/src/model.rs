@@ -360,6 +360,9 @@ pub(crate) struct FffBlock {
     /// A bias added to the layer's output (a BERT block's FFN output bias, kept when its FFN
     /// became an FFF); `None` in UltraFastBERT.
     pub(crate) out_bias: Option<Vec<f32>>,
+    /// A dense FFN every token runs beside the trees, as a forest of depth-0 trees (one per
+    /// neuron, on the same kernel: an SGEMM in and out), always f32.
+    pub(crate) branch: Option<Fff>,
 }
 
 impl FffBlock {
@@ -392,6 +395,15 @@ impl FffBlock {
                     None => layer.forward_infer_with(x, n, out, &mut ws, opts)?,
                 }
             }
+        }
+        if let Some(branch) = &block.branch {
+            let mut ws = block.workspace.lock().unwrap_or_else(|e| e.into_inner());
+            let y = mid.sized(out.len());
+            branch.forward_infer_with(x, n, y, &mut ws, InferOptions::default())?;
+            let width = out.len() / n.max(1);
+            out.par_chunks_mut(width * 16)
+                .zip(y.par_chunks(width * 16))
+                .for_each(|(o, y)| o.iter_mut().zip(y).for_each(|(o, y)| *o += y));
         }
         Ok(())
     }
@@ -448,12 +460,22 @@ pub(crate) enum Ffn {
 impl Ffn {
     /// An FFF block around `layer`, with a bias on its output where given.
     pub(crate) fn fff(layer: Fff, out_bias: Option<Vec<f32>>) -> Ffn {
+        Ffn::fff_with_branch(layer, None, out_bias)
+    }
+
+    /// An FFF block around `layer` with a dense `branch` (a forest of depth-0 trees) beside it.
+    pub(crate) fn fff_with_branch(
+        layer: Fff,
+        branch: Option<Fff>,
+        out_bias: Option<Vec<f32>>,
+    ) -> Ffn {
         Ffn::Fff(Box::new(FffBlock {
             layer,
             quantized: None,
             workspace: Mutex::new(Workspace::new()),
             masked: OnceLock::new(),
             out_bias,
+            branch,
         }))
     }
 
@@ -654,8 +676,9 @@ impl Model {
     /// weights, exactly as before the first call. Only the FFF layers change: embeddings,
     /// attention, LayerNorms, the heads and dense FF blocks stay f32 (a dense model is left as
     /// it is). The dense masked path ([`FfnMode::Masked`]) always computes with the f32
-    /// weights. The f32 layers are kept (for the masked path and for switching back), so a
-    /// narrower format adds its bytes to the model's memory rather than saving them.
+    /// weights, and so does an FFF block's dense branch. The f32 layers are kept (for the
+    /// masked path and for switching back), so a narrower format adds its bytes to the model's
+    /// memory rather than saving them.
     pub fn set_weight_format(&mut self, format: WeightFormat) -> Result<()> {
         // Quantize every layer before changing any, so an error leaves the model as it was.
         let mut copies = Vec::new();
@@ -692,10 +715,17 @@ impl Model {
         }
     }
 
-    /// Puts `layer` (with `out_bias` added to its output) in place of block `i`'s FFN. The
-    /// layer's variables are shared, not copied: an optimizer stepping them changes what this
-    /// model computes, which is how a student being distilled runs on the inference engine.
-    pub fn set_ffn_fff(&mut self, i: usize, layer: Fff, out_bias: Vec<f32>) -> Result<()> {
+    /// Puts `layer` (with `out_bias` added to its output, and `branch`, a dense FFN as a
+    /// forest of depth-0 trees, beside it) in place of block `i`'s FFN. The layers' variables
+    /// are shared, not copied: an optimizer stepping them changes what this model computes,
+    /// which is how a student being distilled runs on the inference engine.
+    pub fn set_ffn_fff(
+        &mut self,
+        i: usize,
+        layer: Fff,
+        branch: Option<Fff>,
+        out_bias: Vec<f32>,
+    ) -> Result<()> {
         let (hidden, layers) = (self.config.hidden, self.blocks.len());
         let c = *layer.config();
         if (c.input_width, c.output_width, out_bias.len()) != (hidden, hidden, hidden) {
@@ -707,11 +737,28 @@ impl Model {
                 out_bias.len()
             )));
         }
+        if let Some(b) = branch.as_ref().map(|b| *b.config()) {
+            if (b.input_width, b.output_width, b.depth) != (hidden, hidden, 0) {
+                return Err(BertError::Input(format!(
+                    "a dense branch must be depth-0 trees mapping {hidden} to {hidden}; got \
+                     {}-{} of depth {}",
+                    b.input_width, b.output_width, b.depth
+                )));
+            }
+        }
         let block = self.blocks.get_mut(i).ok_or_else(|| {
             BertError::Input(format!("block {i} does not exist (the model has {layers})"))
         })?;
-        block.ffn = Ffn::fff(layer, Some(out_bias));
+        block.ffn = Ffn::fff_with_branch(layer, branch, Some(out_bias));
         Ok(())
+    }
+
+    /// The dense branch beside block `i`'s FFF layer (depth-0 trees), if it has one.
+    pub fn fff_branch(&self, i: usize) -> Option<&Fff> {
+        match &self.blocks.get(i)?.ffn {
+            Ffn::Fff(block) => block.branch.as_ref(),
+            Ffn::Dense { .. } => None,
+        }
     }
 
     /// Replaces the output bias of block `i`'s FFF layer (one value per hidden unit).

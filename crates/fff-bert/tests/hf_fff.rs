@@ -5,7 +5,7 @@
 //! refused by name.
 
 use fastfeedforward::Activation;
-use fff_bert::convert::{ffn_as_forest, teacher_ffn, write_with_fff};
+use fff_bert::convert::{ffn_as_forest, teacher_ffn, write_with_fff, WrittenLayer};
 use fff_bert::{FffBlocks, HfBertConfig, ModelConfig, Pipeline, Weights};
 use std::path::{Path, PathBuf};
 
@@ -52,6 +52,7 @@ fn converted(dir: &Path, act: Activation, source: impl Fn(usize) -> usize) -> Pi
         depth: 0,
         activation: act,
         layers: (0..c.layers).collect(),
+        dense_branch: 0,
     };
     let biases: Vec<Vec<f32>> = (0..c.layers)
         .map(|i| teacher_ffn(&c, &w, source(i)).unwrap().1)
@@ -60,7 +61,12 @@ fn converted(dir: &Path, act: Activation, source: impl Fn(usize) -> usize) -> Pi
         .iter()
         .zip(&biases)
         .enumerate()
-        .map(|(i, (f, b))| (i, f, b.as_slice()))
+        .map(|(i, (f, b))| WrittenLayer {
+            index: i,
+            fff: f,
+            branch: None,
+            out_bias: b.as_slice(),
+        })
         .collect();
     write_with_fff(&teacher(), dir, &spec, &layers).unwrap();
     Pipeline::load(dir).unwrap()

@@ -84,6 +84,14 @@ pub struct CompressArgs {
     /// Neurons of the dense FFN (with --dense, instead of --ffn-budget).
     #[arg(long, requires = "dense")]
     width: Option<usize>,
+    /// With --ffn-budget: the fraction of the budget's neurons that go to a dense branch every
+    /// token runs beside the trees (the most important neurons overall at the start), the
+    /// trees taking the rest.
+    #[arg(long, requires = "ffn_budget", conflicts_with = "dense")]
+    branch_share: Option<f64>,
+    /// With --trees: neurons of a dense branch every token runs beside the trees.
+    #[arg(long, requires = "trees", default_value_t = 0)]
+    dense_branch: usize,
     /// Where the student starts: the original's neurons, or random.
     #[arg(long, value_enum, default_value_t = Start::Teacher)]
     start: Start,
@@ -121,17 +129,27 @@ pub struct CompressArgs {
 impl CompressArgs {
     fn recipe(&self, intermediate: usize) -> Result<Recipe> {
         let student = match (self.ffn_budget, self.trees, self.width) {
-            (Some(b), None, None) => Student::from_budget(
-                b,
-                intermediate,
-                self.depth,
-                self.node_activation,
-                self.dense,
-            )?,
+            (Some(b), None, None) => match self.branch_share {
+                Some(share) => Student::hybrid_from_budget(
+                    b,
+                    intermediate,
+                    self.depth,
+                    self.node_activation,
+                    share,
+                )?,
+                None => Student::from_budget(
+                    b,
+                    intermediate,
+                    self.depth,
+                    self.node_activation,
+                    self.dense,
+                )?,
+            },
             (None, Some(trees), None) => Student::Fff {
                 trees,
                 depth: self.depth,
                 activation: self.node_activation,
+                branch: self.dense_branch,
             },
             (None, None, Some(width)) => Student::Dense { width },
             _ => anyhow::bail!(

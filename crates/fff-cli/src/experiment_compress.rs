@@ -41,7 +41,8 @@ pub struct CompressFrontierArgs {
     /// FFN budgets: fractions of the original FFN's multiply-adds per token.
     #[arg(long, value_delimiter = ',', default_value = "0.02,0.05,0.1,0.25")]
     budgets: Vec<f64>,
-    /// Row kinds per budget: fff-deep, fff-shallow, dense.
+    /// Row kinds per budget: fff-deep, fff-shallow, fff-hybrid (deep trees beside a dense
+    /// branch of --branch-share of the budget), dense.
     #[arg(
         long,
         value_delimiter = ',',
@@ -54,6 +55,9 @@ pub struct CompressFrontierArgs {
     /// Tree depth of the shallow rows.
     #[arg(long, default_value_t = 1)]
     shallow_depth: usize,
+    /// The dense branch's fraction of the budget in the fff-hybrid rows.
+    #[arg(long, default_value_t = 0.5)]
+    branch_share: f64,
     #[command(flatten)]
     stages: StageArgs,
     /// A row to ablate (its name, e.g. fff-31x4): rows with the recipe's ingredients taken
@@ -229,17 +233,41 @@ fn grid(args: &CompressFrontierArgs, intermediate: usize) -> Result<Vec<GridRow>
     for &b in &args.budgets {
         for kind in &args.kinds {
             let (depth, dense) = match kind.as_str() {
-                "fff-deep" => (args.deep_depth, false),
+                "fff-deep" | "fff-hybrid" => (args.deep_depth, false),
                 "fff-shallow" => (args.shallow_depth, false),
                 "dense" => (0, true),
                 "removed" => continue,
                 other => {
-                    bail!("--kinds: `{other}` is not one of fff-deep, fff-shallow, dense, removed")
+                    bail!(
+                        "--kinds: `{other}` is not one of fff-deep, fff-shallow, fff-hybrid, \
+                         dense, removed"
+                    )
                 }
             };
-            let s = Student::from_budget(b, intermediate, depth, Activation::Gelu, dense)?;
+            let s = if kind == "fff-hybrid" {
+                Student::hybrid_from_budget(
+                    b,
+                    intermediate,
+                    depth,
+                    Activation::Gelu,
+                    args.branch_share,
+                )?
+            } else {
+                Student::from_budget(b, intermediate, depth, Activation::Gelu, dense)?
+            };
             let name = match s {
-                Student::Fff { trees, depth, .. } => format!("fff-{trees}x{depth}"),
+                Student::Fff {
+                    trees,
+                    depth,
+                    branch: 0,
+                    ..
+                } => format!("fff-{trees}x{depth}"),
+                Student::Fff {
+                    trees,
+                    depth,
+                    branch,
+                    ..
+                } => format!("fff-{trees}x{depth}+{branch}"),
                 Student::Dense { width } => format!("dense-{width}"),
             };
             for &seed in &args.seeds {
@@ -794,6 +822,24 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("dense-154"), "{t}");
+    }
+
+    #[test]
+    fn hybrid_rows_split_the_budget_between_trees_and_a_dense_branch() {
+        let a = args(&["--budgets", "0.1", "--kinds", "fff-hybrid,fff-deep"]);
+        let rows = grid(&a, 1536).unwrap();
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["fff-15x4+77", "fff-31x4"]);
+        assert_eq!(rows[0].student.branch(), 77);
+        let a = args(&[
+            "--budgets",
+            "0.1",
+            "--kinds",
+            "fff-hybrid",
+            "--branch-share",
+            "0.25",
+        ]);
+        assert_eq!(grid(&a, 1536).unwrap()[0].name, "fff-23x4+38");
     }
 
     #[test]

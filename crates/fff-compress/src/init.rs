@@ -11,11 +11,14 @@
 //! it, so no token gets one neuron twice. With depth 0 this picks the most important neurons
 //! overall: the teacher-initialised dense shrink.
 //!
-//! The output bias then absorbs the mean of what the unchosen neurons contributed.
+//! A dense branch beside the trees takes the most important neurons overall (the dense
+//! shrink's choice); the trees then choose among the rest, against the teacher's output less
+//! the branch's. The output bias then absorbs the mean of what the unchosen neurons
+//! contributed.
 
 use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};
-use fastfeedforward::{Fff, FffConfig, Init};
+use fastfeedforward::{ConditionalLayer, Fff, FffConfig, Init};
 use rayon::prelude::*;
 
 /// A sample of one layer's FFN inputs and the teacher's outputs, `[rows, hidden]` each.
@@ -35,6 +38,52 @@ pub fn from_teacher(
     sample: &Sample<'_>,
     config: FffConfig,
 ) -> Result<(Fff, Vec<f32>)> {
+    let student = gather(teacher, config, &choose(teacher, sample, config)?)?;
+    let bias = residual_mean(&[&student], sample)?;
+    Ok((student, bias))
+}
+
+/// A student of trees of `config` beside a dense branch of `branch` (depth-0 trees of the
+/// teacher's activation), both of the teacher's neurons: the branch the most important
+/// overall, the trees chosen among the others (as [`from_teacher`] does) against the
+/// teacher's output less the branch's; with the output bias of both. Returns (trees, branch,
+/// bias).
+pub fn hybrid_from_teacher(
+    teacher: &Fff,
+    sample: &Sample<'_>,
+    config: FffConfig,
+    branch: FffConfig,
+) -> Result<(Fff, Fff, Vec<f32>)> {
+    let tc = *teacher.config();
+    ensure!(
+        branch.depth == 0 && branch.activation == tc.activation,
+        "a dense branch is depth-0 trees of the teacher's activation"
+    );
+    let picked = choose(teacher, sample, branch)?;
+    let branch = gather(teacher, branch, &picked)?;
+    let rest: Vec<usize> = (0..tc.trees).filter(|j| !picked.contains(j)).collect();
+    let others = gather(
+        teacher,
+        FffConfig::new(tc.input_width, tc.output_width, 0, rest.len())
+            .with_activation(tc.activation),
+        &rest,
+    )?;
+    let h = tc.output_width;
+    let rows = sample.x.len() / h.max(1);
+    let x = Tensor::from_slice(sample.x, (rows, tc.input_width), &Device::Cpu)?;
+    let yb = branch.forward_train(&x)?.flatten_all()?.to_vec1::<f32>()?;
+    let less: Vec<f32> = sample.y.iter().zip(&yb).map(|(y, b)| y - b).collect();
+    let remainder = Sample {
+        x: sample.x,
+        y: &less,
+    };
+    let trees = gather(&others, config, &choose(&others, &remainder, config)?)?;
+    let bias = residual_mean(&[&trees, &branch], sample)?;
+    Ok((trees, branch, bias))
+}
+
+/// The teacher neuron (a tree of `teacher`) each node of `config` starts from, node-major.
+fn choose(teacher: &Fff, sample: &Sample<'_>, config: FffConfig) -> Result<Vec<usize>> {
     let tc = *teacher.config();
     let (h, width) = (tc.input_width, tc.trees);
     ensure!(
@@ -105,31 +154,41 @@ pub fn from_teacher(
         }
         reach = next;
     }
+    Ok(chosen)
+}
 
+/// The forest of `config` whose nodes (node-major) are the teacher's neurons `chosen`.
+fn gather(teacher: &Fff, config: FffConfig, chosen: &[usize]) -> Result<Fff> {
+    let h = teacher.config().input_width;
     let w_in = teacher.w_in().flatten_all()?.to_vec1::<f32>()?;
     let b_in = teacher.b_in().to_vec1::<f32>()?;
+    let w_out_t = teacher.w_out_t().flatten_all()?.to_vec1::<f32>()?;
     let (mut wi, mut bi, mut wo) = (Vec::new(), Vec::new(), Vec::new());
-    for &j in &chosen {
+    for &j in chosen {
         wi.extend_from_slice(&w_in[j * h..(j + 1) * h]);
         bi.push(b_in[j]);
         wo.extend_from_slice(&w_out_t[j * h..(j + 1) * h]);
     }
-    let student = Fff::from_node_major(config, wi, bi, wo)?;
-    let bias = residual_mean(&student, sample)?;
-    Ok((student, bias))
+    Ok(Fff::from_node_major(config, wi, bi, wo)?)
 }
 
-/// A student of `config` with the library's initialisation (`init`, `seed`) and the output bias
-/// that makes its mean output the teacher's on the sample.
+/// A student of `config` (and a dense branch of `branch`, seeded apart) with the library's
+/// initialisation (`init`, `seed`) and the output bias that makes its mean output the
+/// teacher's on the sample.
 pub fn random(
     config: FffConfig,
+    branch: Option<FffConfig>,
     init: Init,
     seed: u64,
     sample: &Sample<'_>,
-) -> Result<(Fff, Vec<f32>)> {
+) -> Result<(Fff, Option<Fff>, Vec<f32>)> {
     let student = Fff::new(config, init, seed)?;
-    let bias = residual_mean(&student, sample)?;
-    Ok((student, bias))
+    let branch = branch
+        .map(|b| Fff::new(b, init, seed ^ 0xB4A4_C400))
+        .transpose()?;
+    let parts: Vec<&Fff> = std::iter::once(&student).chain(&branch).collect();
+    let bias = residual_mean(&parts, sample)?;
+    Ok((student, branch, bias))
 }
 
 /// Each neuron's importance summed over `rows`.
@@ -165,24 +224,33 @@ fn add(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
     a
 }
 
-/// The mean over the sample of the teacher's output less the student's (without bias).
-pub fn residual_mean(student: &Fff, sample: &Sample<'_>) -> Result<Vec<f32>> {
-    let h = student.config().output_width;
-    let rows = sample.x.len() / h;
-    let x = Tensor::from_slice(sample.x, (rows, h), &Device::Cpu)?;
-    let y = fastfeedforward::train_op::forward(
-        student.config(),
-        &x,
-        student.w_in(),
-        student.b_in(),
-        student.w_out_t(),
-    )?
-    .flatten_all()?
-    .to_vec1::<f32>()?;
+/// The mean over the sample of the teacher's output less the sum of the students' (without
+/// bias).
+pub fn residual_mean(students: &[&Fff], sample: &Sample<'_>) -> Result<Vec<f32>> {
+    let c = students[0].config();
+    let (h_in, h) = (c.input_width, c.output_width);
+    let rows = sample.x.len() / h_in;
+    let x = Tensor::from_slice(sample.x, (rows, h_in), &Device::Cpu)?;
     let mut mean = vec![0f64; h];
-    for (ys, ts) in y.chunks(h).zip(sample.y.chunks(h)) {
-        for ((m, a), b) in mean.iter_mut().zip(ys).zip(ts) {
-            *m += (b - a) as f64;
+    for student in students {
+        let y = fastfeedforward::train_op::forward(
+            student.config(),
+            &x,
+            student.w_in(),
+            student.b_in(),
+            student.w_out_t(),
+        )?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+        for ys in y.chunks(h) {
+            for (m, a) in mean.iter_mut().zip(ys) {
+                *m -= *a as f64;
+            }
+        }
+    }
+    for ts in sample.y.chunks(h) {
+        for (m, b) in mean.iter_mut().zip(ts) {
+            *m += *b as f64;
         }
     }
     Ok(mean.iter().map(|m| (m / rows as f64) as f32).collect())
@@ -191,7 +259,7 @@ pub fn residual_mean(student: &Fff, sample: &Sample<'_>) -> Result<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fastfeedforward::{Activation, ConditionalLayer};
+    use fastfeedforward::Activation;
     use rand::{Rng, SeedableRng};
 
     /// A random teacher of `width` GELU neurons and a sample of its inputs and outputs.
@@ -230,6 +298,42 @@ mod tests {
         rows.sort_by(|a, b| a[0].total_cmp(&b[0]));
         want.sort_by(|a, b| a[0].total_cmp(&b[0]));
         assert_eq!(rows, want);
+    }
+
+    #[test]
+    fn a_branch_takes_the_most_important_neurons_and_the_trees_only_others() {
+        let (t, bias, x, y) = teacher(6, 40, 200);
+        let sample = Sample { x: &x, y: &y };
+        let trees = FffConfig::new(6, 6, 2, 3).with_activation(Activation::Gelu);
+        let branch = FffConfig::new(6, 6, 0, 4).with_activation(Activation::Gelu);
+        let (s, b, _) = hybrid_from_teacher(&t, &sample, trees, branch).unwrap();
+        let tw = t.w_in().to_vec2::<f32>().unwrap();
+        let ids = |f: &Fff| -> Vec<usize> {
+            f.w_in()
+                .to_vec2::<f32>()
+                .unwrap()
+                .iter()
+                .map(|r| tw.iter().position(|t| t == r).unwrap())
+                .collect()
+        };
+        // The branch is the dense shrink's start: the 4 most important neurons overall.
+        let alone = FffConfig::new(6, 6, 0, 4).with_activation(Activation::Gelu);
+        let (shrink, _) = from_teacher(&t, &sample, alone).unwrap();
+        assert_eq!(ids(&b), ids(&shrink));
+        let (branch_ids, tree_ids) = (ids(&b), ids(&s));
+        assert!(
+            tree_ids.iter().all(|j| !branch_ids.contains(j)),
+            "{tree_ids:?} share a neuron with the branch {branch_ids:?}"
+        );
+        // All 40 neurons, 4 in the branch and 36 as depth-0 trees: the teacher, bias included.
+        let rest = FffConfig::new(6, 6, 0, 36).with_activation(Activation::Gelu);
+        let (_, _, got) = hybrid_from_teacher(&t, &sample, rest, branch).unwrap();
+        for (a, e) in got.iter().zip(&bias) {
+            assert!((a - e).abs() < 1e-4, "{a} vs {e}");
+        }
+        // A branch of identity nodes is not the teacher's.
+        let identity = FffConfig::new(6, 6, 0, 4).with_activation(Activation::Identity);
+        assert!(hybrid_from_teacher(&t, &sample, trees, identity).is_err());
     }
 
     #[test]

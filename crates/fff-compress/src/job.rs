@@ -166,17 +166,35 @@ struct State {
     seconds: BTreeSeconds,
 }
 
-/// One layer's student: the FFF and the bias added to its output.
+/// One layer's student: the FFF, the dense branch beside it (depth-0 trees) where the shape
+/// has one, and the bias added to their output.
 pub(crate) struct Layer {
     pub(crate) fff: Fff,
+    pub(crate) branch: Option<Fff>,
     pub(crate) bias: Var,
 }
 
 impl Layer {
     fn vars(&self) -> Vec<Var> {
         let mut v = self.fff.vars();
+        if let Some(b) = &self.branch {
+            v.extend(b.vars());
+        }
         v.push(self.bias.clone());
         v
+    }
+
+    /// The layer's output on `x` `[rows, hidden]` on the O(depth) training op: the FFF, the
+    /// branch and the bias.
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let train = |f: &Fff| {
+            fastfeedforward::train_op::forward(f.config(), x, f.w_in(), f.b_in(), f.w_out_t())
+        };
+        let mut y = train(&self.fff)?;
+        if let Some(b) = &self.branch {
+            y = (y + train(b)?)?;
+        }
+        y.broadcast_add(self.bias.as_tensor())
     }
 
     fn bias(&self) -> Result<Vec<f32>> {
@@ -205,6 +223,7 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
         .map(|i| ffn_as_forest(&c, &weights, i, teacher_act))
         .collect::<fff_bert::Result<Vec<_>>>()?;
     let config = r.student.fff_config(c.hidden, teacher_act);
+    let branch = r.student.branch_config(c.hidden, teacher_act);
 
     observer.message("reading the text");
     let corpus = corpus::read(&job.texts, r.holdout)?;
@@ -244,7 +263,7 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
                 checkpoint.display()
             );
         }
-        let (layers, moments) = load_tensors(&checkpoint, config, c.layers)?;
+        let (layers, moments) = load_tensors(&checkpoint, config, branch, c.layers)?;
         observer.message(&format!(
             "resuming from {}: stage {}, {} tokens",
             checkpoint.display(),
@@ -269,7 +288,7 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
             },
             r.init_tokens
         ));
-        let layers = initialise(&teacher, &tokenizer, &corpus, &ffns, config, r)?;
+        let layers = initialise(&teacher, &tokenizer, &corpus, &ffns, (config, branch), r)?;
         let mut seconds = BTreeSeconds::new();
         seconds.insert("init".into(), started.elapsed().as_secs_f64());
         let state = State {
@@ -288,7 +307,9 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
         (state, layers, None)
     };
     for (i, l) in layers.iter().enumerate() {
-        student.model.set_ffn_fff(i, l.fff.clone(), l.bias()?)?;
+        student
+            .model
+            .set_ffn_fff(i, l.fff.clone(), l.branch.clone(), l.bias()?)?;
     }
 
     let pooling = teacher.pooling(None, None);
@@ -409,7 +430,12 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
         .iter()
         .zip(&biases)
         .enumerate()
-        .map(|(i, (l, b))| (i, &l.fff, b.as_slice()))
+        .map(|(i, (l, b))| WrittenLayer {
+            index: i,
+            fff: &l.fff,
+            branch: l.branch.as_ref(),
+            out_bias: b.as_slice(),
+        })
         .collect();
     match r.student {
         Student::Dense { .. } => write_with_dense(&job.model, &job.out, &written)?,
@@ -417,12 +443,14 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
             trees,
             depth,
             activation,
+            branch,
         } => {
             let spec = FffBlocks {
                 trees,
                 depth,
                 activation,
                 layers: (0..c.layers).collect(),
+                dense_branch: branch,
             };
             write_with_fff(&job.model, &job.out, &spec, &written)?
         }
@@ -564,7 +592,7 @@ fn initialise(
     tokenizer: &BertTokenizer,
     corpus: &Corpus,
     ffns: &[Fff],
-    config: FffConfig,
+    (config, branch): (FffConfig, Option<FffConfig>),
     r: &Recipe,
 ) -> Result<Vec<Layer>> {
     let mut stream = Stream::new(corpus.train.len(), r.seed ^ 0x1417_5EED, Cursor::default());
@@ -573,15 +601,28 @@ fn initialise(
     let mut layers = Vec::with_capacity(ffns.len());
     for (i, (teacher_fff, (x, y))) in ffns.iter().zip(xs.iter().zip(&ys)).enumerate() {
         let sample = Sample { x, y };
-        let (fff, bias) = match r.start {
-            Start::Teacher => init::from_teacher(teacher_fff, &sample, config)?,
-            Start::Random => {
-                init::random(config, Init::Hyperspherical, r.seed + i as u64, &sample)?
+        let (fff, branch, bias) = match (r.start, branch) {
+            (Start::Teacher, None) => {
+                let (fff, bias) = init::from_teacher(teacher_fff, &sample, config)?;
+                (fff, None, bias)
             }
+            (Start::Teacher, Some(b)) => {
+                let (fff, branch, bias) =
+                    init::hybrid_from_teacher(teacher_fff, &sample, config, b)?;
+                (fff, Some(branch), bias)
+            }
+            (Start::Random, _) => init::random(
+                config,
+                branch,
+                Init::Hyperspherical,
+                r.seed + i as u64,
+                &sample,
+            )?,
         };
         let n = bias.len();
         layers.push(Layer {
             fff,
+            branch,
             bias: Var::from_vec(bias, n, &Device::Cpu)?,
         });
     }
@@ -622,14 +663,7 @@ fn train_chunk(
         for (i, l) in layers.iter().enumerate() {
             let x = gather(&inputs[i], idx)?;
             let t = gather(&targets[i], idx)?;
-            let y = fastfeedforward::train_op::forward(
-                l.fff.config(),
-                &x,
-                l.fff.w_in(),
-                l.fff.b_in(),
-                l.fff.w_out_t(),
-            )?
-            .broadcast_add(l.bias.as_tensor())?;
+            let y = l.forward(&x)?;
             let loss = (y - t)?.sqr()?.mean_all()?.affine(1.0 / power[i], 0.0)?;
             total = Some(match total {
                 None => loss,
@@ -783,6 +817,11 @@ fn save_checkpoint(
         tensors.insert(format!("{i}.b_in"), l.fff.b_in().clone());
         tensors.insert(format!("{i}.w_out_t"), l.fff.w_out_t().clone());
         tensors.insert(format!("{i}.bias"), l.bias.as_tensor().clone());
+        if let Some(b) = &l.branch {
+            tensors.insert(format!("{i}.branch.w_in"), b.w_in().clone());
+            tensors.insert(format!("{i}.branch.b_in"), b.b_in().clone());
+            tensors.insert(format!("{i}.branch.w_out_t"), b.w_out_t().clone());
+        }
     }
     candle_core::safetensors::save(&tensors, tmp.join("student.safetensors"))?;
     if let Some((first, second)) = moments {
@@ -834,8 +873,14 @@ fn load_state(dir: &Path) -> Result<State> {
     Ok(state)
 }
 
-/// A checkpoint's students (each `config`, `count` layers) and optimizer moments.
-fn load_tensors(dir: &Path, config: FffConfig, count: usize) -> Result<(Vec<Layer>, Moments)> {
+/// A checkpoint's students (each `config` with a dense branch of `branch`, `count` layers)
+/// and optimizer moments.
+fn load_tensors(
+    dir: &Path,
+    config: FffConfig,
+    branch: Option<FffConfig>,
+    count: usize,
+) -> Result<(Vec<Layer>, Moments)> {
     let student = dir.join("student.safetensors");
     let t = candle_core::safetensors::load(&student, &Device::Cpu)
         .with_context(|| format!("cannot read {}", student.display()))?;
@@ -861,17 +906,31 @@ fn load_tensors(dir: &Path, config: FffConfig, count: usize) -> Result<(Vec<Laye
             get(&format!("{i}.w_out_t"), &[rows, h])?,
         )?;
         let bias = get(&format!("{i}.bias"), &[h])?;
+        let branch = match branch {
+            None => None,
+            Some(b) => {
+                let n = b.total_nodes();
+                Some(Fff::from_node_major(
+                    b,
+                    get(&format!("{i}.branch.w_in"), &[n, h])?,
+                    get(&format!("{i}.branch.b_in"), &[n])?,
+                    get(&format!("{i}.branch.w_out_t"), &[n, h])?,
+                )?)
+            }
+        };
         layers.push(Layer {
             fff,
+            branch,
             bias: Var::from_vec(bias, h, &Device::Cpu)?,
         });
     }
+    let vars_per_layer = layers.first().map_or(0, |l| l.vars().len());
     let opt = dir.join("optimizer.safetensors");
     let moments = if opt.exists() {
         let m = candle_core::safetensors::load(&opt, &Device::Cpu)
             .with_context(|| format!("cannot read {}", opt.display()))?;
         let list = |prefix: &str| -> Result<Vec<Vec<f32>>> {
-            (0..4 * count)
+            (0..vars_per_layer * count)
                 .map(|k| {
                     let name = format!("{prefix}.{k}");
                     let v = m
@@ -904,10 +963,11 @@ pub fn memory_estimate(model: &Path, texts: &[PathBuf], r: &Recipe) -> Result<Ve
         .sum();
     let (h, l, inter) = (c.hidden as u128, c.layers as u128, c.intermediate as u128);
     let f = 4u128;
-    let nodes = r
+    let nodes = (r
         .student
         .fff_config(c.hidden, c.act.as_activation())
-        .total_nodes() as u128;
+        .total_nodes()
+        + r.student.branch()) as u128;
     // gzip text expands; 8x is generous for prose, and each passage is also a String.
     let text_bytes = text as u128
         * if texts

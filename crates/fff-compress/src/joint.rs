@@ -159,14 +159,7 @@ impl Frozen {
                 .reshape((b * s, h))?;
             let a = block.o.forward(&ctx)?;
             let h1 = layer_norm_slow(&(a + &x)?, &block.norm1.0, &block.norm1.1, self.eps)?;
-            let f = fastfeedforward::train_op::forward(
-                layer.fff.config(),
-                &h1,
-                layer.fff.w_in(),
-                layer.fff.b_in(),
-                layer.fff.w_out_t(),
-            )?
-            .broadcast_add(layer.bias.as_tensor())?;
+            let f = layer.forward(&h1)?;
             x = layer_norm_slow(&(f + h1)?, &block.norm2.0, &block.norm2.1, self.eps)?;
         }
         Ok(x)
@@ -279,13 +272,26 @@ mod tests {
         }
     }
 
-    /// The candle student and the engine run the same compressed model (FFF blocks) on the same
-    /// texts: the final hidden states of every real token agree.
+    /// The candle student and the engine run the same compressed models (FFF blocks, and FFF
+    /// blocks beside a dense branch) on the same texts: the final hidden states of every real
+    /// token agree.
     #[test]
     fn the_candle_student_computes_what_the_engine_computes() {
-        let dir =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../fff-bert/tests/fixtures/hf/tiny-st-fff");
+        for name in ["tiny-st-fff", "tiny-st-fff-branch"] {
+            the_candle_student_computes_what_the_engine_computes_on(name);
+        }
+    }
+
+    fn the_candle_student_computes_what_the_engine_computes_on(name: &str) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fff-bert/tests/fixtures/hf")
+            .join(name);
         let p = Pipeline::load(&dir).unwrap();
+        assert_eq!(
+            p.model.fff_branch(0).is_some(),
+            name.ends_with("branch"),
+            "{name}"
+        );
         let ModelConfig::Bert(c) = ModelConfig::from_file(&dir.join("config.json")).unwrap() else {
             panic!("a BERT config")
         };
@@ -298,6 +304,7 @@ mod tests {
                     .unwrap();
                 Layer {
                     fff: p.model.fff_layer(i).unwrap().clone(),
+                    branch: p.model.fff_branch(i).cloned(),
                     bias: candle_core::Var::from_tensor(&bias).unwrap(),
                 }
             })
@@ -342,7 +349,7 @@ mod tests {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-        assert!(gap < 1e-4, "candle student vs engine: {gap}");
+        assert!(gap < 1e-4, "{name}: candle student vs engine: {gap}");
         // The loss of the student against itself is zero.
         let l = loss(&padded, &padded, &mask)
             .unwrap()

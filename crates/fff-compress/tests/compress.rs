@@ -76,6 +76,17 @@ fn fff() -> Student {
         trees: 3,
         depth: 2,
         activation: Activation::Gelu,
+        branch: 0,
+    }
+}
+
+/// Trees beside a dense branch of the teacher's activation.
+fn hybrid(trees: usize, depth: usize, branch: usize) -> Student {
+    Student::Fff {
+        trees,
+        depth,
+        activation: Activation::Gelu,
+        branch,
     }
 }
 
@@ -253,6 +264,66 @@ fn a_full_width_dense_student_from_the_teacher_reproduces_it_and_a_random_one_do
     Pipeline::load(&j.out).unwrap();
 }
 
+#[test]
+fn a_dense_branch_beside_the_trees_is_trained_written_and_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every teacher neuron once, 5 in the branch and 43 as depth-0 GELU trees: the original.
+    let mut r = recipe(hybrid(43, 0, 5));
+    (r.layerwise_tokens, r.chained_tokens, r.joint_tokens) = (0, 0, 0);
+    let j = job(dir.path(), "all", r.clone());
+    finished(run(&j, &mut Quiet, &AtomicBool::new(false)).unwrap());
+    let p = Pipeline::load(&j.out).unwrap();
+    let original = Pipeline::load(&teacher()).unwrap();
+    let g = gap(&embeddings(&p), &embeddings(&original));
+    assert!(
+        g < 1e-5,
+        "branch and trees of all the teacher's neurons: {g}"
+    );
+    // Without the branch's neurons the trees alone are far off: the branch is run.
+    let mut cut = r.clone();
+    cut.student = hybrid(43, 0, 0);
+    let j = job(dir.path(), "cut", cut);
+    finished(run(&j, &mut Quiet, &AtomicBool::new(false)).unwrap());
+    let g = gap(
+        &embeddings(&Pipeline::load(&j.out).unwrap()),
+        &embeddings(&original),
+    );
+    assert!(g > 1e-3, "43 of the 48 neurons: {g}");
+
+    // Trained, with a stop in the joint stage: the same bytes as an uninterrupted run, a
+    // branch of 5 in every layer, and the shape in config.json.
+    let whole = job(dir.path(), "whole", recipe(hybrid(3, 2, 5)));
+    let report = finished(run(&whole, &mut Quiet, &AtomicBool::new(false)).unwrap());
+    assert_eq!(report.neurons_per_token, (48, 14));
+    assert_eq!(report.student, "fff 3x2 gelu + dense 5");
+    let p = Pipeline::load(&whole.out).unwrap();
+    for i in 0..2 {
+        let b = p.model.fff_branch(i).expect("a dense branch");
+        assert_eq!((b.config().trees, b.config().depth), (5, 0));
+        assert_eq!(p.model.fff_layer(i).unwrap().config().trees, 3);
+    }
+    let config = std::fs::read_to_string(whole.out.join("config.json")).unwrap();
+    assert!(config.contains("\"dense_branch\": 5"), "{config}");
+    let j = job(dir.path(), "resumed", recipe(hybrid(3, 2, 5)));
+    let flag = AtomicBool::new(false);
+    let mut stop = StopAt {
+        stage: Stage::Joint,
+        after: 2,
+        seen: 0,
+        flag: &flag,
+    };
+    assert!(matches!(
+        run(&j, &mut stop, &flag).unwrap(),
+        Outcome::Stopped { .. }
+    ));
+    finished(run(&j, &mut Quiet, &AtomicBool::new(false)).unwrap());
+    assert!(
+        std::fs::read(j.out.join("model.safetensors")).unwrap()
+            == std::fs::read(whole.out.join("model.safetensors")).unwrap(),
+        "stopped in the joint stage: the resumed model differs"
+    );
+}
+
 fn error(j: &Job) -> String {
     format!(
         "{:#}",
@@ -334,6 +405,7 @@ fn resuming_with_other_settings_is_refused_naming_the_setting() {
         trees: 4,
         depth: 2,
         activation: Activation::Gelu,
+        branch: 0,
     };
     let e = error(&other);
     assert!(e.contains("`student`"), "{e}");

@@ -27,13 +27,18 @@ def batch():
     return [c["text"] for c in cases], ids, mask
 
 
-@pytest.mark.parametrize("name", ["tiny-st-fff", "tiny-st"])
+@pytest.mark.parametrize("name", ["tiny-st-fff", "tiny-st-fff-branch", "tiny-st"])
 def test_the_module_computes_what_the_engine_computes(name):
     texts, ids, mask = batch()
     enc = BertEncoder.from_pretrained(FIXTURES / name)
     assert enc.normalize and enc.pooling == "mean"
     has_fff = any(isinstance(m, FFF) for m in enc.modules())
-    assert has_fff == (name == "tiny-st-fff")
+    assert has_fff == (name != "tiny-st")
+    # A dense branch beside the trees: the block's own FFN, 5 neurons wide.
+    layer = enc.encoder.layer[0]
+    assert hasattr(layer, "intermediate") == (name != "tiny-st-fff")
+    if name == "tiny-st-fff-branch":
+        assert layer.intermediate.dense.weight.shape == (5, 32)
     with torch.no_grad():
         ours = enc.embed(ids, mask)
     engine = Bert(FIXTURES / name).embed(texts)

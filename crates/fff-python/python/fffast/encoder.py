@@ -77,23 +77,30 @@ class _Intermediate(nn.Module):
 
 
 class _Layer(nn.Module):
+    """A BERT block whose FFN is dense, an FFF, or an FFF beside a dense branch (``fff`` with
+    ``dense_branch`` > 0: the branch under the block's own FFN names, that many neurons wide)."""
+
     def __init__(self, c: dict, fff: Optional[dict]) -> None:
         super().__init__()
         hidden, eps = c["hidden_size"], c.get("layer_norm_eps", 1e-12)
         self.attention = _Attention(hidden, c["num_attention_heads"], eps)
-        if fff is None:
-            self.intermediate = _Intermediate(hidden, c["intermediate_size"])
-            self.act = _ACTIVATIONS[c.get("hidden_act", "gelu")]()
-        else:
+        branch = fff.get("dense_branch", 0) if fff is not None else 0
+        width = c["intermediate_size"] if fff is None else branch
+        if fff is not None:
             self.fff = FFF(hidden, hidden, fff["depth"], fff["trees"], fff["node_activation"])
-        self.output = _DenseNorm(c["intermediate_size"], hidden, eps, fff=fff is not None)
+        if width > 0:
+            self.intermediate = _Intermediate(hidden, width)
+            self.act = _ACTIVATIONS[c.get("hidden_act", "gelu")]()
+        self.output = _DenseNorm(width, hidden, eps, fff=fff is not None and width == 0)
 
     def forward(self, h: Tensor, mask_bias: Tensor) -> Tensor:
         h = self.attention(h, mask_bias)
-        if hasattr(self, "fff"):
-            y = self.fff(h) + self.output.dense.bias
-        else:
+        if hasattr(self, "intermediate"):
             y = self.output.dense(self.act(self.intermediate.dense(h)))
+        else:
+            y = self.output.dense.bias
+        if hasattr(self, "fff"):
+            y = self.fff(h) + y
         return self.output.LayerNorm(y + h)
 
 
