@@ -8,7 +8,7 @@ use crate::error::{BertError, Result};
 use crate::hf_bert::{encoder_prefix, FffBlocks, HfBertConfig};
 use crate::weights::Weights;
 use candle_core::{Device, Tensor};
-use fastfeedforward::{Activation, ConditionalLayer, Fff, FffConfig};
+use fastfeedforward::{Activation, ConditionalLayer, Fff};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -20,24 +20,8 @@ const WEIGHT_FILES: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
 /// `n` of `output.dense.weight` out), so with the checkpoint's own activation it computes the
 /// dense FFN exactly (less its output bias, which the FFF block keeps).
 pub fn ffn_as_forest(c: &HfBertConfig, w: &Weights, layer: usize, act: Activation) -> Result<Fff> {
-    let (h, width) = (c.hidden, c.intermediate);
     let l = format!("{}encoder.layer.{layer}", encoder_prefix(w)?);
-    let config = FffConfig::new(h, h, 0, width).with_activation(act);
-    let tensors = HashMap::from([
-        (
-            fastfeedforward::W_IN.to_string(),
-            w.get(&format!("{l}.intermediate.dense.weight"), &[width, h])?,
-        ),
-        (
-            fastfeedforward::B_IN.to_string(),
-            w.get(&format!("{l}.intermediate.dense.bias"), &[width])?,
-        ),
-        (
-            fastfeedforward::W_OUT.to_string(),
-            w.get(&format!("{l}.output.dense.weight"), &[h, width])?,
-        ),
-    ]);
-    Ok(Fff::from_tensors(config, &tensors, "", w.path())?)
+    crate::hf_bert::dense_as_forest(w, &l, c.intermediate, c.hidden, act)
 }
 
 /// A layer's dense FFN as the teacher of a compression: the forest of

@@ -292,32 +292,42 @@ fn fff_block(w: &Weights, l: &str, c: &HfBertConfig, spec: &FffBlocks) -> Result
     let bias = table(&w.get(&format!("{l}.output.dense.bias"), &[h])?)?;
     let branch = match spec.dense_branch {
         0 => None,
-        n => {
-            let config =
-                fastfeedforward::FffConfig::new(h, h, 0, n).with_activation(c.act.as_activation());
-            let tensors = std::collections::HashMap::from([
-                (
-                    fastfeedforward::W_IN.to_string(),
-                    w.get(&format!("{l}.intermediate.dense.weight"), &[n, h])?,
-                ),
-                (
-                    fastfeedforward::B_IN.to_string(),
-                    w.get(&format!("{l}.intermediate.dense.bias"), &[n])?,
-                ),
-                (
-                    fastfeedforward::W_OUT.to_string(),
-                    w.get(&format!("{l}.output.dense.weight"), &[h, n])?,
-                ),
-            ]);
-            Some(fastfeedforward::Fff::from_tensors(
-                config,
-                &tensors,
-                "",
-                w.path(),
-            )?)
-        }
+        n => Some(dense_as_forest(w, l, n, h, c.act.as_activation())?),
     };
     Ok(Ffn::fff_with_branch(layer, branch, Some(bias)))
+}
+
+/// The dense FFN at layer prefix `l` (`intermediate.dense` of `width` neurons in,
+/// `output.dense.weight` out; its output bias apart) as `width` trees of depth 0 with `act`
+/// nodes, tree `n` neuron `n`: it computes what the dense FFN computes.
+pub(crate) fn dense_as_forest(
+    w: &Weights,
+    l: &str,
+    width: usize,
+    h: usize,
+    act: fastfeedforward::Activation,
+) -> Result<fastfeedforward::Fff> {
+    let config = fastfeedforward::FffConfig::new(h, h, 0, width).with_activation(act);
+    let tensors = std::collections::HashMap::from([
+        (
+            fastfeedforward::W_IN.to_string(),
+            w.get(&format!("{l}.intermediate.dense.weight"), &[width, h])?,
+        ),
+        (
+            fastfeedforward::B_IN.to_string(),
+            w.get(&format!("{l}.intermediate.dense.bias"), &[width])?,
+        ),
+        (
+            fastfeedforward::W_OUT.to_string(),
+            w.get(&format!("{l}.output.dense.weight"), &[h, width])?,
+        ),
+    ]);
+    Ok(fastfeedforward::Fff::from_tensors(
+        config,
+        &tensors,
+        "",
+        w.path(),
+    )?)
 }
 
 /// LayerNorm at `prefix`, under today's names (`weight`, `bias`) or the `gamma` / `beta` of
