@@ -87,10 +87,12 @@ pub struct CompressArgs {
     /// With --ffn-budget: the fraction of the budget's neurons that go to a dense branch every
     /// token runs beside the trees (the most important neurons overall at the start), the
     /// trees taking the rest.
-    #[arg(long, requires = "ffn_budget", conflicts_with = "dense")]
+    // Checked in `recipe`: clap waives a `requires` whose target conflicts with an argument
+    // given (--ffn-budget with --trees), so it cannot say these two need the other form.
+    #[arg(long)]
     branch_share: Option<f64>,
     /// With --trees: neurons of a dense branch every token runs beside the trees.
-    #[arg(long, requires = "trees", default_value_t = 0)]
+    #[arg(long, default_value_t = 0)]
     dense_branch: usize,
     /// Where the student starts: the original's neurons, or random.
     #[arg(long, value_enum, default_value_t = Start::Teacher)]
@@ -128,6 +130,18 @@ pub struct CompressArgs {
 
 impl CompressArgs {
     fn recipe(&self, intermediate: usize) -> Result<Recipe> {
+        if self.branch_share.is_some() && (self.ffn_budget.is_none() || self.dense) {
+            anyhow::bail!(
+                "--branch-share splits an FFF's --ffn-budget; with --trees give --dense-branch N \
+                 (a dense student has no branch)"
+            );
+        }
+        if self.dense_branch > 0 && self.trees.is_none() {
+            anyhow::bail!(
+                "--dense-branch goes with --trees; with --ffn-budget give --branch-share F (a \
+                 dense student has no branch)"
+            );
+        }
         let student = match (self.ffn_budget, self.trees, self.width) {
             (Some(b), None, None) => match self.branch_share {
                 Some(share) => Student::hybrid_from_budget(
@@ -347,4 +361,54 @@ pub fn run(args: CompressArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: CompressArgs,
+    }
+
+    fn recipe(extra: &[&str]) -> Result<Recipe> {
+        let mut argv = vec!["x", "--model", "m", "--text", "t", "--out", "o"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv)
+            .expect("valid flags")
+            .args
+            .recipe(1536)
+    }
+
+    #[test]
+    fn a_dense_branch_is_given_in_the_form_of_the_shape() {
+        let r = recipe(&["--ffn-budget", "0.1", "--branch-share", "0.5"]).unwrap();
+        assert_eq!(r.student.describe(), "fff 15x4 gelu + dense 77");
+        let r = recipe(&["--trees", "3", "--dense-branch", "20"]).unwrap();
+        assert_eq!(r.student.describe(), "fff 3x4 gelu + dense 20");
+        for (flags, want) in [
+            (
+                &["--trees", "3", "--branch-share", "0.5"][..],
+                "--branch-share",
+            ),
+            (
+                &["--ffn-budget", "0.1", "--dense-branch", "5"][..],
+                "--dense-branch",
+            ),
+            (
+                &["--ffn-budget", "0.1", "--dense", "--branch-share", "0.5"][..],
+                "--branch-share",
+            ),
+            (
+                &["--dense", "--width", "9", "--dense-branch", "5"][..],
+                "--dense-branch",
+            ),
+        ] {
+            let e = recipe(flags).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{flags:?}: {e}");
+        }
+    }
 }
