@@ -376,6 +376,9 @@ impl FffBlock {
         out: &mut [f32],
     ) -> Result<()> {
         let (block, layer) = (self, &self.layer);
+        // A poisoned lock only means another thread panicked mid-call; the workspace holds
+        // scratch space, not state, so it is still usable.
+        let mut ws = block.workspace.lock().unwrap_or_else(|e| e.into_inner());
         match mode {
             FfnMode::Masked => {
                 if block.masked.get().is_none() {
@@ -386,9 +389,6 @@ impl FffBlock {
                 masked.forward(layer, x, n, mid, out);
             }
             FfnMode::Kernel => {
-                // A poisoned lock only means another thread panicked mid-call; the workspace
-                // holds scratch space, not state, so it is still usable.
-                let mut ws = block.workspace.lock().unwrap_or_else(|e| e.into_inner());
                 let opts = InferOptions::default();
                 match &block.quantized {
                     Some(q) => q.forward_infer_with(x, n, out, &mut ws, opts)?,
@@ -397,7 +397,6 @@ impl FffBlock {
             }
         }
         if let Some(branch) = &block.branch {
-            let mut ws = block.workspace.lock().unwrap_or_else(|e| e.into_inner());
             let y = mid.sized(out.len());
             branch.forward_infer_with(x, n, y, &mut ws, InferOptions::default())?;
             let width = out.len() / n.max(1);

@@ -204,10 +204,10 @@ struct GridRow {
 }
 
 impl GridRow {
-    /// Whether the row is timed: the first seed's rows of each shape (the others compute the
-    /// same shape).
-    fn timed(&self, first_seed: u64) -> bool {
-        self.ablation.is_none() && self.seed == first_seed
+    /// Whether the row is timed: not an ablation or a repeat with another seed (they compute
+    /// the same shape as their row).
+    fn timed(&self) -> bool {
+        self.ablation.is_none() && self.repeats.is_none()
     }
 }
 
@@ -383,7 +383,6 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
     }];
     outln!("original: STS {sts:.2}, probe {probe:.2}%");
     let mut models: Vec<(String, PathBuf)> = vec![("original".into(), model.clone())];
-    let first_seed = args.seeds[0];
     for row in &grid {
         let GridRow {
             name,
@@ -461,7 +460,7 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
             "{name}: STS {sts:.2}, probe {probe:.2}%, cosine {:.4}",
             last.map_or(f64::NAN, |a| a.cosine_mean)
         );
-        if row.timed(first_seed) {
+        if row.timed() {
             models.push((name.clone(), out));
         }
     }
@@ -783,7 +782,7 @@ mod tests {
         let rows = grid(&a, 1536).unwrap();
         let got: Vec<(&str, u64, Option<&str>, bool)> = rows
             .iter()
-            .map(|r| (r.name.as_str(), r.seed, r.repeats.as_deref(), r.timed(0)))
+            .map(|r| (r.name.as_str(), r.seed, r.repeats.as_deref(), r.timed()))
             .collect();
         assert_eq!(
             got,

@@ -68,8 +68,7 @@ pub fn hybrid_from_teacher(
             .with_activation(tc.activation),
         &rest,
     )?;
-    let h = tc.output_width;
-    let rows = sample.x.len() / h.max(1);
+    let rows = sample.x.len() / tc.input_width;
     let x = Tensor::from_slice(sample.x, (rows, tc.input_width), &Device::Cpu)?;
     let yb = branch.forward_train(&x)?.flatten_all()?.to_vec1::<f32>()?;
     let less: Vec<f32> = sample.y.iter().zip(&yb).map(|(y, b)| y - b).collect();
@@ -78,7 +77,8 @@ pub fn hybrid_from_teacher(
         y: &less,
     };
     let trees = gather(&others, config, &choose(&others, &remainder, config)?)?;
-    let bias = residual_mean(&[&trees, &branch], sample)?;
+    // The remainder is already the teacher's output less the branch's.
+    let bias = residual_mean(&[&trees], &remainder)?;
     Ok((trees, branch, bias))
 }
 
@@ -227,7 +227,10 @@ fn add(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
 /// The mean over the sample of the teacher's output less the sum of the students' (without
 /// bias).
 pub fn residual_mean(students: &[&Fff], sample: &Sample<'_>) -> Result<Vec<f32>> {
-    let c = students[0].config();
+    let Some(first) = students.first() else {
+        anyhow::bail!("residual_mean: no students");
+    };
+    let c = first.config();
     let (h_in, h) = (c.input_width, c.output_width);
     let rows = sample.x.len() / h_in;
     let x = Tensor::from_slice(sample.x, (rows, h_in), &Device::Cpu)?;

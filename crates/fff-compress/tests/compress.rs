@@ -120,6 +120,18 @@ impl Observer for StopAt<'_> {
     }
 }
 
+/// Runs `j` and stops it after `after` chunks of `stage`.
+fn run_stopped_in(j: &Job, stage: Stage, after: usize) -> Outcome {
+    let flag = AtomicBool::new(false);
+    let mut stop = StopAt {
+        stage,
+        after,
+        seen: 0,
+        flag: &flag,
+    };
+    run(j, &mut stop, &flag).unwrap()
+}
+
 fn finished(o: Outcome) -> fff_compress::Report {
     match o {
         Outcome::Finished(r) => *r,
@@ -203,14 +215,7 @@ fn a_run_stopped_and_resumed_in_either_stage_writes_what_an_uninterrupted_run_wr
     ] {
         let name = format!("resumed-{}", stage.name());
         let j = job(dir.path(), &name, recipe(fff()));
-        let flag = AtomicBool::new(false);
-        let mut stop = StopAt {
-            stage,
-            after,
-            seen: 0,
-            flag: &flag,
-        };
-        match run(&j, &mut stop, &flag).unwrap() {
+        match run_stopped_in(&j, stage, after) {
             Outcome::Stopped { stage: s, tokens } => {
                 assert_eq!(s, stage);
                 assert!(tokens > 0);
@@ -305,15 +310,8 @@ fn a_dense_branch_beside_the_trees_is_trained_written_and_resumed() {
     let config = std::fs::read_to_string(whole.out.join("config.json")).unwrap();
     assert!(config.contains("\"dense_branch\": 5"), "{config}");
     let j = job(dir.path(), "resumed", recipe(hybrid(3, 2, 5)));
-    let flag = AtomicBool::new(false);
-    let mut stop = StopAt {
-        stage: Stage::Joint,
-        after: 2,
-        seen: 0,
-        flag: &flag,
-    };
     assert!(matches!(
-        run(&j, &mut stop, &flag).unwrap(),
+        run_stopped_in(&j, Stage::Joint, 2),
         Outcome::Stopped { .. }
     ));
     finished(run(&j, &mut Quiet, &AtomicBool::new(false)).unwrap());
@@ -382,15 +380,8 @@ fn bad_inputs_are_refused_by_name() {
 fn resuming_with_other_settings_is_refused_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
     let j = job(dir.path(), "out", recipe(fff()));
-    let flag = AtomicBool::new(false);
-    let mut stop = StopAt {
-        stage: Stage::Layerwise,
-        after: 1,
-        seen: 0,
-        flag: &flag,
-    };
     assert!(matches!(
-        run(&j, &mut stop, &flag).unwrap(),
+        run_stopped_in(&j, Stage::Layerwise, 1),
         Outcome::Stopped { .. }
     ));
     let mut other = j.clone();
