@@ -7,6 +7,7 @@ use clap::Args;
 use fastfeedforward::Activation;
 use fff_compress::job::{run as run_job, Job, Observer, Outcome, Progress};
 use fff_compress::{Agreement, Recipe, Stage, Start, Student};
+use fff_train::state::SoftSchedule;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
@@ -31,6 +32,15 @@ pub(crate) struct StageArgs {
     /// Peak learning rate of the joint stage.
     #[arg(long, default_value_t = Recipe::JOINT_LEARNING_RATE)]
     joint_lr: f64,
+    /// Soft-to-hard routing in the layer-wise and chained stages, LEVELS:T0:T1:HARD_FRACTION
+    /// (e.g. 1:1:0.05:0.3): the top LEVELS of each tree route softly at a temperature going
+    /// from T0 to T1 over each stage, the last HARD_FRACTION of it hard. [default: hard]
+    #[arg(long)]
+    soft_routing: Option<SoftSchedule>,
+    /// Weight of the load-balancing loss (each node pushed to split its tokens evenly) in the
+    /// layer-wise and chained stages.
+    #[arg(long, default_value_t = 0.0)]
+    load_balance: f64,
 }
 
 impl StageArgs {
@@ -43,6 +53,8 @@ impl StageArgs {
             joint_tokens: n(self.joint_tokens),
             learning_rate: self.lr,
             joint_learning_rate: self.joint_lr,
+            soft_routing: self.soft_routing,
+            load_balance: self.load_balance,
             ..recipe
         }
     }

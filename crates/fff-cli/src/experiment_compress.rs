@@ -18,6 +18,7 @@ use fff_bench::encoder::{
 use fff_bert::Pipeline;
 use fff_compress::job::{run as run_job, Job, Outcome};
 use fff_compress::{Recipe, Report, Start, Student};
+use fff_train::state::SoftSchedule;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -137,16 +138,41 @@ enum Ablation {
     NoJoint,
     /// Every stage, from the library's random initialisation instead of the teacher's neurons.
     RandomStart,
+    /// Every stage, with soft-to-hard routing ([`Ablation::SOFT_ROUTING`]) added to the
+    /// layer-wise and chained stages.
+    SoftRouting,
+    /// Every stage, with the load-balancing loss ([`Ablation::LOAD_BALANCE`]) added to the
+    /// layer-wise and chained stages.
+    LoadBalance,
 }
 
 impl Ablation {
-    const ALL: [Ablation; 5] = [
+    const ALL: [Ablation; 7] = [
         Ablation::NoDistillation,
         Ablation::LayerwiseOnly,
         Ablation::NoChained,
         Ablation::NoJoint,
         Ablation::RandomStart,
+        Ablation::SoftRouting,
+        Ablation::LoadBalance,
     ];
+
+    /// The soft routing an ablation adds: each tree's root routes softly, its temperature
+    /// falling from 1 to 0.05 over the first 70% of each stage, the rest hard.
+    const SOFT_ROUTING: SoftSchedule = SoftSchedule {
+        levels: 1,
+        start_temperature: 1.0,
+        end_temperature: 0.05,
+        hard_fraction: 0.3,
+    };
+
+    /// The weight of the load-balancing loss an ablation adds.
+    const LOAD_BALANCE: f64 = 0.05;
+
+    /// Whether the ablation changes `recipe` (an ingredient it adds may be there already).
+    fn changes(self, recipe: &Recipe) -> bool {
+        self.apply(recipe.clone()) != *recipe
+    }
 
     /// The suffix of the row's name.
     fn suffix(self) -> &'static str {
@@ -156,6 +182,8 @@ impl Ablation {
             Ablation::NoChained => "no-chained",
             Ablation::NoJoint => "no-joint",
             Ablation::RandomStart => "random-start",
+            Ablation::SoftRouting => "soft-routing",
+            Ablation::LoadBalance => "load-balance",
         }
     }
 
@@ -183,6 +211,14 @@ impl Ablation {
             },
             Ablation::RandomStart => Recipe {
                 start: Start::Random,
+                ..recipe
+            },
+            Ablation::SoftRouting => Recipe {
+                soft_routing: Some(Self::SOFT_ROUTING),
+                ..recipe
+            },
+            Ablation::LoadBalance => Recipe {
+                load_balance: Self::LOAD_BALANCE,
                 ..recipe
             },
         }
@@ -306,7 +342,8 @@ fn grid(args: &CompressFrontierArgs, intermediate: usize) -> Result<Vec<GridRow>
             );
         };
         let (budget, student, seed) = (base.budget, base.student, base.seed);
-        for a in Ablation::ALL {
+        let recipe = args.stages.apply(Recipe::new(student), true);
+        for a in Ablation::ALL.into_iter().filter(|a| a.changes(&recipe)) {
             rows.push(GridRow {
                 name: format!("{target}-{}", a.suffix()),
                 kind: "ablation".into(),
@@ -730,6 +767,8 @@ mod tests {
                 "fff-31x4-no-chained",
                 "fff-31x4-no-joint",
                 "fff-31x4-random-start",
+                "fff-31x4-soft-routing",
+                "fff-31x4-load-balance",
             ]
         );
         let base = a.stages.apply(Recipe::new(rows[0].student), true);
@@ -748,13 +787,19 @@ mod tests {
                 ablated.chained_tokens,
                 ablated.joint_tokens,
                 ablated.start,
+                ablated.soft_routing,
+                ablated.load_balance,
             );
+            let soft = Some(Ablation::SOFT_ROUTING);
+            let balance = Ablation::LOAD_BALANCE;
             let want = match r.ablation.unwrap() {
-                Ablation::NoDistillation => (0, 0, 0, Start::Teacher),
-                Ablation::LayerwiseOnly => (l, 0, 0, Start::Teacher),
-                Ablation::NoChained => (l, 0, j, Start::Teacher),
-                Ablation::NoJoint => (l, c, 0, Start::Teacher),
-                Ablation::RandomStart => (l, c, j, Start::Random),
+                Ablation::NoDistillation => (0, 0, 0, Start::Teacher, None, 0.0),
+                Ablation::LayerwiseOnly => (l, 0, 0, Start::Teacher, None, 0.0),
+                Ablation::NoChained => (l, 0, j, Start::Teacher, None, 0.0),
+                Ablation::NoJoint => (l, c, 0, Start::Teacher, None, 0.0),
+                Ablation::RandomStart => (l, c, j, Start::Random, None, 0.0),
+                Ablation::SoftRouting => (l, c, j, Start::Teacher, soft, 0.0),
+                Ablation::LoadBalance => (l, c, j, Start::Teacher, None, balance),
             };
             assert_eq!(got, want, "{}", r.name);
             // Nothing else of the recipe changes.
@@ -763,10 +808,30 @@ mod tests {
                 chained_tokens: c,
                 joint_tokens: j,
                 start: Start::Teacher,
+                soft_routing: None,
+                load_balance: 0.0,
                 ..ablated
             };
             assert_eq!(restored, base, "{}", r.name);
         }
+        // An ingredient the row's recipe has already is not added again.
+        let a = args(&[
+            "--budgets",
+            "0.1",
+            "--kinds",
+            "fff-deep",
+            "--ablate",
+            "fff-31x4",
+            "--soft-routing",
+            "1:1:0.05:0.3",
+        ]);
+        let rows = grid(&a, 1536).unwrap();
+        assert!(rows
+            .iter()
+            .all(|r| r.ablation != Some(Ablation::SoftRouting)));
+        assert!(rows
+            .iter()
+            .any(|r| r.ablation == Some(Ablation::LoadBalance)));
     }
 
     #[test]

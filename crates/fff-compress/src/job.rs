@@ -13,7 +13,7 @@ use crate::recipe::{Recipe, Stage, Start};
 use crate::shape::Student;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use candle_core::{Device, Tensor, Var};
-use fastfeedforward::{ConditionalLayer, Fff, FffConfig, Init};
+use fastfeedforward::{ConditionalLayer, Fff, FffConfig, Init, TrainStep};
 use fff_bert::convert::{ffn_as_forest, write_with_dense, write_with_fff, WrittenLayer};
 use fff_bert::tokenizer::Encoding;
 use fff_bert::{
@@ -195,6 +195,17 @@ impl Layer {
             y = (y + train(b)?)?;
         }
         y.broadcast_add(self.bias.as_tensor())
+    }
+
+    /// The layer's output on `x` for one step of the layer-wise and chained stages: the FFF
+    /// routed as `step` says (softly over its top levels, or hard with a load-balancing loss
+    /// added to the step's auxiliary loss), the branch and the bias.
+    fn forward_step(&self, x: &Tensor, step: &mut TrainStep) -> Result<Tensor> {
+        let mut y = self.fff.forward_step(x, step)?;
+        if let Some(b) = &self.branch {
+            y = (y + b.forward_train(x)?)?;
+        }
+        Ok(y.broadcast_add(self.bias.as_tensor())?)
     }
 
     fn bias(&self) -> Result<Vec<f32>> {
@@ -663,8 +674,14 @@ fn train_chunk(
         for (i, l) in layers.iter().enumerate() {
             let x = gather(&inputs[i], idx)?;
             let t = gather(&targets[i], idx)?;
-            let y = l.forward(&x)?;
-            let loss = (y - t)?.sqr()?.mean_all()?.affine(1.0 / power[i], 0.0)?;
+            let mut step = TrainStep::default()
+                .with_soft_routing(r.soft_routing_at(fraction(done)))
+                .with_load_balance(r.load_balance);
+            let y = l.forward_step(&x, &mut step)?;
+            let mut loss = (y - t)?.sqr()?.mean_all()?.affine(1.0 / power[i], 0.0)?;
+            if let Some(aux) = step.into_loss() {
+                loss = (loss + aux)?;
+            }
             total = Some(match total {
                 None => loss,
                 Some(s) => (s + loss)?,

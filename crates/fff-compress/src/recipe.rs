@@ -3,6 +3,8 @@
 
 use crate::shape::Student;
 use anyhow::{ensure, Result};
+use fastfeedforward::SoftRouting;
+use fff_train::state::SoftSchedule;
 use serde::{Deserialize, Serialize};
 
 /// Where a student's FFN starts.
@@ -83,6 +85,15 @@ pub struct Recipe {
     pub eval_every: u64,
     /// Seed of the text order and the initialisation.
     pub seed: u64,
+    /// Soft-to-hard routing of the layer-wise and chained stages, each annealing over its own
+    /// tokens and ending hard (see [`fastfeedforward::soft`]); none by default. The joint
+    /// stage always routes hard.
+    #[serde(default)]
+    pub soft_routing: Option<SoftSchedule>,
+    /// Weight of the load-balancing loss ([`fastfeedforward::balance`]) in the layer-wise and
+    /// chained stages; 0 (none) by default.
+    #[serde(default)]
+    pub load_balance: f64,
 }
 
 impl Recipe {
@@ -117,6 +128,8 @@ impl Recipe {
             holdout: 1000,
             eval_every: 1_000_000,
             seed: 0,
+            soft_routing: None,
+            load_balance: 0.0,
         }
     }
 
@@ -159,6 +172,22 @@ impl Recipe {
         ensure!(self.max_tokens >= 2, "--max-tokens must be at least 2");
         ensure!(self.init_tokens >= 1, "--init-tokens must be at least 1");
         ensure!(self.eval_every >= 1, "--eval-every must be at least 1");
+        if let Some(s) = &self.soft_routing {
+            let temperature = |t: f64| t.is_finite() && t > 0.0;
+            ensure!(
+                s.levels >= 1
+                    && temperature(s.start_temperature)
+                    && temperature(s.end_temperature)
+                    && (0.0..=1.0).contains(&s.hard_fraction),
+                "--soft-routing {s}: expected LEVELS >= 1, temperatures > 0 and a hard \
+                 fraction in [0, 1]"
+            );
+        }
+        ensure!(
+            self.load_balance.is_finite() && self.load_balance >= 0.0,
+            "--load-balance {}: expected a weight >= 0",
+            self.load_balance
+        );
         Ok(())
     }
 
@@ -167,10 +196,22 @@ impl Recipe {
         let a = serde_json::to_value(self).expect("a recipe serializes");
         let b = serde_json::to_value(other).expect("a recipe serializes");
         let (a, b) = (a.as_object()?, b.as_object()?);
-        a.iter().find_map(|(k, v)| {
-            let w = b.get(k).cloned().unwrap_or(serde_json::Value::Null);
-            (*v != w).then(|| (k.clone(), v.to_string(), w.to_string()))
+        let field = |m: &serde_json::Map<String, serde_json::Value>, k: &str| {
+            m.get(k).cloned().unwrap_or(serde_json::Value::Null)
+        };
+        a.keys().chain(b.keys()).find_map(|k| {
+            let (v, w) = (field(a, k), field(b, k));
+            (v != w).then(|| (k.clone(), v.to_string(), w.to_string()))
         })
+    }
+
+    /// How the layer-wise and chained stages route after `fraction` of their tokens: softly
+    /// over the schedule's levels while it is soft, hard (None) after.
+    pub fn soft_routing_at(&self, fraction: f64) -> Option<SoftRouting> {
+        // The schedule counts steps; a million steps resolve any stage's fraction finely.
+        const STEPS: usize = 1_000_000;
+        let step = (fraction.clamp(0.0, 1.0) * STEPS as f64) as usize;
+        self.soft_routing?.at(step.min(STEPS - 1), STEPS)
     }
 
     /// The learning rate after `fraction` of `stage`: a linear warm-up over its first 2%, then
@@ -197,4 +238,87 @@ fn default_joint_learning_rate() -> f64 {
 
 fn default_joint_step_tokens() -> usize {
     2048
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fastfeedforward::Activation;
+
+    fn recipe() -> Recipe {
+        Recipe::new(Student::Fff {
+            trees: 3,
+            depth: 4,
+            activation: Activation::Gelu,
+            branch: 0,
+        })
+    }
+
+    #[test]
+    fn soft_routing_anneals_over_a_stage_and_ends_hard() {
+        let mut r = recipe();
+        assert_eq!(r.soft_routing_at(0.0), None, "hard by default");
+        r.soft_routing = Some(SoftSchedule {
+            levels: 2,
+            start_temperature: 1.0,
+            end_temperature: 0.01,
+            hard_fraction: 0.25,
+        });
+        let t = |f: f64| r.soft_routing_at(f).map(|s| (s.levels, s.temperature));
+        assert_eq!(t(0.0), Some((2, 1.0)));
+        let (_, mid) = t(0.375).unwrap();
+        assert!((mid - 0.1).abs() < 1e-3, "geometric halfway: {mid}");
+        let (_, late) = t(0.7499).unwrap();
+        assert!((late - 0.01).abs() < 1e-3, "{late}");
+        assert_eq!(t(0.75), None);
+        assert_eq!(t(1.0), None);
+        assert_eq!(t(2.0), None);
+    }
+
+    #[test]
+    fn bad_soft_routing_and_balance_are_refused_by_flag() {
+        for (levels, t0, t1, hard) in [
+            (0, 1.0, 0.1, 0.2),
+            (1, 0.0, 0.1, 0.2),
+            (1, 1.0, f64::NAN, 0.2),
+            (1, 1.0, 0.1, 1.5),
+        ] {
+            let r = Recipe {
+                soft_routing: Some(SoftSchedule {
+                    levels,
+                    start_temperature: t0,
+                    end_temperature: t1,
+                    hard_fraction: hard,
+                }),
+                ..recipe()
+            };
+            let e = r.validate().unwrap_err().to_string();
+            assert!(e.starts_with("--soft-routing"), "{e}");
+        }
+        for w in [-0.1, f64::INFINITY] {
+            let r = Recipe {
+                load_balance: w,
+                ..recipe()
+            };
+            let e = r.validate().unwrap_err().to_string();
+            assert!(e.starts_with("--load-balance"), "{e}");
+        }
+        recipe().validate().unwrap();
+    }
+
+    #[test]
+    fn a_difference_is_found_whichever_recipe_holds_the_setting() {
+        let a = recipe();
+        let b = Recipe {
+            load_balance: 0.5,
+            ..recipe()
+        };
+        assert_eq!(a.difference(&a), None);
+        let (field, ours, theirs) = a.difference(&b).unwrap();
+        assert_eq!(
+            (field.as_str(), ours.as_str(), theirs.as_str()),
+            ("load_balance", "0.0", "0.5")
+        );
+        assert_eq!(b.difference(&a).unwrap().0, "load_balance");
+    }
 }

@@ -322,6 +322,47 @@ fn a_dense_branch_beside_the_trees_is_trained_written_and_resumed() {
     );
 }
 
+#[test]
+fn soft_routing_and_load_balancing_train_change_the_student_and_resume_to_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = job(dir.path(), "plain", recipe(fff()));
+    finished(run(&plain, &mut Quiet, &AtomicBool::new(false)).unwrap());
+    let plain = std::fs::read(plain.out.join("model.safetensors")).unwrap();
+    let with = |r: Recipe| Recipe {
+        soft_routing: Some(fff_train::state::SoftSchedule {
+            levels: 1,
+            start_temperature: 1.0,
+            end_temperature: 0.05,
+            hard_fraction: 0.3,
+        }),
+        load_balance: 0.1,
+        ..r
+    };
+    let whole = job(dir.path(), "whole", with(recipe(fff())));
+    finished(run(&whole, &mut Quiet, &AtomicBool::new(false)).unwrap());
+    let want = std::fs::read(whole.out.join("model.safetensors")).unwrap();
+    assert!(
+        want != plain,
+        "soft routing and balancing left the student as it was"
+    );
+    Pipeline::load(&whole.out).unwrap();
+    // Stopped while the routing is still soft (2 of about 6 chunks of the layer-wise stage).
+    let j = job(dir.path(), "resumed", with(recipe(fff())));
+    assert!(matches!(
+        run_stopped_in(&j, Stage::Layerwise, 2),
+        Outcome::Stopped { .. }
+    ));
+    let mut other = j.clone();
+    other.recipe.soft_routing = None;
+    let e = error(&other);
+    assert!(e.contains("soft_routing"), "{e}");
+    finished(run(&j, &mut Quiet, &AtomicBool::new(false)).unwrap());
+    assert!(
+        std::fs::read(j.out.join("model.safetensors")).unwrap() == want,
+        "stopped while soft: the resumed model differs"
+    );
+}
+
 fn error(j: &Job) -> String {
     format!(
         "{:#}",
