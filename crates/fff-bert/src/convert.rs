@@ -58,12 +58,14 @@ pub struct WrittenLayer<'a> {
 /// FFF layers (all of `spec`'s shape, with its dense branch where it has one) and their output
 /// biases: `model.safetensors` (written to a temporary name and renamed), `config.json` with
 /// `spec` under `fff`, and every other file and folder of `src` (tokenizer,
-/// sentence-transformers files) copied.
+/// sentence-transformers files) copied. `retuned` gives kept tensors new values (by their
+/// names in `src`, e.g. LayerNorms tuned while compressing).
 pub fn write_with_fff(
     src: &Path,
     dst: &Path,
     spec: &FffBlocks,
     layers: &[WrittenLayer<'_>],
+    retuned: &HashMap<String, Tensor>,
 ) -> Result<()> {
     let listed: Vec<usize> = layers.iter().map(|l| l.index).collect();
     if listed != spec.layers {
@@ -119,6 +121,7 @@ pub fn write_with_fff(
         src,
         dst,
         layers,
+        retuned,
         |config| config["fff"] = json,
         |at, l| {
             let mut out = Vec::new();
@@ -156,8 +159,13 @@ fn dense_tensors(at: &str, fff: &Fff) -> Result<Vec<(String, Tensor)>> {
 /// forest in `layers` written as a plain, narrower dense FFN (`intermediate_size` = the
 /// forest's tree count): the form a pruned FFN takes, loadable by any BERT implementation.
 /// Every layer must be listed, with forests of one width whose node activation is the
-/// model's `hidden_act`.
-pub fn write_with_dense(src: &Path, dst: &Path, layers: &[WrittenLayer<'_>]) -> Result<()> {
+/// model's `hidden_act`. `retuned` as for [`write_with_fff`].
+pub fn write_with_dense(
+    src: &Path,
+    dst: &Path,
+    layers: &[WrittenLayer<'_>],
+    retuned: &HashMap<String, Tensor>,
+) -> Result<()> {
     let c = match crate::ModelConfig::from_file(&src.join("config.json"))? {
         crate::ModelConfig::Bert(c) => c,
         crate::ModelConfig::Crammed(_) => {
@@ -196,18 +204,20 @@ pub fn write_with_dense(src: &Path, dst: &Path, layers: &[WrittenLayer<'_>]) -> 
         src,
         dst,
         layers,
+        retuned,
         |config| config["intermediate_size"] = width.into(),
         |at, l| dense_tensors(at, l.fff),
     )
 }
 
 /// The writer under [`write_with_fff`] and [`write_with_dense`]: every tensor of `src` but the
-/// listed layers' FFN weights, plus `tensors(layer prefix, layer)` and the new output biases;
-/// `edit` changes `config.json`.
+/// listed layers' FFN weights (the `retuned` ones with their new values), plus
+/// `tensors(layer prefix, layer)` and the new output biases; `edit` changes `config.json`.
 fn write_replaced(
     src: &Path,
     dst: &Path,
     layers: &[WrittenLayer<'_>],
+    retuned: &HashMap<String, Tensor>,
     edit: impl FnOnce(&mut serde_json::Value),
     tensors: impl Fn(&str, &WrittenLayer<'_>) -> Result<Vec<(String, Tensor)>>,
 ) -> Result<()> {
@@ -228,7 +238,7 @@ fn write_replaced(
         message: format!("not valid JSON: {e}"),
     })?;
     edit(&mut config);
-    let w = Weights::from_dir(src)?;
+    let w = Weights::from_dir(src)?.with_replaced(retuned.clone())?;
     let p = encoder_prefix(&w)?;
     let replaced = |name: &str| {
         layers.iter().any(|l| {

@@ -42,6 +42,12 @@ enum Store {
     },
     /// `get` draws a tensor of the requested shape instead of looking it up.
     Random(u64),
+    /// Another store with some of its tensors given new values (of the same shapes), e.g.
+    /// tuned while a model is compressed; the names stay the base's.
+    Replaced {
+        base: Box<Weights>,
+        tensors: HashMap<String, Tensor>,
+    },
 }
 
 impl std::fmt::Debug for Weights {
@@ -50,6 +56,9 @@ impl std::fmt::Debug for Weights {
             Store::Mapped { names, .. } => format!("{} tensors, memory-mapped", names.len()),
             Store::Torch { names, .. } => format!("{} tensors in a torch zip", names.len()),
             Store::Random(seed) => format!("random, seed {seed}"),
+            Store::Replaced { base, tensors } => {
+                format!("{} tensors, {} replaced", base.len(), tensors.len())
+            }
         };
         f.debug_struct("Weights")
             .field("path", &self.path)
@@ -126,6 +135,33 @@ impl Weights {
         }
     }
 
+    /// These weights with the tensors of `tensors` (by name) given new values: each must be
+    /// a tensor of these weights, of the shape it has here.
+    pub fn with_replaced(self, tensors: HashMap<String, Tensor>) -> Result<Weights> {
+        for (name, t) in &tensors {
+            let stored = self.get_stored(name)?;
+            if stored.dims() != t.dims() {
+                return Err(BertError::Shape {
+                    path: self.path.clone(),
+                    name: name.clone(),
+                    expected: stored.dims().to_vec(),
+                    found: t.dims().to_vec(),
+                });
+            }
+        }
+        let tensors = tensors
+            .into_iter()
+            .map(|(n, t)| Ok((n, t.to_dtype(candle_core::DType::F32)?)))
+            .collect::<Result<_>>()?;
+        Ok(Weights {
+            path: self.path.clone(),
+            store: Store::Replaced {
+                base: Box::new(self),
+                tensors,
+            },
+        })
+    }
+
     /// The file the tensors came from.
     pub fn path(&self) -> &Path {
         &self.path
@@ -136,6 +172,7 @@ impl Weights {
         match &self.store {
             Store::Mapped { names, .. } | Store::Torch { names, .. } => names.contains_key(name),
             Store::Random(_) => false,
+            Store::Replaced { base, .. } => base.contains(name),
         }
     }
 
@@ -144,6 +181,7 @@ impl Weights {
         match &self.store {
             Store::Mapped { names, .. } | Store::Torch { names, .. } => names.len(),
             Store::Random(_) => 0,
+            Store::Replaced { base, .. } => base.len(),
         }
     }
 
@@ -159,6 +197,7 @@ impl Weights {
                 names.keys().map(String::as_str).collect()
             }
             Store::Random(_) => Vec::new(),
+            Store::Replaced { base, .. } => base.names(),
         }
     }
 
@@ -182,6 +221,12 @@ impl Weights {
                 .and_then(|stored| file.tensor_infos().get(stored))
                 .map(|info| info.layout.dims().to_vec()),
             Store::Random(_) => None,
+            Store::Replaced { base, .. } => {
+                return base.get_stored(name).and_then(|t| {
+                    let shape = t.dims().to_vec();
+                    self.get(name, &shape)
+                })
+            }
         };
         match shape {
             Some(shape) => self.get(name, &shape),
@@ -230,6 +275,10 @@ impl Weights {
     fn read(&self, name: &str, shape: Option<&[usize]>, checked: bool) -> Result<Option<Tensor>> {
         match &self.store {
             Store::Random(_) => Ok(None),
+            Store::Replaced { base, tensors } => match tensors.get(name) {
+                Some(t) => Ok(Some(t.clone())),
+                None => base.read(name, shape, checked),
+            },
             Store::Mapped { file, names } => {
                 let Some(stored) = names.get(name) else {
                     return Ok(None);

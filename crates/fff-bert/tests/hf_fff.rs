@@ -68,7 +68,7 @@ fn converted(dir: &Path, act: Activation, source: impl Fn(usize) -> usize) -> Pi
             out_bias: b.as_slice(),
         })
         .collect();
-    write_with_fff(&teacher(), dir, &spec, &layers).unwrap();
+    write_with_fff(&teacher(), dir, &spec, &layers, &Default::default()).unwrap();
     Pipeline::load(dir).unwrap()
 }
 
@@ -140,4 +140,42 @@ fn bad_fff_settings_are_refused_by_name() {
     assert!(err.contains("fff.linear_in.weight"), "{err}");
     // Unedited, it loads.
     Pipeline::load(out.path()).unwrap();
+}
+
+/// Weights with tensors replaced read the new values under the old names, leave the others,
+/// and refuse a name the checkpoint lacks or a shape it does not have.
+#[test]
+fn replaced_tensors_are_read_in_place_of_the_stored_ones() {
+    let w = Weights::from_dir(&teacher()).unwrap();
+    let name = "encoder.layer.0.output.LayerNorm.weight";
+    let h = config(&teacher()).hidden;
+    let new = candle_core::Tensor::full(0.5f32, h, &candle_core::Device::Cpu).unwrap();
+    let replaced = w
+        .clone()
+        .with_replaced([(name.to_string(), new)].into())
+        .unwrap();
+    assert_eq!(replaced.len(), w.len());
+    assert_eq!(
+        replaced.get(name, &[h]).unwrap().to_vec1::<f32>().unwrap(),
+        vec![0.5; h]
+    );
+    let other = "encoder.layer.1.output.LayerNorm.weight";
+    assert_eq!(
+        replaced.get(other, &[h]).unwrap().to_vec1::<f32>().unwrap(),
+        w.get(other, &[h]).unwrap().to_vec1::<f32>().unwrap()
+    );
+    let wrong =
+        candle_core::Tensor::zeros(h + 1, candle_core::DType::F32, &candle_core::Device::Cpu)
+            .unwrap();
+    let e = w
+        .clone()
+        .with_replaced([(name.to_string(), wrong.clone())].into())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(name), "{e}");
+    let e = w
+        .with_replaced([("no.such.tensor".to_string(), wrong)].into())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no.such.tensor"), "{e}");
 }

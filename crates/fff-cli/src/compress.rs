@@ -6,7 +6,7 @@ use anyhow::{ensure, Context, Result};
 use clap::Args;
 use fastfeedforward::Activation;
 use fff_compress::job::{run as run_job, Job, Observer, Outcome, Progress};
-use fff_compress::{Agreement, Recipe, Stage, Start, Student};
+use fff_compress::{Agreement, Recipe, Stage, Start, Student, Tune};
 use fff_train::state::SoftSchedule;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -32,6 +32,10 @@ pub(crate) struct StageArgs {
     /// Peak learning rate of the joint stage.
     #[arg(long, default_value_t = Recipe::JOINT_LEARNING_RATE)]
     joint_lr: f64,
+    /// What the joint stage trains besides the FFN blocks: nothing else, the LayerNorms too,
+    /// or the LayerNorms and the attention's projections.
+    #[arg(long, value_enum, default_value_t = Tune::Ffn)]
+    joint_tune: Tune,
     /// Soft-to-hard routing in the layer-wise and chained stages, LEVELS:T0:T1:HARD_FRACTION
     /// (e.g. 1:1:0.05:0.3): the top LEVELS of each tree route softly at a temperature going
     /// from T0 to T1 over each stage, the last HARD_FRACTION of it hard. [default: hard]
@@ -53,6 +57,7 @@ impl StageArgs {
             joint_tokens: n(self.joint_tokens),
             learning_rate: self.lr,
             joint_learning_rate: self.joint_lr,
+            joint_tune: self.joint_tune,
             soft_routing: self.soft_routing,
             load_balance: self.load_balance,
             ..recipe

@@ -17,7 +17,7 @@ use fff_bench::encoder::{
 };
 use fff_bert::Pipeline;
 use fff_compress::job::{run as run_job, Job, Outcome};
-use fff_compress::{Recipe, Report, Start, Student};
+use fff_compress::{Recipe, Report, Start, Student, Tune};
 use fff_train::state::SoftSchedule;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -144,10 +144,12 @@ enum Ablation {
     /// Every stage, with the load-balancing loss ([`Ablation::LOAD_BALANCE`]) added to the
     /// layer-wise and chained stages.
     LoadBalance,
+    /// Every stage, the joint one also tuning the LayerNorms and attention projections.
+    TuneAll,
 }
 
 impl Ablation {
-    const ALL: [Ablation; 7] = [
+    const ALL: [Ablation; 8] = [
         Ablation::NoDistillation,
         Ablation::LayerwiseOnly,
         Ablation::NoChained,
@@ -155,6 +157,7 @@ impl Ablation {
         Ablation::RandomStart,
         Ablation::SoftRouting,
         Ablation::LoadBalance,
+        Ablation::TuneAll,
     ];
 
     /// The soft routing an ablation adds: each tree's root routes softly, its temperature
@@ -184,6 +187,7 @@ impl Ablation {
             Ablation::RandomStart => "random-start",
             Ablation::SoftRouting => "soft-routing",
             Ablation::LoadBalance => "load-balance",
+            Ablation::TuneAll => "tune-all",
         }
     }
 
@@ -219,6 +223,10 @@ impl Ablation {
             },
             Ablation::LoadBalance => Recipe {
                 load_balance: Self::LOAD_BALANCE,
+                ..recipe
+            },
+            Ablation::TuneAll => Recipe {
+                joint_tune: Tune::All,
                 ..recipe
             },
         }
@@ -769,6 +777,7 @@ mod tests {
                 "fff-31x4-random-start",
                 "fff-31x4-soft-routing",
                 "fff-31x4-load-balance",
+                "fff-31x4-tune-all",
             ]
         );
         let base = a.stages.apply(Recipe::new(rows[0].student), true);
@@ -789,17 +798,20 @@ mod tests {
                 ablated.start,
                 ablated.soft_routing,
                 ablated.load_balance,
+                ablated.joint_tune,
             );
             let soft = Some(Ablation::SOFT_ROUTING);
             let balance = Ablation::LOAD_BALANCE;
+            let (teacher, random, ffn) = (Start::Teacher, Start::Random, Tune::Ffn);
             let want = match r.ablation.unwrap() {
-                Ablation::NoDistillation => (0, 0, 0, Start::Teacher, None, 0.0),
-                Ablation::LayerwiseOnly => (l, 0, 0, Start::Teacher, None, 0.0),
-                Ablation::NoChained => (l, 0, j, Start::Teacher, None, 0.0),
-                Ablation::NoJoint => (l, c, 0, Start::Teacher, None, 0.0),
-                Ablation::RandomStart => (l, c, j, Start::Random, None, 0.0),
-                Ablation::SoftRouting => (l, c, j, Start::Teacher, soft, 0.0),
-                Ablation::LoadBalance => (l, c, j, Start::Teacher, None, balance),
+                Ablation::NoDistillation => (0, 0, 0, teacher, None, 0.0, ffn),
+                Ablation::LayerwiseOnly => (l, 0, 0, teacher, None, 0.0, ffn),
+                Ablation::NoChained => (l, 0, j, teacher, None, 0.0, ffn),
+                Ablation::NoJoint => (l, c, 0, teacher, None, 0.0, ffn),
+                Ablation::RandomStart => (l, c, j, random, None, 0.0, ffn),
+                Ablation::SoftRouting => (l, c, j, teacher, soft, 0.0, ffn),
+                Ablation::LoadBalance => (l, c, j, teacher, None, balance, ffn),
+                Ablation::TuneAll => (l, c, j, teacher, None, 0.0, Tune::All),
             };
             assert_eq!(got, want, "{}", r.name);
             // Nothing else of the recipe changes.
@@ -810,6 +822,7 @@ mod tests {
                 start: Start::Teacher,
                 soft_routing: None,
                 load_balance: 0.0,
+                joint_tune: Tune::Ffn,
                 ..ablated
             };
             assert_eq!(restored, base, "{}", r.name);

@@ -9,7 +9,8 @@
 
 use crate::corpus::{self, Corpus, Cursor, Stream, TextFile};
 use crate::init::{self, Sample};
-use crate::recipe::{Recipe, Stage, Start};
+use crate::joint::Trunk;
+use crate::recipe::{Recipe, Stage, Start, Tune};
 use crate::shape::Student;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use candle_core::{Device, Tensor, Var};
@@ -17,7 +18,7 @@ use fastfeedforward::{ConditionalLayer, Fff, FffConfig, Init, TrainStep};
 use fff_bert::convert::{ffn_as_forest, write_with_dense, write_with_fff, WrittenLayer};
 use fff_bert::tokenizer::Encoding;
 use fff_bert::{
-    BertTokenizer, FffBlocks, HfBertConfig, ModelConfig, Pipeline, PoolingConfig, Weights,
+    BertTokenizer, FffBlocks, HfBertConfig, Model, ModelConfig, Pipeline, PoolingConfig, Weights,
 };
 use fff_train::optim::{Optimizer, OptimizerKind};
 use rand::rngs::StdRng;
@@ -244,6 +245,8 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
     let digest = model_digest(&job.model)?;
 
     let mut student = Pipeline::load(&job.model)?;
+    let prefix = fff_bert::convert::encoder_prefix_of(&weights)?;
+    let trunk = Trunk::load(&c, &weights, &prefix, r.joint_tune)?;
     let checkpoint = job.work.join("checkpoint");
     let (mut state, layers, moments) = if checkpoint.join("state.json").exists() {
         let state = load_state(&checkpoint)?;
@@ -275,6 +278,7 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
             );
         }
         let (layers, moments) = load_tensors(&checkpoint, config, branch, c.layers)?;
+        trunk.set(&load_trunk(&checkpoint)?)?;
         observer.message(&format!(
             "resuming from {}: stage {}, {} tokens",
             checkpoint.display(),
@@ -317,11 +321,7 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
         };
         (state, layers, None)
     };
-    for (i, l) in layers.iter().enumerate() {
-        student
-            .model
-            .set_ffn_fff(i, l.fff.clone(), l.branch.clone(), l.bias()?)?;
-    }
+    sync_student(&mut student, &c, &weights, &trunk, &layers)?;
 
     let pooling = teacher.pooling(None, None);
     let held = teacher.embed(&corpus.holdout, &pooling, 64)?;
@@ -332,29 +332,28 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
     };
     if state.agreement.is_empty() && !corpus.holdout.is_empty() {
         holdout.measure(&student, "init", &mut state, observer)?;
-        save_checkpoint(&checkpoint, &state, &layers, None)?;
+        save_checkpoint(&checkpoint, &state, &layers, &trunk, None)?;
     }
 
-    let frozen = if r.joint_tokens > 0 {
-        let prefix = fff_bert::convert::encoder_prefix_of(&weights)?;
-        Some(crate::joint::Frozen::load(&c, &weights, &prefix)?)
-    } else {
-        None
-    };
     let vars: Vec<Var> = layers.iter().flat_map(|l| l.vars()).collect();
     let mut moments = moments;
     let mut stream = Stream::new(corpus.train.len(), r.seed, state.cursor);
     let mut last_save = Instant::now();
     while let Some(&stage) = Stage::ALL.get(state.stage) {
         let total = r.tokens(stage);
-        let mut opt = Optimizer::new(vars.clone(), OptimizerKind::default(), r.learning_rate, 0.0);
+        // The joint stage also trains the trunk's tuned tensors, where the recipe tunes any.
+        let stage_vars = match stage {
+            Stage::Joint => [vars.clone(), trunk.vars()].concat(),
+            Stage::Layerwise | Stage::Chained => vars.clone(),
+        };
+        let mut opt = Optimizer::new(stage_vars, OptimizerKind::default(), r.learning_rate, 0.0);
         if let Some((first, second)) = moments.take() {
             opt.set_state(first, second, state.optimizer_step)?;
         }
         observer.stage_started(stage, state.tokens, total);
         while state.tokens < total {
             if stop.load(Ordering::SeqCst) {
-                save_with_optimizer(&checkpoint, &mut state, &layers, &opt, &stream)?;
+                save_with_optimizer(&checkpoint, &mut state, &layers, &trunk, &opt, &stream)?;
                 return Ok(Outcome::Stopped {
                     stage,
                     tokens: state.tokens,
@@ -392,12 +391,9 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
                         &layers, &mut opt, &inputs, &targets, c.hidden, r, seed, fraction,
                     )?
                 }
-                Stage::Joint => {
-                    let frozen = frozen.as_ref().expect("loaded when the joint stage runs");
-                    joint_chunk(
-                        frozen, &teacher, &packed, &layers, &mut opt, c.hidden, r, fraction,
-                    )?
-                }
+                Stage::Joint => joint_chunk(
+                    &trunk, &teacher, &packed, &layers, &mut opt, c.hidden, r, fraction,
+                )?,
             };
             for (i, l) in layers.iter().enumerate() {
                 student.model.set_fff_out_bias(i, &l.bias()?)?;
@@ -415,14 +411,16 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
             });
             let crossed = before / r.eval_every != state.tokens / r.eval_every;
             if crossed && state.tokens < total {
+                sync_student(&mut student, &c, &weights, &trunk, &layers)?;
                 holdout.measure(&student, stage.name(), &mut state, observer)?;
             }
             if last_save.elapsed().as_secs_f64() >= job.checkpoint_seconds {
-                save_with_optimizer(&checkpoint, &mut state, &layers, &opt, &stream)?;
+                save_with_optimizer(&checkpoint, &mut state, &layers, &trunk, &opt, &stream)?;
                 last_save = Instant::now();
             }
         }
         if total > 0 {
+            sync_student(&mut student, &c, &weights, &trunk, &layers)?;
             holdout.measure(&student, stage.name(), &mut state, observer)?;
         }
         observer.stage_finished(stage);
@@ -431,10 +429,12 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
         state.chunks = 0;
         state.optimizer_step = 0;
         state.cursor = stream.cursor;
-        save_checkpoint(&checkpoint, &state, &layers, None)?;
+        save_checkpoint(&checkpoint, &state, &layers, &trunk, None)?;
         last_save = Instant::now();
     }
 
+    sync_student(&mut student, &c, &weights, &trunk, &layers)?;
+    let retuned = trunk.tensors();
     observer.message(&format!("writing {}", job.out.display()));
     let biases: Vec<Vec<f32>> = layers.iter().map(|l| l.bias()).collect::<Result<_>>()?;
     let written: Vec<WrittenLayer<'_>> = layers
@@ -449,7 +449,7 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
         })
         .collect();
     match r.student {
-        Student::Dense { .. } => write_with_dense(&job.model, &job.out, &written)?,
+        Student::Dense { .. } => write_with_dense(&job.model, &job.out, &written, &retuned)?,
         Student::Fff {
             trees,
             depth,
@@ -463,7 +463,7 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
                 layers: (0..c.layers).collect(),
                 dense_branch: branch,
             };
-            write_with_fff(&job.model, &job.out, &spec, &written)?
+            write_with_fff(&job.model, &job.out, &spec, &written, &retuned)?
         }
     }
     // The folder must hold what was trained: its embeddings against the student's in memory.
@@ -702,7 +702,7 @@ fn train_chunk(
 /// `joint_step_tokens` padded tokens; returns the mean loss.
 #[allow(clippy::too_many_arguments)]
 fn joint_chunk(
-    frozen: &crate::joint::Frozen,
+    trunk: &Trunk,
     teacher: &Pipeline,
     packed: &fff_bert::Packed,
     layers: &[Layer],
@@ -735,7 +735,7 @@ fn joint_chunk(
     for g in &groups {
         let (x0, mask) = crate::joint::pad(&embedded, hidden, offsets, g)?;
         let (t, _) = crate::joint::pad(&target, hidden, offsets, g)?;
-        let h = frozen.forward(&x0, &mask, layers)?;
+        let h = trunk.forward(&x0, &mask, layers)?;
         let loss = crate::joint::loss(&h, &t, &mask)?;
         let grads = loss.backward()?;
         done += g.iter().map(|&i| len(i)).sum::<usize>();
@@ -810,13 +810,14 @@ fn save_with_optimizer(
     dir: &Path,
     state: &mut State,
     layers: &[Layer],
+    trunk: &Trunk,
     opt: &Optimizer,
     stream: &Stream,
 ) -> Result<()> {
     state.cursor = stream.cursor;
     state.optimizer_step = opt.step_count();
     let (first, second, _) = opt.state();
-    save_checkpoint(dir, state, layers, Some((first, second)))
+    save_checkpoint(dir, state, layers, trunk, Some((first, second)))
 }
 
 /// Writes the checkpoint folder whole under a temporary name, then swaps it into place.
@@ -824,6 +825,7 @@ fn save_checkpoint(
     dir: &Path,
     state: &State,
     layers: &[Layer],
+    trunk: &Trunk,
     moments: MomentsRef<'_>,
 ) -> Result<()> {
     let tmp = fff_util::fs::temporary_path(dir);
@@ -841,6 +843,10 @@ fn save_checkpoint(
         }
     }
     candle_core::safetensors::save(&tensors, tmp.join("student.safetensors"))?;
+    let tuned = trunk.tensors();
+    if !tuned.is_empty() {
+        candle_core::safetensors::save(&tuned, tmp.join(TRUNK_FILE))?;
+    }
     if let Some((first, second)) = moments {
         let mut m: HashMap<String, Tensor> = HashMap::new();
         for (k, v) in first.iter().enumerate() {
@@ -873,6 +879,42 @@ type PerLayer = Vec<Vec<f32>>;
 
 /// Borrowed AdamW moments (first, second).
 type MomentsRef<'a> = Option<(&'a [Vec<f32>], &'a [Vec<f32>])>;
+
+/// The checkpoint's file of the trunk's tuned tensors, under their names in the model.
+const TRUNK_FILE: &str = "trunk.safetensors";
+
+/// A checkpoint's tuned trunk tensors (none when the recipe tunes none).
+fn load_trunk(dir: &Path) -> Result<HashMap<String, Tensor>> {
+    let path = dir.join(TRUNK_FILE);
+    if !path.exists() {
+        return Ok(HashMap::new());
+    }
+    candle_core::safetensors::load(&path, &Device::Cpu)
+        .with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Makes the engine's `student` what the job trains: every layer's FFN block, and the trunk's
+/// tuned tensors where the recipe tunes any (the model is rebuilt from the original's weights
+/// with them).
+fn sync_student(
+    student: &mut Pipeline,
+    c: &HfBertConfig,
+    weights: &Weights,
+    trunk: &Trunk,
+    layers: &[Layer],
+) -> Result<()> {
+    let tuned = trunk.tensors();
+    if !tuned.is_empty() {
+        let w = weights.clone().with_replaced(tuned)?;
+        student.model = Model::from_weights(&ModelConfig::Bert(c.clone()), &w)?;
+    }
+    for (i, l) in layers.iter().enumerate() {
+        student
+            .model
+            .set_ffn_fff(i, l.fff.clone(), l.branch.clone(), l.bias()?)?;
+    }
+    Ok(())
+}
 
 /// A checkpoint's `state.json`.
 fn load_state(dir: &Path) -> Result<State> {
@@ -941,13 +983,15 @@ fn load_tensors(
             bias: Var::from_vec(bias, h, &Device::Cpu)?,
         });
     }
-    let vars_per_layer = layers.first().map_or(0, |l| l.vars().len());
     let opt = dir.join("optimizer.safetensors");
     let moments = if opt.exists() {
         let m = candle_core::safetensors::load(&opt, &Device::Cpu)
             .with_context(|| format!("cannot read {}", opt.display()))?;
+        // As many as the stage's optimizer holds (the joint stage's include the trunk's);
+        // the optimizer checks them against its variables.
+        let vars = m.keys().filter(|k| k.starts_with("first.")).count();
         let list = |prefix: &str| -> Result<Vec<Vec<f32>>> {
-            (0..vars_per_layer * count)
+            (0..vars)
                 .map(|k| {
                     let name = format!("{prefix}.{k}");
                     let v = m
@@ -1012,6 +1056,15 @@ pub fn memory_estimate(model: &Path, texts: &[PathBuf], r: &Recipe) -> Result<Ve
         (
             "students, gradients and AdamW moments".into(),
             l * nodes * (2 * h + 1) * 4 * f,
+        ),
+        (
+            "the trunk's tuned tensors, gradients and AdamW moments".into(),
+            l * match r.joint_tune {
+                Tune::Ffn => 0,
+                Tune::Norms => 4 * h,
+                Tune::All => 4 * h * (h + 1) + 4 * h,
+            } * 4
+                * f,
         ),
     ])
 }

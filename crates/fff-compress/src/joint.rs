@@ -2,26 +2,57 @@
 //! hidden states and sentence embeddings, with gradients through attention and LayerNorm into
 //! every FFF block (the layer-wise stages see one block at a time).
 //!
-//! The student is written out in candle ops on padded batches, its frozen tensors (attention,
-//! LayerNorms) as constants, its FFF blocks on the O(depth) training op. The engine computes
-//! the same function on packed batches; a test holds the two together.
+//! The student is written out in candle ops on padded batches: its trunk (attention,
+//! LayerNorms) frozen or tuned as the recipe says ([`Tune`]), its FFF blocks on the O(depth)
+//! training op. The engine computes the same function on packed batches; a test holds the two
+//! together.
 
 use crate::job::Layer;
-use anyhow::Result;
-use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, D};
+use crate::recipe::Tune;
+use anyhow::{anyhow, ensure, Result};
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var, D};
 use candle_nn::ops::{layer_norm_slow, softmax};
 use fff_bert::ops::Dense;
 use fff_bert::{HfBertConfig, Weights};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-/// The frozen tensors of one post-LN BERT block.
+/// The trunk of one post-LN BERT block: its attention's projections and its LayerNorms.
 struct Block {
-    q: FrozenLinear,
-    k: FrozenLinear,
-    v: FrozenLinear,
-    o: FrozenLinear,
-    norm1: (Tensor, Tensor),
-    norm2: (Tensor, Tensor),
+    q: Projection,
+    k: Projection,
+    v: Projection,
+    o: Projection,
+    norm1: Norm,
+    norm2: Norm,
+}
+
+/// A LayerNorm's scale and shift, under their names in the checkpoint.
+struct Norm {
+    weight: (String, Var),
+    bias: (String, Var),
+}
+
+/// An attention projection: frozen (the engine's packed forward and the input's gradient
+/// alone), or tuned (candle's matmul, with the gradients of its weight and bias).
+enum Projection {
+    Frozen(FrozenLinear),
+    Tuned {
+        weight: (String, Var),
+        bias: (String, Var),
+    },
+}
+
+impl Projection {
+    /// `x · Wᵀ + b` for `x` of `[rows, in]`.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Projection::Frozen(f) => f.forward(x),
+            Projection::Tuned { weight, bias } => x
+                .matmul(&weight.1.as_tensor().t()?)?
+                .broadcast_add(bias.1.as_tensor()),
+        }
+    }
 }
 
 /// A linear layer whose weights never train: forward the engine's `x · Wᵀ + b` (weights
@@ -84,34 +115,47 @@ impl CustomOp1 for FrozenLinear {
     }
 }
 
-/// The student's frozen parts: every block's attention and LayerNorms.
-pub struct Frozen {
+/// The student's trunk: every block's attention and LayerNorms, frozen or tuned.
+pub struct Trunk {
     blocks: Vec<Block>,
+    tune: Tune,
     heads: usize,
     hidden: usize,
     eps: f32,
 }
 
-impl Frozen {
-    /// The frozen tensors of the checkpoint `w` of config `c`.
-    pub fn load(c: &HfBertConfig, w: &Weights, prefix: &str) -> Result<Frozen> {
+impl Trunk {
+    /// The trunk of the checkpoint `w` of config `c`, its tensors under `prefix`, with the
+    /// parts `tune` names trainable.
+    pub fn load(c: &HfBertConfig, w: &Weights, prefix: &str, tune: Tune) -> Result<Trunk> {
         let h = c.hidden;
-        let linear = |name: &str| -> Result<FrozenLinear> {
-            FrozenLinear::new(
-                w.get(&format!("{name}.weight"), &[h, h])?,
-                &w.get(&format!("{name}.bias"), &[h])?,
-            )
+        let named = |name: String, shape: &[usize]| -> Result<(String, Var)> {
+            let t = w.get(&name, shape)?;
+            Ok((name, Var::from_tensor(&t)?))
         };
-        let norm = |name: &str| -> Result<(Tensor, Tensor)> {
+        let linear = |name: &str| -> Result<Projection> {
+            let (weight, bias) = (format!("{name}.weight"), format!("{name}.bias"));
+            Ok(match tune {
+                Tune::All => Projection::Tuned {
+                    weight: named(weight, &[h, h])?,
+                    bias: named(bias, &[h])?,
+                },
+                Tune::Ffn | Tune::Norms => Projection::Frozen(FrozenLinear::new(
+                    w.get(&weight, &[h, h])?,
+                    &w.get(&bias, &[h])?,
+                )?),
+            })
+        };
+        let norm = |name: &str| -> Result<Norm> {
             let (g, b) = if w.contains(&format!("{name}.weight")) {
                 ("weight", "bias")
             } else {
                 ("gamma", "beta")
             };
-            Ok((
-                w.get(&format!("{name}.{g}"), &[h])?,
-                w.get(&format!("{name}.{b}"), &[h])?,
-            ))
+            Ok(Norm {
+                weight: named(format!("{name}.{g}"), &[h])?,
+                bias: named(format!("{name}.{b}"), &[h])?,
+            })
         };
         let blocks = (0..c.layers)
             .map(|i| {
@@ -126,12 +170,74 @@ impl Frozen {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(Frozen {
+        let trunk = Trunk {
             blocks,
+            tune,
             heads: c.heads,
             hidden: h,
             eps: c.norm_eps as f32,
-        })
+        };
+        Ok(trunk)
+    }
+
+    /// The trainable tensors, `(name in the checkpoint, variable)`, in a fixed order: for
+    /// each block its projections' (where tuned), then its LayerNorms' (unless the FFN blocks
+    /// alone train).
+    fn trained(&self) -> Vec<(&str, &Var)> {
+        let mut out = Vec::new();
+        if self.tune == Tune::Ffn {
+            return out;
+        }
+        for b in &self.blocks {
+            for p in [&b.q, &b.k, &b.v, &b.o] {
+                if let Projection::Tuned { weight, bias } = p {
+                    out.push((weight.0.as_str(), &weight.1));
+                    out.push((bias.0.as_str(), &bias.1));
+                }
+            }
+            for n in [&b.norm1, &b.norm2] {
+                out.push((n.weight.0.as_str(), &n.weight.1));
+                out.push((n.bias.0.as_str(), &n.bias.1));
+            }
+        }
+        out
+    }
+
+    /// The variables the joint stage trains besides the FFN blocks.
+    pub fn vars(&self) -> Vec<Var> {
+        self.trained().into_iter().map(|(_, v)| v.clone()).collect()
+    }
+
+    /// The tensors tuned, by their names in the checkpoint (empty when the trunk is frozen).
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        self.trained()
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v.as_tensor().clone()))
+            .collect()
+    }
+
+    /// Sets the tuned tensors to `values` (a checkpoint's), each of which must be there.
+    pub fn set(&self, values: &HashMap<String, Tensor>) -> Result<()> {
+        let trained = self.trained();
+        ensure!(
+            trained.len() == values.len(),
+            "a checkpoint of {} tuned trunk tensors, expected {}",
+            values.len(),
+            trained.len()
+        );
+        for (name, var) in trained {
+            let t = values
+                .get(name)
+                .ok_or_else(|| anyhow!("the checkpoint has no tuned tensor `{name}`"))?;
+            ensure!(
+                t.dims() == var.dims(),
+                "tuned tensor `{name}`: shape {:?}, expected {:?}",
+                t.dims(),
+                var.dims()
+            );
+            var.set(t)?;
+        }
+        Ok(())
     }
 
     /// The final hidden states `[batch·seq, hidden]` of the student whose FFN blocks are
@@ -158,9 +264,12 @@ impl Frozen {
                 .contiguous()?
                 .reshape((b * s, h))?;
             let a = block.o.forward(&ctx)?;
-            let h1 = layer_norm_slow(&(a + &x)?, &block.norm1.0, &block.norm1.1, self.eps)?;
+            let norm = |x: &Tensor, n: &Norm| {
+                layer_norm_slow(x, n.weight.1.as_tensor(), n.bias.1.as_tensor(), self.eps)
+            };
+            let h1 = norm(&(a + &x)?, &block.norm1)?;
             let f = layer.forward(&h1)?;
-            x = layer_norm_slow(&(f + h1)?, &block.norm2.0, &block.norm2.1, self.eps)?;
+            x = norm(&(f + h1)?, &block.norm2)?;
         }
         Ok(x)
     }
@@ -296,7 +405,9 @@ mod tests {
             panic!("a BERT config")
         };
         let w = Weights::from_dir(&dir).unwrap();
-        let frozen = Frozen::load(&c, &w, "").unwrap();
+        // Frozen projections (the packed forward) and tuned ones (candle's matmul) alike.
+        let trunks =
+            [Tune::Ffn, Tune::Norms, Tune::All].map(|t| (t, Trunk::load(&c, &w, "", t).unwrap()));
         let layers: Vec<Layer> = (0..c.layers)
             .map(|i| {
                 let bias = w
@@ -332,24 +443,34 @@ mod tests {
         let engine = out.hidden.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let which: Vec<usize> = (0..texts.len()).collect();
         let (x0, mask) = pad(&embedded, c.hidden, &out.offsets, &which).unwrap();
-        let h = frozen.forward(&x0, &mask, &layers).unwrap();
         let (padded, _) = pad(&engine, c.hidden, &out.offsets, &which).unwrap();
         let m = mask
             .unsqueeze(2)
             .unwrap()
             .broadcast_as(padded.shape())
             .unwrap();
-        let gap = ((h.reshape(padded.shape()).unwrap() - &padded)
-            .unwrap()
-            .abs()
-            .unwrap()
-            * m)
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(gap < 1e-4, "{name}: candle student vs engine: {gap}");
+        for (tune, trunk) in &trunks {
+            let h = trunk.forward(&x0, &mask, &layers).unwrap();
+            let gap = ((h.reshape(padded.shape()).unwrap() - &padded)
+                .unwrap()
+                .abs()
+                .unwrap()
+                * &m)
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                gap < 1e-4,
+                "{name}, {}: candle student vs engine: {gap}",
+                tune.name()
+            );
+        }
+        assert_eq!(trunks[0].1.vars().len(), 0);
+        // Two LayerNorms per block, and with them four projections: weights and biases.
+        assert_eq!(trunks[1].1.vars().len(), 4 * c.layers);
+        assert_eq!(trunks[2].1.vars().len(), 12 * c.layers);
         // The loss of the student against itself is zero.
         let l = loss(&padded, &padded, &mask)
             .unwrap()

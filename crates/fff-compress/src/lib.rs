@@ -20,5 +20,5 @@ pub mod recipe;
 pub mod shape;
 
 pub use job::{run, Agreement, Job, Observer, Outcome, Progress, Report};
-pub use recipe::{Recipe, Stage, Start};
+pub use recipe::{Recipe, Stage, Start, Tune};
 pub use shape::Student;

@@ -18,6 +18,31 @@ pub enum Start {
     Random,
 }
 
+/// What the joint stage trains besides the FFN blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Tune {
+    /// The FFN blocks alone; everything else stays the original's.
+    #[default]
+    Ffn,
+    /// The FFN blocks and every block's two LayerNorms.
+    Norms,
+    /// The FFN blocks, the LayerNorms and the attention's four projections.
+    All,
+}
+
+impl Tune {
+    /// The name the command line takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tune::Ffn => "ffn",
+            Tune::Norms => "norms",
+            Tune::All => "all",
+        }
+    }
+}
+
 /// The distillation stages, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -68,6 +93,9 @@ pub struct Recipe {
     /// Peak learning rate of the joint stage.
     #[serde(default = "default_joint_learning_rate")]
     pub joint_learning_rate: f64,
+    /// What the joint stage trains besides the FFN blocks.
+    #[serde(default)]
+    pub joint_tune: Tune,
     /// Most tokens (padding included) per optimizer step of the joint stage.
     #[serde(default = "default_joint_step_tokens")]
     pub joint_step_tokens: usize,
@@ -120,6 +148,7 @@ impl Recipe {
             joint_tokens: Self::JOINT_TOKENS,
             learning_rate: Self::LEARNING_RATE,
             joint_learning_rate: default_joint_learning_rate(),
+            joint_tune: Tune::Ffn,
             joint_step_tokens: default_joint_step_tokens(),
             step_rows: 512,
             chunk_tokens: 8192,

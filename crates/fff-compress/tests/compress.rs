@@ -5,9 +5,9 @@
 //! that name what is wrong.
 
 use fastfeedforward::Activation;
-use fff_bert::Pipeline;
+use fff_bert::{Pipeline, Weights};
 use fff_compress::job::{run, Job, Observer, Outcome, Progress, Quiet};
-use fff_compress::{Recipe, Stage, Start, Student};
+use fff_compress::{Recipe, Stage, Start, Student, Tune};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -360,6 +360,55 @@ fn soft_routing_and_load_balancing_train_change_the_student_and_resume_to_the_sa
     assert!(
         std::fs::read(j.out.join("model.safetensors")).unwrap() == want,
         "stopped while soft: the resumed model differs"
+    );
+}
+
+#[test]
+fn a_joint_stage_that_tunes_the_trunk_writes_it_and_resumes_to_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let tuned = |r: Recipe| Recipe {
+        joint_tune: Tune::All,
+        ..r
+    };
+    let whole = job(dir.path(), "whole", tuned(recipe(fff())));
+    // The run itself checks that the written folder embeds as the trained student does.
+    let report = finished(run(&whole, &mut Quiet, &AtomicBool::new(false)).unwrap());
+    assert!(report.written_gap < 1e-4);
+    let written = Weights::from_dir(&whole.out).unwrap();
+    let original = Weights::from_dir(&teacher()).unwrap();
+    let changed = |name: &str| {
+        let a = written.get_stored(name).unwrap();
+        let b = original.get_stored(name).unwrap();
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    };
+    for name in [
+        "encoder.layer.0.attention.self.query.weight",
+        "encoder.layer.1.attention.output.dense.bias",
+        "encoder.layer.1.output.LayerNorm.weight",
+    ] {
+        assert!(changed(name), "{name} was not tuned");
+    }
+    // The embeddings are no block's trunk: never tuned.
+    assert!(!changed("embeddings.LayerNorm.weight"));
+    let j = job(dir.path(), "resumed", tuned(recipe(fff())));
+    assert!(matches!(
+        run_stopped_in(&j, Stage::Joint, 2),
+        Outcome::Stopped { .. }
+    ));
+    assert!(j.work.join("checkpoint/trunk.safetensors").exists());
+    finished(run(&j, &mut Quiet, &AtomicBool::new(false)).unwrap());
+    assert!(
+        std::fs::read(j.out.join("model.safetensors")).unwrap()
+            == std::fs::read(whole.out.join("model.safetensors")).unwrap(),
+        "stopped in the joint stage: the resumed model differs"
     );
 }
 
