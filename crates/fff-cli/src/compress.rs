@@ -36,6 +36,9 @@ pub(crate) struct StageArgs {
     /// or the LayerNorms and the attention's projections.
     #[arg(long, value_enum, default_value_t = Tune::Ffn)]
     joint_tune: Tune,
+    /// Peak learning rate of what --joint-tune tunes besides the FFN blocks.
+    #[arg(long, default_value_t = Recipe::TRUNK_LEARNING_RATE)]
+    trunk_lr: f64,
     /// Soft-to-hard routing in the layer-wise and chained stages, LEVELS:T0:T1:HARD_FRACTION
     /// (e.g. 1:1:0.05:0.3): the top LEVELS of each tree route softly at a temperature going
     /// from T0 to T1 over each stage, the last HARD_FRACTION of it hard. [default: hard]
@@ -58,6 +61,7 @@ impl StageArgs {
             learning_rate: self.lr,
             joint_learning_rate: self.joint_lr,
             joint_tune: self.joint_tune,
+            trunk_learning_rate: self.trunk_lr,
             soft_routing: self.soft_routing,
             load_balance: self.load_balance,
             ..recipe

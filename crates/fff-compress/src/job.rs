@@ -13,6 +13,7 @@ use crate::joint::Trunk;
 use crate::recipe::{Recipe, Stage, Start, Tune};
 use crate::shape::Student;
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use fastfeedforward::{ConditionalLayer, Fff, FffConfig, Init, TrainStep};
 use fff_bert::convert::{ffn_as_forest, write_with_dense, write_with_fff, WrittenLayer};
@@ -341,14 +342,9 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
     let mut last_save = Instant::now();
     while let Some(&stage) = Stage::ALL.get(state.stage) {
         let total = r.tokens(stage);
-        // The joint stage also trains the trunk's tuned tensors, where the recipe tunes any.
-        let stage_vars = match stage {
-            Stage::Joint => [vars.clone(), trunk.vars()].concat(),
-            Stage::Layerwise | Stage::Chained => vars.clone(),
-        };
-        let mut opt = Optimizer::new(stage_vars, OptimizerKind::default(), r.learning_rate, 0.0);
-        if let Some((first, second)) = moments.take() {
-            opt.set_state(first, second, state.optimizer_step)?;
+        let mut opt = StageOptimizers::new(stage, vars.clone(), &trunk, r);
+        if let Some(m) = moments.take() {
+            opt.set_state(m, state.optimizer_step)?;
         }
         observer.stage_started(stage, state.tokens, total);
         while state.tokens < total {
@@ -388,7 +384,14 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
                         (xs, targets)
                     };
                     train_chunk(
-                        &layers, &mut opt, &inputs, &targets, c.hidden, r, seed, fraction,
+                        &layers,
+                        &mut opt.student,
+                        &inputs,
+                        &targets,
+                        c.hidden,
+                        r,
+                        seed,
+                        fraction,
                     )?
                 }
                 Stage::Joint => joint_chunk(
@@ -706,7 +709,7 @@ fn joint_chunk(
     teacher: &Pipeline,
     packed: &fff_bert::Packed,
     layers: &[Layer],
-    opt: &mut Optimizer,
+    opt: &mut StageOptimizers,
     hidden: usize,
     r: &Recipe,
     fraction: impl Fn(usize) -> f64,
@@ -739,8 +742,7 @@ fn joint_chunk(
         let loss = crate::joint::loss(&h, &t, &mask)?;
         let grads = loss.backward()?;
         done += g.iter().map(|&i| len(i)).sum::<usize>();
-        opt.set_learning_rate(r.learning_rate_at(Stage::Joint, fraction(done)));
-        opt.step(&grads, 1.0)?;
+        opt.step(&grads, r, Stage::Joint, fraction(done))?;
         sum += loss.to_scalar::<f32>()? as f64;
     }
     Ok(sum / groups.len().max(1) as f64)
@@ -811,13 +813,81 @@ fn save_with_optimizer(
     state: &mut State,
     layers: &[Layer],
     trunk: &Trunk,
-    opt: &Optimizer,
+    opt: &StageOptimizers,
     stream: &Stream,
 ) -> Result<()> {
     state.cursor = stream.cursor;
-    state.optimizer_step = opt.step_count();
-    let (first, second, _) = opt.state();
-    save_checkpoint(dir, state, layers, trunk, Some((first, second)))
+    state.optimizer_step = opt.student.step_count();
+    let (first, second) = opt.moments();
+    save_checkpoint(dir, state, layers, trunk, Some((&first, &second)))
+}
+
+/// A stage's optimizers: AdamW over the students at the stage's learning rate and, in the
+/// joint stage where the recipe tunes the trunk, AdamW over its tuned tensors at the trunk's
+/// (pretrained tensors move less than students distilled from scratch).
+struct StageOptimizers {
+    student: Optimizer,
+    trunk: Option<Optimizer>,
+}
+
+impl StageOptimizers {
+    fn new(stage: Stage, students: Vec<Var>, trunk: &Trunk, r: &Recipe) -> StageOptimizers {
+        let adamw = |vars, lr| Optimizer::new(vars, OptimizerKind::default(), lr, 0.0);
+        let tuned = trunk.vars();
+        StageOptimizers {
+            student: adamw(students, r.learning_rate),
+            trunk: (stage == Stage::Joint && !tuned.is_empty())
+                .then(|| adamw(tuned, r.trunk_learning_rate)),
+        }
+    }
+
+    /// The moments of every variable, the students' first (a checkpoint's order).
+    fn moments(&self) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        for o in std::iter::once(&self.student).chain(&self.trunk) {
+            let (f, s, _) = o.state();
+            first.extend_from_slice(f);
+            second.extend_from_slice(s);
+        }
+        (first, second)
+    }
+
+    /// Restores a checkpoint's moments (in [`StageOptimizers::moments`]'s order) at `step`.
+    fn set_state(
+        &mut self,
+        (mut first, mut second): (Vec<Vec<f32>>, Vec<Vec<f32>>),
+        step: u64,
+    ) -> Result<()> {
+        let students = self.student.state().0.len();
+        ensure!(
+            first.len() >= students && second.len() >= students,
+            "the checkpoint's optimizer holds {} moments, the students have {students} tensors",
+            first.len()
+        );
+        let (trunk_first, trunk_second) = (first.split_off(students), second.split_off(students));
+        self.student.set_state(first, second, step)?;
+        match &mut self.trunk {
+            Some(t) => t.set_state(trunk_first, trunk_second, step)?,
+            None => ensure!(
+                trunk_first.is_empty(),
+                "the checkpoint's optimizer holds moments of {} tensors beyond the students'",
+                trunk_first.len()
+            ),
+        }
+        Ok(())
+    }
+
+    /// One step of every optimizer at the learning rates of `stage` after `fraction` of it.
+    fn step(&mut self, grads: &GradStore, r: &Recipe, stage: Stage, fraction: f64) -> Result<()> {
+        self.student
+            .set_learning_rate(r.learning_rate_at(stage, fraction));
+        self.student.step(grads, 1.0)?;
+        if let Some(t) = &mut self.trunk {
+            t.set_learning_rate(r.trunk_learning_rate_at(fraction));
+            t.step(grads, 1.0)?;
+        }
+        Ok(())
+    }
 }
 
 /// Writes the checkpoint folder whole under a temporary name, then swaps it into place.

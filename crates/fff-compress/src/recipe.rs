@@ -96,6 +96,10 @@ pub struct Recipe {
     /// What the joint stage trains besides the FFN blocks.
     #[serde(default)]
     pub joint_tune: Tune,
+    /// Peak learning rate of the trunk's tensors the joint stage tunes (on the joint stage's
+    /// schedule).
+    #[serde(default = "default_trunk_learning_rate")]
+    pub trunk_learning_rate: f64,
     /// Most tokens (padding included) per optimizer step of the joint stage.
     #[serde(default = "default_joint_step_tokens")]
     pub joint_step_tokens: usize,
@@ -137,6 +141,9 @@ impl Recipe {
     pub const LEARNING_RATE: f64 = 3e-3;
     /// Default peak learning rate of the joint stage.
     pub const JOINT_LEARNING_RATE: f64 = 5e-4;
+    /// Default peak learning rate of the trunk's tuned tensors: a fifth of the students', as
+    /// pretrained tensors are fine-tuned, not learnt afresh.
+    pub const TRUNK_LEARNING_RATE: f64 = 1e-4;
 
     /// The defaults for `student`.
     pub fn new(student: Student) -> Recipe {
@@ -149,6 +156,7 @@ impl Recipe {
             learning_rate: Self::LEARNING_RATE,
             joint_learning_rate: default_joint_learning_rate(),
             joint_tune: Tune::Ffn,
+            trunk_learning_rate: default_trunk_learning_rate(),
             joint_step_tokens: default_joint_step_tokens(),
             step_rows: 512,
             chunk_tokens: 8192,
@@ -184,6 +192,13 @@ impl Recipe {
                 && self.joint_learning_rate < 1.0,
             "--joint-lr {}: expected a learning rate in (0, 1)",
             self.joint_learning_rate
+        );
+        ensure!(
+            self.trunk_learning_rate.is_finite()
+                && self.trunk_learning_rate > 0.0
+                && self.trunk_learning_rate < 1.0,
+            "--trunk-lr {}: expected a learning rate in (0, 1)",
+            self.trunk_learning_rate
         );
         ensure!(
             self.joint_step_tokens >= self.max_tokens,
@@ -234,6 +249,13 @@ impl Recipe {
         })
     }
 
+    /// The trunk's learning rate after `fraction` of the joint stage: the joint stage's
+    /// schedule, scaled to the trunk's peak.
+    pub fn trunk_learning_rate_at(&self, fraction: f64) -> f64 {
+        self.learning_rate_at(Stage::Joint, fraction) * self.trunk_learning_rate
+            / self.joint_learning_rate
+    }
+
     /// How the layer-wise and chained stages route after `fraction` of their tokens: softly
     /// over the schedule's levels while it is soft, hard (None) after.
     pub fn soft_routing_at(&self, fraction: f64) -> Option<SoftRouting> {
@@ -259,6 +281,10 @@ impl Recipe {
         let floor = 0.1;
         peak * (floor + (1.0 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
     }
+}
+
+fn default_trunk_learning_rate() -> f64 {
+    Recipe::TRUNK_LEARNING_RATE
 }
 
 fn default_joint_learning_rate() -> f64 {
