@@ -177,11 +177,13 @@ impl Ablation {
                 layerwise_tokens: 0,
                 chained_tokens: 0,
                 joint_tokens: 0,
+                joint_tune: Tune::Ffn,
                 ..recipe
             },
             Ablation::LayerwiseOnly => Recipe {
                 chained_tokens: 0,
                 joint_tokens: 0,
+                joint_tune: Tune::Ffn,
                 ..recipe
             },
             Ablation::NoChained => Recipe {
@@ -190,6 +192,7 @@ impl Ablation {
             },
             Ablation::NoJoint => Recipe {
                 joint_tokens: 0,
+                joint_tune: Tune::Ffn,
                 ..recipe
             },
             Ablation::RandomStart => Recipe {

@@ -228,6 +228,11 @@ impl Recipe {
             );
         }
         ensure!(
+            self.joint_tune == Tune::Ffn || self.joint_tokens > 0,
+            "--joint-tune {} tunes in the joint stage, which --joint-tokens 0 skips",
+            self.joint_tune.name()
+        );
+        ensure!(
             self.load_balance.is_finite() && self.load_balance >= 0.0,
             "--load-balance {}: expected a weight >= 0",
             self.load_balance
@@ -358,6 +363,13 @@ mod tests {
             let e = r.validate().unwrap_err().to_string();
             assert!(e.starts_with("--load-balance"), "{e}");
         }
+        let r = Recipe {
+            joint_tune: Tune::Norms,
+            joint_tokens: 0,
+            ..recipe()
+        };
+        let e = r.validate().unwrap_err().to_string();
+        assert!(e.starts_with("--joint-tune norms"), "{e}");
         recipe().validate().unwrap();
     }
 
