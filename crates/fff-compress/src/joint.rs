@@ -170,14 +170,13 @@ impl Trunk {
                 })
             })
             .collect::<Result<_>>()?;
-        let trunk = Trunk {
+        Ok(Trunk {
             blocks,
             tune,
             heads: c.heads,
             hidden: h,
             eps: c.norm_eps as f32,
-        };
-        Ok(trunk)
+        })
     }
 
     /// The trainable tensors, `(name in the checkpoint, variable)`, in a fixed order: for
