@@ -238,6 +238,7 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
     let config = r.student.fff_config(c.hidden, teacher_act);
     let branch = r.student.branch_config(c.hidden, teacher_act);
 
+    observer.message(&r.describe_stages());
     observer.message("reading the text");
     let corpus = corpus::read(&job.texts, r.holdout)?;
     let max_len = r.max_tokens.min(teacher.tokenizer.max_len);

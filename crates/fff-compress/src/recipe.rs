@@ -254,6 +254,33 @@ impl Recipe {
         })
     }
 
+    /// The stages in one line: tokens and peak learning rates, routing, what the joint stage
+    /// tunes.
+    pub fn describe_stages(&self) -> String {
+        let routing = match (&self.soft_routing, self.load_balance) {
+            (None, w) if w == 0.0 => "hard routing".to_string(),
+            (None, w) => format!("hard routing, load balance {w}"),
+            (Some(s), 0.0) => format!("soft-to-hard routing {s}"),
+            (Some(s), w) => format!("soft-to-hard routing {s}, load balance {w}"),
+        };
+        let tuned = match self.joint_tune {
+            Tune::Ffn => String::new(),
+            Tune::Norms => format!(", LayerNorms tuned at lr {}", self.trunk_learning_rate),
+            Tune::All => format!(
+                ", LayerNorms and attention tuned at lr {}",
+                self.trunk_learning_rate
+            ),
+        };
+        format!(
+            "stages: layer-wise {} tokens and chained {} at lr {} ({routing}), joint {} at lr {}{tuned}",
+            self.layerwise_tokens,
+            self.chained_tokens,
+            self.learning_rate,
+            self.joint_tokens,
+            self.joint_learning_rate
+        )
+    }
+
     /// The trunk's learning rate after `fraction` of the joint stage: the joint stage's
     /// schedule, scaled to the trunk's peak.
     pub fn trunk_learning_rate_at(&self, fraction: f64) -> f64 {
@@ -371,6 +398,28 @@ mod tests {
         let e = r.validate().unwrap_err().to_string();
         assert!(e.starts_with("--joint-tune norms"), "{e}");
         recipe().validate().unwrap();
+    }
+
+    #[test]
+    fn the_stages_line_names_what_is_set() {
+        let plain = recipe().describe_stages();
+        assert!(
+            plain.contains("hard routing") && !plain.contains("tuned"),
+            "{plain}"
+        );
+        let r = Recipe {
+            soft_routing: Some(SoftSchedule {
+                levels: 1,
+                start_temperature: 1.0,
+                end_temperature: 0.05,
+                hard_fraction: 0.3,
+            }),
+            joint_tune: Tune::All,
+            ..recipe()
+        };
+        let line = r.describe_stages();
+        assert!(line.contains("soft-to-hard routing 1:1:0.05:0.3"), "{line}");
+        assert!(line.contains("attention tuned at lr 0.0001"), "{line}");
     }
 
     #[test]
