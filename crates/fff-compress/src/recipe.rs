@@ -258,7 +258,7 @@ impl Recipe {
     /// tunes.
     pub fn describe_stages(&self) -> String {
         let routing = match (&self.soft_routing, self.load_balance) {
-            (None, w) if w == 0.0 => "hard routing".to_string(),
+            (None, 0.0) => "hard routing".to_string(),
             (None, w) => format!("hard routing, load balance {w}"),
             (Some(s), 0.0) => format!("soft-to-hard routing {s}"),
             (Some(s), w) => format!("soft-to-hard routing {s}, load balance {w}"),
