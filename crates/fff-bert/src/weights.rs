@@ -139,12 +139,12 @@ impl Weights {
     /// a tensor of these weights, of the shape it has here.
     pub fn with_replaced(self, tensors: HashMap<String, Tensor>) -> Result<Weights> {
         for (name, t) in &tensors {
-            let stored = self.get_stored(name)?;
-            if stored.dims() != t.dims() {
+            let stored = self.stored_shape(name)?.ok_or_else(|| self.missing(name))?;
+            if stored != t.dims() {
                 return Err(BertError::Shape {
                     path: self.path.clone(),
                     name: name.clone(),
-                    expected: stored.dims().to_vec(),
+                    expected: stored,
                     found: t.dims().to_vec(),
                 });
             }
@@ -211,7 +211,16 @@ impl Weights {
 
     /// Tensor `name` with the shape it is stored with, as f32 (checked like [`Weights::get`]).
     pub fn get_stored(&self, name: &str) -> Result<Tensor> {
-        let shape = match &self.store {
+        match self.stored_shape(name)? {
+            Some(shape) => self.get(name, &shape),
+            None => Err(self.missing(name)),
+        }
+    }
+
+    /// The shape tensor `name` is stored with, from the file's header (no data is read);
+    /// `None` when absent.
+    fn stored_shape(&self, name: &str) -> Result<Option<Vec<usize>>> {
+        Ok(match &self.store {
             Store::Mapped { file, names } => match names.get(name) {
                 Some(stored) => Some(file.get(stored)?.shape().to_vec()),
                 None => None,
@@ -221,17 +230,8 @@ impl Weights {
                 .and_then(|stored| file.tensor_infos().get(stored))
                 .map(|info| info.layout.dims().to_vec()),
             Store::Random(_) => None,
-            Store::Replaced { base, .. } => {
-                return base.get_stored(name).and_then(|t| {
-                    let shape = t.dims().to_vec();
-                    self.get(name, &shape)
-                })
-            }
-        };
-        match shape {
-            Some(shape) => self.get(name, &shape),
-            None => Err(self.missing(name)),
-        }
+            Store::Replaced { base, .. } => base.stored_shape(name)?,
+        })
     }
 
     /// Tensor `name` exactly as stored, any dtype and unchecked: for copying it into another

@@ -27,20 +27,24 @@ struct Block {
     norm2: Norm,
 }
 
-/// A LayerNorm's scale and shift, under their names in the checkpoint.
+/// One trunk tensor under its name in the checkpoint: a candle variable when it is tuned (so
+/// backward computes its gradient), a constant otherwise (so backward does not).
+struct Param {
+    name: String,
+    value: Tensor,
+}
+
+/// A LayerNorm's scale and shift.
 struct Norm {
-    weight: (String, Var),
-    bias: (String, Var),
+    weight: Param,
+    bias: Param,
 }
 
 /// An attention projection: frozen (the engine's packed forward and the input's gradient
 /// alone), or tuned (candle's matmul, with the gradients of its weight and bias).
 enum Projection {
     Frozen(FrozenLinear),
-    Tuned {
-        weight: (String, Var),
-        bias: (String, Var),
-    },
+    Tuned { weight: Param, bias: Param },
 }
 
 impl Projection {
@@ -48,9 +52,9 @@ impl Projection {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Projection::Frozen(f) => f.forward(x),
-            Projection::Tuned { weight, bias } => x
-                .matmul(&weight.1.as_tensor().t()?)?
-                .broadcast_add(bias.1.as_tensor()),
+            Projection::Tuned { weight, bias } => {
+                x.matmul(&weight.value.t()?)?.broadcast_add(&bias.value)
+            }
         }
     }
 }
@@ -118,7 +122,6 @@ impl CustomOp1 for FrozenLinear {
 /// The student's trunk: every block's attention and LayerNorms, frozen or tuned.
 pub struct Trunk {
     blocks: Vec<Block>,
-    tune: Tune,
     heads: usize,
     hidden: usize,
     eps: f32,
@@ -129,16 +132,21 @@ impl Trunk {
     /// parts `tune` names trainable.
     pub fn load(c: &HfBertConfig, w: &Weights, prefix: &str, tune: Tune) -> Result<Trunk> {
         let h = c.hidden;
-        let named = |name: String, shape: &[usize]| -> Result<(String, Var)> {
+        let param = |name: String, shape: &[usize], tuned: bool| -> Result<Param> {
             let t = w.get(&name, shape)?;
-            Ok((name, Var::from_tensor(&t)?))
+            let value = if tuned {
+                Var::from_tensor(&t)?.as_tensor().clone()
+            } else {
+                t
+            };
+            Ok(Param { name, value })
         };
         let linear = |name: &str| -> Result<Projection> {
             let (weight, bias) = (format!("{name}.weight"), format!("{name}.bias"));
             Ok(match tune {
                 Tune::All => Projection::Tuned {
-                    weight: named(weight, &[h, h])?,
-                    bias: named(bias, &[h])?,
+                    weight: param(weight, &[h, h], true)?,
+                    bias: param(bias, &[h], true)?,
                 },
                 Tune::Ffn | Tune::Norms => Projection::Frozen(FrozenLinear::new(
                     w.get(&weight, &[h, h])?,
@@ -152,9 +160,10 @@ impl Trunk {
             } else {
                 ("gamma", "beta")
             };
+            let tuned = tune != Tune::Ffn;
             Ok(Norm {
-                weight: named(format!("{name}.{g}"), &[h])?,
-                bias: named(format!("{name}.{b}"), &[h])?,
+                weight: param(format!("{name}.{g}"), &[h], tuned)?,
+                bias: param(format!("{name}.{b}"), &[h], tuned)?,
             })
         };
         let blocks = (0..c.layers)
@@ -172,46 +181,46 @@ impl Trunk {
             .collect::<Result<_>>()?;
         Ok(Trunk {
             blocks,
-            tune,
             heads: c.heads,
             hidden: h,
             eps: c.norm_eps as f32,
         })
     }
 
-    /// The trainable tensors, `(name in the checkpoint, variable)`, in a fixed order: for
-    /// each block its projections' (where tuned), then its LayerNorms' (unless the FFN blocks
-    /// alone train).
-    fn trained(&self) -> Vec<(&str, &Var)> {
+    /// The tuned tensors in a fixed order: for each block its projections', then its
+    /// LayerNorms'.
+    fn trained(&self) -> Vec<&Param> {
         let mut out = Vec::new();
-        if self.tune == Tune::Ffn {
-            return out;
-        }
         for b in &self.blocks {
             for p in [&b.q, &b.k, &b.v, &b.o] {
                 if let Projection::Tuned { weight, bias } = p {
-                    out.push((weight.0.as_str(), &weight.1));
-                    out.push((bias.0.as_str(), &bias.1));
+                    out.extend([weight, bias]);
                 }
             }
-            for n in [&b.norm1, &b.norm2] {
-                out.push((n.weight.0.as_str(), &n.weight.1));
-                out.push((n.bias.0.as_str(), &n.bias.1));
-            }
+            out.extend([
+                &b.norm1.weight,
+                &b.norm1.bias,
+                &b.norm2.weight,
+                &b.norm2.bias,
+            ]);
         }
+        out.retain(|p| p.value.is_variable());
         out
     }
 
     /// The variables the joint stage trains besides the FFN blocks.
     pub fn vars(&self) -> Vec<Var> {
-        self.trained().into_iter().map(|(_, v)| v.clone()).collect()
+        self.trained()
+            .into_iter()
+            .map(|p| Var::from_tensor(&p.value).expect("a tuned tensor is a variable"))
+            .collect()
     }
 
     /// The tensors tuned, by their names in the checkpoint (empty when the trunk is frozen).
     pub fn tensors(&self) -> HashMap<String, Tensor> {
         self.trained()
             .into_iter()
-            .map(|(n, v)| (n.to_string(), v.as_tensor().clone()))
+            .map(|p| (p.name.clone(), p.value.clone()))
             .collect()
     }
 
@@ -224,17 +233,18 @@ impl Trunk {
             values.len(),
             trained.len()
         );
-        for (name, var) in trained {
+        for p in trained {
+            let name = &p.name;
             let t = values
                 .get(name)
                 .ok_or_else(|| anyhow!("the checkpoint has no tuned tensor `{name}`"))?;
             ensure!(
-                t.dims() == var.dims(),
+                t.dims() == p.value.dims(),
                 "tuned tensor `{name}`: shape {:?}, expected {:?}",
                 t.dims(),
-                var.dims()
+                p.value.dims()
             );
-            var.set(t)?;
+            Var::from_tensor(&p.value)?.set(t)?;
         }
         Ok(())
     }
@@ -263,9 +273,8 @@ impl Trunk {
                 .contiguous()?
                 .reshape((b * s, h))?;
             let a = block.o.forward(&ctx)?;
-            let norm = |x: &Tensor, n: &Norm| {
-                layer_norm_slow(x, n.weight.1.as_tensor(), n.bias.1.as_tensor(), self.eps)
-            };
+            let norm =
+                |x: &Tensor, n: &Norm| layer_norm_slow(x, &n.weight.value, &n.bias.value, self.eps);
             let h1 = norm(&(a + &x)?, &block.norm1)?;
             let f = layer.forward(&h1)?;
             x = norm(&(f + h1)?, &block.norm2)?;
