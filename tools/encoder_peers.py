@@ -16,7 +16,8 @@ INPUTS.json::
 
     {"shapes": [{"name": "1x16", "ids": [[int, ...], ...], "type_ids": [[...]]}, ...],
      "workload": {"texts": [str, ...], "batch": 32},
-     "check": {"texts": [str, ...], "embeddings": [[float, ...], ...]}}
+     "check": {"texts": [str, ...], "embeddings": [[float, ...], ...]},
+     "embed": {"texts": [str, ...]}}          (optional)
 
 Every shape row has the same length (no padding, attention mask all ones).
 
@@ -80,13 +81,21 @@ the encoder alone (inputs converted to tensors / arrays beforehand),
 batches, then ``workload_reps`` timed passes over all texts (tokenisation +
 encoder + pooling + normalisation).
 
+Embeddings for quality (``embed``, optional): after timing, every runtime embeds
+``embed.texts`` (untimed, the workload's batch size) and writes them beside
+OUT.json as ``<runtime>.embeddings.f32``: rows x dim little-endian float32, in
+the order of the texts (written atomically); the caller scores them with its own
+evaluation, so that a peer's quality (int8's above all) is measured by the same
+code as the engine's.
+
 OUT.json (written atomically)::
 
     {"machine": {"cpu": ..., "cores": ...}, "threads": 2, "versions": {...},
      "runtimes": {"torch": {"check": {"max_abs_diff", "min_cosine", "passed"},
                             "shapes": {"1x16": {"times_s": [...], "median_s": x}},
                             "workload": {"times_s": [...], "median_s": x, "texts": n,
-                                         "tokens": n, "sentences_per_s": x}},
+                                         "tokens": n, "sentences_per_s": x},
+                            "embeddings": {"file": "torch.embeddings.f32", "rows": n, "dim": d}},
                   "ort-fp32": {..., "graph": "optimized" | "exported"},
                   "ort-int8": {...}}}
 
@@ -558,6 +567,22 @@ def write_atomic(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def write_embeddings(path: Path, emb: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    with os.fdopen(fd, "wb") as f:
+        f.write(np.ascontiguousarray(emb, dtype="<f4").tobytes())
+    os.replace(tmp, path)
+
+
+def embed_for_quality(name: str, embedder: Embedder, runtime, inputs: dict, batch: int, out_dir: Path) -> dict:
+    texts = inputs["embed"]["texts"]
+    emb = embedder.embed_all(runtime, texts, batch)
+    path = out_dir / f"{name}.embeddings.f32"
+    write_embeddings(path, emb)
+    log(f"{name}: embedded {len(texts)} texts for quality into {path.name}")
+    return {"file": path.name, "rows": int(emb.shape[0]), "dim": int(emb.shape[1])}
+
+
 def main() -> int:
     args = ARGS
     from transformers import AutoTokenizer
@@ -571,7 +596,9 @@ def main() -> int:
     use_type_ids = "token_type_ids" in tokenizer.model_input_names
     pipeline = read_pipeline(model_dir, config, tokenizer)
     embedder = Embedder(tokenizer, pipeline)
-    batch = int(inputs["workload"].get("batch", 32))
+    # No workload: the shapes alone are timed (the check and the embeddings for quality still
+    # go in batches of the usual size).
+    batch = int((inputs.get("workload") or {}).get("batch", 32))
     wfile = weights_file(model_dir)
     digest = sha256(wfile)
     log(f"model {model_dir} ({wfile.name} sha256 {digest[:16]}), pooling {pipeline}, threads {args.threads}")
@@ -661,7 +688,11 @@ def main() -> int:
                 "why_reduce_range": "CPU has VNNI" if not reduce_range else "no VNNI on this CPU",
             }
             entry.update({"graph": chosen, "optimized_over_exported": ratio, "graphs": graphs, "check": chk, "shapes": shapes})
-        entry["workload"] = time_workload(name, embedder, rt, inputs, args.workload_reps)
+        if inputs.get("workload"):
+            entry["workload"] = time_workload(name, embedder, rt, inputs, args.workload_reps)
+        if inputs.get("embed") and inputs["embed"].get("texts"):
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            entry["embeddings"] = embed_for_quality(name, embedder, rt, inputs, batch, args.out.parent)
         result["runtimes"][name] = entry
         del rt
         gc.collect()

@@ -75,6 +75,9 @@ pub struct EncoderBenchOptions {
     pub check_texts: usize,
     /// The peers script and the runtimes it runs; `None` times the engine alone.
     pub peers: Option<PeersOptions>,
+    /// Texts every peer embeds after its timings (untimed) and hands back, so that a peer's
+    /// quality can be measured by the same code as the engine's; empty for none.
+    pub embed_texts: Vec<String>,
     /// Seed of the token ids.
     pub seed: u64,
 }
@@ -119,6 +122,9 @@ pub struct RuntimeResult {
     pub check: Option<Value>,
     /// Anything else the peer reported (graph chosen, versions).
     pub notes: Option<Value>,
+    /// The peer's embeddings of [`EncoderBenchOptions::embed_texts`], in their order.
+    #[serde(skip)]
+    pub embeddings: Option<Vec<Vec<f32>>>,
 }
 
 /// Everything one run measured.
@@ -263,6 +269,7 @@ fn time_engine(
         workload,
         check: None,
         notes: None,
+        embeddings: None,
     })
 }
 
@@ -366,6 +373,7 @@ fn run_peers(
         "shapes": shapes,
         "workload": opts.workload.as_ref().map(|(t, b)| json!({"texts": t, "batch": b})),
         "check": {"texts": check, "embeddings": embeddings.iter().map(|e| &e.value).collect::<Vec<_>>()},
+        "embed": (!opts.embed_texts.is_empty()).then(|| json!({"texts": opts.embed_texts})),
     });
     let in_path = dir.path().join("inputs.json");
     let out_path = dir.path().join("peers.json");
@@ -437,6 +445,18 @@ fn run_peers(
                 o.remove(key);
             }
         }
+        let embeddings = match r.get("embeddings").filter(|v| !v.is_null()) {
+            Some(e) => Some(read_peer_embeddings(
+                dir.path(),
+                name,
+                e,
+                opts.embed_texts.len(),
+            )?),
+            None if !opts.embed_texts.is_empty() => {
+                bail!("{name}: the peers' JSON has no embeddings of the texts it was given")
+            }
+            None => None,
+        };
         results.insert(
             name.clone(),
             RuntimeResult {
@@ -444,6 +464,7 @@ fn run_peers(
                 workload,
                 check: r.get("check").cloned(),
                 notes: Some(notes),
+                embeddings,
             },
         );
     }
@@ -452,6 +473,47 @@ fn run_peers(
         o.remove("runtimes");
     }
     Ok((results, meta))
+}
+
+/// Reads a peer's embeddings file (`rows x dim` little-endian f32, named in its JSON entry
+/// `{"file", "rows", "dim"}`), checking that it holds one row per text given.
+fn read_peer_embeddings(
+    dir: &Path,
+    runtime: &str,
+    entry: &Value,
+    texts: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let file = entry["file"]
+        .as_str()
+        .with_context(|| format!("{runtime}: embeddings entry has no `file`"))?;
+    ensure!(
+        Path::new(file).file_name().is_some_and(|n| n == file),
+        "{runtime}: embeddings file {file:?} is not a plain file name"
+    );
+    let rows = entry["rows"]
+        .as_u64()
+        .with_context(|| format!("{runtime}: embeddings `rows`"))? as usize;
+    let dim = entry["dim"]
+        .as_u64()
+        .with_context(|| format!("{runtime}: embeddings `dim`"))? as usize;
+    ensure!(
+        rows == texts && dim > 0,
+        "{runtime}: {rows} embeddings of width {dim} for {texts} texts"
+    );
+    let path = dir.join(file);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    ensure!(
+        bytes.len() == rows * dim * 4,
+        "{}: {} bytes, expected {rows} x {dim} float32 ({} bytes)",
+        path.display(),
+        bytes.len(),
+        rows * dim * 4
+    );
+    let values: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok(values.chunks(dim).map(<[f32]>::to_vec).collect())
 }
 
 /// Reads the workload: both sentences of every row of a CSV of scored pairs (the STS
@@ -589,4 +651,37 @@ pub fn profile_table(r: &EncoderReport) -> String {
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peers_embeddings_file_is_read_in_order_and_checked_against_its_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let values: Vec<f32> = (0..6).map(|i| i as f32 - 2.5).collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(dir.path().join("ort-int8.embeddings.f32"), &bytes).unwrap();
+        let entry = json!({"file": "ort-int8.embeddings.f32", "rows": 2, "dim": 3});
+        let rows = read_peer_embeddings(dir.path(), "ort-int8", &entry, 2).unwrap();
+        assert_eq!(rows, vec![vec![-2.5, -1.5, -0.5], vec![0.5, 1.5, 2.5]]);
+
+        let refused = |entry: Value, texts: usize| {
+            read_peer_embeddings(dir.path(), "ort-int8", &entry, texts)
+                .expect_err("refused")
+                .to_string()
+        };
+        let e = refused(entry.clone(), 3);
+        assert!(e.contains("2 embeddings") && e.contains("3 texts"), "{e}");
+        let e = refused(
+            json!({"file": "ort-int8.embeddings.f32", "rows": 3, "dim": 3}),
+            3,
+        );
+        assert!(e.contains("24 bytes") && e.contains("36 bytes"), "{e}");
+        let e = refused(json!({"file": "../x.f32", "rows": 2, "dim": 3}), 2);
+        assert!(e.contains("plain file name"), "{e}");
+        let e = refused(json!({"rows": 2, "dim": 3}), 2);
+        assert!(e.contains("no `file`"), "{e}");
+    }
 }

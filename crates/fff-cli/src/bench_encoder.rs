@@ -111,6 +111,7 @@ pub fn run(args: EncoderBenchArgs) -> Result<()> {
         workload_reps: args.workload_reps,
         check_texts: args.check_texts,
         peers,
+        embed_texts: Vec::new(),
         seed: args.seed,
     };
     outln!(

@@ -120,11 +120,23 @@ pub fn run(args: EmbedEvalArgs) -> Result<()> {
 /// STS Spearman (x100) of the cosines of `p`'s embeddings (its own pooling) of each pair.
 pub fn sts_spearman(p: &Pipeline, pairs: &[ScoredPair], batch_size: usize) -> Result<f64> {
     let pooling = p.pooling(None, None);
+    sts_spearman_of(
+        &|texts: &[&str]| Ok(embed_unique(p, texts, &pooling, batch_size)?),
+        pairs,
+    )
+}
+
+/// Embeds texts, one vector per text in their order: the engine, or a peer's precomputed
+/// embeddings.
+pub type Embed<'a> = dyn Fn(&[&str]) -> Result<Vec<Vec<f32>>> + 'a;
+
+/// STS Spearman (x100) of the cosines of `embed`'s vectors of each pair.
+pub fn sts_spearman_of(embed: &Embed, pairs: &[ScoredPair]) -> Result<f64> {
     let texts: Vec<&str> = pairs
         .iter()
         .flat_map(|q| [q.a.as_str(), q.b.as_str()])
         .collect();
-    let vectors = embed_unique(p, &texts, &pooling, batch_size)?;
+    let vectors = embed(&texts)?;
     let cos: Vec<f64> = vectors.chunks(2).map(|v| cosine(&v[0], &v[1])).collect();
     let gold: Vec<f64> = pairs.iter().map(|q| q.score).collect();
     Ok(100.0 * spearman(&cos, &gold))
@@ -152,6 +164,22 @@ pub fn probe_accuracy(
     path: &Path,
 ) -> Result<ProbeResult> {
     let pooling = p.pooling(None, None);
+    probe_accuracy_of(
+        &|texts: &[&str]| Ok(embed_unique(p, texts, &pooling, batch_size)?),
+        rows,
+        c,
+        path,
+    )
+}
+
+/// Logistic regression (inverse strength `c`) on `embed`'s vectors of the `train` rows,
+/// measured on the `test` rows; `path` names the file in errors.
+pub fn probe_accuracy_of(
+    embed: &Embed,
+    rows: &[LabelledText],
+    c: f64,
+    path: &Path,
+) -> Result<ProbeResult> {
     let split =
         |name: &str| -> Vec<&LabelledText> { rows.iter().filter(|r| r.split == name).collect() };
     let (train, test) = (split("train"), split("test"));
@@ -162,15 +190,26 @@ pub fn probe_accuracy(
         train.len(),
         test.len()
     );
-    let embed = |rows: &[&LabelledText]| -> Result<Vec<f32>> {
+    let embed_rows = |rows: &[&LabelledText]| -> Result<(Vec<f32>, usize)> {
         let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
-        Ok(embed_unique(p, &texts, &pooling, batch_size)?.concat())
+        let vectors = embed(&texts)?;
+        let dim = vectors.first().map_or(0, Vec::len);
+        ensure!(
+            dim > 0 && vectors.iter().all(|v| v.len() == dim),
+            "{}: the embeddings are empty or of mixed widths",
+            path.display()
+        );
+        Ok((vectors.concat(), dim))
     };
-    let dim = pooling.width(p.model.config().hidden);
-    let x_train = embed(&train)?;
+    let (x_train, dim) = embed_rows(&train)?;
     let labels: Vec<usize> = train.iter().map(|r| r.label).collect();
     let probe = Probe::fit(&x_train, &labels, dim, c)?;
-    let x_test = embed(&test)?;
+    let (x_test, test_dim) = embed_rows(&test)?;
+    ensure!(
+        test_dim == dim,
+        "{}: train and test embeddings differ in width",
+        path.display()
+    );
     let correct = test
         .iter()
         .enumerate()

@@ -8,7 +8,7 @@
 //! figures are kept in the work folder; an interrupted compression resumes.
 
 use crate::compress::{Bars, StageArgs};
-use crate::eval_embed::{probe_accuracy, sts_spearman};
+use crate::eval_embed::{probe_accuracy, probe_accuracy_of, sts_spearman, sts_spearman_of};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use fastfeedforward::Activation;
@@ -18,9 +18,10 @@ use fff_bench::encoder::{
 use fff_bert::Pipeline;
 use fff_compress::job::{run as run_job, Job, Outcome};
 use fff_compress::{Recipe, Report, Start, Student, Tune};
+use fff_data::text::{LabelledText, ScoredPair};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// Options of `fff experiment compress`.
@@ -487,6 +488,16 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
     // Speed: every model in one phase, the original first and last.
     let workload = args.workload.as_deref().map(read_workload).transpose()?;
     let mut speed: BTreeMap<String, Value> = BTreeMap::new();
+    // The peers also embed the quality sets, so that their STS and probe (int8's above all)
+    // come from the same evaluation as the rows'.
+    let pairs = fff_data::text::read_scored_pairs(&args.sts)?;
+    let labelled = fff_data::text::read_labelled_texts(&args.probe)?;
+    let quality_texts: Vec<String> = if args.peers {
+        quality_texts(&pairs, &labelled)
+    } else {
+        Vec::new()
+    };
+    let mut peer_quality: BTreeMap<String, Value> = BTreeMap::new();
     let mut order = models.clone();
     order.push(("original (again)".into(), model.clone()));
     for (i, (name, dir)) in order.iter().enumerate() {
@@ -505,6 +516,11 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
             warmup: 10,
             workload_reps: 3,
             check_texts: 64,
+            embed_texts: if peers.is_some() {
+                quality_texts.clone()
+            } else {
+                Vec::new()
+            },
             peers,
             seed: 0,
         };
@@ -527,6 +543,11 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
             if let (Some(t), Some(w)) = (&res.workload, &workload) {
                 v["workload"] = json!(w.len() as f64 / t.median_s);
             }
+            if let Some(e) = &res.embeddings {
+                let (sts, probe) = peer_scores(&quality_texts, e, &pairs, &labelled, &args.probe)?;
+                outln!("{key}: STS {sts:.2}, probe {probe:.2}%");
+                peer_quality.insert(key.clone(), json!({"sts": sts, "probe": probe}));
+            }
             speed.insert(key, v);
         }
     }
@@ -538,8 +559,15 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
         "units": "shapes: tokens/s (median); workload: sentences/s (median)",
         "rows": rows,
         "speed": speed,
+        "peer_quality": peer_quality,
     });
-    let table = markdown(&rows, &speed, &args.shapes, workload.is_some());
+    let table = markdown(
+        &rows,
+        &speed,
+        &peer_quality,
+        &args.shapes,
+        workload.is_some(),
+    );
     out!("{table}");
     if let Some(path) = &args.json {
         fff_util::fs::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
@@ -555,15 +583,54 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
         outln!("wrote {}", path.display());
     }
     if let Some(path) = &args.plot {
-        plot(path, &rows, &speed, &args.shapes)?;
+        plot(path, &rows, &speed, &peer_quality, &args.shapes)?;
         outln!("wrote {}", path.display());
     }
     Ok(())
 }
 
+/// The sentences of the STS pairs and the probe's rows, each once, in order of first use.
+fn quality_texts(pairs: &[ScoredPair], labelled: &[LabelledText]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    pairs
+        .iter()
+        .flat_map(|q| [q.a.as_str(), q.b.as_str()])
+        .chain(labelled.iter().map(|r| r.text.as_str()))
+        .filter(|t| seen.insert(*t))
+        .map(String::from)
+        .collect()
+}
+
+/// STS and probe of a peer from its embeddings of `texts` (one vector per text, in order).
+fn peer_scores(
+    texts: &[String],
+    embeddings: &[Vec<f32>],
+    pairs: &[ScoredPair],
+    labelled: &[LabelledText],
+    probe_path: &Path,
+) -> Result<(f64, f64)> {
+    let by_text: HashMap<&str, &Vec<f32>> =
+        texts.iter().map(String::as_str).zip(embeddings).collect();
+    let embed = |wanted: &[&str]| -> Result<Vec<Vec<f32>>> {
+        wanted
+            .iter()
+            .map(|t| {
+                by_text
+                    .get(t)
+                    .map(|v| (*v).clone())
+                    .with_context(|| format!("the peer did not embed {t:?}"))
+            })
+            .collect()
+    };
+    let sts = sts_spearman_of(&embed, pairs)?;
+    let probe = probe_accuracy_of(&embed, labelled, 1.0, probe_path)?.accuracy;
+    Ok((sts, probe))
+}
+
 fn markdown(
     rows: &[Row],
     speed: &BTreeMap<String, Value>,
+    peer_quality: &BTreeMap<String, Value>,
     shapes: &[Shape],
     workload: bool,
 ) -> String {
@@ -610,7 +677,13 @@ fn markdown(
         t.push_str(&format!(" {} |\n", f(r.hours, 2)));
     }
     for name in speed.keys().filter(|k| k.contains("(")) {
-        t.push_str(&format!("| {name} | | | | | | | | |"));
+        let q = |key: &str| f(peer_quality.get(name).and_then(|v| v[key].as_f64()), 2);
+        let (sts, probe) = if peer_quality.contains_key(name) {
+            (q("sts"), q("probe"))
+        } else {
+            (String::new(), String::new())
+        };
+        t.push_str(&format!("| {name} | | | {sts} | {probe} | | | | |"));
         for k in &keys {
             t.push_str(&format!(" {} |", ratio(name, k)));
         }
@@ -670,6 +743,7 @@ fn plot(
     path: &Path,
     rows: &[Row],
     speed: &BTreeMap<String, Value>,
+    peer_quality: &BTreeMap<String, Value>,
     shapes: &[Shape],
 ) -> Result<()> {
     use fff_util::chart::{draw, Chart, Legend, Series};
@@ -685,13 +759,22 @@ fn plot(
                 .push((r.budget, v, r.sts));
         }
     }
-    let series: Vec<Series> = by_kind
+    let mut series: Vec<Series> = by_kind
         .into_iter()
         .map(|(k, mut pts)| {
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
             Series::line(k, pts.into_iter().map(|(_, v, sts)| (v, sts)).collect())
         })
         .collect();
+    // The peers (the original on ONNX Runtime), a point each where their quality was measured.
+    for (name, q) in peer_quality {
+        if let (Some(v), Some(sts)) = (
+            speed.get(name).and_then(|s| s[&key].as_f64()),
+            q["sts"].as_f64(),
+        ) {
+            series.push(Series::line(name.as_str(), vec![(v, sts)]));
+        }
+    }
     let x = format!("tokens/s at {key}");
     draw(
         path,
@@ -903,5 +986,71 @@ mod tests {
         ]);
         let e = grid(&a, 1536).err().expect("refused").to_string();
         assert!(e.contains("dense-154"), "{e}");
+    }
+
+    #[test]
+    fn a_peers_quality_comes_from_its_embeddings_looked_up_by_text() {
+        let pair = |a: &str, b: &str, score: f64| ScoredPair {
+            a: a.into(),
+            b: b.into(),
+            score,
+        };
+        // "x" is the reference; the others lie at growing angles from it, and the gold scores
+        // fall with the angle, so the ranks agree exactly.
+        let pairs = vec![
+            pair("x", "near", 5.0),
+            pair("x", "mid", 3.0),
+            pair("far", "x", 1.0),
+        ];
+        let labelled: Vec<LabelledText> = [
+            ("train", 0, "neg a"),
+            ("train", 1, "pos a"),
+            ("test", 0, "neg b"),
+            ("test", 1, "near"),
+        ]
+        .into_iter()
+        .map(|(split, label, text)| LabelledText {
+            split: split.into(),
+            label,
+            text: text.into(),
+        })
+        .collect();
+        let texts = quality_texts(&pairs, &labelled);
+        assert_eq!(
+            texts,
+            ["x", "near", "mid", "far", "neg a", "pos a", "neg b"],
+            "each sentence once, in order of first use"
+        );
+        let vector = |t: &str| -> Vec<f32> {
+            match t {
+                "x" => vec![1.0, 0.0],
+                "near" => vec![0.9, 0.1],
+                "mid" => vec![0.5, 0.5],
+                "far" => vec![0.1, 0.9],
+                t if t.starts_with("neg") => vec![-1.0, 0.2],
+                _ => vec![1.0, 0.3],
+            }
+        };
+        let path = Path::new("probe.tsv");
+        // The peer's embeddings in another order than the pairs use them.
+        let mut shuffled = texts.clone();
+        shuffled.reverse();
+        let embeddings: Vec<Vec<f32>> = shuffled.iter().map(|t| vector(t)).collect();
+        let (sts, probe) = peer_scores(&shuffled, &embeddings, &pairs, &labelled, path).unwrap();
+        assert!((sts - 100.0).abs() < 1e-9, "{sts}");
+        assert!((probe - 100.0).abs() < 1e-9, "{probe}");
+        // Swapping two texts' vectors reorders the cosines: the Spearman drops.
+        let mut swapped = embeddings.clone();
+        let (i, j) = (
+            shuffled.iter().position(|t| t == "near").unwrap(),
+            shuffled.iter().position(|t| t == "far").unwrap(),
+        );
+        swapped.swap(i, j);
+        let (sts, _) = peer_scores(&shuffled, &swapped, &pairs, &labelled, path).unwrap();
+        assert!(sts < 0.0, "{sts}");
+        let e = peer_scores(&shuffled[1..], &embeddings[1..], &pairs, &labelled, path)
+            .expect_err("a text the peer did not embed")
+            .to_string();
+        assert!(e.contains("did not embed"), "{e}");
     }
 }
