@@ -501,13 +501,16 @@ fn read_peer_embeddings(
         "{runtime}: {rows} embeddings of width {dim} for {texts} texts"
     );
     let path = dir.join(file);
+    let want = rows
+        .checked_mul(dim)
+        .and_then(|n| n.checked_mul(4))
+        .with_context(|| format!("{runtime}: {rows} embeddings of width {dim} is too many"))?;
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     ensure!(
-        bytes.len() == rows * dim * 4,
-        "{}: {} bytes, expected {rows} x {dim} float32 ({} bytes)",
+        bytes.len() == want,
+        "{}: {} bytes, expected {rows} x {dim} float32 ({want} bytes)",
         path.display(),
         bytes.len(),
-        rows * dim * 4
     );
     let values: Vec<f32> = bytes
         .chunks_exact(4)

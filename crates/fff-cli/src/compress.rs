@@ -51,13 +51,21 @@ pub(crate) struct StageArgs {
 }
 
 impl StageArgs {
-    /// `recipe` with these stages; with `distil` false, no stage reads any text.
+    /// `recipe` with these stages; with `distil` false, no stage reads any text, and the
+    /// settings of the stages stay `recipe`'s (they could change nothing).
     pub(crate) fn apply(&self, recipe: Recipe, distil: bool) -> Recipe {
-        let n = |t: u64| if distil { t } else { 0 };
+        if !distil {
+            return Recipe {
+                layerwise_tokens: 0,
+                chained_tokens: 0,
+                joint_tokens: 0,
+                ..recipe
+            };
+        }
         Recipe {
-            layerwise_tokens: n(self.layerwise_tokens),
-            chained_tokens: n(self.chained_tokens),
-            joint_tokens: n(self.joint_tokens),
+            layerwise_tokens: self.layerwise_tokens,
+            chained_tokens: self.chained_tokens,
+            joint_tokens: self.joint_tokens,
             learning_rate: self.lr,
             joint_learning_rate: self.joint_lr,
             joint_tune: self.joint_tune,

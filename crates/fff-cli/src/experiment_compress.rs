@@ -17,7 +17,7 @@ use fff_bench::encoder::{
 };
 use fff_bert::Pipeline;
 use fff_compress::job::{run as run_job, Job, Outcome};
-use fff_compress::{Recipe, Report, Start, Student, Tune};
+use fff_compress::{model_digest, ModelDigest, Recipe, Report, Start, Student, Tune};
 use fff_data::text::{LabelledText, ScoredPair};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -154,9 +154,12 @@ impl Ablation {
         Ablation::TuneAll,
     ];
 
-    /// Whether the ablation changes `recipe` (an ingredient it adds may be there already).
+    /// Whether the ablation makes a row of its own from `recipe`: it changes the recipe (an
+    /// ingredient it adds may be there already) into one that can run (tuning the trunk needs
+    /// a joint stage).
     fn changes(self, recipe: &Recipe) -> bool {
-        self.apply(recipe.clone()) != *recipe
+        let changed = self.apply(recipe.clone());
+        changed != *recipe && changed.validate().is_ok()
     }
 
     /// The suffix of the row's name.
@@ -353,18 +356,106 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
     }
 }
 
-/// STS and probe of the model in `dir`, cached in `cache`.
-fn quality(dir: &Path, args: &CompressFrontierArgs, cache: &Path) -> Result<(f64, f64)> {
-    if let Some(v) = read_json::<(f64, f64)>(cache)? {
-        return Ok(v);
+/// A model's STS and probe, with the digests of the files they were measured on.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct QualityCache {
+    sts_sha256: String,
+    probe_sha256: String,
+    sts: f64,
+    probe: f64,
+}
+
+/// The name of a row's cached quality in its folder.
+const QUALITY_CACHE: &str = "quality-scores.json";
+
+/// STS and probe of the model in `dir`, cached in `cache` (measured again when the cache was
+/// measured on other STS or probe files).
+fn quality(
+    dir: &Path,
+    args: &CompressFrontierArgs,
+    sources: &Sources,
+    cache: &Path,
+) -> Result<(f64, f64)> {
+    if let Some(c) = read_json::<QualityCache>(cache)? {
+        if c.sts_sha256 == sources.sts_sha256 && c.probe_sha256 == sources.probe_sha256 {
+            return Ok((c.sts, c.probe));
+        }
     }
     let p = Pipeline::load(dir)?;
     let pairs = fff_data::text::read_scored_pairs(&args.sts)?;
     let rows = fff_data::text::read_labelled_texts(&args.probe)?;
     let sts = sts_spearman(&p, &pairs, 32)?;
     let probe = probe_accuracy(&p, &rows, 1.0, 32, &args.probe)?.accuracy;
-    fff_util::fs::write_atomic(cache, serde_json::to_string(&(sts, probe))?.as_bytes())?;
+    let c = QualityCache {
+        sts_sha256: sources.sts_sha256.clone(),
+        probe_sha256: sources.probe_sha256.clone(),
+        sts,
+        probe,
+    };
+    fff_util::fs::write_atomic(cache, serde_json::to_string(&c)?.as_bytes())?;
     Ok((sts, probe))
+}
+
+/// What every row must come from: the teacher, the text it was distilled on, and the files its
+/// quality is measured on (SHA-256 each).
+struct Sources {
+    model: PathBuf,
+    teacher: ModelDigest,
+    texts: Vec<(u64, String)>,
+    sts_sha256: String,
+    probe_sha256: String,
+}
+
+impl Sources {
+    fn of(model: &Path, args: &CompressFrontierArgs) -> Result<Sources> {
+        let sha = |p: &Path| -> Result<String> { Ok(fff_train::checkpoint::digest(p)?.sha256) };
+        Ok(Sources {
+            model: model.to_path_buf(),
+            teacher: model_digest(model)?,
+            texts: args
+                .text
+                .iter()
+                .map(|p| fff_train::checkpoint::digest(p).map(|d| (d.bytes, d.sha256)))
+                .collect::<std::result::Result<_, _>>()?,
+            sts_sha256: sha(&args.sts)?,
+            probe_sha256: sha(&args.probe)?,
+        })
+    }
+
+    /// Why the finished row `report` does not come from these sources, if it does not.
+    fn mismatch(&self, report: &Report) -> Option<String> {
+        let same_teacher = match &report.teacher_digest {
+            Some(d) => *d == self.teacher,
+            // Reports from before digests were recorded: the same folder.
+            None => {
+                let canon = |p: &Path| std::fs::canonicalize(p).ok();
+                canon(&report.teacher).is_some() && canon(&report.teacher) == canon(&self.model)
+            }
+        };
+        if !same_teacher {
+            return Some(format!(
+                "was compressed from another teacher ({}) than --model {}",
+                report.teacher.display(),
+                self.model.display()
+            ));
+        }
+        let texts: Vec<(u64, String)> = report
+            .texts
+            .iter()
+            .map(|t| (t.bytes, t.sha256.clone()))
+            .collect();
+        (texts != self.texts).then(|| {
+            let names: Vec<String> = report
+                .texts
+                .iter()
+                .map(|t| t.path.display().to_string())
+                .collect();
+            format!(
+                "was distilled on other text ({}) than the --text files given",
+                names.join(", ")
+            )
+        })
+    }
 }
 
 /// Runs `fff experiment compress`.
@@ -372,6 +463,9 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
     crate::compress::keep_candle_ops_on_caller();
     for path in [&args.json, &args.table].into_iter().flatten() {
         fff_util::fs::check_output_file(path, "--json/--table")?;
+    }
+    if let Some(path) = &args.plot {
+        fff_util::chart::check_file(path, "--plot")?;
     }
     let model = fff_bert::resolve_model(&args.model)?;
     let config = match fff_bert::ModelConfig::from_file(&model.join("config.json"))? {
@@ -384,7 +478,13 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
     std::fs::create_dir_all(&args.work_dir)
         .with_context(|| format!("cannot create {}", args.work_dir.display()))?;
 
-    let (sts, probe) = quality(&model, &args, &args.work_dir.join("original.quality.json"))?;
+    let sources = Sources::of(&model, &args)?;
+    let (sts, probe) = quality(
+        &model,
+        &args,
+        &sources,
+        &args.work_dir.join(format!("original.{QUALITY_CACHE}")),
+    )?;
     let mut rows = vec![Row {
         name: "original".into(),
         kind: "original".into(),
@@ -433,6 +533,13 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
                     report_path.display()
                 );
             }
+            if let Some(why) = sources.mismatch(r) {
+                bail!(
+                    "{}: row {name} {why}; use another --work-dir, or move the row's folder \
+                     away to redo it",
+                    report_path.display()
+                );
+            }
         }
         if report.is_none() {
             if args.report_only {
@@ -457,7 +564,7 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
             }
         }
         let report = report.expect("finished above");
-        let (sts, probe) = quality(&out, &args, &dir.join("quality.json"))?;
+        let (sts, probe) = quality(&out, &args, &sources, &dir.join(QUALITY_CACHE))?;
         let last = report.agreement.last();
         let n = student.neurons_per_token();
         rows.push(Row {
@@ -890,6 +997,148 @@ mod tests {
         assert!(rows
             .iter()
             .any(|r| r.ablation == Some(Ablation::RandomStart)));
+        // Without a joint stage there is no trunk to tune: no tune-all row, and no no-joint
+        // row either (it would be the row itself).
+        let a = args(&[
+            "--budgets",
+            "0.1",
+            "--kinds",
+            "fff-deep",
+            "--ablate",
+            "fff-31x4",
+            "--joint-tokens",
+            "0",
+        ]);
+        let names: Vec<String> = grid(&a, 1536)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "fff-31x4",
+                "fff-31x4-no-distillation",
+                "fff-31x4-layerwise-only",
+                "fff-31x4-no-chained",
+                "fff-31x4-random-start"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_undistilled_row_keeps_the_default_stage_settings_whatever_the_flags() {
+        let a = args(&[
+            "--joint-tune",
+            "all",
+            "--lr",
+            "0.01",
+            "--load-balance",
+            "0.1",
+        ]);
+        let base = Recipe::new(Student::Dense { width: 1 });
+        let removed = a.stages.apply(base.clone(), false);
+        removed.validate().unwrap();
+        assert_eq!(
+            removed,
+            Recipe {
+                layerwise_tokens: 0,
+                chained_tokens: 0,
+                joint_tokens: 0,
+                ..base.clone()
+            }
+        );
+        let distilled = a.stages.apply(base, true);
+        assert_eq!(
+            (
+                distilled.joint_tune,
+                distilled.learning_rate,
+                distilled.load_balance
+            ),
+            (Tune::All, 0.01, 0.1)
+        );
+    }
+
+    #[test]
+    fn a_finished_row_from_another_teacher_or_text_is_told_apart() {
+        use fff_compress::job::{run, Job, Quiet};
+        let dir = tempfile::tempdir().unwrap();
+        let teacher =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../fff-bert/tests/fixtures/hf/tiny-st");
+        let text = dir.path().join("text.txt");
+        let passages: String = (0..40)
+            .map(|i| format!("the quick brown fox {i} jumps over the lazy dog\n"))
+            .collect();
+        std::fs::write(&text, passages).unwrap();
+        let recipe = Recipe {
+            layerwise_tokens: 0,
+            chained_tokens: 0,
+            joint_tokens: 0,
+            init_tokens: 128,
+            holdout: 4,
+            max_tokens: 16,
+            chunk_tokens: 64,
+            step_rows: 64,
+            ..Recipe::new(Student::Dense { width: 2 })
+        };
+        let job = Job {
+            model: teacher.clone(),
+            texts: vec![text.clone()],
+            out: dir.path().join("out"),
+            work: dir.path().join("work"),
+            recipe,
+            checkpoint_seconds: 300.0,
+        };
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let report = match run(&job, &mut Quiet, &stop).unwrap() {
+            Outcome::Finished(r) => *r,
+            Outcome::Stopped { .. } => panic!("stopped"),
+        };
+        let a = args(&[]);
+        let sources = |texts: Vec<PathBuf>| {
+            let sha = |p: &Path| fff_train::checkpoint::digest(p).unwrap();
+            Sources {
+                model: teacher.clone(),
+                teacher: model_digest(&teacher).unwrap(),
+                texts: texts
+                    .iter()
+                    .map(|p| {
+                        let d = sha(p);
+                        (d.bytes, d.sha256)
+                    })
+                    .collect(),
+                sts_sha256: a.sts.display().to_string(),
+                probe_sha256: a.probe.display().to_string(),
+            }
+        };
+        let same = sources(vec![text.clone()]);
+        assert_eq!(same.mismatch(&report), None);
+        let other_text = dir.path().join("other.txt");
+        std::fs::write(&other_text, "another passage\n").unwrap();
+        let e = sources(vec![other_text])
+            .mismatch(&report)
+            .expect("other text");
+        assert!(e.contains("other text") && e.contains("text.txt"), "{e}");
+        let other_teacher = Sources {
+            teacher: ModelDigest {
+                config_sha256: same.teacher.config_sha256.clone(),
+                weights_sha256: "0".repeat(64),
+            },
+            ..sources(vec![text.clone()])
+        };
+        let e = other_teacher.mismatch(&report).expect("other teacher");
+        assert!(e.contains("another teacher"), "{e}");
+        // A report from before digests were recorded: told apart by its folder.
+        let old = Report {
+            teacher_digest: None,
+            ..report.clone()
+        };
+        assert_eq!(same.mismatch(&old), None);
+        let elsewhere = Sources {
+            model: dir.path().to_path_buf(),
+            ..sources(vec![text])
+        };
+        assert!(elsewhere.mismatch(&old).is_some());
     }
 
     #[test]

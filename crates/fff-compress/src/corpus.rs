@@ -35,7 +35,7 @@ pub struct Corpus {
 }
 
 /// Reads the passages of `paths`; every `stride`-th passage (spread so that `holdout` of them
-/// are held out) goes to the held-out slice.
+/// are held out) goes to the held-out slice, and no copy of a held-out passage is trained on.
 pub fn read(paths: &[PathBuf], holdout: usize) -> Result<Corpus> {
     if paths.is_empty() {
         bail!("no text files given (--text FILE...)");
@@ -83,6 +83,10 @@ pub fn read(paths: &[PathBuf], holdout: usize) -> Result<Corpus> {
             train.push(text);
         }
     }
+    // A passage repeated in the text (boilerplate, say) stays held out in every copy, or the
+    // held-out agreement would measure text the student trained on.
+    let held_set: std::collections::HashSet<&str> = held.iter().map(String::as_str).collect();
+    train.retain(|t| !held_set.contains(t.as_str()));
     if train.is_empty() {
         bail!(
             "the text files hold {} passages, too few to train on",
@@ -201,6 +205,26 @@ mod tests {
         assert_eq!(c.holdout[9], "passage 95");
         assert!(c.train.contains(&"two".to_string()));
         assert_eq!(c.files.len(), 2);
+    }
+
+    #[test]
+    fn a_held_out_passage_is_not_trained_on_in_any_of_its_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        // Passage 5 is held out (the first of a stride of 10); its copies come later.
+        let lines: String = (0..100)
+            .map(|i| match i {
+                5 | 40 | 77 => "Share this\n".to_string(),
+                i => format!("passage {i}\n"),
+            })
+            .collect();
+        let path = write(dir.path(), "a.txt", lines.as_bytes());
+        let c = read(&[path], 10).unwrap();
+        assert_eq!(c.holdout[0], "Share this");
+        assert!(
+            !c.train.iter().any(|t| t == "Share this"),
+            "a copy is trained on"
+        );
+        assert_eq!(c.train.len(), 88);
     }
 
     #[test]

@@ -118,6 +118,9 @@ pub enum Outcome {
 pub struct Report {
     /// The teacher's folder.
     pub teacher: PathBuf,
+    /// The teacher's files' digests (absent in reports written before they were recorded).
+    #[serde(default)]
+    pub teacher_digest: Option<ModelDigest>,
     /// The settings.
     pub recipe: Recipe,
     /// The student, in words.
@@ -142,11 +145,13 @@ pub struct Report {
 /// Seconds per phase.
 pub type BTreeSeconds = std::collections::BTreeMap<String, f64>;
 
-/// Size and SHA-256 of the teacher's files, so a resumed run distils the same teacher.
+/// SHA-256 of the teacher's files, so a resumed run distils the same teacher.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct ModelDigest {
-    config_sha256: String,
-    weights_sha256: String,
+pub struct ModelDigest {
+    /// Of `config.json`.
+    pub config_sha256: String,
+    /// Of the weights file.
+    pub weights_sha256: String,
 }
 
 /// The checkpoint's `state.json`.
@@ -493,6 +498,7 @@ pub fn run(job: &Job, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<
     );
     let report = Report {
         teacher: job.model.clone(),
+        teacher_digest: Some(state.teacher.clone()),
         recipe: r.clone(),
         student: r.student.describe(),
         neurons_per_token: (c.intermediate, r.student.neurons_per_token()),
@@ -537,7 +543,7 @@ fn bert_config(dir: &Path) -> Result<(HfBertConfig, Weights)> {
 }
 
 /// SHA-256 of the model folder's config and weights.
-fn model_digest(dir: &Path) -> Result<ModelDigest> {
+pub fn model_digest(dir: &Path) -> Result<ModelDigest> {
     // Streamed: a model's weights need not be held twice to be hashed.
     let hash = |p: &Path| -> Result<String> { Ok(fff_train::checkpoint::digest(p)?.sha256) };
     let weights = ["model.safetensors", "pytorch_model.bin"]

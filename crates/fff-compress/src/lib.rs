@@ -19,6 +19,8 @@ pub mod joint;
 pub mod recipe;
 pub mod shape;
 
-pub use job::{run, Agreement, Job, Observer, Outcome, Progress, Report};
+pub use job::{
+    model_digest, run, Agreement, Job, ModelDigest, Observer, Outcome, Progress, Report,
+};
 pub use recipe::{Recipe, Stage, Start, Tune};
 pub use shape::Student;
