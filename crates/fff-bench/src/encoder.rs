@@ -152,6 +152,9 @@ pub struct EncoderReport {
     pub workload_split_s: Option<(f64, f64)>,
     /// Versions and settings the peers reported.
     pub peers: Option<Value>,
+    /// Each runtime's quality on the caller's sets, where the caller measured it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<Value>,
 }
 
 /// Token ids of `shape`: `[CLS]`-like first and `[SEP]`-like last (the tokenizer's own), the
@@ -306,6 +309,7 @@ pub fn run_encoder(
         profile: BTreeMap::new(),
         workload_split_s: None,
         peers: None,
+        quality: None,
     };
     if let Some((texts, batch)) = &opts.workload {
         let tokens = texts

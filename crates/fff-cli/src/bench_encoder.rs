@@ -1,13 +1,18 @@
 //! `fff bench encoder`: a real encoder in this engine against PyTorch and ONNX Runtime (fp32
 //! and int8) on the same inputs and threads, on fixed shapes and on a file of sentences.
 
+use crate::eval_embed::{
+    embed_from, probe_accuracy, probe_accuracy_of, quality_texts, sts_spearman, sts_spearman_of,
+};
 use anyhow::{Context, Result};
 use clap::Args;
+use fff_bench::encoder::ENGINE;
 use fff_bench::encoder::{
     encoder_table, profile_table, read_workload, run_encoder, EncoderBenchOptions, PeersOptions,
     Shape,
 };
 use fff_bert::Pipeline;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Options of `fff bench encoder`.
@@ -58,6 +63,15 @@ pub struct EncoderBenchArgs {
     /// Where the peers keep the ONNX graphs they export [default: ~/.cache/fff-peers].
     #[arg(long)]
     peers_cache: Option<PathBuf>,
+    /// Quality beside speed: scored sentence pairs (`sentence1,sentence2,score` CSV, the STS
+    /// Benchmark); every runtime's STS Spearman from its own embeddings, by the code of
+    /// `fff eval embed` (int8's cost in quality, say).
+    #[arg(long)]
+    sts: Option<PathBuf>,
+    /// Quality beside speed: labelled sentences (as `fff eval embed --probe`); every runtime's
+    /// probe accuracy from its own embeddings.
+    #[arg(long)]
+    probe: Option<PathBuf>,
     /// Workload texts whose embeddings each peer must reproduce before it is timed.
     #[arg(long, default_value_t = 64)]
     check_texts: usize,
@@ -83,6 +97,19 @@ pub fn run(args: EncoderBenchArgs) -> Result<()> {
             .build_global()
             .context("setting the thread count")?;
     }
+    // The quality files first, so that a bad one fails before anything is timed.
+    let pairs = args
+        .sts
+        .as_deref()
+        .map(fff_data::text::read_scored_pairs)
+        .transpose()?
+        .unwrap_or_default();
+    let labelled = args
+        .probe
+        .as_deref()
+        .map(fff_data::text::read_labelled_texts)
+        .transpose()?
+        .unwrap_or_default();
     let dir = fff_bert::resolve_model(&args.model)?;
     let mut pipeline = Pipeline::load(&dir)?;
     pipeline
@@ -93,7 +120,8 @@ pub fn run(args: EncoderBenchArgs) -> Result<()> {
         Some(path) => Some((read_workload(path)?, args.batch_size)),
         None => None,
     };
-    let peers = (!args.no_peers).then(|| PeersOptions {
+    let peers_on = !args.no_peers;
+    let peers = peers_on.then(|| PeersOptions {
         command: args
             .peers_command
             .split_whitespace()
@@ -111,7 +139,11 @@ pub fn run(args: EncoderBenchArgs) -> Result<()> {
         workload_reps: args.workload_reps,
         check_texts: args.check_texts,
         peers,
-        embed_texts: Vec::new(),
+        embed_texts: if peers_on {
+            quality_texts(&pairs, &labelled)
+        } else {
+            Vec::new()
+        },
         seed: args.seed,
     };
     outln!(
@@ -123,12 +155,24 @@ pub fn run(args: EncoderBenchArgs) -> Result<()> {
         rayon::current_num_threads(),
         fff_util::machine()
     );
-    let report = run_encoder(&pipeline, &opts, |line| errln!("  {line}"))?;
-    let tables = format!(
+    let mut report = run_encoder(&pipeline, &opts, |line| errln!("  {line}"))?;
+    let mut tables = format!(
         "{}\nThe engine's time by phase (share of the encoder's time; FFF blocks whole):\n\n{}",
         encoder_table(&report),
         profile_table(&report)
     );
+    if args.sts.is_some() || args.probe.is_some() {
+        let quality = runtime_quality(
+            &pipeline,
+            &report,
+            &opts.embed_texts,
+            &pairs,
+            &labelled,
+            &args,
+        )?;
+        tables.push_str(&quality_table(&quality));
+        report.quality = Some(serde_json::to_value(&quality)?);
+    }
     out!("{tables}");
     if let Some(path) = &args.json {
         fff_util::fs::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
@@ -143,4 +187,67 @@ pub fn run(args: EncoderBenchArgs) -> Result<()> {
         outln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// One runtime's quality: STS Spearman x100 and probe accuracy %, where measured.
+#[derive(serde::Serialize)]
+struct Quality {
+    sts: Option<f64>,
+    probe: Option<f64>,
+}
+
+/// The engine's quality (its weight format included) and each peer's, from its embeddings.
+fn runtime_quality(
+    pipeline: &Pipeline,
+    report: &fff_bench::encoder::EncoderReport,
+    texts: &[String],
+    pairs: &[fff_data::text::ScoredPair],
+    labelled: &[fff_data::text::LabelledText],
+    args: &EncoderBenchArgs,
+) -> Result<BTreeMap<String, Quality>> {
+    let mut out = BTreeMap::new();
+    let probe_path = args.probe.clone().unwrap_or_default();
+    let engine = Quality {
+        sts: args
+            .sts
+            .is_some()
+            .then(|| sts_spearman(pipeline, pairs, args.batch_size))
+            .transpose()?,
+        probe: args
+            .probe
+            .is_some()
+            .then(|| probe_accuracy(pipeline, labelled, 1.0, args.batch_size, &probe_path))
+            .transpose()?
+            .map(|r| r.accuracy),
+    };
+    out.insert(ENGINE.to_string(), engine);
+    for (name, r) in report.runtimes.iter().filter(|(n, _)| *n != ENGINE) {
+        let Some(e) = &r.embeddings else { continue };
+        let embed = embed_from(texts, e);
+        let sts = args
+            .sts
+            .is_some()
+            .then(|| sts_spearman_of(&embed, pairs))
+            .transpose()?;
+        let probe = args
+            .probe
+            .is_some()
+            .then(|| probe_accuracy_of(&embed, labelled, 1.0, &probe_path))
+            .transpose()?
+            .map(|r| r.accuracy);
+        out.insert(name.clone(), Quality { sts, probe });
+    }
+    Ok(out)
+}
+
+/// Quality by runtime, as markdown.
+fn quality_table(quality: &BTreeMap<String, Quality>) -> String {
+    let f = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
+    let mut t = String::from(
+        "\nQuality of each runtime's own embeddings (the engine's FFF weights as given):\n\n| runtime | STS | probe % |\n|---|---:|---:|\n",
+    );
+    for (name, q) in quality {
+        t.push_str(&format!("| {name} | {} | {} |\n", f(q.sts), f(q.probe)));
+    }
+    t
 }

@@ -8,7 +8,7 @@
 //! figures are kept in the work folder; an interrupted compression resumes.
 
 use crate::compress::{Bars, StageArgs};
-use crate::eval_embed::{probe_accuracy, probe_accuracy_of, sts_spearman, sts_spearman_of};
+use crate::eval_embed::{peer_scores, probe_accuracy, quality_texts, sts_spearman};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use fastfeedforward::Activation;
@@ -18,10 +18,9 @@ use fff_bench::encoder::{
 use fff_bert::Pipeline;
 use fff_compress::job::{run as run_job, Job, Outcome};
 use fff_compress::{model_digest, ModelDigest, Recipe, Report, Start, Student, Tune};
-use fff_data::text::{LabelledText, ScoredPair};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Options of `fff experiment compress`.
@@ -696,44 +695,6 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
     Ok(())
 }
 
-/// The sentences of the STS pairs and the probe's rows, each once, in order of first use.
-fn quality_texts(pairs: &[ScoredPair], labelled: &[LabelledText]) -> Vec<String> {
-    let mut seen = std::collections::HashSet::new();
-    pairs
-        .iter()
-        .flat_map(|q| [q.a.as_str(), q.b.as_str()])
-        .chain(labelled.iter().map(|r| r.text.as_str()))
-        .filter(|t| seen.insert(*t))
-        .map(String::from)
-        .collect()
-}
-
-/// STS and probe of a peer from its embeddings of `texts` (one vector per text, in order).
-fn peer_scores(
-    texts: &[String],
-    embeddings: &[Vec<f32>],
-    pairs: &[ScoredPair],
-    labelled: &[LabelledText],
-    probe_path: &Path,
-) -> Result<(f64, f64)> {
-    let by_text: HashMap<&str, &Vec<f32>> =
-        texts.iter().map(String::as_str).zip(embeddings).collect();
-    let embed = |wanted: &[&str]| -> Result<Vec<Vec<f32>>> {
-        wanted
-            .iter()
-            .map(|t| {
-                by_text
-                    .get(t)
-                    .map(|v| (*v).clone())
-                    .with_context(|| format!("the peer did not embed {t:?}"))
-            })
-            .collect()
-    };
-    let sts = sts_spearman_of(&embed, pairs)?;
-    let probe = probe_accuracy_of(&embed, labelled, 1.0, probe_path)?.accuracy;
-    Ok((sts, probe))
-}
-
 fn markdown(
     rows: &[Row],
     speed: &BTreeMap<String, Value>,
@@ -1235,71 +1196,5 @@ mod tests {
         ]);
         let e = grid(&a, 1536).err().expect("refused").to_string();
         assert!(e.contains("dense-154"), "{e}");
-    }
-
-    #[test]
-    fn a_peers_quality_comes_from_its_embeddings_looked_up_by_text() {
-        let pair = |a: &str, b: &str, score: f64| ScoredPair {
-            a: a.into(),
-            b: b.into(),
-            score,
-        };
-        // "x" is the reference; the others lie at growing angles from it, and the gold scores
-        // fall with the angle, so the ranks agree exactly.
-        let pairs = vec![
-            pair("x", "near", 5.0),
-            pair("x", "mid", 3.0),
-            pair("far", "x", 1.0),
-        ];
-        let labelled: Vec<LabelledText> = [
-            ("train", 0, "neg a"),
-            ("train", 1, "pos a"),
-            ("test", 0, "neg b"),
-            ("test", 1, "near"),
-        ]
-        .into_iter()
-        .map(|(split, label, text)| LabelledText {
-            split: split.into(),
-            label,
-            text: text.into(),
-        })
-        .collect();
-        let texts = quality_texts(&pairs, &labelled);
-        assert_eq!(
-            texts,
-            ["x", "near", "mid", "far", "neg a", "pos a", "neg b"],
-            "each sentence once, in order of first use"
-        );
-        let vector = |t: &str| -> Vec<f32> {
-            match t {
-                "x" => vec![1.0, 0.0],
-                "near" => vec![0.9, 0.1],
-                "mid" => vec![0.5, 0.5],
-                "far" => vec![0.1, 0.9],
-                t if t.starts_with("neg") => vec![-1.0, 0.2],
-                _ => vec![1.0, 0.3],
-            }
-        };
-        let path = Path::new("probe.tsv");
-        // The peer's embeddings in another order than the pairs use them.
-        let mut shuffled = texts.clone();
-        shuffled.reverse();
-        let embeddings: Vec<Vec<f32>> = shuffled.iter().map(|t| vector(t)).collect();
-        let (sts, probe) = peer_scores(&shuffled, &embeddings, &pairs, &labelled, path).unwrap();
-        assert!((sts - 100.0).abs() < 1e-9, "{sts}");
-        assert!((probe - 100.0).abs() < 1e-9, "{probe}");
-        // Swapping two texts' vectors reorders the cosines: the Spearman drops.
-        let mut swapped = embeddings.clone();
-        let (i, j) = (
-            shuffled.iter().position(|t| t == "near").unwrap(),
-            shuffled.iter().position(|t| t == "far").unwrap(),
-        );
-        swapped.swap(i, j);
-        let (sts, _) = peer_scores(&shuffled, &swapped, &pairs, &labelled, path).unwrap();
-        assert!(sts < 0.0, "{sts}");
-        let e = peer_scores(&shuffled[1..], &embeddings[1..], &pairs, &labelled, path)
-            .expect_err("a text the peer did not embed")
-            .to_string();
-        assert!(e.contains("did not embed"), "{e}");
     }
 }
