@@ -558,27 +558,23 @@ def versions() -> dict:
     return v
 
 
-def write_atomic(path: Path, obj: dict) -> None:
+def write_bytes_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def write_embeddings(path: Path, emb: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
     with os.fdopen(fd, "wb") as f:
-        f.write(np.ascontiguousarray(emb, dtype="<f4").tobytes())
+        f.write(data)
     os.replace(tmp, path)
+
+
+def write_atomic(path: Path, obj: dict) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=1) + "\n").encode("utf-8"))
 
 
 def embed_for_quality(name: str, embedder: Embedder, runtime, inputs: dict, batch: int, out_dir: Path) -> dict:
     texts = inputs["embed"]["texts"]
     emb = embedder.embed_all(runtime, texts, batch)
     path = out_dir / f"{name}.embeddings.f32"
-    write_embeddings(path, emb)
+    write_bytes_atomic(path, np.ascontiguousarray(emb, dtype="<f4").tobytes())
     log(f"{name}: embedded {len(texts)} texts for quality into {path.name}")
     return {"file": path.name, "rows": int(emb.shape[0]), "dim": int(emb.shape[1])}
 
@@ -691,7 +687,6 @@ def main() -> int:
         if inputs.get("workload"):
             entry["workload"] = time_workload(name, embedder, rt, inputs, args.workload_reps)
         if inputs.get("embed") and inputs["embed"].get("texts"):
-            args.out.parent.mkdir(parents=True, exist_ok=True)
             entry["embeddings"] = embed_for_quality(name, embedder, rt, inputs, batch, args.out.parent)
         result["runtimes"][name] = entry
         del rt

@@ -1,9 +1,7 @@
 //! `fff bench encoder`: a real encoder in this engine against PyTorch and ONNX Runtime (fp32
 //! and int8) on the same inputs and threads, on fixed shapes and on a file of sentences.
 
-use crate::eval_embed::{
-    embed_from, probe_accuracy, probe_accuracy_of, quality_texts, sts_spearman, sts_spearman_of,
-};
+use crate::eval_embed::{embed_from, engine_embed, QualitySets, Scores};
 use anyhow::{Context, Result};
 use clap::Args;
 use fff_bench::encoder::ENGINE;
@@ -98,18 +96,7 @@ pub fn run(args: EncoderBenchArgs) -> Result<()> {
             .context("setting the thread count")?;
     }
     // The quality files first, so that a bad one fails before anything is timed.
-    let pairs = args
-        .sts
-        .as_deref()
-        .map(fff_data::text::read_scored_pairs)
-        .transpose()?
-        .unwrap_or_default();
-    let labelled = args
-        .probe
-        .as_deref()
-        .map(fff_data::text::read_labelled_texts)
-        .transpose()?
-        .unwrap_or_default();
+    let sets = QualitySets::read(args.sts.as_deref(), args.probe.as_deref())?;
     let dir = fff_bert::resolve_model(&args.model)?;
     let mut pipeline = Pipeline::load(&dir)?;
     pipeline
@@ -139,11 +126,7 @@ pub fn run(args: EncoderBenchArgs) -> Result<()> {
         workload_reps: args.workload_reps,
         check_texts: args.check_texts,
         peers,
-        embed_texts: if peers_on {
-            quality_texts(&pairs, &labelled)
-        } else {
-            Vec::new()
-        },
+        embed_texts: if peers_on { sets.texts() } else { Vec::new() },
         seed: args.seed,
     };
     outln!(
@@ -162,14 +145,20 @@ pub fn run(args: EncoderBenchArgs) -> Result<()> {
         profile_table(&report)
     );
     if args.sts.is_some() || args.probe.is_some() {
-        let quality = runtime_quality(
-            &pipeline,
-            &report,
-            &opts.embed_texts,
-            &pairs,
-            &labelled,
-            &args,
-        )?;
+        // The engine with its weight format, and each peer from its own embeddings.
+        let mut quality = BTreeMap::new();
+        quality.insert(
+            ENGINE.to_string(),
+            sets.scores(&engine_embed(&pipeline, args.batch_size))?,
+        );
+        for (name, r) in &report.runtimes {
+            if let Some(e) = &r.embeddings {
+                quality.insert(
+                    name.clone(),
+                    sets.scores(&embed_from(&opts.embed_texts, e))?,
+                );
+            }
+        }
         tables.push_str(&quality_table(&quality));
         report.quality = Some(serde_json::to_value(&quality)?);
     }
@@ -189,59 +178,8 @@ pub fn run(args: EncoderBenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// One runtime's quality: STS Spearman x100 and probe accuracy %, where measured.
-#[derive(serde::Serialize)]
-struct Quality {
-    sts: Option<f64>,
-    probe: Option<f64>,
-}
-
-/// The engine's quality (its weight format included) and each peer's, from its embeddings.
-fn runtime_quality(
-    pipeline: &Pipeline,
-    report: &fff_bench::encoder::EncoderReport,
-    texts: &[String],
-    pairs: &[fff_data::text::ScoredPair],
-    labelled: &[fff_data::text::LabelledText],
-    args: &EncoderBenchArgs,
-) -> Result<BTreeMap<String, Quality>> {
-    let mut out = BTreeMap::new();
-    let probe_path = args.probe.clone().unwrap_or_default();
-    let engine = Quality {
-        sts: args
-            .sts
-            .is_some()
-            .then(|| sts_spearman(pipeline, pairs, args.batch_size))
-            .transpose()?,
-        probe: args
-            .probe
-            .is_some()
-            .then(|| probe_accuracy(pipeline, labelled, 1.0, args.batch_size, &probe_path))
-            .transpose()?
-            .map(|r| r.accuracy),
-    };
-    out.insert(ENGINE.to_string(), engine);
-    for (name, r) in report.runtimes.iter().filter(|(n, _)| *n != ENGINE) {
-        let Some(e) = &r.embeddings else { continue };
-        let embed = embed_from(texts, e);
-        let sts = args
-            .sts
-            .is_some()
-            .then(|| sts_spearman_of(&embed, pairs))
-            .transpose()?;
-        let probe = args
-            .probe
-            .is_some()
-            .then(|| probe_accuracy_of(&embed, labelled, 1.0, &probe_path))
-            .transpose()?
-            .map(|r| r.accuracy);
-        out.insert(name.clone(), Quality { sts, probe });
-    }
-    Ok(out)
-}
-
 /// Quality by runtime, as markdown.
-fn quality_table(quality: &BTreeMap<String, Quality>) -> String {
+fn quality_table(quality: &BTreeMap<String, Scores>) -> String {
     let f = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
     let mut t = String::from(
         "\nQuality of each runtime's own embeddings (the engine's FFF weights as given):\n\n| runtime | STS | probe % |\n|---|---:|---:|\n",

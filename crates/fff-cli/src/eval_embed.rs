@@ -6,6 +6,7 @@ use clap::Args;
 use fff_bert::evaluate::{cosine, embed_unique, spearman, Probe};
 use fff_bert::Pipeline;
 use fff_data::text::{LabelledText, ScoredPair};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -59,16 +60,7 @@ pub fn run(args: EmbedEvalArgs) -> Result<()> {
             .context("setting the thread count")?;
     }
     // Read the data first, so that a bad file fails before the model loads.
-    let pairs = args
-        .sts
-        .as_deref()
-        .map(fff_data::text::read_scored_pairs)
-        .transpose()?;
-    let labelled = args
-        .probe
-        .as_deref()
-        .map(fff_data::text::read_labelled_texts)
-        .transpose()?;
+    let sets = QualitySets::read(args.sts.as_deref(), args.probe.as_deref())?;
     let start = Instant::now();
     let dir = fff_bert::resolve_model(&args.model)?;
     let p = Pipeline::load(&dir)?;
@@ -81,7 +73,7 @@ pub fn run(args: EmbedEvalArgs) -> Result<()> {
         "machine": fff_util::machine(),
         "threads": rayon::current_num_threads(),
     });
-    if let (Some(pairs), Some(path)) = (&pairs, &args.sts) {
+    if let (Some(pairs), Some(path)) = (&sets.pairs, &args.sts) {
         let rho = sts_spearman(&p, pairs, args.batch_size)?;
         outln!(
             "STS {}: Spearman x100 = {rho:.4} over {} pairs",
@@ -91,7 +83,7 @@ pub fn run(args: EmbedEvalArgs) -> Result<()> {
         out["sts"] =
             json!({"file": path.display().to_string(), "pairs": pairs.len(), "spearman": rho});
     }
-    if let (Some(rows), Some(path)) = (&labelled, &args.probe) {
+    if let Some((rows, path)) = &sets.probe {
         let r = probe_accuracy(&p, rows, args.probe_c, args.batch_size, path)?;
         outln!(
             "probe {}: accuracy {:.4}% on {} test rows (logistic regression, C = {}, on {} train rows)",
@@ -120,11 +112,16 @@ pub fn run(args: EmbedEvalArgs) -> Result<()> {
 
 /// STS Spearman (x100) of the cosines of `p`'s embeddings (its own pooling) of each pair.
 pub fn sts_spearman(p: &Pipeline, pairs: &[ScoredPair], batch_size: usize) -> Result<f64> {
+    sts_spearman_of(&engine_embed(p, batch_size), pairs)
+}
+
+/// The engine as an embedder: `p`'s embeddings (its own pooling), each distinct text once.
+pub fn engine_embed(
+    p: &Pipeline,
+    batch_size: usize,
+) -> impl Fn(&[&str]) -> Result<Vec<Vec<f32>>> + '_ {
     let pooling = p.pooling(None, None);
-    sts_spearman_of(
-        &|texts: &[&str]| Ok(embed_unique(p, texts, &pooling, batch_size)?),
-        pairs,
-    )
+    move |texts: &[&str]| Ok(embed_unique(p, texts, &pooling, batch_size)?)
 }
 
 /// Embeds texts, one vector per text in their order: the engine, or a peer's precomputed
@@ -164,13 +161,7 @@ pub fn probe_accuracy(
     batch_size: usize,
     path: &Path,
 ) -> Result<ProbeResult> {
-    let pooling = p.pooling(None, None);
-    probe_accuracy_of(
-        &|texts: &[&str]| Ok(embed_unique(p, texts, &pooling, batch_size)?),
-        rows,
-        c,
-        path,
-    )
+    probe_accuracy_of(&engine_embed(p, batch_size), rows, c, path)
 }
 
 /// Logistic regression (inverse strength `c`) on `embed`'s vectors of the `train` rows,
@@ -224,16 +215,64 @@ pub fn probe_accuracy_of(
     })
 }
 
-/// The sentences of the STS pairs and the probe's rows, each once, in order of first use.
-pub fn quality_texts(pairs: &[ScoredPair], labelled: &[LabelledText]) -> Vec<String> {
-    let mut seen = HashSet::new();
-    pairs
-        .iter()
-        .flat_map(|q| [q.a.as_str(), q.b.as_str()])
-        .chain(labelled.iter().map(|r| r.text.as_str()))
-        .filter(|t| seen.insert(*t))
-        .map(String::from)
-        .collect()
+/// The sets a model's quality is measured on: scored pairs for STS, labelled sentences (and
+/// their file, for errors) for the probe; either may be absent.
+#[derive(Debug, Default)]
+pub struct QualitySets {
+    /// STS pairs.
+    pub pairs: Option<Vec<ScoredPair>>,
+    /// Probe rows and the file they came from.
+    pub probe: Option<(Vec<LabelledText>, PathBuf)>,
+}
+
+/// STS Spearman x100 and probe accuracy %, each where its set was given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Scores {
+    /// STS Spearman x100.
+    pub sts: Option<f64>,
+    /// Probe accuracy, %.
+    pub probe: Option<f64>,
+}
+
+impl QualitySets {
+    /// Reads the files given (a bad one is an error naming it).
+    pub fn read(sts: Option<&Path>, probe: Option<&Path>) -> Result<QualitySets> {
+        Ok(QualitySets {
+            pairs: sts.map(fff_data::text::read_scored_pairs).transpose()?,
+            probe: probe
+                .map(|p| anyhow::Ok((fff_data::text::read_labelled_texts(p)?, p.to_path_buf())))
+                .transpose()?,
+        })
+    }
+
+    /// Every sentence of the sets, each once, in order of first use.
+    pub fn texts(&self) -> Vec<String> {
+        let mut seen = HashSet::new();
+        let pairs = self.pairs.iter().flatten();
+        let rows = self.probe.iter().flat_map(|(rows, _)| rows);
+        pairs
+            .flat_map(|q| [q.a.as_str(), q.b.as_str()])
+            .chain(rows.map(|r| r.text.as_str()))
+            .filter(|t| seen.insert(*t))
+            .map(String::from)
+            .collect()
+    }
+
+    /// `embed`'s STS and probe (the probe at scikit-learn's default strength, C = 1).
+    pub fn scores(&self, embed: &Embed) -> Result<Scores> {
+        Ok(Scores {
+            sts: self
+                .pairs
+                .as_deref()
+                .map(|p| sts_spearman_of(embed, p))
+                .transpose()?,
+            probe: self
+                .probe
+                .as_ref()
+                .map(|(rows, path)| probe_accuracy_of(embed, rows, 1.0, path).map(|r| r.accuracy))
+                .transpose()?,
+        })
+    }
 }
 
 /// An embedder over precomputed vectors: `embeddings[i]` is `texts[i]`'s; a text not among them
@@ -255,20 +294,6 @@ pub fn embed_from<'a>(
             })
             .collect()
     }
-}
-
-/// STS and probe of a peer from its embeddings of `texts` (one vector per text, in order).
-pub fn peer_scores(
-    texts: &[String],
-    embeddings: &[Vec<f32>],
-    pairs: &[ScoredPair],
-    labelled: &[LabelledText],
-    probe_path: &Path,
-) -> Result<(f64, f64)> {
-    let embed = embed_from(texts, embeddings);
-    let sts = sts_spearman_of(&embed, pairs)?;
-    let probe = probe_accuracy_of(&embed, labelled, 1.0, probe_path)?.accuracy;
-    Ok((sts, probe))
 }
 
 #[cfg(test)]
@@ -302,7 +327,11 @@ mod tests {
             text: text.into(),
         })
         .collect();
-        let texts = quality_texts(&pairs, &labelled);
+        let sets = QualitySets {
+            pairs: Some(pairs),
+            probe: Some((labelled, PathBuf::from("probe.tsv"))),
+        };
+        let texts = sets.texts();
         assert_eq!(
             texts,
             ["x", "near", "mid", "far", "neg a", "pos a", "neg b"],
@@ -318,12 +347,12 @@ mod tests {
                 _ => vec![1.0, 0.3],
             }
         };
-        let path = Path::new("probe.tsv");
         // The peer's embeddings in another order than the pairs use them.
         let mut shuffled = texts.clone();
         shuffled.reverse();
         let embeddings: Vec<Vec<f32>> = shuffled.iter().map(|t| vector(t)).collect();
-        let (sts, probe) = peer_scores(&shuffled, &embeddings, &pairs, &labelled, path).unwrap();
+        let scores = sets.scores(&embed_from(&shuffled, &embeddings)).unwrap();
+        let (sts, probe) = (scores.sts.unwrap(), scores.probe.unwrap());
         assert!((sts - 100.0).abs() < 1e-9, "{sts}");
         assert!((probe - 100.0).abs() < 1e-9, "{probe}");
         // Swapping two texts' vectors reorders the cosines: the Spearman drops.
@@ -333,9 +362,14 @@ mod tests {
             shuffled.iter().position(|t| t == "far").unwrap(),
         );
         swapped.swap(i, j);
-        let (sts, _) = peer_scores(&shuffled, &swapped, &pairs, &labelled, path).unwrap();
+        let sts = sets
+            .scores(&embed_from(&shuffled, &swapped))
+            .unwrap()
+            .sts
+            .unwrap();
         assert!(sts < 0.0, "{sts}");
-        let e = peer_scores(&shuffled[1..], &embeddings[1..], &pairs, &labelled, path)
+        let e = sets
+            .scores(&embed_from(&shuffled[1..], &embeddings[1..]))
             .expect_err("a text the peer did not embed")
             .to_string();
         assert!(e.contains("did not embed"), "{e}");

@@ -8,7 +8,7 @@
 //! figures are kept in the work folder; an interrupted compression resumes.
 
 use crate::compress::{Bars, StageArgs};
-use crate::eval_embed::{peer_scores, probe_accuracy, quality_texts, sts_spearman};
+use crate::eval_embed::{embed_from, engine_embed, QualitySets, Scores};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use fastfeedforward::Activation;
@@ -367,24 +367,20 @@ struct QualityCache {
 /// The name of a row's cached quality in its folder.
 const QUALITY_CACHE: &str = "quality-scores.json";
 
-/// STS and probe of the model in `dir`, cached in `cache` (measured again when the cache was
-/// measured on other STS or probe files).
-fn quality(
-    dir: &Path,
-    args: &CompressFrontierArgs,
-    sources: &Sources,
-    cache: &Path,
-) -> Result<(f64, f64)> {
+/// STS and probe of the model in `dir` on `sets`, cached in `cache` (measured again when the
+/// cache was measured on other STS or probe files).
+fn quality(dir: &Path, sets: &QualitySets, sources: &Sources, cache: &Path) -> Result<(f64, f64)> {
     if let Some(c) = read_json::<QualityCache>(cache)? {
         if c.sts_sha256 == sources.sts_sha256 && c.probe_sha256 == sources.probe_sha256 {
             return Ok((c.sts, c.probe));
         }
     }
     let p = Pipeline::load(dir)?;
-    let pairs = fff_data::text::read_scored_pairs(&args.sts)?;
-    let rows = fff_data::text::read_labelled_texts(&args.probe)?;
-    let sts = sts_spearman(&p, &pairs, 32)?;
-    let probe = probe_accuracy(&p, &rows, 1.0, 32, &args.probe)?.accuracy;
+    let scores = sets.scores(&engine_embed(&p, 32))?;
+    let (sts, probe) = (
+        scores.sts.expect("the frontier has STS pairs"),
+        scores.probe.expect("the frontier has probe rows"),
+    );
     let c = QualityCache {
         sts_sha256: sources.sts_sha256.clone(),
         probe_sha256: sources.probe_sha256.clone(),
@@ -477,10 +473,11 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
     std::fs::create_dir_all(&args.work_dir)
         .with_context(|| format!("cannot create {}", args.work_dir.display()))?;
 
+    let sets = QualitySets::read(Some(&args.sts), Some(&args.probe))?;
     let sources = Sources::of(&model, &args)?;
     let (sts, probe) = quality(
         &model,
-        &args,
+        &sets,
         &sources,
         &args.work_dir.join(format!("original.{QUALITY_CACHE}")),
     )?;
@@ -563,7 +560,7 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
             }
         }
         let report = report.expect("finished above");
-        let (sts, probe) = quality(&out, &args, &sources, &dir.join(QUALITY_CACHE))?;
+        let (sts, probe) = quality(&out, &sets, &sources, &dir.join(QUALITY_CACHE))?;
         let last = report.agreement.last();
         let n = student.neurons_per_token();
         rows.push(Row {
@@ -596,14 +593,8 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
     let mut speed: BTreeMap<String, Value> = BTreeMap::new();
     // The peers also embed the quality sets, so that their STS and probe (int8's above all)
     // come from the same evaluation as the rows'.
-    let pairs = fff_data::text::read_scored_pairs(&args.sts)?;
-    let labelled = fff_data::text::read_labelled_texts(&args.probe)?;
-    let quality_texts: Vec<String> = if args.peers {
-        quality_texts(&pairs, &labelled)
-    } else {
-        Vec::new()
-    };
-    let mut peer_quality: BTreeMap<String, Value> = BTreeMap::new();
+    let quality_texts = if args.peers { sets.texts() } else { Vec::new() };
+    let mut peer_quality: BTreeMap<String, Scores> = BTreeMap::new();
     let mut order = models.clone();
     order.push(("original (again)".into(), model.clone()));
     for (i, (name, dir)) in order.iter().enumerate() {
@@ -650,9 +641,13 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
                 v["workload"] = json!(w.len() as f64 / t.median_s);
             }
             if let Some(e) = &res.embeddings {
-                let (sts, probe) = peer_scores(&quality_texts, e, &pairs, &labelled, &args.probe)?;
-                outln!("{key}: STS {sts:.2}, probe {probe:.2}%");
-                peer_quality.insert(key.clone(), json!({"sts": sts, "probe": probe}));
+                let q = sets.scores(&embed_from(&quality_texts, e))?;
+                outln!(
+                    "{key}: STS {:.2}, probe {:.2}%",
+                    q.sts.unwrap_or(f64::NAN),
+                    q.probe.unwrap_or(f64::NAN)
+                );
+                peer_quality.insert(key.clone(), q);
             }
             speed.insert(key, v);
         }
@@ -698,7 +693,7 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
 fn markdown(
     rows: &[Row],
     speed: &BTreeMap<String, Value>,
-    peer_quality: &BTreeMap<String, Value>,
+    peer_quality: &BTreeMap<String, Scores>,
     shapes: &[Shape],
     workload: bool,
 ) -> String {
@@ -745,11 +740,9 @@ fn markdown(
         t.push_str(&format!(" {} |\n", f(r.hours, 2)));
     }
     for name in speed.keys().filter(|k| k.contains("(")) {
-        let q = |key: &str| f(peer_quality.get(name).and_then(|v| v[key].as_f64()), 2);
-        let (sts, probe) = if peer_quality.contains_key(name) {
-            (q("sts"), q("probe"))
-        } else {
-            (String::new(), String::new())
+        let (sts, probe) = match peer_quality.get(name) {
+            Some(q) => (f(q.sts, 2), f(q.probe, 2)),
+            None => (String::new(), String::new()),
         };
         t.push_str(&format!("| {name} | | | {sts} | {probe} | | | | |"));
         for k in &keys {
@@ -811,7 +804,7 @@ fn plot(
     path: &Path,
     rows: &[Row],
     speed: &BTreeMap<String, Value>,
-    peer_quality: &BTreeMap<String, Value>,
+    peer_quality: &BTreeMap<String, Scores>,
     shapes: &[Shape],
 ) -> Result<()> {
     use fff_util::chart::{draw, Chart, Legend, Series};
@@ -836,10 +829,7 @@ fn plot(
         .collect();
     // The peers (the original on ONNX Runtime), a point each where their quality was measured.
     for (name, q) in peer_quality {
-        if let (Some(v), Some(sts)) = (
-            speed.get(name).and_then(|s| s[&key].as_f64()),
-            q["sts"].as_f64(),
-        ) {
+        if let (Some(v), Some(sts)) = (speed.get(name).and_then(|s| s[&key].as_f64()), q.sts) {
             series.push(Series::line(name.as_str(), vec![(v, sts)]));
         }
     }
