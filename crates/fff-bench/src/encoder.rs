@@ -109,6 +109,20 @@ impl Timing {
             times_s,
         }
     }
+
+    /// The `q` quantile of `times_s` (0 the fastest, 1 the slowest), interpolated linearly
+    /// between neighbouring repetitions; NaN for none.
+    pub fn quantile_s(&self, q: f64) -> f64 {
+        let mut t = self.times_s.clone();
+        if t.is_empty() {
+            return f64::NAN;
+        }
+        t.sort_by(f64::total_cmp);
+        let at = q.clamp(0.0, 1.0) * (t.len() - 1) as f64;
+        let (i, frac) = (at.floor() as usize, at.fract());
+        let next = t[(i + 1).min(t.len() - 1)];
+        t[i] + frac * (next - t[i])
+    }
 }
 
 /// One runtime's results.
@@ -663,6 +677,20 @@ pub fn profile_table(r: &EncoderReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timing_quantiles_interpolate_between_sorted_repetitions() {
+        let t = Timing::new(vec![4.0, 1.0, 3.0, 2.0, 5.0]);
+        assert_eq!(t.quantile_s(0.0), 1.0);
+        assert_eq!(t.quantile_s(0.5), 3.0);
+        assert_eq!(t.quantile_s(1.0), 5.0);
+        assert!((t.quantile_s(0.25) - 2.0).abs() < 1e-12);
+        assert!((t.quantile_s(0.125) - 1.5).abs() < 1e-12);
+        let three = Timing::new(vec![3.0, 1.0, 2.0]);
+        assert!((three.quantile_s(0.75) - 2.5).abs() < 1e-12);
+        assert_eq!(Timing::new(vec![7.0]).quantile_s(0.25), 7.0);
+        assert!(Timing::new(Vec::new()).quantile_s(0.5).is_nan());
+    }
 
     #[test]
     fn a_peers_embeddings_file_is_read_in_order_and_checked_against_its_entry() {

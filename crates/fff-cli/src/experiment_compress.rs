@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use fastfeedforward::Activation;
 use fff_bench::encoder::{
-    read_workload, run_encoder, EncoderBenchOptions, PeersOptions, Shape, ENGINE,
+    read_workload, run_encoder, EncoderBenchOptions, PeersOptions, Shape, Timing, ENGINE,
 };
 use fff_bert::Pipeline;
 use fff_compress::job::{run as run_job, Job, Outcome};
@@ -634,11 +634,17 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
                 format!("{runtime} (original)")
             };
             let mut v = json!({});
+            // The median and, for the spread, the slower and the faster quartile's rates.
+            let mut put = |key: &str, count: f64, t: &Timing| {
+                v[key] = json!(count / t.median_s);
+                v[format!("{key} quartiles")] =
+                    json!([count / t.quantile_s(0.75), count / t.quantile_s(0.25)]);
+            };
             for (shape, t) in &res.shapes {
-                v[shape] = json!(tokens_per_shape[shape] as f64 / t.median_s);
+                put(shape, tokens_per_shape[shape] as f64, t);
             }
             if let (Some(t), Some(w)) = (&res.workload, &workload) {
-                v["workload"] = json!(w.len() as f64 / t.median_s);
+                put("workload", w.len() as f64, t);
             }
             if let Some(e) = &res.embeddings {
                 let q = sets.scores(&embed_from(&quality_texts, e))?;
@@ -657,7 +663,8 @@ pub fn run(args: CompressFrontierArgs) -> Result<()> {
         "model": model.display().to_string(),
         "machine": machine,
         "threads": rayon::current_num_threads(),
-        "units": "shapes: tokens/s (median); workload: sentences/s (median)",
+        "units": "shapes: tokens/s (median); workload: sentences/s (median); KEY quartiles: \
+                  the rates at the slower and the faster quartile of the repetitions",
         "rows": rows,
         "speed": speed,
         "peer_quality": peer_quality,
@@ -701,8 +708,15 @@ fn markdown(
     let ratio = |name: &str, key: &str| -> String {
         let v = speed.get(name).and_then(|s| s[key].as_f64());
         let b = base.and_then(|s| s[key].as_f64());
+        let quartiles = speed
+            .get(name)
+            .and_then(|s| s[format!("{key} quartiles")].as_array())
+            .and_then(|q| Some((q.first()?.as_f64()?, q.get(1)?.as_f64()?)));
         match (v, b) {
-            (Some(v), Some(b)) => format!("{v:.0} ({:.2}x)", v / b),
+            (Some(v), Some(b)) => match quartiles {
+                Some((lo, hi)) => format!("{v:.0} ({:.2}x, {:.2}–{:.2})", v / b, lo / b, hi / b),
+                None => format!("{v:.0} ({:.2}x)", v / b),
+            },
             (Some(v), None) => format!("{v:.0}"),
             _ => "–".into(),
         }
@@ -750,7 +764,7 @@ fn markdown(
         }
         t.push_str(" |\n");
     }
-    t.push_str("\nSpeeds: tokens/s for the shapes, sentences/s for the workload (medians), with the ratio to the original measured in the same run.\n");
+    t.push_str("\nSpeeds: tokens/s for the shapes, sentences/s for the workload (medians), with the ratio to the original measured in the same run and, after it, the interquartile range of the row's repetitions over the original's median.\n");
     t.push_str(&seeds_table(rows));
     t
 }
@@ -1144,6 +1158,48 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("dense-154"), "{t}");
+    }
+
+    #[test]
+    fn speed_cells_give_the_ratio_to_the_original_and_the_rows_interquartile_range() {
+        let row = |name: &str| Row {
+            name: name.into(),
+            kind: "fff-deep".into(),
+            budget: 0.1,
+            student: "s".into(),
+            neurons_per_token: 155,
+            ffn_macs_per_token: 1,
+            ffn_parameters: 1,
+            sts: 85.0,
+            probe: 77.0,
+            cosine_mean: None,
+            cosine_p5: None,
+            hours: None,
+            seed: 0,
+            repeats: None,
+        };
+        let mut speed = BTreeMap::new();
+        speed.insert(
+            "original".to_string(),
+            json!({"1x128": 1000.0, "1x128 quartiles": [900.0, 1100.0]}),
+        );
+        // A file from before the quartiles were kept still gives its ratio.
+        speed.insert("fff-31x4".to_string(), json!({"1x128": 1500.0}));
+        speed.insert(
+            "ort-int8 (original)".to_string(),
+            json!({"1x128": 2000.0, "1x128 quartiles": [1800.0, 2300.0]}),
+        );
+        let shapes = [Shape { batch: 1, seq: 128 }];
+        let t = markdown(
+            &[row("original"), row("fff-31x4")],
+            &speed,
+            &BTreeMap::new(),
+            &shapes,
+            false,
+        );
+        assert!(t.contains("| 1000 (1.00x, 0.90–1.10) |"), "{t}");
+        assert!(t.contains("| 1500 (1.50x) |"), "{t}");
+        assert!(t.contains("| 2000 (2.00x, 1.80–2.30) |"), "{t}");
     }
 
     #[test]
