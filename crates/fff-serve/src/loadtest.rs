@@ -3,6 +3,7 @@
 //! latency percentiles, errors and the server's mean batch size.
 
 use anyhow::{bail, ensure, Context, Result};
+use fff_util::timing::quantile;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -199,13 +200,6 @@ async fn batch_stats(client: &reqwest::Client, url: &str) -> Option<(f64, f64)> 
     ))
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
 /// Runs the load and reports.
 pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
     check_loopback(&opts.url)?;
@@ -316,9 +310,9 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
         seconds,
         requests_per_second: ok as f64 / seconds,
         tokens_per_second: tokens as f64 / seconds,
-        p50_ms: percentile(&lat, 0.50),
-        p95_ms: percentile(&lat, 0.95),
-        p99_ms: percentile(&lat, 0.99),
+        p50_ms: quantile(&lat, 0.50),
+        p95_ms: quantile(&lat, 0.95),
+        p99_ms: quantile(&lat, 0.99),
         mean_batch_requests,
         options: opts,
     })

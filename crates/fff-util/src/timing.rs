@@ -11,6 +11,18 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// The `q` quantile (0 the least, 1 the greatest) of `sorted`, an ascending slice, interpolated
+/// linearly between neighbours; NaN for none.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let Some(&last) = sorted.last() else {
+        return f64::NAN;
+    };
+    let at = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let i = at.floor() as usize;
+    let next = sorted.get(i + 1).copied().unwrap_or(last);
+    sorted[i] + at.fract() * (next - sorted[i])
+}
+
 /// Runs `f` `warmup` times, then `reps` times (at least once), and returns the median duration.
 pub fn median_time(warmup: usize, reps: usize, mut f: impl FnMut()) -> Duration {
     for _ in 0..warmup {
@@ -45,6 +57,19 @@ pub fn human(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantiles_interpolate_between_neighbours() {
+        let v = [1.0, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!(quantile(&v, 0.0), 1.0);
+        assert_eq!(quantile(&v, 0.5), 3.0);
+        assert_eq!(quantile(&v, 1.0), 5.0);
+        assert!((quantile(&v, 0.25) - 2.0).abs() < 1e-12);
+        assert!((quantile(&v, 0.125) - 1.5).abs() < 1e-12);
+        assert!((quantile(&[1.0, 2.0, 3.0], 0.75) - 2.5).abs() < 1e-12);
+        assert_eq!(quantile(&[7.0], 0.25), 7.0);
+        assert!(quantile(&[], 0.5).is_nan());
+    }
 
     #[test]
     fn medians_and_units() {
